@@ -1,0 +1,11 @@
+"""iclbook: the shared library of the book *In-Context Learning, Mechanistically*.
+
+Modules
+-------
+runtime     device, seeds, execution profile, trained-weight cache
+train       one training loop (progress bar, history, checkpoints, batched ensembles)
+plots       one figure style for the whole book and the plots chapters share
+contextual  Dherin et al. (2025): contextual blocks and their implicit rank-1 weight updates
+"""
+
+__version__ = "0.1.0"
