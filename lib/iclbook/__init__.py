@@ -5,6 +5,7 @@ Modules
 runtime     device, seeds, execution profile, trained-weight cache
 train       one training loop (progress bar, history, checkpoints, batched ensembles)
 plots       one figure style for the whole book and the plots chapters share
+ledger      the claims ledger every chapter ends with
 contextual  Dherin et al. (2025): contextual blocks and their implicit rank-1 weight updates
 """
 

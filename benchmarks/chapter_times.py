@@ -1,0 +1,80 @@
+"""Execute each chapter at each profile and print its wall time against the profile's budget.
+
+    python benchmarks/chapter_times.py                      # every chapter, smoke and book
+    python benchmarks/chapter_times.py --profiles paper     # the paper profile (on a GPU)
+    python benchmarks/chapter_times.py --chapters 04 --seed 3
+
+Each run executes the paired notebook ``book/NN_*.ipynb`` in a fresh kernel (nbclient, the engine
+Jupyter Book uses), with ``ICLBOOK_PROFILE``/``ICLBOOK_SEED`` set and an empty weight cache, so the
+time includes training, exactly as CI and a first-time reader pay it. Runs are sequential: this is
+a 2-core machine, and a parallel run would time the contention. The time is that of the whole
+notebook, kernel start and imports included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Budgets per chapter on the 2-core CPU (smoke, book) and on one H100 (paper); GUIDE section 5.
+BUDGET_S = {"smoke": 45, "book": 180, "paper": 1200}
+#: Tighter targets some chapters' issues set.
+CHAPTER_BUDGET_S = {("04", "smoke"): 30, ("04", "book"): 90}
+
+
+def run(notebook: Path, profile: str, seed: int) -> float:
+    """Execute ``notebook`` at ``profile`` and return its wall time in seconds."""
+    nb = nbformat.read(notebook, as_version=4)
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"ICLBOOK_PROFILE": profile, "ICLBOOK_SEED": str(seed), "ICLBOOK_CACHE": cache,
+               "ICLBOOK_PROGRESS": "0"}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            start = time.perf_counter()
+            NotebookClient(nb, timeout=3600, kernel_name="python3",
+                           resources={"metadata": {"path": str(notebook.parent)}}).execute()
+            return time.perf_counter() - start
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", nargs="+", default=["smoke", "book"], choices=list(BUDGET_S))
+    parser.add_argument("--chapters", nargs="+", default=None, help="chapter numbers, e.g. 04")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    notebooks = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
+    if args.chapters:
+        notebooks = [nb for nb in notebooks if nb.name[:2] in args.chapters]
+    if not notebooks:
+        print("no chapter notebooks matched", file=sys.stderr)
+        return 2
+    print(f"{'chapter':32s} {'profile':8s} {'seconds':>8s} {'budget':>7s} {'ratio':>6s}")
+    over = 0
+    for nb in notebooks:
+        for profile in args.profiles:
+            seconds = run(nb, profile, args.seed)
+            budget = CHAPTER_BUDGET_S.get((nb.name[:2], profile), BUDGET_S[profile])
+            over += seconds > budget
+            print(f"{nb.stem:32s} {profile:8s} {seconds:8.1f} {budget:7d} {seconds / budget:6.2f}",
+                  flush=True)
+    return 1 if over else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
