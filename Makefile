@@ -1,0 +1,55 @@
+# The book's two commands (see README):  make book   and   make test
+# Both create .venv and install the exact pins of requirements.txt plus the library on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROFILE ?= book
+# jupyter-cache ignores environment variables: each profile builds into its own folder.
+OUT := $(if $(filter book,$(PROFILE)),.,_build/$(PROFILE))
+
+.PHONY: install book test unit notebooks sync bench clean
+
+$(STAMP): requirements.txt lib/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt -e lib
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make book: build the HTML book (book profile) into _build/html/index.html.
+##   make book PROFILE=paper  builds the paper profile into _build/paper/_build/html (needs a GPU).
+book: $(STAMP)
+	ICLBOOK_PROFILE=$(PROFILE) $(BIN)/jupyter-book build . -W -n --keep-going --path-output $(OUT)
+	@echo "The book is at $(OUT)/_build/html/index.html"
+
+## make test: every test CI runs, from a clean slate: a strict build of the book at the book
+## profile (every chapter executed, every claim asserted), then the library's unit tests, the
+## notebook sync test and nbval on every paired notebook at the smoke profile.
+test: $(STAMP)
+	rm -rf _build/test
+	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights \
+		$(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/test
+	ICLBOOK_PROFILE=smoke ICLBOOK_CACHE=$(CURDIR)/_build/test/weights-smoke \
+		$(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env \
+		-p no:cacheprovider
+
+## Faster loops while writing: unit tests only, or nbval only.
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+notebooks: $(STAMP)
+	ICLBOOK_PROFILE=smoke $(BIN)/python -m pytest book --nbval-lax --nbval-current-env -q
+
+## make sync: regenerate the paired notebooks from the text chapters (the .md is the source).
+sync: $(STAMP)
+	$(BIN)/jupytext --sync book/[0-9][0-9]_*.md
+
+## make bench: the timing benchmarks of benchmarks/ (ratios measured in one run).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ensemble.py
+	$(BIN)/python benchmarks/chapter_times.py
+
+clean:
+	rm -rf _build

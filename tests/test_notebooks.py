@@ -1,0 +1,53 @@
+"""The text chapters (book/NN_*.md, the source) and their paired notebooks (book/NN_*.ipynb, for
+Colab and nbval) must hold the same cells, and the notebooks must carry no outputs.
+
+Fix a failure with:  jupytext --sync book/NN_slug.md   (then clear outputs if any were saved)
+"""
+
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+from jupytext.compare import compare_notebooks
+
+import iclbook
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.md"))
+
+
+def test_there_are_chapters():
+    assert CHAPTERS, "no chapters found under book/"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_pair_in_sync_and_output_free(md):
+    nb_path = md.with_suffix(".ipynb")
+    assert nb_path.exists(), f"{nb_path.name} is missing: run jupytext --sync {md.relative_to(ROOT)}"
+    text, paired = jupytext.read(md), jupytext.read(nb_path)
+    stored = [i for i, c in enumerate(paired.cells) if c.cell_type == "code" and c.get("outputs")]
+    assert not stored, f"{nb_path.name} has stored outputs in cells {stored}: commit it output-free"
+    assert not [c for c in paired.cells if c.cell_type == "code" and c.get("execution_count")]
+    compare_notebooks(paired, text, fmt="md:myst")  # raises with a readable diff when they drift
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_colab_cell(md):
+    """The first code cell installs the library only in Colab, pinned to this version's tag."""
+    nb = jupytext.read(md)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert "remove-cell" in first.metadata.get("tags", [])
+    assert 'if "google.colab" in sys.modules:' in first.source
+    tags = re.findall(r"@v([0-9][^#\s\"]*)#subdirectory=lib", first.source)
+    assert tags == [iclbook.__version__], f"the Colab cell pins {tags}, the library is {iclbook.__version__}"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_is_in_the_toc_and_ends_with_a_ledger(md):
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
+    assert f"book/{md.stem}" in files
+    text = md.read_text()
+    assert "## Claims ledger" in text and "LEDGER.markdown()" in text

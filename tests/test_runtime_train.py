@@ -1,0 +1,223 @@
+"""Unit tests of iclbook.runtime, iclbook.train, iclbook.ledger and iclbook.plots."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from iclbook import contextual as cx  # noqa: E402
+from iclbook import ledger, plots, runtime, train  # noqa: E402
+
+# --- runtime -----------------------------------------------------------------------------------
+
+
+def test_profile_and_seed_from_environment(monkeypatch):
+    monkeypatch.delenv("ICLBOOK_PROFILE", raising=False)
+    monkeypatch.delenv("ICLBOOK_SEED", raising=False)
+    assert runtime.profile() == "book" and runtime.seed() == 0
+    monkeypatch.setenv("ICLBOOK_PROFILE", " Smoke ")
+    monkeypatch.setenv("ICLBOOK_SEED", "7")
+    assert runtime.profile() == "smoke" and runtime.seed() == 7
+    monkeypatch.setenv("ICLBOOK_PROFILE", "huge")
+    with pytest.raises(ValueError, match="ICLBOOK_PROFILE"):
+        runtime.profile()
+    monkeypatch.setenv("ICLBOOK_SEED", "seven")
+    with pytest.raises(ValueError, match="ICLBOOK_SEED"):
+        runtime.seed()
+    monkeypatch.setenv("ICLBOOK_SEED", "-1")
+    with pytest.raises(ValueError):
+        runtime.seed()
+
+
+def test_device(monkeypatch):
+    monkeypatch.delenv("ICLBOOK_DEVICE", raising=False)
+    assert runtime.device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("ICLBOOK_DEVICE", "cpu")
+    assert runtime.device() == torch.device("cpu")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("ICLBOOK_DEVICE", "cuda")
+        with pytest.raises(ValueError, match="CUDA"):
+            runtime.device()
+
+
+def test_seed_everything_is_deterministic():
+    g1 = runtime.seed_everything(3)
+    a, ga = torch.randn(4), torch.randn(4, generator=g1)
+    g2 = runtime.seed_everything(3)
+    assert torch.equal(a, torch.randn(4)) and torch.equal(ga, torch.randn(4, generator=g2))
+
+
+def test_weight_cache_roundtrip(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICLBOOK_CACHE", str(tmp_path))
+    monkeypatch.delenv("ICLBOOK_RETRAIN", raising=False)
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"w": torch.arange(3.0)}, {"loss": [1.0, 0.5]}
+
+    s1, h1, hit1 = runtime.cached("99", "toy", {"a": 1}, build, seed=0)
+    s2, h2, hit2 = runtime.cached("99", "toy", {"a": 1}, build, seed=0)
+    assert (hit1, hit2) == (False, True) and len(calls) == 1
+    assert torch.equal(s1["w"], s2["w"]) and h1 == h2
+    runtime.cached("99", "toy", {"a": 2}, build, seed=0)  # another config: another entry
+    runtime.cached("99", "toy", {"a": 1}, build, seed=1)  # another seed: another entry
+    assert len(calls) == 3
+    monkeypatch.setenv("ICLBOOK_RETRAIN", "1")
+    assert runtime.cached("99", "toy", {"a": 1}, build, seed=0)[2] is False
+    assert len(calls) == 4
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cache_key_depends_on_profile(monkeypatch):
+    monkeypatch.setenv("ICLBOOK_PROFILE", "smoke")
+    k1 = runtime.cache_key("04", "m", cx.CONFIGS["smoke"])
+    monkeypatch.setenv("ICLBOOK_PROFILE", "book")
+    assert k1 != runtime.cache_key("04", "m", cx.CONFIGS["smoke"])
+
+
+# --- train -------------------------------------------------------------------------------------
+
+
+class Linear(nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.lin = nn.Linear(3, 1, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.lin(x).squeeze(-1)
+
+
+W_TRUE = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+
+
+def sample(g):
+    x = torch.randn(32, 3, generator=g, dtype=torch.float64)
+    return x, x @ W_TRUE
+
+
+def loss_fn(model, batch):
+    x, y = batch
+    return ((model(x) - y) ** 2).mean()
+
+
+def test_train_single_model_learns_and_logs():
+    model = Linear(0)
+    seen = []
+    hist = train.train(model, loss_fn, sample, steps=200, lr=0.05, generators=runtime.generator(0),
+                       log_every=20, checkpoint_every=50,
+                       on_checkpoint=lambda step, ms: seen.append(step) or {"w0": ms[0].lin.weight[0, 0].item()})
+    assert hist["step"] == list(range(20, 201, 20))
+    assert hist["loss"][-1][0] < 1e-3 < hist["loss"][0][0]
+    assert seen == [0, 50, 100, 150, 200]
+    assert [c["step"] for c in hist["checkpoints"]] == seen
+
+
+def test_ensemble_equals_separate_runs():
+    """A batched ensemble follows, member by member, the path each model follows alone."""
+    seeds = [1, 2, 3]
+    alone = []
+    for s in seeds:
+        m = Linear(s)
+        train.train(m, loss_fn, sample, steps=30, lr=0.01, generators=runtime.generator(10 + s))
+        alone.append(m.lin.weight.detach().clone())
+    members = [Linear(s) for s in seeds]
+    hist = train.train(members, loss_fn, sample, steps=30, lr=0.01,
+                       generators=[runtime.generator(10 + s) for s in seeds], log_every=5)
+    for m, ref in zip(members, alone):
+        assert torch.allclose(m.lin.weight, ref, atol=1e-10)
+    assert len(hist["loss"][0]) == 3 and hist["members"] == 3
+
+
+def test_ensemble_of_blocks_equals_separate_runs():
+    cfg = cx.replace(cx.CONFIGS["smoke"], N=6, width=8, batch=4)
+
+    def sample_prompts(g):
+        return cx.sample_prompts(cfg.batch, N=cfg.N, d=cfg.d, generator=g)
+
+    single = cx.make_block("softmax", cfg, seed=1)
+    train.train(single, cx.mse, sample_prompts, steps=5, lr=1e-2, generators=runtime.generator(5))
+    pair = [cx.make_block("softmax", cfg, seed=1), cx.make_block("softmax", cfg, seed=2)]
+    train.train(pair, cx.mse, sample_prompts, steps=5, lr=1e-2,
+                generators=[runtime.generator(5), runtime.generator(6)])
+    for a, b in zip(single.parameters(), pair[0].parameters()):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_stack_and_load_states():
+    members = [Linear(1), Linear(2)]
+    state = train.stack_states(members)
+    fresh = [Linear(5), Linear(6)]
+    train.load_stacked(fresh, state)
+    for a, b in zip(members, fresh):
+        assert torch.equal(a.lin.weight, b.lin.weight)
+
+
+def test_train_bad_arguments():
+    m = Linear(0)
+    with pytest.raises(ValueError, match="generator"):
+        train.train([m, Linear(1)], loss_fn, sample, steps=1, lr=0.1, generators=runtime.generator(0))
+    with pytest.raises(ValueError, match="learning rate"):
+        train.train(m, loss_fn, sample, steps=1, lr=0.0, generators=runtime.generator(0))
+    with pytest.raises(ValueError, match="optimizer"):
+        train.train(m, loss_fn, sample, steps=1, lr=0.1, generators=runtime.generator(0), optimizer="lbfgs")
+    with pytest.raises(ValueError, match="steps"):
+        train.train(m, loss_fn, sample, steps=-1, lr=0.1, generators=runtime.generator(0))
+    with pytest.raises(ValueError, match="architecture"):
+        train.train([m, cx.make_block("softmax", cx.CONFIGS["smoke"], seed=0)], loss_fn, sample,
+                    steps=1, lr=0.1, generators=[runtime.generator(0)] * 2)
+
+
+def test_train_stops_on_nan():
+    def bad_loss(model, batch):
+        return loss_fn(model, batch) * float("nan")
+
+    with pytest.raises(FloatingPointError):
+        train.train(Linear(0), bad_loss, sample, steps=3, lr=0.1, generators=runtime.generator(0))
+
+
+def test_sgd_weight_decay_is_coupled():
+    p = nn.Parameter(torch.ones(2, dtype=torch.float64))
+    opt = train.make_optimizer("sgd", [p], lr=0.1, weight_decay=0.5)
+    p.grad = torch.zeros(2, dtype=torch.float64)
+    opt.step()
+    assert torch.allclose(p.detach(), torch.full((2,), 0.95, dtype=torch.float64))
+
+
+# --- ledger and plots --------------------------------------------------------------------------
+
+
+def test_ledger_records_and_asserts():
+    book = ledger.Ledger("test")
+    book.check("a holds", paper="yes", ours="1e-15", ok=True)
+    book.check("b | pipes", paper="p", ours="o", ok=True, verdict="not reproduced")
+    assert book.all_passed
+    with pytest.raises(AssertionError, match="c fails"):
+        book.check("c fails", paper="p", ours="o", ok=False)
+    assert not book.all_passed
+    table = book.markdown()
+    assert table.count("\n") == 4 and "b \\| pipes" in table and "FAIL" in table
+    book.check("c fails", paper="p", ours="o", ok=True)  # re-running a cell replaces its row
+    assert book.all_passed and len(book.rows) == 3
+
+
+def test_plots_band_and_style():
+    plots.set_style()
+    fig, ax = plt.subplots()
+    x = np.arange(5)
+    for spread in ("se", "sd", "minmax"):
+        plots.band(ax, x, np.random.default_rng(0).normal(size=(3, 5)), spread=spread, label=spread)
+    with pytest.raises(ValueError):
+        plots.band(ax, x, np.zeros((2, 4)))
+    with pytest.raises(ValueError):
+        plots.band(ax, x, np.zeros((2, 5)), spread="iqr")
+    plots.attention_map(ax, np.eye(3) / 1.0)
+    plots.sweep_heatmap(ax, np.ones((2, 3)), [1, 2], ["a", "b", "c"], row_label="r", col_label="c")
+    plt.close(fig)
+    assert len(plots.colors(4)) == 4
