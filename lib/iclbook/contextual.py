@@ -157,7 +157,25 @@ class ContextualLayer(nn.Module):
         )
 
 
-class SoftmaxAttention(ContextualLayer):
+class _Attention(ContextualLayer):
+    """Shared parts of the attention layers: ``heads`` bias-free query/key/value maps of size
+    ``d_k`` and a biased output projection to ``d_out``."""
+
+    def __init__(self, d_in: int, heads: int, d_k: int, d_out: int | None):
+        super().__init__()
+        if heads < 1 or d_k < 1:
+            raise ValueError(f"need heads >= 1 and d_k >= 1, got {heads}, {d_k}")
+        self.d_in, self.d_out, self.heads, self.d_k = d_in, d_out or d_in, heads, d_k
+        self.q = nn.Linear(d_in, heads * d_k, bias=False)
+        self.k = nn.Linear(d_in, heads * d_k, bias=False)
+        self.v = nn.Linear(d_in, heads * d_k, bias=False)
+        self.o = nn.Linear(heads * d_k, self.d_out)
+
+    def _heads(self, proj: nn.Linear, seq: torch.Tensor) -> torch.Tensor:
+        return proj(seq).unflatten(-1, (self.heads, self.d_k))  # (..., H, d_k)
+
+
+class SoftmaxAttention(_Attention):
     """Multi-head softmax self-attention read at the last position.
 
     Bias-free query/key/value maps (``heads`` heads of size ``d_k``), scores scaled by
@@ -168,20 +186,10 @@ class SoftmaxAttention(ContextualLayer):
 
     def __init__(self, d_in: int, heads: int = 4, d_k: int = 4, d_out: int | None = None,
                  window: int | None = None):
-        super().__init__()
-        if heads < 1 or d_k < 1:
-            raise ValueError(f"need heads >= 1 and d_k >= 1, got {heads}, {d_k}")
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-        self.d_in, self.d_out = d_in, d_out or d_in
-        self.heads, self.d_k, self.window = heads, d_k, window
-        self.q = nn.Linear(d_in, heads * d_k, bias=False)
-        self.k = nn.Linear(d_in, heads * d_k, bias=False)
-        self.v = nn.Linear(d_in, heads * d_k, bias=False)
-        self.o = nn.Linear(heads * d_k, self.d_out)
-
-    def _heads(self, proj: nn.Linear, seq: torch.Tensor) -> torch.Tensor:
-        return proj(seq).unflatten(-1, (self.heads, self.d_k))  # (..., H, d_k)
+        super().__init__(d_in, heads, d_k, d_out)
+        self.window = window
 
     def weights(self, seq: torch.Tensor) -> torch.Tensor:
         """Attention of the last token over the (windowed) sequence: ``(B, H, T')``."""
@@ -220,7 +228,7 @@ class SoftmaxAttention(ContextualLayer):
         return self.o(heads.flatten(-2))
 
 
-class LinearAttention(ContextualLayer):
+class LinearAttention(_Attention):
     """Unnormalised linear attention read at the last position: ``W_O sum_j v_j (k_j . q) + b_O``.
 
     The context's contribution grows with its length instead of being averaged: the control that
@@ -228,17 +236,11 @@ class LinearAttention(ContextualLayer):
     """
 
     def __init__(self, d_in: int, heads: int = 4, d_k: int = 4, d_out: int | None = None):
-        super().__init__()
-        self.d_in, self.d_out, self.heads, self.d_k = d_in, d_out or d_in, heads, d_k
-        self.q = nn.Linear(d_in, heads * d_k, bias=False)
-        self.k = nn.Linear(d_in, heads * d_k, bias=False)
-        self.v = nn.Linear(d_in, heads * d_k, bias=False)
-        self.o = nn.Linear(heads * d_k, self.d_out)
+        super().__init__(d_in, heads, d_k, d_out)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        q = self.q(seq[:, -1]).unflatten(-1, (self.heads, self.d_k))
-        k = self.k(seq).unflatten(-1, (self.heads, self.d_k))
-        v = self.v(seq).unflatten(-1, (self.heads, self.d_k))
+        q = self._heads(self.q, seq[:, -1])  # (B, H, e)
+        k, v = self._heads(self.k, seq), self._heads(self.v, seq)  # (B, T, H, e)
         return self.o(torch.einsum("bthe,bth->bhe", v, torch.einsum("bthe,bhe->bth", k, q)).flatten(-2))
 
 
