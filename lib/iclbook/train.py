@@ -51,7 +51,7 @@ def make_optimizer(
 def train(
     models: nn.Module | Sequence[nn.Module],
     loss_fn: LossFn,
-    sample_batch: Callable[[torch.Generator], Batch],
+    sample_batch: Callable[[torch.Generator], Batch] | Sequence[Callable[[torch.Generator], Batch]],
     *,
     steps: int,
     lr: float,
@@ -74,7 +74,8 @@ def train(
         (inside an ensemble it is a functional call on that member's slice of the parameters).
     sample_batch
         ``sample_batch(generator) -> batch``: one member's batch, a tuple of tensors. Each member
-        draws from its own generator, so members see independent data.
+        draws from its own generator, so members see independent data. A list of samplers, one
+        per member, trains members on different data distributions (a sweep of configs).
     steps, lr, optimizer, weight_decay
         ``steps`` optimizer steps of ``optimizer`` (``"adam"`` or ``"sgd"``).
     generators
@@ -98,6 +99,9 @@ def train(
         raise ValueError("need at least one model")
     if len(gens) != len(members):
         raise ValueError(f"need one generator per model: {len(gens)} generators, {len(members)} models")
+    samplers = list(sample_batch) if isinstance(sample_batch, (list, tuple)) else [sample_batch] * len(members)
+    if len(samplers) != len(members):
+        raise ValueError(f"need one sampler per model: {len(samplers)} samplers, {len(members)} models")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if log_every < 1 or (checkpoint_every is not None and checkpoint_every < 1):
@@ -155,7 +159,7 @@ def train(
         disable=not runtime.progress_enabled(), leave=False,
     )
     for step in bar:
-        losses = batched_loss([sample_batch(g) for g in gens])
+        losses = batched_loss([sample(g) for sample, g in zip(samplers, gens)])
         if not torch.isfinite(losses).all():
             write_back()
             raise FloatingPointError(f"non-finite loss at step {step}: {losses.tolist()}")

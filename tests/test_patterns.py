@@ -1,0 +1,155 @@
+"""Unit tests of iclbook.patterns (Li et al. 2024): generator statistics, the task split, the
+model's shapes and observables, the hinge loss, pruning masks and bad inputs."""
+
+import math
+
+import pytest
+import torch
+
+from iclbook import patterns as pt
+from iclbook import runtime
+
+CFG = pt.CONFIGS["smoke"]
+
+
+def gen(seed=0):
+    return runtime.generator(seed)
+
+
+def big_batch(alpha=0.8, l=20, n=20000, domain=None, seed=0):
+    domain = domain or pt.in_domain(CFG, "train")
+    return pt.sample_prompts(domain, n, alpha=alpha, l=l, cfg=CFG, generator=gen(seed))
+
+
+def test_patterns_are_orthogonal_with_the_right_norms():
+    dom = pt.in_domain(CFG, "all")
+    allp = torch.cat([dom.relevant, dom.irrelevant])
+    gram = allp @ allp.T
+    assert torch.allclose(gram - torch.diag(torch.diag(gram)), torch.zeros_like(gram))
+    assert torch.allclose(dom.relevant.norm(dim=1), torch.full((CFG.M1,), CFG.beta))
+    assert torch.allclose(dom.irrelevant.norm(dim=1), torch.ones(CFG.M2))
+
+
+def test_task_split_covers_every_pattern_both_ways():
+    train_t, test_t = pt.in_domain(CFG, "train").tasks, pt.in_domain(CFG, "test").tasks
+    assert len(train_t) + len(test_t) == CFG.M1 * (CFG.M1 - 1)
+    assert not {tuple(t) for t in train_t.tolist()} & {tuple(t) for t in test_t.tolist()}
+    assert set(train_t[:, 0].tolist()) == set(train_t[:, 1].tolist()) == set(range(CFG.M1))
+    # the theorem's condition |T_tr| / |T| >= (M1 - 1)^(-1/2)
+    assert len(train_t) / (CFG.M1 * (CFG.M1 - 1)) >= (CFG.M1 - 1) ** -0.5
+
+
+def test_prompt_shapes_and_query():
+    p = big_batch(n=7, l=5)
+    assert p.tokens.shape == (7, 6, CFG.d) and p.z.shape == (7,) and p.same.shape == (7, 5)
+    assert torch.all(p.tokens[:, -1, CFG.d_X:] == 0), "the query carries no label"
+    assert set(p.z.tolist()) <= {-1.0, 1.0}
+
+
+@pytest.mark.parametrize("alpha", [0.4, 0.8, 1.0])
+def test_alpha_fraction_and_label_balance(alpha):
+    p = big_batch(alpha=alpha)
+    # a context shares the query's pattern with probability alpha/2 + (1-alpha)*0 (other patterns
+    # exclude the task's two)
+    assert abs(float(p.same.float().mean()) - alpha / 2) < 0.01
+    assert abs(float(p.z.mean())) < 0.02, "query labels are balanced"
+    assert abs(float(p.labels.float().mean())) < 0.02, "context labels are balanced"
+    # contexts sharing the query's pattern carry the query's label
+    agree = (p.labels == p.z[:, None].long())[p.same]
+    assert bool(agree.all())
+
+
+def test_labels_follow_the_task_and_the_embedding():
+    p = big_batch(n=500, l=10)
+    label_part = p.tokens[:, :-1, CFG.d_X:]
+    assert torch.allclose(label_part[..., 0], p.labels.float())
+    assert torch.all(label_part[..., 1:] == 0)
+    # inputs are mu_j + kappa nu_k with |kappa| <= K: the relevant part has norm beta exactly
+    x = p.tokens[:, :-1, : CFG.M1]
+    assert torch.allclose(x.norm(dim=-1), torch.full(x.shape[:2], CFG.beta))
+    noise = p.tokens[:, :-1, CFG.M1: CFG.d_X].norm(dim=-1)
+    assert float(noise.max()) <= CFG.kappa + 1e-6
+
+
+def test_ood_patterns_have_coefficient_sum_S1():
+    dom = pt.out_of_domain(CFG, 1.3, gen(1))
+    base = pt.in_domain(CFG, "all").relevant
+    coef = dom.relevant @ base.T / CFG.beta**2  # coefficients on the IDR patterns
+    assert torch.allclose(coef.sum(1), torch.full((CFG.n_ood_relevant,), 1.3))
+    assert torch.allclose(dom.irrelevant.norm(dim=1), torch.ones(CFG.n_ood_irrelevant))
+    assert torch.allclose(dom.irrelevant[:, : CFG.M1], torch.zeros(CFG.n_ood_irrelevant, CFG.M1))
+    assert len(dom.tasks) == CFG.n_ood_relevant * (CFG.n_ood_relevant - 1)
+
+
+def test_bad_inputs():
+    dom = pt.in_domain(CFG, "train")
+    with pytest.raises(ValueError, match="alpha"):
+        pt.sample_prompts(dom, 3, alpha=1.2, l=5, cfg=CFG, generator=gen())
+    with pytest.raises(ValueError, match="alpha"):
+        pt.sample_prompts(dom, 3, alpha=-0.1, l=5, cfg=CFG, generator=gen())
+    with pytest.raises(ValueError, match="S1"):
+        pt.out_of_domain(CFG, 0.0, gen())
+    with pytest.raises(ValueError, match="M1"):
+        pt.in_domain(pt.Config(M1=2), "all")
+    with pytest.raises(ValueError, match="split"):
+        pt.in_domain(CFG, "validation")
+    with pytest.raises(ValueError):
+        pt.sample_prompts(dom, 0, alpha=0.5, l=5, cfg=CFG, generator=gen())
+
+
+def test_model_shapes_and_observables():
+    model = pt.OneLayerICL(CFG, seed=0)
+    p = big_batch(n=9, l=6)
+    assert model(p.tokens).shape == (9,)
+    att = model.attention(p.tokens)
+    assert att.shape == (9, 6) and torch.allclose(att.sum(-1), torch.ones(9))
+    assert model.hidden(p.tokens).shape == (9, CFG.m)
+    assert model.neuron_rows().shape == (CFG.m, CFG.d)
+    assert float(model.a.sum()) == 0.0 and torch.allclose(model.a.abs(), torch.full((CFG.m,), 1 / CFG.m))
+    # the output is exactly a^T relu(hidden)
+    assert torch.allclose(model(p.tokens), torch.relu(model.hidden(p.tokens)) @ model.a)
+
+
+def test_hinge_loss():
+    class Const(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, tokens):
+            return torch.full((tokens.shape[0],), self.value)
+
+    tokens, z = torch.zeros(4, 2, 3), torch.tensor([1.0, -1.0, 1.0, -1.0])
+    assert float(pt.hinge(Const(0.0), (tokens, z))) == 1.0
+    assert float(pt.hinge(Const(2.0), (tokens, z))) == pytest.approx((0 + 3 + 0 + 3) / 4)
+    assert float(pt.hinge(Const(0.5), (tokens, z))) == pytest.approx((0.5 + 1.5 + 0.5 + 1.5) / 4)
+
+
+def test_pruning_masks():
+    norms = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.7])
+    assert pt.pruning_mask(norms, 0.4, "magnitude").tolist() == [0, 1, 0, 1, 1]
+    assert pt.pruning_mask(norms, 0.4, "largest").tolist() == [1, 0, 1, 0, 1]
+    r = pt.pruning_mask(norms, 0.4, "random", gen())
+    assert int(r.sum()) == 3
+    assert pt.pruning_mask(norms, 0.0, "magnitude").tolist() == [1] * 5
+    with pytest.raises(ValueError):
+        pt.pruning_mask(norms, 1.5, "magnitude")
+    with pytest.raises(ValueError):
+        pt.pruning_mask(norms, 0.2, "smallest")
+    with pytest.raises(ValueError):
+        pt.pruning_mask(norms, 0.2, "random")
+    assert pt.norm_gap(torch.tensor([0.2, 0.25, 0.9, 1.0, 0.22])) == (3, pytest.approx(0.9 / 0.25))
+
+
+def test_steps_to_threshold():
+    assert pt.steps_to_threshold([0, 10, 20, 30], [0.5, 0.005, 0.02, 0.001], 0.01) == 30
+    assert math.isnan(pt.steps_to_threshold([0, 10], [0.5, 0.4], 0.01))
+
+
+def test_short_training_lowers_the_hinge_loss():
+    cfg = pt.Config(steps=60, checkpoint_every=30)
+    models, hist = pt.train_models(cfg, [0, 1], steps=60,
+                                   on_checkpoint=lambda step, ms: {"n": len(ms)})
+    assert len(models) == 2 and [c["step"] for c in hist["checkpoints"]] == [0, 30, 60]
+    first, last = hist["loss"][0], hist["loss"][-1]
+    assert all(b < a for a, b in zip(first, last))
