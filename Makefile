@@ -42,9 +42,10 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	ICLBOOK_PROFILE=smoke $(BIN)/python -m pytest book --nbval-lax --nbval-current-env -q
 
-## make sync: regenerate the paired notebooks from the text chapters (the .md is the source).
+## make sync: regenerate the paired notebooks from the text chapters (the .md is the source;
+## one-way, so that the .md keeps its formatting).
 sync: $(STAMP)
-	$(BIN)/jupytext --sync book/[0-9][0-9]_*.md
+	for f in book/[0-9][0-9]_*.md; do $(BIN)/jupytext --to ipynb "$$f"; done
 
 ## make bench: the timing benchmarks of benchmarks/ (ratios measured in one run).
 bench: $(STAMP)

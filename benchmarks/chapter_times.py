@@ -30,18 +30,27 @@ BUDGET_S = {"smoke": 45, "book": 180, "paper": 1200}
 CHAPTER_BUDGET_S = {("04", "smoke"): 30, ("04", "book"): 90}
 
 
-def run(notebook: Path, profile: str, seed: int) -> float:
-    """Execute ``notebook`` at ``profile`` and return its wall time in seconds."""
+def run(notebook: Path, profile: str, seed: int, cache_dir: str | None = None,
+        keep: str | None = None) -> float:
+    """Execute ``notebook`` at ``profile`` and return its wall time in seconds. The weight cache
+    is a fresh temporary folder unless ``cache_dir`` is given (to iterate on a chapter)."""
     nb = nbformat.read(notebook, as_version=4)
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = cache_dir or tmp
         env = {"ICLBOOK_PROFILE": profile, "ICLBOOK_SEED": str(seed), "ICLBOOK_CACHE": cache,
                "ICLBOOK_PROGRESS": "0"}
         old = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
             start = time.perf_counter()
-            NotebookClient(nb, timeout=3600, kernel_name="python3",
-                           resources={"metadata": {"path": str(notebook.parent)}}).execute()
+            client = NotebookClient(nb, timeout=3600, kernel_name="python3",
+                                    resources={"metadata": {"path": str(notebook.parent)}})
+            try:
+                client.execute()
+            finally:
+                if keep:  # the executed notebook, outputs and all, even when a cell failed
+                    Path(keep).mkdir(parents=True, exist_ok=True)
+                    nbformat.write(nb, Path(keep) / f"{notebook.stem}-{profile}-seed{seed}.ipynb")
             return time.perf_counter() - start
         finally:
             for k, v in old.items():
@@ -56,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", nargs="+", default=["smoke", "book"], choices=list(BUDGET_S))
     parser.add_argument("--chapters", nargs="+", default=None, help="chapter numbers, e.g. 04")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=None, help="reuse this weight cache (times then exclude training)")
+    parser.add_argument("--keep", default=None, help="write the executed notebooks into this folder")
     args = parser.parse_args(argv)
 
     notebooks = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
@@ -68,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     over = 0
     for nb in notebooks:
         for profile in args.profiles:
-            seconds = run(nb, profile, args.seed)
+            seconds = run(nb, profile, args.seed, args.cache, args.keep)
             budget = CHAPTER_BUDGET_S.get((nb.name[:2], profile), BUDGET_S[profile])
             over += seconds > budget
             print(f"{nb.stem:32s} {profile:8s} {seconds:8.1f} {budget:7d} {seconds / budget:6.2f}",

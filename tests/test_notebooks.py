@@ -1,7 +1,7 @@
 """The text chapters (book/NN_*.md, the source) and their paired notebooks (book/NN_*.ipynb, for
 Colab and nbval) must hold the same cells, and the notebooks must carry no outputs.
 
-Fix a failure with:  jupytext --sync book/NN_slug.md   (then clear outputs if any were saved)
+Fix a failure with:  make sync   (jupytext --to ipynb book/NN_slug.md; the .md is the source)
 """
 
 import re
@@ -25,7 +25,7 @@ def test_there_are_chapters():
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
 def test_pair_in_sync_and_output_free(md):
     nb_path = md.with_suffix(".ipynb")
-    assert nb_path.exists(), f"{nb_path.name} is missing: run jupytext --sync {md.relative_to(ROOT)}"
+    assert nb_path.exists(), f"{nb_path.name} is missing: run make sync"
     text, paired = jupytext.read(md), jupytext.read(nb_path)
     stored = [i for i, c in enumerate(paired.cells) if c.cell_type == "code" and c.get("outputs")]
     assert not stored, f"{nb_path.name} has stored outputs in cells {stored}: commit it output-free"

@@ -138,7 +138,10 @@ def test_pruning_masks():
         pt.pruning_mask(norms, 0.2, "smallest")
     with pytest.raises(ValueError):
         pt.pruning_mask(norms, 0.2, "random")
-    assert pt.norm_gap(torch.tensor([0.2, 0.25, 0.9, 1.0, 0.22])) == (3, pytest.approx(0.9 / 0.25))
+    k, ratio = pt.norm_split(torch.tensor([0.2, 0.25, 0.9, 1.0, 0.22, 0.95]))
+    assert k == 3 and ratio == pytest.approx(0.95 / 0.22)
+    k, ratio = pt.norm_split(torch.linspace(1.0, 1.1, 20))
+    assert ratio < 1.1  # one group: the split finds no real gap
 
 
 def test_steps_to_threshold():
@@ -153,3 +156,35 @@ def test_short_training_lowers_the_hinge_loss():
     assert len(models) == 2 and [c["step"] for c in hist["checkpoints"]] == [0, 30, 60]
     first, last = hist["loss"][0], hist["loss"][-1]
     assert all(b < a for a, b in zip(first, last))
+
+
+def test_classical_baselines_on_easy_prompts():
+    """With alpha = 1 and long contexts the query's pattern is always present: 1-NN is exact."""
+    p = big_batch(alpha=1.0, l=20, n=30, seed=3)
+    errors = pt.classical_errors(p, CFG)
+    assert set(errors) == {"logistic regression", "1-NN", "3-NN", "SVM (RBF)", "SVM (linear)"}
+    assert errors["1-NN"] == 0.0
+    assert all(0.0 <= e <= 1.0 for e in errors.values())
+
+
+def test_small_gpt_shapes():
+    model = pt.SmallGPT(CFG, seed=0, layers=1, heads=2, width=16)
+    p = big_batch(n=5, l=7)
+    assert model(p.tokens).shape == (5,)
+    # causal: the query sees every context, so changing a context changes the output
+    changed = p.tokens.clone()
+    changed[:, 0, -CFG.d_Y] *= -1
+    assert not torch.allclose(model(p.tokens), model(changed))
+
+
+def test_progress_measures_are_json_ready():
+    import json
+
+    model = pt.OneLayerICL(CFG, seed=0)
+    dom = pt.out_of_domain(CFG, 1.1, gen(1))
+    id_val = big_batch(n=50, domain=pt.in_domain(CFG, "test"))
+    ood_val = pt.sample_prompts(dom, 50, alpha=0.8, l=20, cfg=CFG, generator=gen(2))
+    m = pt.progress_measures(model, CFG, id_val, ood_val, dom)
+    json.dumps(m)
+    assert abs(m["q_gain_pattern"] - CFG.init_attn) < 1e-6 and abs(m["q_gain_noise"] - CFG.init_attn) < 1e-6
+    assert len(m["label_angle"]) == CFG.m

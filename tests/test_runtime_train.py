@@ -221,3 +221,27 @@ def test_plots_band_and_style():
     plots.sweep_heatmap(ax, np.ones((2, 3)), [1, 2], ["a", "b", "c"], row_label="r", col_label="c")
     plt.close(fig)
     assert len(plots.colors(4)) == 4
+
+
+def test_cosine_schedule_and_bad_schedule():
+    m = Linear(0)
+    hist = train.train(m, loss_fn, sample, steps=100, lr=0.05, generators=runtime.generator(0),
+                       schedule="cosine", log_every=50)
+    assert hist["loss"][-1][0] < hist["loss"][0][0]
+    with pytest.raises(ValueError, match="schedule"):
+        train.train(m, loss_fn, sample, steps=1, lr=0.1, generators=runtime.generator(0), schedule="step")
+
+
+def test_per_member_samplers():
+    """Members of one ensemble can draw from different distributions (a sweep of configs)."""
+    def scaled(k):
+        return lambda g: (lambda x, y: (x, k * y))(*sample(g))
+
+    members = [Linear(0), Linear(0)]
+    train.train(members, loss_fn, [scaled(1.0), scaled(-1.0)], steps=300, lr=0.05,
+                generators=[runtime.generator(1), runtime.generator(2)])
+    w0, w1 = members[0].lin.weight.detach()[0], members[1].lin.weight.detach()[0]
+    assert torch.allclose(w0, W_TRUE, atol=0.05) and torch.allclose(w1, -W_TRUE, atol=0.05)
+    with pytest.raises(ValueError, match="sampler"):
+        train.train(members, loss_fn, [sample], steps=1, lr=0.1,
+                    generators=[runtime.generator(1), runtime.generator(2)])

@@ -58,6 +58,7 @@ def train(
     generators: torch.Generator | Sequence[torch.Generator],
     optimizer: str = "adam",
     weight_decay: float = 0.0,
+    schedule: str = "constant",
     log_every: int = 10,
     checkpoint_every: int | None = None,
     on_checkpoint: Callable[[int, list[nn.Module]], dict[str, Any]] | None = None,
@@ -76,8 +77,9 @@ def train(
         ``sample_batch(generator) -> batch``: one member's batch, a tuple of tensors. Each member
         draws from its own generator, so members see independent data. A list of samplers, one
         per member, trains members on different data distributions (a sweep of configs).
-    steps, lr, optimizer, weight_decay
-        ``steps`` optimizer steps of ``optimizer`` (``"adam"`` or ``"sgd"``).
+    steps, lr, optimizer, weight_decay, schedule
+        ``steps`` optimizer steps of ``optimizer`` (``"adam"`` or ``"sgd"``) at learning rate
+        ``lr``, held ``"constant"`` or decayed to zero along a half ``"cosine"``.
     generators
         One ``torch.Generator`` per member (a single one for a single model).
     log_every
@@ -141,6 +143,12 @@ def train(
                     p.copy_(stacked[name][i])
 
     opt = make_optimizer(optimizer, params, lr, weight_decay)
+    if schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    elif schedule == "constant":
+        scheduler = None
+    else:
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     history: dict[str, Any] = {"step": [], "loss": [], "checkpoints": [], "members": len(members)}
 
     def checkpoint(step: int) -> None:
@@ -166,6 +174,8 @@ def train(
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         opt.step()
+        if scheduler is not None:
+            scheduler.step()
         if step % log_every == 0 or step == steps:
             values = losses.detach().tolist()
             history["step"].append(step)
