@@ -245,3 +245,21 @@ def test_per_member_samplers():
     with pytest.raises(ValueError, match="sampler"):
         train.train(members, loss_fn, [sample], steps=1, lr=0.1,
                     generators=[runtime.generator(1), runtime.generator(2)])
+
+
+def test_cached_training_loads_weights_on_a_hit(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICLBOOK_CACHE", str(tmp_path))
+    monkeypatch.delenv("ICLBOOK_RETRAIN", raising=False)
+
+    def fit(models):
+        return lambda: train.train(models, loss_fn, sample, steps=20, lr=0.05,
+                                   generators=[runtime.generator(i) for i in range(len(models))])
+
+    first = [Linear(0), Linear(1)]
+    h1 = train.cached_training("99", "toy", {"k": 1}, first, fit(first), steps=20)
+    again = [Linear(0), Linear(1)]
+    h2 = train.cached_training("99", "toy", {"k": 1}, again, fit(again), steps=20)
+    assert (h1["cached"], h2["cached"]) == (False, True)
+    for a, b in zip(first, again):
+        assert torch.equal(a.lin.weight, b.lin.weight)
+    assert h1["loss"] == h2["loss"]

@@ -737,22 +737,18 @@ def train_blocks(cfg: Config, seeds: list[int], *, kind: str = "softmax",
     def on_checkpoint(step: int, members: list[nn.Module]) -> dict:
         return {"members": [theorem_check(m, *val) for m in members]}
 
-    def build() -> tuple[dict, dict]:
-        history = train.train(
+    def run() -> dict:
+        return train.train(
             models, mse, sample, steps=steps, lr=lr,
             generators=[runtime.generator(s + 7919) for s in seeds],
             checkpoint_every=cfg.checkpoint_every if val is not None else None,
             on_checkpoint=on_checkpoint if val is not None else None,
             desc=desc or f"{kind}/{variant}",
         )
-        return train.stack_states(models), history
 
     val_digest = None if val is None else float(val[0].sum() + val[1].sum())
-    state, history, hit = runtime.cached(
-        "04", f"{kind}-{variant}", cfg, build, seeds=list(seeds), steps=steps, lr=lr, val=val_digest)
-    if hit:
-        train.load_stacked(models, state)
-    history["cached"] = hit
+    history = train.cached_training("04", f"{kind}-{variant}", cfg, models, run, seeds=list(seeds),
+                                    steps=steps, lr=lr, val=val_digest)
     return models, history
 
 

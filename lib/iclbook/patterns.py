@@ -476,15 +476,11 @@ def train_gpt(cfg: Config, seeds: list[int], *, steps: int | None = None, lr: fl
     def sample(g):
         return sample_prompts(domain, cfg.batch, alpha=cfg.alpha, l=cfg.l_train, cfg=cfg, generator=g).batch()
 
-    def build():
-        history = train.train(models, hinge, sample, steps=steps, lr=lr, optimizer="adam", schedule="cosine",
-                              generators=[runtime.generator(s + 104729) for s in seeds], desc=desc)
-        return train.stack_states(models), history
+    def run() -> dict:
+        return train.train(models, hinge, sample, steps=steps, lr=lr, optimizer="adam", schedule="cosine",
+                           generators=[runtime.generator(s + 104729) for s in seeds], desc=desc)
 
-    state, history, hit = runtime.cached("01", "gpt", cfg, build, seeds=list(seeds), steps=steps, lr=lr)
-    if hit:
-        train.load_stacked(models, state)
-    history["cached"] = hit
+    history = train.cached_training("01", "gpt", cfg, models, run, seeds=list(seeds), steps=steps, lr=lr)
     return models, history
 
 
@@ -514,18 +510,20 @@ def train_models(cfg: Config, seeds: list[int], alphas: list[float] | None = Non
         return lambda g: sample_prompts(domain, cfg.batch, alpha=alpha, l=cfg.l_train, cfg=cfg,
                                         generator=g).batch()
 
-    def build():
-        history = train.train(
+    def run() -> dict:
+        return train.train(
             models, hinge, [sampler(a) for a in alphas], steps=steps, lr=cfg.lr, optimizer="sgd",
             generators=[runtime.generator(s + 7919) for s in seeds],
             checkpoint_every=cfg.checkpoint_every if on_checkpoint is not None else None,
             on_checkpoint=on_checkpoint, desc=desc)
-        return train.stack_states(models), history
 
     if cache_name is None:
-        _, history = build()
+        history = run()
         history["cached"] = False
         return models, history
+    history = train.cached_training("01", cache_name, cfg, models, run, seeds=list(seeds),
+                                    alphas=list(alphas), steps=steps)
+    return models, history
     state, history, hit = runtime.cached("01", cache_name, cfg, build, seeds=list(seeds),
                                          alphas=list(alphas), steps=steps)
     if hit:

@@ -200,3 +200,22 @@ def load_stacked(models: Sequence[nn.Module], state: dict[str, torch.Tensor]) ->
     for i, m in enumerate(models):
         prefix = f"{i}."
         m.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def cached_training(chapter: str, name: str, config: Any, models: Sequence[nn.Module],
+                    run: Callable[[], dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """Train ``models`` through the trained-weight cache (:func:`iclbook.runtime.cached`).
+
+    ``run()`` trains the models in place and returns the history. On a cache hit it is not
+    called: the members' weights and the stored history are loaded instead. ``extra`` joins the
+    cache key (seeds, steps...). The returned history has ``cached`` set to whether it hit.
+    """
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        history = run()
+        return stack_states(models), history
+
+    state, history, hit = runtime.cached(chapter, name, config, build, **extra)
+    if hit:
+        load_stacked(models, state)
+    history["cached"] = hit
+    return history
