@@ -45,7 +45,7 @@ notebooks: $(STAMP)
 ## make sync: regenerate the paired notebooks from the text chapters (the .md is the source;
 ## one-way, so that the .md keeps its formatting).
 sync: $(STAMP)
-	for f in book/[0-9][0-9]_*.md; do $(BIN)/jupytext --to ipynb "$$f"; done
+	for f in book/[0-9][0-9]_*.md; do $(BIN)/jupytext --to ipynb --update "$$f"; done
 
 ## make bench: the timing benchmarks of benchmarks/ (ratios measured in one run).
 bench: $(STAMP)
