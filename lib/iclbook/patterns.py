@@ -524,12 +524,6 @@ def train_models(cfg: Config, seeds: list[int], alphas: list[float] | None = Non
     history = train.cached_training("01", cache_name, cfg, models, run, seeds=list(seeds),
                                     alphas=list(alphas), steps=steps)
     return models, history
-    state, history, hit = runtime.cached("01", cache_name, cfg, build, seeds=list(seeds),
-                                         alphas=list(alphas), steps=steps)
-    if hit:
-        train.load_stacked(models, state)
-    history["cached"] = hit
-    return models, history
 
 
 def steps_to_threshold(steps: list[int], values: list[float], threshold: float) -> float:

@@ -36,16 +36,21 @@ LossFn = Callable[[Callable[..., torch.Tensor], Batch], torch.Tensor]
 def make_optimizer(
     name: str, params: Sequence[torch.Tensor], lr: float, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    """``"adam"`` or ``"sgd"`` (plain, with coupled L2 weight decay as in ``torch.optim``)."""
+    """``"adam"``, ``"adamw"`` or ``"sgd"`` (plain), with ``torch.optim``'s weight decay.
+
+    ``"sgd"`` with ``weight_decay = delta / lr`` and ``"adamw"`` with the same value both apply the
+    per-step shrink ``p <- (1 - delta) p - update`` (the form chapter 3's author used)."""
     if lr <= 0:
         raise ValueError(f"learning rate must be > 0, got {lr}")
     if weight_decay < 0:
         raise ValueError(f"weight decay must be >= 0, got {weight_decay}")
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
+    raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {name!r}")
 
 
 def train(
@@ -78,7 +83,7 @@ def train(
         draws from its own generator, so members see independent data. A list of samplers, one
         per member, trains members on different data distributions (a sweep of configs).
     steps, lr, optimizer, weight_decay, schedule
-        ``steps`` optimizer steps of ``optimizer`` (``"adam"`` or ``"sgd"``) at learning rate
+        ``steps`` optimizer steps of ``optimizer`` (``"adam"``, ``"adamw"`` or ``"sgd"``) at learning rate
         ``lr``, held ``"constant"`` or decayed to zero along a half ``"cosine"``.
     generators
         One ``torch.Generator`` per member (a single one for a single model).

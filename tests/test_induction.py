@@ -1,0 +1,209 @@
+"""Unit tests of chapter 3's library (Reddy 2024): generator, network, measures, models."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from iclbook import induction as ind
+
+CFG = ind.CONFIGS["book"]
+SMALL = replace(CFG, K=64, L=8, N=4, D=15, Nmax=8, K_c=16, n_eval=50)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return ind.make_task(CFG, gen(0))
+
+
+# --- the generator ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("B", [1, 2, 4])
+def test_bursty_sequences_repeat_each_class_B_times_with_distinct_labels(task, B):
+    s = ind.sample(task, 500, CFG, gen(1), B=B, p_B=1.0, p_C=0.0)
+    for classes, labels, q in zip(s.classes, s.context_labels, s.query_class):
+        counts = torch.bincount(classes, minlength=CFG.K + CFG.K_c)
+        assert set(counts[counts > 0].tolist()) == {B}
+        assert len(set(labels.tolist())) == CFG.N // B  # no-repeat labels
+        assert q in classes
+    assert s.bursty.all() and not s.novel.any()
+
+
+def test_label_map_and_token_layout(task):
+    s = ind.sample(task, 200, CFG, gen(2), p_C=0.0)
+    assert s.tokens.shape == (200, CFG.T, CFG.d)
+    assert torch.equal(s.context_labels, s.classes % CFG.L)
+    assert torch.equal(s.target, s.query_class % CFG.L)
+    vec = s.tokens[..., CFG.P:]
+    assert torch.allclose(vec[:, 1:-1:2], task.lambdas[s.context_labels])
+    e_fac = 1 / math.sqrt(1 + CFG.eps ** 2)
+    item_gap = vec[:, 0:-1:2] / e_fac - task.mus[s.classes]
+    noise_std = item_gap.std().item() * math.sqrt(CFG.D) / CFG.eps
+    assert abs(noise_std - 1) < 0.05
+
+
+def test_positions_are_shifted_one_hots_in_range(task):
+    s = ind.sample(task, 3000, CFG, gen(3))
+    pos = s.tokens[..., :CFG.P]
+    assert torch.equal(pos.sum(-1), torch.ones(3000, CFG.T))
+    expected = s.shift[:, None] + torch.arange(CFG.T)
+    assert torch.equal(pos.argmax(-1), expected)
+    assert s.shift.min() == 0 and s.shift.max() == CFG.P - CFG.T  # 0..48 for Nmax = 32, N = 8
+
+
+def test_zipf_frequencies_of_non_bursty_sequences():
+    cfg = replace(SMALL, zipf=1.0)
+    t = ind.make_task(cfg, gen(0))
+    s = ind.sample(t, 20_000, cfg, gen(4), p_B=0.0, p_C=0.0)
+    counts = torch.bincount(s.classes.flatten(), minlength=cfg.K).double()
+    freq = counts / counts.sum()
+    expected = t.zipf_p.double()
+    # 80,000 draws: each frequency within 5 binomial standard errors
+    se = torch.sqrt(expected * (1 - expected) / counts.sum())
+    assert ((freq - expected).abs() < 5 * se + 1e-12).all()
+    assert freq[0] / freq[1] == pytest.approx(2.0, rel=0.05)
+
+
+def test_novel_fraction_and_fresh_classes(task):
+    s = ind.sample(task, 4000, CFG, gen(5), p_C=0.8)
+    assert abs(s.novel.float().mean().item() - 0.8) < 0.03
+    assert (s.classes[s.novel] >= CFG.K).all() and (s.classes[~s.novel] < CFG.K).all()
+    nov = ind.sample(task, 100, CFG, gen(6), p_C=1.0)
+    assert torch.equal(nov.context_labels, (nov.classes - CFG.K) % CFG.L)
+
+
+def test_ic2_flips_every_context_label_and_the_target(task):
+    s = ind.sample(task, 300, CFG, gen(7), p_B=1.0, p_C=0.0, flip_labels=True)
+    assert torch.equal(s.context_labels, (s.classes + 1) % CFG.L)
+    assert torch.equal(s.target, (s.query_class + 1) % CFG.L)
+
+
+def test_B_zero_means_iid_sequences(task):
+    s = ind.sample(task, 500, CFG, gen(8), B=0, p_B=1.0, p_C=0.0)
+    assert not s.bursty.any()
+
+
+def test_eval_sets_are_the_authors_four(task):
+    sets = ind.eval_sets(task, CFG, gen(9), n=100)
+    assert set(sets) == {"test", "IC", "IC2", "IW"}
+    assert sets["IC"].novel.all() and not sets["IC2"].novel.any()
+    assert not sets["IW"].bursty.any() and not sets["IW"].novel.any()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"B": 3}, "burstiness"),
+    ({"B": 8}, "burstiness"),
+    ({"p_B": 1.5}, "p_B"),
+    ({"p_C": -0.1}, "p_C"),
+    ({"eps": -1.0}, "eps"),
+])
+def test_bad_sampling_arguments_raise(task, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ind.sample(task, 10, CFG, gen(), **kwargs)
+
+
+def test_K_must_be_a_multiple_of_L():
+    with pytest.raises(ValueError, match="multiple of L"):
+        ind.make_task(replace(CFG, K=100), gen())
+    with pytest.raises(ValueError, match="Nmax"):
+        ind.make_task(replace(CFG, Nmax=4), gen())
+
+
+# --- the network -----------------------------------------------------------------------------
+
+
+def test_fast_forward_equals_the_authors_direct_form_in_float64(task):
+    model = ind.InductionNet(CFG, gen(1)).double()
+    s = ind.sample(task, 64, CFG, gen(10))
+    x = s.tokens.double()
+    logits, maps = model.direct(x)
+    assert model(x).shape == (64, CFG.L)
+    assert (model(x) - logits).abs().max() < 1e-12
+    att1, att2 = model.attention(x)
+    assert (att1 - maps[0]).abs().max() < 1e-14
+    assert (att2 - maps[1][:, -1]).abs().max() < 1e-14
+    assert torch.allclose(att1.sum(-1), torch.ones(64, CFG.T, dtype=torch.float64))
+    assert (att1.triu(1) == 0).all()  # causal
+
+
+def test_initialisation_and_parameter_count():
+    model = ind.InductionNet(CFG, gen(0))
+    n = sum(p.numel() for p in model.parameters())
+    assert n == 6 * 128 * 128 + 3 * 128 * 128 + 3 + 32 * 128  # 151,555: the spec's "about 151.6k"
+    assert model.q1.std().item() == pytest.approx(1 / math.sqrt(CFG.D), rel=0.05)
+    assert model.mlp.w1.std().item() == pytest.approx(math.sqrt(2 / CFG.d), rel=0.05)
+    assert model.mlp.b1.shape == (1,)
+
+
+def test_progress_measures_at_initialisation_are_near_uniform(task):
+    model = ind.InductionNet(CFG, gen(0))
+    sets = ind.eval_sets(task, CFG, gen(11), n=400)
+    m = ind.measure(model, sets)
+    uniform_ila1 = np.mean([1 / (2 * j + 2) for j in range(CFG.N)])  # label 2j+1 sees 2j+2 tokens
+    assert abs(m["ILA1"] - uniform_ila1) < 0.03
+    assert abs(m["TILA2"] - 1 / CFG.T) < 0.03
+    assert set(m) >= {"test", "IC", "IC2", "IW", "loss", "ILA1", "TILA2", "TLA2", "CLA", "live"}
+    assert 0 <= m["live"] <= 1
+
+
+def test_minimal_model_starts_uniform_and_has_the_classifier(task):
+    model = ind.MinimalNet(CFG, gen(0))
+    s = ind.sample(task, 20, CFG, gen(12))
+    prev, att = model.induction_attention(s.tokens)
+    assert torch.allclose(att, torch.full((20, CFG.N), 1 / (CFG.N + 1)))
+    assert torch.allclose(prev, torch.full((20, CFG.N), 0.5))
+    assert model(s.tokens).shape == (20, CFG.L)
+
+
+def test_sgd_weight_decay_is_the_authors_multiplicative_shrink():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    args = ind.optimizer_args(CFG, optimizer="sgd", lr=0.01)
+    opt = torch.optim.SGD([p], lr=args["lr"], weight_decay=args["weight_decay"])
+    p.grad = torch.tensor([0.5, 0.5])
+    opt.step()
+    expected = (1 - CFG.decay) * torch.tensor([1.0, -2.0]) - 0.01 * 0.5
+    assert torch.allclose(p.detach(), expected, atol=1e-9)
+    assert ind.optimizer_args(CFG)["optimizer"] == "adamw"
+
+
+def test_train_runs_records_measures_per_member():
+    runs = ind.train_runs(SMALL, [0, 1], [{}, {"B": 2}], steps=6, eval_every=3, batch=8)
+    assert len(runs) == 2 and runs[1].cfg.B == 2
+    assert [h["step"] for h in runs[0].history] == [0, 3, 6]
+    assert runs[0].history[0]["loss"] > 0
+    with pytest.raises(ValueError, match="net"):
+        ind.train_runs(SMALL, [0], net="large", steps=1)
+
+
+# --- the phenomenological model --------------------------------------------------------------
+
+
+def test_origin_is_critical_only_when_L_equals_N():
+    g_eq = ind.pheno_gradient(0.0, 0.0, 0.0, N=8, L=8)
+    assert np.linalg.norm(g_eq) < 1e-8
+    g = ind.pheno_gradient(0.0, 0.0, 0.0, N=8, L=32)
+    assert g[0] == 0 and g[1] == 0
+    assert g[2] == pytest.approx(-(1 / 8 - 1 / 32), rel=1e-12)
+
+
+def test_pheno_loss_at_origin_is_uniform_and_bad_sizes_raise():
+    loss, pc, pctx = ind.pheno_loss(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0), 8, 32)
+    assert pc.item() == pytest.approx(1 / 32) and pctx.item() == pytest.approx(8 / 32)
+    with pytest.raises(ValueError, match="N <= L"):
+        ind.pheno_loss(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0), 8, 4)
+
+
+def test_pheno_descent_crosses_in_nested_order():
+    r = ind.pheno_descent(8, 32, steps=3000, lr=0.01)
+    order = [ind.first_crossing(r[k], 1.0) for k in ("xi", "alpha", "beta1")]
+    assert order[0] < order[1] < order[2]
+    assert r["p_correct"][-1] > 0.5
