@@ -50,6 +50,7 @@ sync: $(STAMP)
 ## make bench: the timing benchmarks of benchmarks/ (ratios measured in one run).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ensemble.py
+	$(BIN)/python benchmarks/induction.py
 	$(BIN)/python benchmarks/chapter_times.py
 
 clean:

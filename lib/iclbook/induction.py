@@ -75,6 +75,7 @@ class Config:
     minimal_lr: float = 1e-3
     minimal_steps: int = 4000
     minimal_eval_every: int = 100
+    minimal_seeds: int = 4
     # the phenomenological model (plain gradient descent, as in the spec's calibration)
     pheno_steps: int = 5000
     pheno_lr: float = 0.01
@@ -106,7 +107,7 @@ def _paper_grid() -> tuple[tuple[int, int, float, float, float], ...]:
 CONFIGS: dict[str, Config] = {
     "smoke": Config(steps=300, eval_every=50, n_eval=300, sgd_steps=150, sgd_seeds=2,
                     grid=((64, 4, 1.0, 0.0, 0.1), (512, 0, 1.0, 0.0, 0.1)), grid_steps=100,
-                    minimal_steps=600, minimal_eval_every=100, checks=False),
+                    minimal_steps=600, minimal_eval_every=100, minimal_seeds=2, checks=False),
     "book": Config(),
     # the author's settings (SGD 0.01, batch 128, 150k steps, six seeds); needs a GPU
     "paper": Config(optimizer="sgd", lr=0.01, batch=128, steps=150_000, eval_every=1000,
