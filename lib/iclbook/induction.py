@@ -75,7 +75,7 @@ class Config:
     minimal_lr: float = 1e-3
     minimal_steps: int = 4000
     minimal_eval_every: int = 100
-    minimal_seeds: int = 4
+    minimal_seeds: int = 6
     # the phenomenological model (plain gradient descent, as in the spec's calibration)
     pheno_steps: int = 5000
     pheno_lr: float = 0.01
