@@ -118,8 +118,8 @@ def library_digest() -> str:
     cached model is never reused by code that would have trained it differently."""
     h = hashlib.sha256(iclbook.__version__.encode())
     root = Path(iclbook.__file__).parent
-    for path in sorted(root.glob("*.py")):
-        h.update(path.name.encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

@@ -1,0 +1,265 @@
+"""Tests of iclbook.implicit (Dai et al. 2023): exact identities in float64, metric sanity,
+the K/V name filter, the tiny LM, and clear errors for bad inputs."""
+
+import math
+
+import pytest
+import torch
+
+from iclbook.implicit import dual_form, metrics, probe, tasks, tinylm
+
+F64 = torch.float64
+ATOL = 1e-10
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+# --- dual form -----------------------------------------------------------------------------
+
+
+def test_relaxed_icl_decomposes_exactly():
+    d, dk = 8, 6
+    w_k, w_v, w_q = rand(dk, d, seed=1), rand(dk, d, seed=2), rand(dk, d, seed=3)
+    x_demo, x = rand(d, 11, seed=4), rand(d, 5, seed=5)
+    q = w_q @ x[:, -1]
+    r = dual_form.relaxed_icl(w_k, w_v, x_demo, x, q)
+    assert torch.allclose(r["attention"], r["zsl"] + r["update"], atol=ATOL, rtol=0)
+    outer = sum(torch.outer(w_v @ x_demo[:, i], w_k @ x_demo[:, i]) for i in range(11))
+    assert torch.allclose(r["dW_ICL"], outer, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_sgd_is_linear_attention_over_error_signals(loss):
+    d_in, d_out, n = 7, 4, 9
+    w0, xs = rand(d_out, d_in, seed=1), rand(n, d_in, seed=2)
+    ys = rand(n, d_out, seed=3) if loss == "mse" else torch.arange(n) % d_out
+    r = dual_form.sgd_dual_form(w0, xs, ys, lr=0.1, loss=loss)
+    assert torch.allclose(r["W"], w0 + r["dW"], atol=ATOL, rtol=0)
+    x = rand(d_in, seed=4)
+    attn = dual_form.linear_attention(r["E"], xs.T, x)
+    assert torch.allclose(r["W"] @ x, w0 @ x + attn, atol=ATOL, rtol=0)
+
+
+def test_ft_update_three_terms():
+    d = 6
+    w_k, w_v, dw_k, dw_v, x = (rand(d, d, seed=s) for s in range(5))
+    r = dual_form.ft_update(w_k, w_v, 0.1 * dw_k, 0.1 * dw_v, x)
+    assert torch.allclose(r["dW_FT"], r["direct"], atol=ATOL, rtol=0)
+
+
+def test_softmax_is_convex_mix():
+    dk, n = 5, 12
+    k, v, q = rand(dk, n, seed=1), rand(3, n, seed=2), rand(dk, seed=3)
+    demo = torch.arange(n) < 8
+    r = dual_form.softmax_split(q, k, v, demo)
+    assert 0 < float(r["lam"]) < 1
+    assert torch.allclose(r["h"], (1 - r["lam"]) * r["h_zsl"] + r["lam"] * r["h_demo"], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError):
+        dual_form.softmax_split(q, k, v, torch.ones(n, dtype=torch.bool))
+
+
+def test_identity_holds_at_layer_one_only():
+    d = 6
+    weights = [tuple(0.3 * rand(d, d, seed=10 * l + j) for j in range(3)) for l in range(3)]
+    res = dual_form.layerwise_residual(weights, rand(d, 7, seed=1), rand(d, 4, seed=2))
+    assert float(res[0]) < ATOL
+    assert (res[1:] > 1e-3).all()
+
+
+def test_momentum_three_ways():
+    v = rand(9, 4)
+    explicit = dual_form.momentum_explicit(v, 0.7)
+    assert torch.allclose(explicit, dual_form.momentum_recurrent(v, 0.7), atol=ATOL, rtol=0)
+    m = tinylm.momentum_matrix(9, 0.7, F64)
+    assert torch.allclose(explicit, m @ v, atol=ATOL, rtol=0)
+    assert float(m.diagonal().abs().max()) == 0.0
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def test_simaou_noise_null():
+    """Deutch et al.'s point: normalising before differencing gives ~0.25 on pure noise."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 2000, 256
+    z = torch.randn(n, d, generator=g, dtype=F64)
+    i = z + math.sqrt(3) * torch.randn(n, d, generator=g, dtype=F64)
+    f = z + math.sqrt(3) * torch.randn(n, d, generator=g, dtype=F64)
+    norm = metrics.simaou(i, z, f).mean()
+    raw = metrics.simaou(i, z, f, normalize=False).mean()
+    assert abs(float(norm) - 0.25) < 0.02
+    assert abs(float(raw)) < 0.01
+
+
+def test_random_baselines_near_zero():
+    g = torch.Generator().manual_seed(1)
+    h_i, h_z = torch.randn(3000, 64, generator=g), torch.randn(3000, 64, generator=g)
+    # zero-mean differences: the U[0,1) direction averages out
+    assert abs(float(metrics.simaou_random(h_i, h_z, g).mean())) < 0.01
+    a = torch.randn(2000, 20, generator=g)
+    assert abs(float(metrics.kendall_tau(a, torch.rand(2000, 20, generator=g)).mean())) < 0.01
+
+
+def test_kendall_tau_matches_definition():
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert float(metrics.kendall_tau(a, a)) == 1.0
+    assert float(metrics.kendall_tau(a, -a)) == -1.0
+    b = torch.tensor([1.0, 3.0, 2.0, 4.0])           # one discordant pair of six
+    assert float(metrics.kendall_tau(a, b)) == pytest.approx(4 / 6)
+
+
+def test_rec2ftp_on_hand_built_masks():
+    z = [0, 0, 0, 0, 1, 0]
+    f = [1, 1, 1, 0, 1, 1]
+    i = [1, 0, 1, 1, 1, 1]
+    # Z wrong & F right: examples 0, 1, 2, 5; of them ICL right: 0, 2, 5
+    assert metrics.rec2ftp(z, f, i) == pytest.approx(75.0)
+    # Z wrong: 0, 1, 2, 3, 5; ICL right among them: 0, 2, 3, 5
+    assert metrics.rec2ftp_null(z, i) == pytest.approx(80.0)
+    assert math.isnan(metrics.rec2ftp([1, 1], [1, 1], [0, 0]))
+
+
+def test_simam_delta_and_mismatch():
+    g = torch.Generator().manual_seed(2)
+    m_z = torch.randn(50, 10, generator=g)
+    assert torch.allclose(metrics.simam(m_z, 2 * m_z), torch.ones(50))
+    upd = torch.randn(50, 10, generator=g)
+    assert torch.allclose(metrics.simam_delta(m_z + upd, m_z, m_z + 3 * upd), torch.ones(50), atol=1e-5)
+    idx = torch.arange(50)
+    assert (metrics.mismatched(idx, g) != idx).all()
+
+
+def test_bootstrap_ci_brackets_mean():
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(400, generator=g, dtype=F64)
+    lo, hi = metrics.bootstrap_ci(v, g)
+    assert lo < float(v.mean()) < hi and hi - lo < 0.4
+
+
+# --- tasks, model, probe ------------------------------------------------------------------
+
+
+def test_tasks_and_prompts():
+    for name in tasks.TASK_NAMES:
+        data = tasks.make_dataset(name, 30, seed=0)
+        assert len(data) == 30 and int(data.classes.max()) < data.task.n_classes
+        ids, spans = tasks.icl_prompt(data.task, [(data.inputs[0], data.task.labels[0])],
+                                      data.inputs[1])
+        assert ids[0] == tasks.TOKEN_ID[tasks.BOS] and len(spans) == 1
+        assert tasks.decode(ids[spans[0][1]: spans[0][1] + 1]) == tasks.SEP
+    # the cue words are a property of the data set, the same in every split
+    assert tasks.make_dataset("sst2", 5, 0).cues == tasks.make_dataset("sst2", 5, 9, split="dev").cues
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="unknown task"):
+        tasks.make_dataset("imdb", 10, 0)
+    pool = tasks.make_dataset("sst2", 8, 0)
+    with pytest.raises(ValueError, match="pool of 8"):
+        probe.demonstrations(pool, 9, torch.Generator())
+    model = tinylm.TinyLM(tinylm.LMConfig(layers=1))
+    with pytest.raises(ValueError, match="no demonstrations"):
+        probe.finetune_kv(model, [], lr=0.1)
+    with pytest.raises(ValueError):
+        tasks.encode(["not-a-word"])
+    with pytest.raises(ValueError):
+        tinylm.LMConfig(d_model=10, heads=4)
+
+
+def test_kv_filter_trains_only_keys_and_values():
+    torch.manual_seed(0)
+    model = tinylm.TinyLM(tinylm.LMConfig(layers=2))
+    data = tasks.make_dataset("sst2", 4, 0)
+    ex = [tasks.ft_example(data.task, x, data.task.labels[int(y)])
+          for x, y in zip(data.inputs, data.classes)]
+    res = probe.finetune_kv(model, ex, lr=0.5, keep_queries=True)
+    before, after = dict(model.named_parameters()), dict(res.model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed == set(probe.kv_parameters(model))
+    assert any(n.endswith("k_proj.bias") for n in changed)
+    assert len(res.queries) == 4 and res.queries[0][0].shape[0] == len(ex[0]) - 1
+
+
+def test_recorder_matches_model_and_right_padding():
+    torch.manual_seed(0)
+    model = tinylm.TinyLM(tinylm.LMConfig(layers=2)).eval()
+    data = tasks.make_dataset("agnews", 3, 0)
+    prompts, _ = probe.build_prompts(data, [(data.inputs[0], "World")], max_len=256)
+    prompts[1] = prompts[1][:-3]          # different lengths: right padding must not matter
+    rec = probe.record(model, prompts)
+    for i, p in enumerate(prompts):
+        alone = probe.record(model, [p])
+        assert torch.allclose(rec["out"][i], alone["out"][0], atol=1e-5)
+        assert torch.allclose(rec["scores"][i], alone["scores"][0], atol=1e-5)
+    # the recorded scores are the ones the model's attention softmaxes
+    with probe.Recorder(model) as r:
+        model(torch.tensor([prompts[0]]))
+    s = r.scores(0, 0, len(prompts[0]) - 1)
+    assert s.shape == (4, len(prompts[0]))
+
+
+def test_pretraining_lowers_the_loss():
+    torch.manual_seed(0)
+    model = tinylm.TinyLM(tinylm.LMConfig(layers=1))
+    cfg = tinylm.PretrainConfig(steps=30, batch=8, seq_len=64, warmup=5)
+    hist = tinylm.pretrain(model, cfg, log_every=5)
+    assert hist["loss"][-1] < hist["loss"][0] - 0.5
+
+
+def test_momentum_model_runs_and_differs():
+    torch.manual_seed(0)
+    base = tinylm.TinyLM(tinylm.LMConfig(layers=1))
+    mo = tinylm.TinyLM(tinylm.LMConfig(layers=1, momentum=0.5))
+    mo.load_state_dict(base.state_dict())
+    ids = torch.randint(len(tasks.VOCAB), (2, 20))
+    a, b = base(ids), mo(ids)
+    assert torch.allclose(a[:, 0], b[:, 0], atol=1e-6)      # no earlier token at position 0
+    assert not torch.allclose(a[:, 5], b[:, 5])
+
+
+def test_pipeline_runs_end_to_end_on_a_small_model():
+    from iclbook.implicit import experiment as ex
+
+    torch.manual_seed(0)
+    model = tinylm.TinyLM(tinylm.LMConfig(layers=2)).eval()
+    cfg = ex.Config(n_test=12, n_dev=8, k=4, pool=16, demo_seeds=(1, 2), lr_grid=(0.01, 0.1),
+                    eval_seeds=1, kendall_examples=5, permutations=2, names=("sst2", "cb"))
+    g = torch.Generator().manual_seed(0)
+    runs = {n: ex.run_task(model, n, cfg, seed=0) for n in cfg.names}
+    for run in runs.values():
+        stats = ex.statistics(run, g, kendall_examples=5)
+        assert all(math.isfinite(v) for k, v in stats.items() if not k.startswith("rec2ftp"))
+        assert -1 <= stats["kendall"] <= 1
+    flips = ex.order_flips(model, runs["sst2"], 2, g, n=6)
+    assert set(flips) == {"ICL", "SGD", "GD"} and flips["GD"] < 1e-9     # full-batch GD ignores order
+    dw = ex.delta_w_cosines(model, runs["sst2"], runs["cb"], n=3)
+    assert dw["cos"].shape == (3, 2, 4) and torch.isfinite(dw["cos"]).all()
+    emb = ex.untrained_like(model, seed=1, keep_embeddings=True)
+    assert torch.equal(emb.embed.weight, model.embed.weight)
+    assert not torch.equal(emb.layers[0].self_attn.k_proj.weight, model.layers[0].self_attn.k_proj.weight)
+    again = ex.rerun(emb, runs["sst2"])
+    assert again.records["I"]["out"].shape == runs["sst2"].records["I"]["out"].shape
+
+
+def test_probes_work_on_a_hugging_face_model_offline():
+    pytest.importorskip("transformers")
+    from iclbook.implicit import hf
+
+    model = hf.tiny_opt(seed=0)
+    data = tasks.make_dataset("sst2", 3, 0)
+    prompts, _ = probe.build_prompts(data, [(data.inputs[0], "Positive")], max_len=256)
+    ids = torch.tensor([prompts[0]])
+    with probe.Recorder(model) as rec:
+        out = model(ids, output_attentions=True)
+    pos = ids.shape[1] - 1
+    for layer, attn in enumerate(out.attentions):
+        ours = torch.softmax(rec.scores(layer, 0, pos), -1)
+        assert torch.allclose(ours, attn[0, :, pos, : pos + 1], atol=1e-5)
+    ex = [tasks.ft_example(data.task, x, data.task.labels[int(y)]) for x, y in zip(data.inputs, data.classes)]
+    tuned = probe.finetune_kv(model, ex, lr=0.5).model
+    before, after = dict(model.named_parameters()), dict(tuned.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed == set(probe.kv_parameters(model)) and len(changed) == 8   # 2 layers x (W, b) x (K, V)
+    assert probe.label_logprobs(model, prompts, tasks.encode(data.task.labels)).shape == (3, 2)
