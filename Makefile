@@ -9,7 +9,7 @@ PROFILE ?= book
 # jupyter-cache ignores environment variables: each profile builds into its own folder.
 OUT := $(if $(filter book,$(PROFILE)),.,_build/$(PROFILE))
 
-.PHONY: install book test unit notebooks sync bench clean
+.PHONY: install book test unit notebooks sync bench retrain clean
 
 $(STAMP): requirements.txt lib/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ensemble.py
 	$(BIN)/python benchmarks/induction.py
 	$(BIN)/python benchmarks/chapter_times.py
+
+## make retrain: pretrain chapter 2's tiny GPT again and overwrite the shipped checkpoint
+##   (lib/iclbook/implicit/weights/: tinylm.pt and its record tinylm.json with the SHA-256).
+retrain: $(STAMP)
+	$(BIN)/python -m iclbook.implicit.retrain
 
 clean:
 	rm -rf _build

@@ -143,6 +143,7 @@ CUE_WORDS = 3          # cue words per sentence (of the sentence's class)
 PRIOR_WORDS = 1        # prior-lexicon words per sentence
 FILLER_WORDS = 1       # filler words per sentence
 PRIOR_STRENGTH = 0.6   # chance that a prior word belongs to the sentence's own class
+REPEAT_BLOCK = 3       # inputs per repeated block of an unlabelled pretraining row
 
 
 def _pick(seq: Sequence, gen: torch.Generator):
@@ -276,7 +277,9 @@ def pretraining_batch(batch: int, seq_len: int, gen: torch.Generator,
     one with probability ``p_canonical`` and otherwise a random draw of distinct label words from
     the pool (canonical words of every task and nonce words): ``BOS ex_1 SEP ex_2 SEP ...`` until
     the row is full, so every label token is predicted from all the examples before it. With
-    probability ``p_plain`` a row holds unlabelled inputs only (``BOS x SEP x SEP ...``)."""
+    probability ``p_plain`` a row holds unlabelled inputs only, a block of ``REPEAT_BLOCK``
+    inputs repeated until the row is full: text that repeats itself is what lets a small model
+    form induction heads early (Olsson et al. 2022), which the label copying then reuses."""
     rows = torch.full((batch, seq_len + 1), TOKEN_ID[PAD], dtype=torch.long)
     for r in range(batch):
         task = TASKS[_pick(TASK_NAMES, gen)]
@@ -288,10 +291,17 @@ def pretraining_batch(batch: int, seq_len: int, gen: torch.Generator,
             verbal = tuple(LABEL_POOL[i] for i in idx)
         plain = float(torch.rand((), generator=gen)) < p_plain
         ids = [TOKEN_ID[BOS]]
+        if plain:
+            # unlabelled text that repeats itself, as natural text repeats its phrases
+            block = []
+            for _ in range(REPEAT_BLOCK):
+                y = int(torch.randint(task.n_classes, (1,), generator=gen))
+                block += encode(sentence(task, y, cues, gen)) + [TOKEN_ID[SEP]]
+            while len(ids) < seq_len + 1:
+                ids += block
         while len(ids) < seq_len + 1:
             y = int(torch.randint(task.n_classes, (1,), generator=gen))
             x = sentence(task, y, cues, gen)
-            words = x if plain else example_words(task, x, verbal[y])
-            ids += encode(words) + [TOKEN_ID[SEP]]
+            ids += encode(example_words(task, x, verbal[y])) + [TOKEN_ID[SEP]]
         rows[r] = torch.tensor(ids[: seq_len + 1])
     return rows

@@ -160,7 +160,7 @@ class PretrainConfig:
     warmup: int = 200
     clip: float = 1.0
     p_canonical: float = 0.3
-    p_plain: float = 0.1
+    p_plain: float = 0.3
     label_weight: float = 5.0
     seed: int = 0
 
@@ -210,12 +210,14 @@ def pretrain(model: TinyLM, cfg: PretrainConfig, *, log_every: int = 50,
             history["evals"].append({"step": step + 1, **evaluate(model)})
             history["seconds"] = time.perf_counter() - start
             history["tokens"] = (step + 1) * cfg.batch * cfg.seq_len
+            history["trained_steps"] = step + 1
             if on_eval is not None:
                 on_eval(model, history)
             model.train()
     model.eval()
     history["seconds"] = time.perf_counter() - start
     history["tokens"] = cfg.steps * cfg.batch * cfg.seq_len
+    history["trained_steps"] = cfg.steps
     return history
 
 
