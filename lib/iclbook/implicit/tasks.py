@@ -139,9 +139,8 @@ def get_task(name: str) -> Task:
 # Sentences
 # ---------------------------------------------------------------------------------------------
 
-CUE_WORDS = 3          # cue words per sentence (of the sentence's class)
-PRIOR_WORDS = 1        # prior-lexicon words per sentence
-FILLER_WORDS = 1       # filler words per sentence
+PRIOR_WORDS = 2        # prior-lexicon words per sentence
+FILLER_WORDS = 2       # filler words per sentence
 PRIOR_STRENGTH = 0.6   # chance that a prior word belongs to the sentence's own class
 REPEAT_BLOCK = 3       # inputs per repeated block of an unlabelled pretraining row
 
@@ -150,7 +149,7 @@ def _pick(seq: Sequence, gen: torch.Generator):
     return seq[int(torch.randint(len(seq), (1,), generator=gen))]
 
 
-def draw_cues(task: Task, gen: torch.Generator, per_class: int = 2) -> tuple[tuple[str, ...], ...]:
+def draw_cues(task: Task, gen: torch.Generator, per_class: int = 1) -> tuple[tuple[str, ...], ...]:
     """A fresh assignment of cue words to classes: ``per_class`` distinct cues per class."""
     perm = torch.randperm(len(CUES), generator=gen)[: per_class * task.n_classes].tolist()
     return tuple(tuple(CUES[perm[c * per_class + j]] for j in range(per_class))
@@ -163,7 +162,7 @@ def sentence(task: Task, y: int, cues: tuple[tuple[str, ...], ...], gen: torch.G
     if task.name == "cb":
         return _cb_sentence(y, gen)
     lex = PRIOR[task.name]
-    words = [_pick(cues[y], gen) for _ in range(CUE_WORDS)]
+    words = []
     for _ in range(PRIOR_WORDS):
         if float(torch.rand((), generator=gen)) < prior_strength:
             c = y
@@ -173,7 +172,7 @@ def sentence(task: Task, y: int, cues: tuple[tuple[str, ...], ...], gen: torch.G
         words.append(_pick(lex[c], gen))
     words += [_pick(FILLER, gen) for _ in range(FILLER_WORDS)]
     order = torch.randperm(len(words), generator=gen).tolist()
-    return [words[i] for i in order]
+    return [words[i] for i in order] + [_pick(cues[y], gen)]
 
 
 def _cb_sentence(y: int, gen: torch.Generator) -> list[str]:
