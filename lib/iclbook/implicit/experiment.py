@@ -227,8 +227,8 @@ def untrained_like(model: tinylm.TinyLM, seed: int, keep_embeddings: bool = Fals
     torch.manual_seed(seed)
     fresh = tinylm.TinyLM(model.cfg)
     if keep_embeddings:
-        state = {n: p for n, p in model.state_dict().items() if n.startswith("embed") or ".ln" in n
-                 or n.startswith("ln_f") or n.split(".")[-2].startswith("ln")}
+        state = {n: p for n, p in model.state_dict().items()
+                 if n.startswith("embed") or n.split(".")[-2].startswith("ln")}
         fresh.load_state_dict(state, strict=False)
     return fresh.eval()
 
@@ -303,8 +303,8 @@ def delta_w_cosines(model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100
             c, cn = [], []
             for j in range(h):
                 ft = dual_form.ft_update(wk[j], wv[j], dk[j], dv[j], x)["dW_FT"].flatten()
-                c.append(metrics._cos(own[l][j].flatten(), ft))
-                cn.append(metrics._cos(null[l][j].flatten(), ft))
+                c.append(metrics.cosine(own[l][j].flatten(), ft))
+                cn.append(metrics.cosine(null[l][j].flatten(), ft))
             per_layer.append(torch.stack(c))
             per_layer_null.append(torch.stack(cn))
         cos.append(torch.stack(per_layer))

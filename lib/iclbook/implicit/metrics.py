@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Cosine similarity along the last dimension."""
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)
 
 
@@ -53,7 +54,7 @@ def simaou(h_i: torch.Tensor, h_z: torch.Tensor, h_f: torch.Tensor,
         raise ValueError(f"shapes differ: {h_i.shape}, {h_z.shape}, {h_f.shape}")
     if normalize:
         h_i, h_z, h_f = (h / h.norm(dim=-1, keepdim=True) for h in (h_i, h_z, h_f))
-    return _cos(h_i - h_z, h_f - h_z)
+    return cosine(h_i - h_z, h_f - h_z)
 
 
 def simaou_random(h_i: torch.Tensor, h_z: torch.Tensor, gen: torch.Generator,
@@ -62,19 +63,19 @@ def simaou_random(h_i: torch.Tensor, h_z: torch.Tensor, gen: torch.Generator,
     if normalize:
         h_i, h_z = (h / h.norm(dim=-1, keepdim=True) for h in (h_i, h_z))
     u = torch.rand(h_i.shape, generator=gen, dtype=h_i.dtype)
-    return _cos(h_i - h_z, u)
+    return cosine(h_i - h_z, u)
 
 
 def simam(m_a: torch.Tensor, m_b: torch.Tensor) -> torch.Tensor:
     """Cosine of score rows ``(..., tokens)`` (zero-padded rows keep their cosine)."""
     if m_a.shape != m_b.shape:
         raise ValueError(f"shapes differ: {m_a.shape} vs {m_b.shape}")
-    return _cos(m_a, m_b)
+    return cosine(m_a, m_b)
 
 
 def simam_delta(m_i: torch.Tensor, m_z: torch.Tensor, m_f: torch.Tensor) -> torch.Tensor:
     """Deutch et al.'s SimAM on updates, ``cos(m_I - m_Z, m_F - m_Z)``."""
-    return _cos(m_i - m_z, m_f - m_z)
+    return cosine(m_i - m_z, m_f - m_z)
 
 
 def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
