@@ -96,6 +96,25 @@ def choose_lr(model: nn.Module, task: tasks.Task, demos, grid: Sequence[float],
     return grid[order[0]], accs
 
 
+def evaluate_zif(model: nn.Module, tuned: nn.Module, test: tasks.Dataset, demos, record: bool,
+                 max_len: int) -> tuple[dict[str, torch.Tensor], dict[str, dict], list]:
+    """Correctness masks of Z (``model``, no demonstrations), I (``model`` with ``demos``) and F
+    (``tuned``, no demonstrations) on ``test``; with ``record`` also their :func:`probe.record`
+    outputs. Returns ``(right, records, spans)``, ``spans`` the demonstrations' token spans."""
+    zero, _ = probe.build_prompts(test, [], max_len)
+    icl, spans = probe.build_prompts(test, demos, max_len)
+    cand = tasks.encode(test.task.labels)
+    right, recs = {}, {}
+    for key, m, prompts in (("Z", model, zero), ("I", model, icl), ("F", tuned, zero)):
+        if record:
+            recs[key] = probe.record(m, prompts)
+            pred = recs[key]["logprobs"][:, cand].argmax(-1)
+        else:
+            pred = probe.label_logprobs(m, prompts, cand).argmax(-1)
+        right[key] = pred == test.classes
+    return right, recs, spans
+
+
 def run_task(model: nn.Module, name: str, cfg: Config, seed: int, *, record: bool = True,
              select_on_test: bool = True, max_len: int = 256) -> TaskRun:
     """Steps 1-4 of the module docstring for one task (``record=False``: accuracies only;
@@ -113,18 +132,7 @@ def run_task(model: nn.Module, name: str, cfg: Config, seed: int, *, record: boo
     lr_test, test_accs = (choose_lr(model, task, demos, cfg.lr_grid, test, max_len)
                           if select_on_test else (float("nan"), [float("nan")]))
     ft = probe.finetune_kv(model, ft_examples(task, demos), lr, keep_queries=record)
-    zero_prompts, _ = probe.build_prompts(test, [], max_len)
-    icl_prompts, spans = probe.build_prompts(test, demos, max_len)
-    cand = tasks.encode(task.labels)
-    right, recs = {}, {}
-    for key, m, prompts in (("Z", model, zero_prompts), ("I", model, icl_prompts),
-                            ("F", ft.model, zero_prompts)):
-        if record:
-            recs[key] = probe.record(m, prompts)
-            pred = recs[key]["logprobs"][:, cand].argmax(-1)
-        else:
-            pred = probe.label_logprobs(m, prompts, cand).argmax(-1)
-        right[key] = pred == test.classes
+    right, recs, spans = evaluate_zif(model, ft.model, test, demos, record, max_len)
     nonce = probe.nonce_labels(task, demo_generator(seed, 99))
     nonce_demos = [(x, nonce[task.labels.index(y)]) for x, y in demos]
     right["nonce"] = probe.predict(model, test, nonce_demos, labels=nonce, max_len=max_len) == test.classes
@@ -209,13 +217,7 @@ def rerun(model: nn.Module, run: TaskRun, *, demos=None, lr: float | None = None
     lr = run.lr if lr is None else lr
     task = run.test.task
     ft = probe.finetune_kv(model, ft_examples(task, demos), lr, keep_queries=True)
-    zero, _ = probe.build_prompts(run.test, [], max_len)
-    icl, spans = probe.build_prompts(run.test, demos, max_len)
-    cand = tasks.encode(task.labels)
-    recs, right = {}, {}
-    for key, m, prompts in (("Z", model, zero), ("I", model, icl), ("F", ft.model, zero)):
-        recs[key] = probe.record(m, prompts)
-        right[key] = recs[key]["logprobs"][:, cand].argmax(-1) == run.test.classes
+    right, recs, spans = evaluate_zif(model, ft.model, run.test, demos, True, max_len)
     acc = {k: float(v.float().mean()) for k, v in right.items()}
     return TaskRun(run.name, run.test, list(demos), run.demo_seed, lr, float("nan"), acc, right,
                    ft, recs, spans)

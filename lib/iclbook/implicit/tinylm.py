@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.std import tqdm
 
 from iclbook import runtime
 from iclbook.implicit import tasks
@@ -171,8 +173,9 @@ def pretrain(model: TinyLM, cfg: PretrainConfig, *, log_every: int = 50,
     """Pretrain ``model`` in place on :func:`tasks.pretraining_batch` episodes.
 
     ``evaluate(model) -> dict`` (optional) runs every ``eval_every`` steps; its values join the
-    history, and ``on_eval(model, history)`` (optional) is called after it (to save a checkpoint). Returns the history: steps, losses, evaluations, seconds, tokens, the configs."""
-    if cfg.seq_len + 1 > model.cfg.max_len + 1 or cfg.seq_len > model.cfg.max_len:
+    history, and ``on_eval(model, history)`` (optional) is called after it (to save a
+    checkpoint). Returns the history: steps, losses, evaluations, seconds, tokens, the configs."""
+    if cfg.seq_len > model.cfg.max_len:
         raise ValueError(f"seq_len={cfg.seq_len} exceeds the model's max_len={model.cfg.max_len}")
     gen = runtime.generator(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
@@ -185,8 +188,6 @@ def pretrain(model: TinyLM, cfg: PretrainConfig, *, log_every: int = 50,
 
     history: dict[str, Any] = {"step": [], "loss": [], "evals": [],
                                "model": asdict(model.cfg), "pretrain": asdict(cfg)}
-    from tqdm.std import tqdm
-    import sys
 
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="pretrain", file=sys.stderr, mininterval=1.0,
