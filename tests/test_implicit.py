@@ -193,11 +193,32 @@ def test_recorder_matches_model_and_right_padding():
         alone = probe.record(model, [p])
         assert torch.allclose(rec["out"][i], alone["out"][0], atol=1e-5)
         assert torch.allclose(rec["scores"][i], alone["scores"][0], atol=1e-5)
-    # the recorded scores are the ones the model's attention softmaxes
+    # the recorded scores (ALiBi bias included) are the ones the model's attention softmaxes:
+    # softmax(scores) applied to the values of the recorded (token-mixed) input gives the output
+    n = len(prompts[0])
     with probe.Recorder(model) as r:
         model(torch.tensor([prompts[0]]))
-    s = r.scores(0, 0, len(prompts[0]) - 1)
-    assert s.shape == (4, len(prompts[0]))
+    for layer, (_, attn) in enumerate(r.modules):
+        s = r.scores(layer, 0, n - 1)
+        assert s.shape == (4, n)
+        v = attn.v_proj(r.x[layer][0]).view(n, 4, -1)
+        out = attn.out_proj(torch.einsum("hn,nhd->hd", s.softmax(-1), v).reshape(-1))
+        assert torch.allclose(out, r.out[layer][0, n - 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("positions, mix, momentum", [("alibi", 3, 0.0), ("sinusoidal", 0, 0.0),
+                                                      ("alibi", 3, 0.9)])
+def test_tinylm_is_causal(positions, mix, momentum):
+    torch.manual_seed(0)
+    model = tinylm.TinyLM(tinylm.LMConfig(layers=2, positions=positions, mix=mix,
+                                          momentum=momentum)).eval()
+    ids = torch.randint(len(tasks.VOCAB), (1, 30))
+    changed = ids.clone()
+    changed[0, 20:] = torch.randint(len(tasks.VOCAB), (10,))
+    with torch.no_grad():
+        assert torch.allclose(model(ids)[0, :20], model(changed)[0, :20], atol=1e-5)
+    with pytest.raises(ValueError, match="positions"):
+        tinylm.LMConfig(positions="rotary")
 
 
 def test_pretraining_lowers_the_loss():

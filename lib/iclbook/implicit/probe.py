@@ -123,7 +123,7 @@ def head_count(model: nn.Module, module: nn.Module) -> int:
 class Recorder:
     """Forward hooks that keep, for every attention layer, the outputs of ``q_proj``, ``k_proj``
     and ``out_proj`` and the attention's input ``x`` (what the projections read, after the
-    LayerNorm) of the last forward pass (shapes ``(batch, tokens, d)``)::
+    LayerNorm and any token mixing) of the last forward pass (shapes ``(batch, tokens, d)``)::
 
         with Recorder(model) as rec:
             logits_of(model, ids)
@@ -158,12 +158,18 @@ class Recorder:
 
     def scores(self, layer: int, row: int, position: int) -> torch.Tensor:
         """``(heads, position + 1)`` pre-softmax scores ``q . k / sqrt(d_h)`` from ``position``
-        of batch ``row`` to every token up to it."""
+        of batch ``row`` to every token up to it, plus the ALiBi bias ``-m_h (position - i)``
+        where the attention module has one (a tensor attribute ``alibi`` of slopes)."""
         q, k, h = self.q[layer][row], self.k[layer][row], self.heads[layer]
         d = q.shape[-1] // h
         qh = q[position].view(h, d)
         kh = k[: position + 1].view(position + 1, h, d)
-        return torch.einsum("hd,nhd->hn", qh, kh) / d ** 0.5
+        s = torch.einsum("hd,nhd->hn", qh, kh) / d ** 0.5
+        slopes = getattr(self.modules[layer][1], "alibi", None)
+        if isinstance(slopes, torch.Tensor):
+            gap = position - torch.arange(position + 1, dtype=s.dtype)
+            s = s - slopes.to(s.dtype)[:, None] * gap
+        return s
 
 
 @torch.no_grad()

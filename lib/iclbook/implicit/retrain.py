@@ -1,6 +1,6 @@
 """Pretrain the chapter's tiny GPT and write the shipped checkpoint (package data).
 
-    python -m iclbook.implicit.retrain            # the recipe of PretrainConfig(), ~35 min on 2 CPU cores
+    python -m iclbook.implicit.retrain            # the recipe of PretrainConfig(), ~8 min on 2 CPU cores
     python -m iclbook.implicit.retrain --steps 200 --out /tmp/lm   # a quick try
 
 Writes ``<out>/tinylm.pt`` (a ``state_dict`` in float32, loaded with ``weights_only=True``) and
