@@ -53,10 +53,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/induction.py
 	$(BIN)/python benchmarks/chapter_times.py
 
-## make retrain: pretrain chapter 2's tiny GPT again and overwrite the shipped checkpoint
-##   (lib/iclbook/implicit/weights/: tinylm.pt and its record tinylm.json with the SHA-256).
+## make retrain: pretrain chapter 2's tiny GPT again and overwrite the shipped checkpoints
+##   (lib/iclbook/implicit/weights/: tinylm.pt and its record tinylm.json with the SHA-256; then
+##   the momentum study, weights/momentum/eta<eta>_seed<seed>/, 3 etas x 2 seeds x 3,000 steps).
 retrain: $(STAMP)
 	$(BIN)/python -m iclbook.implicit.retrain
+	for seed in 1 2; do for eta in 0.0 0.5 0.9; do \
+	  $(BIN)/python -m iclbook.implicit.retrain --steps 3000 --seed $$seed --momentum $$eta --save-every 500 \
+	    --out lib/iclbook/implicit/weights/momentum/eta$${eta}_seed$${seed} || exit 1; done; done
 
 clean:
 	rm -rf _build
