@@ -251,8 +251,13 @@ def test_pipeline_runs_end_to_end_on_a_small_model():
     runs = {n: ex.run_task(model, n, cfg, seed=0) for n in cfg.names}
     for run in runs.values():
         stats = ex.statistics(run, g, kendall_examples=5)
+        per = stats.pop("per_example")
         assert all(math.isfinite(v) for k, v in stats.items() if not k.startswith("rec2ftp"))
         assert -1 <= stats["kendall"] <= 1
+        assert per["simaou"].shape == (12, 2) and per["kendall"].shape[0] == 5
+        assert abs(float(per["simaou"].mean()) - stats["simaou"]) < 1e-12
+        lo, hi = metrics.bootstrap_ci(per["simam_after"], g)
+        assert lo <= stats["simam_after"] <= hi
     flips = ex.order_flips(model, runs["sst2"], 2, g, n=6)
     assert set(flips) == {"ICL", "SGD", "GD"} and flips["GD"] < 1e-9     # full-batch GD ignores order
     dw = ex.delta_w_cosines(model, runs["sst2"], runs["cb"], n=3)

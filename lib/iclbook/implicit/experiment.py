@@ -181,26 +181,31 @@ def kendall(run: TaskRun, n: int, gen: torch.Generator) -> dict[str, torch.Tenso
     return {"tau": torch.stack(taus), "random": torch.stack(rand)}
 
 
-def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100) -> dict[str, float]:
+def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100) -> dict:
     """The paper's four statistics and the critics' variants, averaged as the paper did (over
-    examples, then layers)."""
+    examples, then layers); ``per_example`` keeps the per-example values of SimAOU, SimAM
+    (before, after) and Kendall (``(examples, layers)``) for bootstrap intervals."""
     h = {k: run.records[k]["out"].double() for k in ("Z", "I", "F")}
     m_z, m_i, m_f = (r.double() for r in prompt_rows(run))
     z, f, i = run.right["Z"], run.right["F"], run.right["I"]
     kt = kendall(run, kendall_examples, gen)
+    per_example = {"simaou": metrics.simaou(h["I"], h["Z"], h["F"]),
+                   "simam_before": metrics.simam(m_i, m_z), "simam_after": metrics.simam(m_i, m_f),
+                   "kendall": kt["tau"]}
     return {
         "rec2ftp": metrics.rec2ftp(z, f, i),
         "rec2ftp_null": metrics.rec2ftp_null(z, i),
         "n_fixed": int((~z & f).sum()),
-        "simaou": float(metrics.simaou(h["I"], h["Z"], h["F"]).mean()),
+        "simaou": float(per_example["simaou"].mean()),
         "simaou_random": float(metrics.simaou_random(h["I"], h["Z"], gen).mean()),
         "simaou_raw": float(metrics.simaou(h["I"], h["Z"], h["F"], normalize=False).mean()),
         "simaou_mismatched": float(metrics.simaou(h["I"], h["Z"], metrics.mismatched(h["F"], gen)).mean()),
-        "simam_before": float(metrics.simam(m_i, m_z).mean()),
-        "simam_after": float(metrics.simam(m_i, m_f).mean()),
+        "simam_before": float(per_example["simam_before"].mean()),
+        "simam_after": float(per_example["simam_after"].mean()),
         "simam_delta": float(metrics.simam_delta(m_i, m_z, m_f).nanmean()),
         "kendall": float(kt["tau"].mean()),
         "kendall_random": float(kt["random"].mean()),
+        "per_example": per_example,
     }
 
 
