@@ -277,18 +277,15 @@ def delta_w_cosines(model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100
     demonstrations (Eq. 12, from the in-context pass's layer inputs) and ``dW_FT`` of finetuning
     (Eq. 13, from the weight changes and the zero-shot pass's layer inputs), and the same with
     ``dW_ICL`` of another task's demonstrations (``other``) as a null."""
-    def demo_inputs(r: TaskRun) -> list[torch.Tensor]:
+    def dw_icl(r: TaskRun) -> list[list[torch.Tensor]]:
         prompt, spans = tasks.icl_prompt(r.test.task, r.demos, r.test.inputs[0], max_len=max_len)
         idx = torch.cat([torch.arange(a, b) for a, b in spans])
         with probe.Recorder(model) as rec:
             probe.logits_of(model, torch.tensor([prompt]))
-        return [x[0, idx].double() for x in rec.x], rec.heads
-
-    def dw_icl(r: TaskRun) -> list[list[torch.Tensor]]:
-        xs, heads = demo_inputs(r)
         out = []
-        for (_, m), x, h in zip(probe.attention_modules(model), xs, heads):
-            out.append([(wv @ x.T) @ (wk @ x.T).T for wk, wv in
+        for (_, m), x, h in zip(probe.attention_modules(model), rec.x, rec.heads):
+            x_demo = x[0, idx].double().T                       # (d, demonstration tokens)
+            out.append([dual_form.icl_update(wk, wv, x_demo) for wk, wv in
                         zip(head_slices(m.k_proj.weight.double(), h), head_slices(m.v_proj.weight.double(), h))])
         return out
 
