@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from iclbook.implicit import dual_form, metrics, probe, tasks, tinylm
+from iclbook.implicit.codec import WORDS, Codec
 
 LR_GRID = tuple(round(m * 10.0 ** e, 10) for e in (-1, -2, -3, -4) for m in range(1, 10))
 
@@ -66,6 +67,7 @@ class TaskRun:
     ft: probe.FinetuneResult | None = None
     records: dict[str, dict] = field(default_factory=dict)
     spans: list = field(default_factory=list)
+    codec: Codec = WORDS
 
 
 def splits(name: str, cfg: Config, seed: int) -> tuple[tasks.Dataset, tasks.Dataset, tasks.Dataset]:
@@ -79,66 +81,75 @@ def demo_generator(seed: int, demo_seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(10_000 * seed + demo_seed)
 
 
-def ft_examples(task: tasks.Task, demos: Sequence[tuple[Sequence[str], str]]) -> list[list[int]]:
-    return [tasks.ft_example(task, x, y) for x, y in demos]
+def ft_examples(task: tasks.Task, demos: Sequence[tuple[object, str]],
+                codec: Codec = WORDS) -> list[list[int]]:
+    return [codec.example(task, x, y) for x, y in demos]
 
 
 def choose_lr(model: nn.Module, task: tasks.Task, demos, grid: Sequence[float],
-              data: tasks.Dataset, max_len: int) -> tuple[float, list[float]]:
+              data: tasks.Dataset, max_len: int, codec: Codec = WORDS) -> tuple[float, list[float]]:
     """The grid value whose finetuned model scores best (zero-shot) on ``data``; ties go to the
     smaller learning rate."""
-    examples = ft_examples(task, demos)
+    examples = ft_examples(task, demos, codec)
     accs = []
     for lr in grid:
         tuned = probe.finetune_kv(model, examples, lr).model
-        accs.append(probe.accuracy(probe.predict(tuned, data, max_len=max_len), data))
+        accs.append(probe.accuracy(probe.predict(tuned, data, max_len=max_len, codec=codec), data))
     order = sorted(range(len(grid)), key=lambda i: (-accs[i], grid[i]))
     return grid[order[0]], accs
 
 
 def evaluate_zif(model: nn.Module, tuned: nn.Module, test: tasks.Dataset, demos, record: bool,
-                 max_len: int) -> tuple[dict[str, torch.Tensor], dict[str, dict], list]:
+                 max_len: int, codec: Codec = WORDS) -> tuple[dict[str, torch.Tensor], dict[str, dict], list]:
     """Correctness masks of Z (``model``, no demonstrations), I (``model`` with ``demos``) and F
     (``tuned``, no demonstrations) on ``test``; with ``record`` also their :func:`probe.record`
     outputs. Returns ``(right, records, spans)``, ``spans`` the demonstrations' token spans."""
-    zero, _ = probe.build_prompts(test, [], max_len)
-    icl, spans = probe.build_prompts(test, demos, max_len)
-    cand = tasks.encode(test.task.labels)
+    zero, _ = probe.build_prompts(test, [], max_len, codec)
+    icl, spans = probe.build_prompts(test, demos, max_len, codec)
+    cand = codec.label_ids(test.task.labels)
     right, recs = {}, {}
     for key, m, prompts in (("Z", model, zero), ("I", model, icl), ("F", tuned, zero)):
         if record:
-            recs[key] = probe.record(m, prompts)
+            recs[key] = probe.record(m, prompts, pad=codec.pad_id)
             pred = recs[key]["logprobs"][:, cand].argmax(-1)
         else:
-            pred = probe.label_logprobs(m, prompts, cand).argmax(-1)
+            pred = probe.label_logprobs(m, prompts, cand, pad=codec.pad_id).argmax(-1)
         right[key] = pred == test.classes
     return right, recs, spans
 
 
 def run_task(model: nn.Module, name: str, cfg: Config, seed: int, *, record: bool = True,
-             select_on_test: bool = True, max_len: int = 256) -> TaskRun:
+             select_on_test: bool = True, max_len: int = 256, data=None,
+             codec: Codec = WORDS) -> TaskRun:
     """Steps 1-4 of the module docstring for one task (``record=False``: accuracies only;
-    ``select_on_test=False`` skips the paper's selection on the reported split)."""
-    pool, dev, test = splits(name, cfg, seed)
+    ``select_on_test=False`` skips the paper's selection on the reported split).
+
+    ``data`` is ``(pool, dev, test)`` (default: the synthetic :func:`splits`) and ``codec`` turns
+    its examples into token ids: :func:`iclbook.implicit.hf.splits` and a
+    :class:`~iclbook.implicit.codec.TextCodec` run the same protocol on real text."""
+    pool, dev, test = splits(name, cfg, seed) if data is None else data
     task = pool.task
+    if task.name != name or dev.task != task or test.task != task:
+        raise ValueError(f"data of tasks {pool.task.name}/{dev.task.name}/{test.task.name} given for {name!r}")
     best = None
     for ds in cfg.demo_seeds:
         demos = probe.demonstrations(pool, cfg.k, demo_generator(seed, ds))
-        acc = probe.accuracy(probe.predict(model, dev, demos, max_len=max_len), dev)
+        acc = probe.accuracy(probe.predict(model, dev, demos, max_len=max_len, codec=codec), dev)
         if best is None or acc > best[0]:
             best = (acc, ds, demos)
     _, demo_seed, demos = best
-    lr, _ = choose_lr(model, task, demos, cfg.lr_grid, dev, max_len)
-    lr_test, test_accs = (choose_lr(model, task, demos, cfg.lr_grid, test, max_len)
+    lr, _ = choose_lr(model, task, demos, cfg.lr_grid, dev, max_len, codec)
+    lr_test, test_accs = (choose_lr(model, task, demos, cfg.lr_grid, test, max_len, codec)
                           if select_on_test else (float("nan"), [float("nan")]))
-    ft = probe.finetune_kv(model, ft_examples(task, demos), lr, keep_queries=record)
-    right, recs, spans = evaluate_zif(model, ft.model, test, demos, record, max_len)
-    nonce = probe.nonce_labels(task, demo_generator(seed, 99))
+    ft = probe.finetune_kv(model, ft_examples(task, demos, codec), lr, keep_queries=record)
+    right, recs, spans = evaluate_zif(model, ft.model, test, demos, record, max_len, codec)
+    nonce = probe.nonce_labels(task, demo_generator(seed, 99), codec.nonce_pool)
     nonce_demos = [(x, nonce[task.labels.index(y)]) for x, y in demos]
-    right["nonce"] = probe.predict(model, test, nonce_demos, labels=nonce, max_len=max_len) == test.classes
+    right["nonce"] = probe.predict(model, test, nonce_demos, labels=nonce, max_len=max_len,
+                                   codec=codec) == test.classes
     acc = {k: float(v.float().mean()) for k, v in right.items()}
     acc["F_test_selected"] = max(test_accs)
-    return TaskRun(name, test, demos, demo_seed, lr, lr_test, acc, right, ft, recs, spans)
+    return TaskRun(name, test, demos, demo_seed, lr, lr_test, acc, right, ft, recs, spans, codec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,11 +232,11 @@ def rerun(model: nn.Module, run: TaskRun, *, demos=None, lr: float | None = None
     demos = run.demos if demos is None else demos
     lr = run.lr if lr is None else lr
     task = run.test.task
-    ft = probe.finetune_kv(model, ft_examples(task, demos), lr, keep_queries=True)
-    right, recs, spans = evaluate_zif(model, ft.model, run.test, demos, True, max_len)
+    ft = probe.finetune_kv(model, ft_examples(task, demos, run.codec), lr, keep_queries=True)
+    right, recs, spans = evaluate_zif(model, ft.model, run.test, demos, True, max_len, run.codec)
     acc = {k: float(v.float().mean()) for k, v in right.items()}
     return TaskRun(run.name, run.test, list(demos), run.demo_seed, lr, float("nan"), acc, right,
-                   ft, recs, spans)
+                   ft, recs, spans, run.codec)
 
 
 def untrained_like(model: tinylm.TinyLM, seed: int, keep_embeddings: bool = False) -> tinylm.TinyLM:
@@ -253,15 +264,16 @@ def order_flips(model: nn.Module, run: TaskRun, permutations: int, gen: torch.Ge
     test = run.test.subset(range(min(n, len(run.test))))
     task = test.task
     preds = {"ICL": [], "SGD": [], "GD": []}
-    zero, _ = probe.build_prompts(test, [], max_len)
-    cand = tasks.encode(task.labels)
+    codec = run.codec
+    zero, _ = probe.build_prompts(test, [], max_len, codec)
+    cand = codec.label_ids(task.labels)
     for _ in range(permutations):
         perm = torch.randperm(len(run.demos), generator=gen).tolist()
         demos = [run.demos[i] for i in perm]
-        preds["ICL"].append(probe.predict(model, test, demos, max_len=max_len))
+        preds["ICL"].append(probe.predict(model, test, demos, max_len=max_len, codec=codec))
         for key, mode in (("SGD", "sequential"), ("GD", "full")):
-            tuned = probe.finetune_kv(model, ft_examples(task, demos), run.lr, mode=mode).model
-            preds[key].append(probe.label_logprobs(tuned, zero, cand).argmax(-1))
+            tuned = probe.finetune_kv(model, ft_examples(task, demos, codec), run.lr, mode=mode).model
+            preds[key].append(probe.label_logprobs(tuned, zero, cand, pad=codec.pad_id).argmax(-1))
     return {k: float((torch.stack(v) != torch.stack(v)[0]).any(0).float().mean()) for k, v in preds.items()}
 
 
@@ -278,7 +290,7 @@ def delta_w_cosines(model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100
     (Eq. 13, from the weight changes and the zero-shot pass's layer inputs), and the same with
     ``dW_ICL`` of another task's demonstrations (``other``) as a null."""
     def dw_icl(r: TaskRun) -> list[list[torch.Tensor]]:
-        prompt, spans = tasks.icl_prompt(r.test.task, r.demos, r.test.inputs[0], max_len=max_len)
+        prompt, spans = r.codec.prompt(r.test.task, r.demos, r.test.inputs[0], max_len=max_len)
         idx = torch.cat([torch.arange(a, b) for a, b in spans])
         with probe.Recorder(model) as rec:
             probe.logits_of(model, torch.tensor([prompt]))
@@ -292,7 +304,7 @@ def delta_w_cosines(model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100
     own, null = dw_icl(run), dw_icl(other)
     base = probe.attention_modules(model)
     tuned = probe.attention_modules(run.ft.model)
-    zero, _ = probe.build_prompts(run.test.subset(range(min(n, len(run.test)))), [], max_len)
+    zero, _ = probe.build_prompts(run.test.subset(range(min(n, len(run.test)))), [], max_len, run.codec)
     cos, cos_null = [], []
     for prompt in zero:
         with probe.Recorder(model) as rec:
@@ -313,4 +325,4 @@ def delta_w_cosines(model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100
             per_layer_null.append(torch.stack(cn))
         cos.append(torch.stack(per_layer))
         cos_null.append(torch.stack(per_layer_null))
-    return {"cos": torch.stack(cos), "null": torch.stack(cos_null)}
+    return {"cos": torch.stack(cos).cpu(), "null": torch.stack(cos_null).cpu()}

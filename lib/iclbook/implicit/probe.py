@@ -3,7 +3,9 @@ forward hooks that record each attention layer, and finetuning of the key and va
 
 The hooks attach to modules by *name* (``q_proj``, ``k_proj``, ``out_proj`` inside an attention
 module), so the same code reads :class:`~iclbook.implicit.tinylm.TinyLM` and a Hugging Face model
-with separate projections (OPT, XGLM).
+with separate projections (OPT, XGLM). Token ids come from a :mod:`.codec` (the chapter's word
+vocabulary by default, a Hugging Face tokenizer for real text); token ids go to the model's device
+and everything recorded comes back to the CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from iclbook.implicit import tasks
+from iclbook.implicit.codec import WORDS, Codec
 
 # ---------------------------------------------------------------------------------------------
 # Prompts and scoring
@@ -37,14 +40,14 @@ def pad_right(seqs: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def label_logprobs(model: nn.Module, prompts: Sequence[Sequence[int]], candidates: Sequence[int],
-                   batch: int = 256) -> torch.Tensor:
-    """``(n, C)`` log-probabilities of each single-token candidate label after each prompt."""
+                   batch: int = 256, pad: int = WORDS.pad_id) -> torch.Tensor:
+    """``(n, C)`` log-probabilities (on the CPU) of each candidate label token after each prompt."""
     out = []
     cand = torch.as_tensor(list(candidates))
     for i in range(0, len(prompts), batch):
-        ids, last = pad_right(prompts[i: i + batch], tasks.TOKEN_ID[tasks.PAD])
-        logits = logits_of(model, ids)[torch.arange(len(last)), last]
-        out.append(F.log_softmax(logits.float(), dim=-1)[:, cand])
+        ids, last = pad_right(prompts[i: i + batch], pad)
+        logits = logits_of(model, ids)[torch.arange(len(last)), last].float().cpu()
+        out.append(F.log_softmax(logits, dim=-1)[:, cand])
     return torch.cat(out)
 
 
@@ -63,34 +66,44 @@ def demonstrations(pool: tasks.Dataset, k: int, gen: torch.Generator,
     return [(pool.inputs[i], labels[int(pool.classes[i])]) for i in idx]
 
 
-def nonce_labels(task: tasks.Task, gen: torch.Generator) -> tuple[str, ...]:
-    """A random verbalizer of nonce words (``"dax"``, ``"wug"``...) for ``task``."""
-    idx = torch.randperm(len(tasks.NONCE_LABELS), generator=gen)[: task.n_classes].tolist()
-    return tuple(tasks.NONCE_LABELS[i] for i in idx)
+def nonce_labels(task: tasks.Task, gen: torch.Generator,
+                 pool: Sequence[str] = tasks.NONCE_LABELS) -> tuple[str, ...]:
+    """A random verbalizer of nonce words (``"dax"``, ``"wug"``...) for ``task``, drawn from
+    ``pool`` (a codec's ``nonce_pool``)."""
+    if len(pool) < task.n_classes:
+        raise ValueError(f"{task.name} needs {task.n_classes} nonce words, the pool has {len(pool)}")
+    idx = torch.randperm(len(pool), generator=gen)[: task.n_classes].tolist()
+    return tuple(pool[i] for i in idx)
 
 
-def build_prompts(data: tasks.Dataset, demos: Sequence[tuple[Sequence[str], str]],
-                  max_len: int) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+def build_prompts(data: tasks.Dataset, demos: Sequence[tuple[object, str]], max_len: int,
+                  codec: Codec = WORDS) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
     """ICL prompts (``demos`` then each input of ``data``) and their demonstration spans."""
-    out = [tasks.icl_prompt(data.task, demos, x, max_len=max_len) for x in data.inputs]
+    out = [codec.prompt(data.task, demos, x, max_len=max_len) for x in data.inputs]
     return [p for p, _ in out], [s for _, s in out]
 
 
-def predict(model: nn.Module, data: tasks.Dataset, demos: Sequence[tuple[Sequence[str], str]] = (),
-            labels: Sequence[str] | None = None, max_len: int = 256) -> torch.Tensor:
+def predict(model: nn.Module, data: tasks.Dataset, demos: Sequence[tuple[object, str]] = (),
+            labels: Sequence[str] | None = None, max_len: int = 256,
+            codec: Codec = WORDS) -> torch.Tensor:
     """``(n,)`` predicted classes of ``data`` with ``demos`` in context (none: zero-shot)."""
     labels = tuple(labels) if labels is not None else data.task.labels
-    prompts, _ = build_prompts(data, demos, max_len)
-    return label_logprobs(model, prompts, tasks.encode(labels)).argmax(-1)
+    prompts, _ = build_prompts(data, demos, max_len, codec)
+    return label_logprobs(model, prompts, codec.label_ids(labels), pad=codec.pad_id).argmax(-1)
 
 
 def accuracy(pred: torch.Tensor, data: tasks.Dataset) -> float:
     return float((pred == data.classes).float().mean())
 
 
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Logits of our :class:`TinyLM` (a tensor) or of a Hugging Face model (``.logits``)."""
-    out = model(ids)
+    """Logits of our :class:`TinyLM` (a tensor) or of a Hugging Face model (``.logits``), with
+    ``ids`` moved to the model's device."""
+    out = model(ids.to(device_of(model)))
     return out.logits if hasattr(out, "logits") else out
 
 
@@ -167,33 +180,33 @@ class Recorder:
         s = torch.einsum("hd,nhd->hn", qh, kh) / d ** 0.5
         slopes = getattr(self.modules[layer][1], "alibi", None)
         if isinstance(slopes, torch.Tensor):
-            gap = position - torch.arange(position + 1, dtype=s.dtype)
+            gap = position - torch.arange(position + 1, dtype=s.dtype, device=s.device)
             s = s - slopes.to(s.dtype)[:, None] * gap
         return s
 
 
 @torch.no_grad()
 def record(model: nn.Module, prompts: Sequence[Sequence[int]], *, offset: int = 0,
-           batch: int = 128) -> dict:
+           batch: int = 128, pad: int = WORDS.pad_id) -> dict:
     """Run ``prompts`` and keep, per prompt, at the predicting position (the last prompt token,
     or ``offset`` tokens later if the prompts carry extra tokens, as the paper's code did):
 
     ``out (n, layers, d)`` attention outputs after ``out_proj``; ``q (n, layers, d)`` queries;
     ``scores`` a list of ``(layers, heads, position + 1)`` pre-softmax score rows; and
-    ``logprobs (n, vocab)`` at that position."""
+    ``logprobs (n, vocab)`` at that position. All on the CPU."""
     outs, qs, scores, logps = [], [], [], []
-    pad = tasks.TOKEN_ID[tasks.PAD]
     for s in range(0, len(prompts), batch):
         ids, last = pad_right(prompts[s: s + batch], pad)
         last = last - offset
         with Recorder(model) as rec:
             logits = logits_of(model, ids)
         rows = torch.arange(len(last))
-        outs.append(torch.stack([o[rows, last] for o in rec.out], 1))
-        qs.append(torch.stack([q[rows, last] for q in rec.q], 1))
-        logps.append(F.log_softmax(logits[rows, last].float(), -1))
+        dev = logits.device
+        outs.append(torch.stack([o[rows.to(dev), last.to(dev)] for o in rec.out], 1).cpu())
+        qs.append(torch.stack([q[rows.to(dev), last.to(dev)] for q in rec.q], 1).cpu())
+        logps.append(F.log_softmax(logits[rows.to(dev), last.to(dev)].float(), -1).cpu())
         for r, pos in enumerate(last.tolist()):
-            scores.append(torch.stack([rec.scores(l, r, pos) for l in range(len(rec.out))]))
+            scores.append(torch.stack([rec.scores(l, r, pos) for l in range(len(rec.out))]).cpu())
     return {"out": torch.cat(outs), "q": torch.cat(qs), "scores": scores,
             "logprobs": torch.cat(logps)}
 
@@ -217,7 +230,7 @@ def kv_parameters(model: nn.Module, filters: Sequence[str] = KV_FILTER) -> list[
 def sequence_nll(model: nn.Module, ids: Sequence[int]) -> torch.Tensor:
     """Mean next-token NLL over every token of ``ids`` after the first (the causal-LM loss of
     the paper's finetuning: the whole demonstration, not only its label)."""
-    t = torch.as_tensor(list(ids), dtype=torch.long)[None]
+    t = torch.as_tensor(list(ids), dtype=torch.long, device=device_of(model))[None]
     if t.shape[1] < 2:
         raise ValueError("a finetuning example needs at least two tokens")
     logits = logits_of(model, t)          # the whole example, so every token has a query
@@ -259,12 +272,12 @@ def finetune_kv(model: nn.Module, examples: Sequence[Sequence[int]], lr: float, 
     batches = [[ex] for ex in examples] if mode == "sequential" else [list(examples)]
     for group in batches:
         opt.zero_grad(set_to_none=True)
-        total = torch.zeros(())
+        total = torch.zeros((), device=device_of(tuned))
         for ex in group:
             if keep_queries:
                 with Recorder(tuned) as rec:
                     loss = sequence_nll(tuned, ex)
-                queries.append([q[0, 1:].clone() for q in rec.q])   # drop BOS: tokens of x, y
+                queries.append([q[0, 1:].cpu() for q in rec.q])     # drop BOS: tokens of x, y
             else:
                 loss = sequence_nll(tuned, ex)
             losses.append(float(loss.detach()))
