@@ -176,9 +176,22 @@ CONFIGS = {
 # ---------------------------------------------------------------------------------------------
 
 
+def _quiet_import() -> None:
+    """``transformers`` imports ``tqdm.auto``, which warns in a notebook without ipywidgets;
+    import it first with that one warning silenced."""
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        import tqdm.auto  # noqa: F401
+
+
 def tiny_opt(seed: int = 0, layers: int = 2, d_model: int = 64, heads: int = 4):
     """A randomly initialised ``OPTForCausalLM`` over this chapter's vocabulary (pre-LN, eager
     attention so that its attention probabilities can be read back), built offline."""
+    _quiet_import()
     from transformers import OPTConfig, OPTForCausalLM
 
     torch.manual_seed(seed)
@@ -197,6 +210,7 @@ def word_tokenizer():
     """A ``transformers`` fast tokenizer whose vocabulary is this chapter's word list (split on
     white space and full stops; an unknown word is an error): with it, a :class:`.codec.TextCodec` on
     :func:`as_text` data gives exactly the token ids of :data:`.codec.WORDS`."""
+    _quiet_import()
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -215,6 +229,7 @@ def pretrained(name: str = "facebook/opt-125m", device: str | None = None,
     ``KoboldAI/fairseq-dense-1.3B``, the paper's 1.3B model in the XGLM class) have the
     projection names the probes need; models with fused projections (GPT-2) or rotary positions
     (Llama) do not fit the probes as written."""
+    _quiet_import()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
