@@ -139,3 +139,27 @@ def test_offline_run_on_a_tiny_opt(tmp_path, monkeypatch):
         assert set(r["acc"]) >= {"Z", "I", "F", "nonce"} and 0 <= r["acc"]["I"] <= 1
         assert r["demonstrations_in_context"] == hf.CONFIGS["smoke"].k
         assert -1 <= r["stats"]["simaou"] <= 1 and -1 <= r["stats"]["kendall"] <= 1
+
+
+def test_load_split_asks_datasets_for_the_source(monkeypatch):
+    """``load_split`` hands the source's path, config, split and revision to ``datasets``."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda path, config, split, revision: calls.append((path, config, split, revision)) or []
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    src = hf.SOURCES["cb"]
+    hf.load_split(src, src.eval)
+    assert calls == [("aps/super_glue", "cb", "validation", None)]
+
+
+def test_batches_shrink_for_long_prompts_and_large_vocabularies():
+    model = hf.tiny_opt(seed=0)
+    assert probe.vocab_size(model) == len(tasks.VOCAB)
+    assert probe.vocab_size(tinylm.TinyLM(tinylm.LMConfig(layers=1))) == len(tasks.VOCAB)
+    assert probe.rows_per_batch(model, [[0] * 100], cap=256) == 256
+    model.config.vocab_size = 50_272                          # OPT's vocabulary, 2,048 tokens
+    assert probe.rows_per_batch(model, [[0] * 2048], cap=256) == 2**27 // (2048 * 50_272)
+    assert probe.rows_per_batch(model, [[0] * 10**6], cap=256) == 1

@@ -38,12 +38,34 @@ def pad_right(seqs: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Tensor
     return out, torch.tensor([len(s) - 1 for s in seqs])
 
 
+#: Most logits one forward pass may hold (512 MB in float32): a real model's long prompts times
+#: its 50K-word vocabulary would otherwise fill the GPU at the tiny model's batch sizes.
+LOGIT_BUDGET = 2**27
+
+
+def vocab_size(model: nn.Module) -> int:
+    """The output vocabulary of a TinyLM (``cfg.vocab``) or a Hugging Face model
+    (``config.vocab_size``); 50,000 if neither says."""
+    for cfg, attr in ((getattr(model, "config", None), "vocab_size"), (getattr(model, "cfg", None), "vocab")):
+        if isinstance(getattr(cfg, attr, None), int):
+            return getattr(cfg, attr)
+    return 50_000
+
+
+def rows_per_batch(model: nn.Module, prompts: Sequence[Sequence[int]], cap: int) -> int:
+    """How many of ``prompts`` one forward pass takes: ``cap``, or fewer so that the logits stay
+    within :data:`LOGIT_BUDGET`."""
+    longest = max((len(p) for p in prompts), default=1)
+    return max(1, min(cap, LOGIT_BUDGET // (longest * vocab_size(model))))
+
+
 @torch.no_grad()
 def label_logprobs(model: nn.Module, prompts: Sequence[Sequence[int]], candidates: Sequence[int],
                    batch: int = 256, pad: int = WORDS.pad_id) -> torch.Tensor:
     """``(n, C)`` log-probabilities (on the CPU) of each candidate label token after each prompt."""
     out = []
     cand = torch.as_tensor(list(candidates))
+    batch = rows_per_batch(model, prompts, batch)
     for i in range(0, len(prompts), batch):
         ids, last = pad_right(prompts[i: i + batch], pad)
         logits = logits_of(model, ids)[torch.arange(len(last)), last].float().cpu()
@@ -195,6 +217,7 @@ def record(model: nn.Module, prompts: Sequence[Sequence[int]], *, offset: int = 
     ``scores`` a list of ``(layers, heads, position + 1)`` pre-softmax score rows; and
     ``logprobs (n, vocab)`` at that position. All on the CPU."""
     outs, qs, scores, logps = [], [], [], []
+    batch = rows_per_batch(model, prompts, batch)
     for s in range(0, len(prompts), batch):
         ids, last = pad_right(prompts[s: s + batch], pad)
         last = last - offset
