@@ -289,3 +289,26 @@ def test_probes_work_on_a_hugging_face_model_offline():
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == set(probe.kv_parameters(model)) and len(changed) == 8   # 2 layers x (W, b) x (K, V)
     assert probe.label_logprobs(model, prompts, tasks.encode(data.task.labels)).shape == (3, 2)
+
+
+def test_shipped_weights_are_package_data():
+    """Every file under weights/ is matched by a package-data glob of a declared package, so a
+    non-editable install (Colab's) carries the checkpoints."""
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+    lib = Path(tinylm.__file__).resolve().parents[2]
+    setup = tomllib.loads((lib / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+    def globs(rel: str, pattern: str) -> bool:      # setuptools' "*" stops at "/"
+        parts, pats = rel.split("/"), pattern.split("/")
+        return len(parts) == len(pats) and all(fnmatch.fnmatch(a, b) for a, b in zip(parts, pats))
+
+    files = [p for p in tinylm.WEIGHTS.rglob("*") if p.is_file() and p.suffix in (".pt", ".json")]
+    assert len(files) >= 2
+    for f in files:
+        owners = [pkg for pkg in setup["packages"] if f.is_relative_to(lib / pkg.replace(".", "/"))]
+        pkg = max(owners, key=len)
+        rel = f.relative_to(lib / pkg.replace(".", "/")).as_posix()
+        assert any(globs(rel, g) for g in setup["package-data"].get(pkg, [])), f

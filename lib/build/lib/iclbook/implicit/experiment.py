@@ -1,0 +1,328 @@
+"""The chapter's experiment: zero-shot (Z), in-context (I) and finetuned (F) runs of a language
+model on the six tasks, with the paper's protocol and the critics' controls.
+
+Per task and evaluation seed ``s``:
+
+1. data: a pool of training examples (the demonstrations come from it), a *dev* split and a
+   *test* split, all drawn with ``s``;
+2. the demonstration seed (which ``k`` pool examples, in which order) is chosen among
+   ``cfg.demo_seeds`` for the best ICL accuracy on dev; the paper chose it on the reported split;
+3. the finetuning learning rate is chosen on dev from ``cfg.lr_grid`` (also on test, as the paper
+   did, for comparison); finetuning is :func:`probe.finetune_kv` on the same demonstrations in the
+   same order;
+4. Z, I and F are recorded on test (attention outputs, score rows, queries) for the statistics of
+   :mod:`.metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from iclbook.implicit import dual_form, metrics, probe, tasks, tinylm
+from iclbook.implicit.codec import WORDS, Codec
+
+LR_GRID = tuple(round(m * 10.0 ** e, 10) for e in (-1, -2, -3, -4) for m in range(1, 10))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of the chapter per profile."""
+
+    n_test: int
+    n_dev: int
+    k: int = 16
+    pool: int = 64
+    demo_seeds: tuple[int, ...] = tuple(range(1, 8))
+    lr_grid: tuple[float, ...] = LR_GRID
+    eval_seeds: int = 3            # evaluation seeds for the accuracy table (s, s+1, ...)
+    kendall_examples: int = 100
+    permutations: int = 5
+    names: tuple[str, ...] = tasks.TASK_NAMES
+
+
+CONFIGS = {
+    "smoke": Config(n_test=100, n_dev=60, demo_seeds=(1, 2), lr_grid=LR_GRID[::4], eval_seeds=1,
+                    kendall_examples=30, permutations=3),
+    "book": Config(n_test=500, n_dev=200),
+    "paper": Config(n_test=2000, n_dev=500, eval_seeds=5),
+}
+
+
+@dataclass
+class TaskRun:
+    """Everything one task and one evaluation seed produced."""
+
+    name: str
+    test: tasks.Dataset
+    demos: list
+    demo_seed: int
+    lr: float
+    lr_on_test: float
+    acc: dict[str, float]
+    right: dict[str, torch.Tensor]
+    ft: probe.FinetuneResult | None = None
+    records: dict[str, dict] = field(default_factory=dict)
+    spans: list = field(default_factory=list)
+    codec: Codec = WORDS
+
+
+def splits(name: str, cfg: Config, seed: int) -> tuple[tasks.Dataset, tasks.Dataset, tasks.Dataset]:
+    """(pool, dev, test) of task ``name`` for evaluation seed ``seed``."""
+    return (tasks.make_dataset(name, cfg.pool, seed, split="train"),
+            tasks.make_dataset(name, cfg.n_dev, seed, split="dev"),
+            tasks.make_dataset(name, cfg.n_test, seed, split="test"))
+
+
+def demo_generator(seed: int, demo_seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(10_000 * seed + demo_seed)
+
+
+def ft_examples(task: tasks.Task, demos: Sequence[tuple[object, str]],
+                codec: Codec = WORDS) -> list[list[int]]:
+    return [codec.example(task, x, y) for x, y in demos]
+
+
+def choose_lr(model: nn.Module, task: tasks.Task, demos, grid: Sequence[float],
+              data: tasks.Dataset, max_len: int, codec: Codec = WORDS) -> tuple[float, list[float]]:
+    """The grid value whose finetuned model scores best (zero-shot) on ``data``; ties go to the
+    smaller learning rate."""
+    examples = ft_examples(task, demos, codec)
+    accs = []
+    for lr in grid:
+        tuned = probe.finetune_kv(model, examples, lr).model
+        accs.append(probe.accuracy(probe.predict(tuned, data, max_len=max_len, codec=codec), data))
+    order = sorted(range(len(grid)), key=lambda i: (-accs[i], grid[i]))
+    return grid[order[0]], accs
+
+
+def evaluate_zif(model: nn.Module, tuned: nn.Module, test: tasks.Dataset, demos, record: bool,
+                 max_len: int, codec: Codec = WORDS) -> tuple[dict[str, torch.Tensor], dict[str, dict], list]:
+    """Correctness masks of Z (``model``, no demonstrations), I (``model`` with ``demos``) and F
+    (``tuned``, no demonstrations) on ``test``; with ``record`` also their :func:`probe.record`
+    outputs. Returns ``(right, records, spans)``, ``spans`` the demonstrations' token spans."""
+    zero, _ = probe.build_prompts(test, [], max_len, codec)
+    icl, spans = probe.build_prompts(test, demos, max_len, codec)
+    cand = codec.label_ids(test.task.labels)
+    right, recs = {}, {}
+    for key, m, prompts in (("Z", model, zero), ("I", model, icl), ("F", tuned, zero)):
+        if record:
+            recs[key] = probe.record(m, prompts, pad=codec.pad_id)
+            pred = recs[key]["logprobs"][:, cand].argmax(-1)
+        else:
+            pred = probe.label_logprobs(m, prompts, cand, pad=codec.pad_id).argmax(-1)
+        right[key] = pred == test.classes
+    return right, recs, spans
+
+
+def run_task(model: nn.Module, name: str, cfg: Config, seed: int, *, record: bool = True,
+             select_on_test: bool = True, max_len: int = 256, data=None,
+             codec: Codec = WORDS) -> TaskRun:
+    """Steps 1-4 of the module docstring for one task (``record=False``: accuracies only;
+    ``select_on_test=False`` skips the paper's selection on the reported split).
+
+    ``data`` is ``(pool, dev, test)`` (default: the synthetic :func:`splits`) and ``codec`` turns
+    its examples into token ids: :func:`iclbook.implicit.hf.splits` and a
+    :class:`~iclbook.implicit.codec.TextCodec` run the same protocol on real text."""
+    pool, dev, test = splits(name, cfg, seed) if data is None else data
+    task = pool.task
+    if task.name != name or dev.task != task or test.task != task:
+        raise ValueError(f"data of tasks {pool.task.name}/{dev.task.name}/{test.task.name} given for {name!r}")
+    best = None
+    for ds in cfg.demo_seeds:
+        demos = probe.demonstrations(pool, cfg.k, demo_generator(seed, ds))
+        acc = probe.accuracy(probe.predict(model, dev, demos, max_len=max_len, codec=codec), dev)
+        if best is None or acc > best[0]:
+            best = (acc, ds, demos)
+    _, demo_seed, demos = best
+    lr, _ = choose_lr(model, task, demos, cfg.lr_grid, dev, max_len, codec)
+    lr_test, test_accs = (choose_lr(model, task, demos, cfg.lr_grid, test, max_len, codec)
+                          if select_on_test else (float("nan"), [float("nan")]))
+    ft = probe.finetune_kv(model, ft_examples(task, demos, codec), lr, keep_queries=record)
+    right, recs, spans = evaluate_zif(model, ft.model, test, demos, record, max_len, codec)
+    nonce = probe.nonce_labels(task, demo_generator(seed, 99), codec.nonce_pool)
+    nonce_demos = [(x, nonce[task.labels.index(y)]) for x, y in demos]
+    right["nonce"] = probe.predict(model, test, nonce_demos, labels=nonce, max_len=max_len,
+                                   codec=codec) == test.classes
+    acc = {k: float(v.float().mean()) for k, v in right.items()}
+    acc["F_test_selected"] = max(test_accs)
+    return TaskRun(name, test, demos, demo_seed, lr, lr_test, acc, right, ft, recs, spans, codec)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's statistics on a TaskRun
+# ---------------------------------------------------------------------------------------------
+
+
+def prompt_rows(run: TaskRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(n, layers, heads, T)`` score rows of Z, I, F over the *test-prompt* tokens (BOS and
+    demonstrations dropped), zero-padded to one length T."""
+    rows = {"Z": [], "I": [], "F": []}
+    for i in range(len(run.test)):
+        zs = run.records["Z"]["scores"][i][..., 1:]
+        n_query = zs.shape[-1]
+        rows["Z"].append(zs)
+        rows["F"].append(run.records["F"]["scores"][i][..., 1:])
+        rows["I"].append(run.records["I"]["scores"][i][..., -n_query:])
+    width = max(r.shape[-1] for r in rows["Z"])
+
+    def pad(r: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(r, (width - r.shape[-1], 0))   # left pad, as the paper
+
+    return tuple(torch.stack([pad(r) for r in rows[k]]) for k in ("Z", "I", "F"))
+
+
+def kendall(run: TaskRun, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Kendall tau per (example, layer) between ICL's attention to the demonstration tokens and
+    finetuning's ``<q'_j, q>`` to the same training tokens, and against random weights."""
+    taus, rand = [], []
+    kept = len(run.spans[0])          # demonstrations that fit the context
+    for i in range(min(n, len(run.test))):
+        scores = run.records["I"]["scores"][i].sum(1)            # (layers, tokens): sum over heads
+        idx = torch.cat([torch.arange(a, b) for a, b in run.spans[i]])
+        m_i = scores[:, idx]
+        q = run.records["F"]["q"][i]                              # (layers, d)
+        m_f = torch.stack([torch.cat([run.ft.queries[j][l] @ q[l] for j in range(kept)])
+                           for l in range(q.shape[0])])
+        taus.append(metrics.kendall_tau(torch.softmax(m_i, -1), torch.softmax(m_f, -1)))
+        rand.append(metrics.kendall_tau(m_i, torch.rand(m_i.shape, generator=gen)))
+    return {"tau": torch.stack(taus), "random": torch.stack(rand)}
+
+
+def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100) -> dict:
+    """The paper's four statistics and the critics' variants, averaged as the paper did (over
+    examples, then layers); ``per_example`` keeps the per-example values of SimAOU, SimAM
+    (before, after) and Kendall (``(examples, layers)``) for bootstrap intervals."""
+    h = {k: run.records[k]["out"].double() for k in ("Z", "I", "F")}
+    m_z, m_i, m_f = (r.double() for r in prompt_rows(run))
+    z, f, i = run.right["Z"], run.right["F"], run.right["I"]
+    kt = kendall(run, kendall_examples, gen)
+    per_example = {"simaou": metrics.simaou(h["I"], h["Z"], h["F"]),
+                   "simam_before": metrics.simam(m_i, m_z), "simam_after": metrics.simam(m_i, m_f),
+                   "kendall": kt["tau"]}
+    return {
+        "rec2ftp": metrics.rec2ftp(z, f, i),
+        "rec2ftp_null": metrics.rec2ftp_null(z, i),
+        "n_fixed": int((~z & f).sum()),
+        "simaou": float(per_example["simaou"].mean()),
+        "simaou_random": float(metrics.simaou_random(h["I"], h["Z"], gen).mean()),
+        "simaou_raw": float(metrics.simaou(h["I"], h["Z"], h["F"], normalize=False).mean()),
+        "simaou_mismatched": float(metrics.simaou(h["I"], h["Z"], metrics.mismatched(h["F"], gen)).mean()),
+        "simam_before": float(per_example["simam_before"].mean()),
+        "simam_after": float(per_example["simam_after"].mean()),
+        "simam_delta": float(metrics.simam_delta(m_i, m_z, m_f).nanmean()),
+        "kendall": float(kt["tau"].mean()),
+        "kendall_random": float(kt["random"].mean()),
+        "per_example": per_example,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Controls
+# ---------------------------------------------------------------------------------------------
+
+
+def rerun(model: nn.Module, run: TaskRun, *, demos=None, lr: float | None = None,
+          max_len: int = 256) -> TaskRun:
+    """Z, I and F of ``model`` on ``run``'s test set with ``run``'s demonstrations and learning
+    rate (or the ones given): the same protocol, a different model or different demonstrations."""
+    demos = run.demos if demos is None else demos
+    lr = run.lr if lr is None else lr
+    task = run.test.task
+    ft = probe.finetune_kv(model, ft_examples(task, demos, run.codec), lr, keep_queries=True)
+    right, recs, spans = evaluate_zif(model, ft.model, run.test, demos, True, max_len, run.codec)
+    acc = {k: float(v.float().mean()) for k, v in right.items()}
+    return TaskRun(run.name, run.test, list(demos), run.demo_seed, lr, float("nan"), acc, right,
+                   ft, recs, spans, run.codec)
+
+
+def untrained_like(model: tinylm.TinyLM, seed: int, keep_embeddings: bool = False) -> tinylm.TinyLM:
+    """A fresh random model of ``model``'s shape (Deutch et al.'s "No Training"), or with the
+    pretrained embeddings and LayerNorms kept ("Trained Embeddings")."""
+    torch.manual_seed(seed)
+    fresh = tinylm.TinyLM(model.cfg)
+    if keep_embeddings:
+        state = {n: p for n, p in model.state_dict().items()
+                 if n.startswith("embed") or n.split(".")[-2].startswith("ln")}
+        fresh.load_state_dict(state, strict=False)
+    return fresh.eval()
+
+
+def shuffled_demos(demos, gen: torch.Generator):
+    """The same inputs with their labels permuted among the demonstrations."""
+    perm = torch.randperm(len(demos), generator=gen).tolist()
+    return [(x, demos[p][1]) for (x, _), p in zip(demos, perm)]
+
+
+def order_flips(model: nn.Module, run: TaskRun, permutations: int, gen: torch.Generator,
+                n: int = 200, max_len: int = 256) -> dict[str, float]:
+    """Share of test predictions that change when the demonstrations are reordered, for ICL,
+    sequential SGD (the paper's FT) and one full-batch gradient step (blind to order)."""
+    test = run.test.subset(range(min(n, len(run.test))))
+    task = test.task
+    preds = {"ICL": [], "SGD": [], "GD": []}
+    codec = run.codec
+    zero, _ = probe.build_prompts(test, [], max_len, codec)
+    cand = codec.label_ids(task.labels)
+    for _ in range(permutations):
+        perm = torch.randperm(len(run.demos), generator=gen).tolist()
+        demos = [run.demos[i] for i in perm]
+        preds["ICL"].append(probe.predict(model, test, demos, max_len=max_len, codec=codec))
+        for key, mode in (("SGD", "sequential"), ("GD", "full")):
+            tuned = probe.finetune_kv(model, ft_examples(task, demos, codec), run.lr, mode=mode).model
+            preds[key].append(probe.label_logprobs(tuned, zero, cand, pad=codec.pad_id).argmax(-1))
+    return {k: float((torch.stack(v) != torch.stack(v)[0]).any(0).float().mean()) for k, v in preds.items()}
+
+
+def head_slices(w: torch.Tensor, heads: int) -> list[torch.Tensor]:
+    d = w.shape[0] // heads
+    return [w[h * d:(h + 1) * d] for h in range(heads)]
+
+
+@torch.no_grad()
+def delta_w_cosines(model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100,
+                    max_len: int = 256) -> dict[str, torch.Tensor]:
+    """Per (example, layer, head) Frobenius cosine between the relaxed ``dW_ICL`` of the
+    demonstrations (Eq. 12, from the in-context pass's layer inputs) and ``dW_FT`` of finetuning
+    (Eq. 13, from the weight changes and the zero-shot pass's layer inputs), and the same with
+    ``dW_ICL`` of another task's demonstrations (``other``) as a null."""
+    def dw_icl(r: TaskRun) -> list[list[torch.Tensor]]:
+        prompt, spans = r.codec.prompt(r.test.task, r.demos, r.test.inputs[0], max_len=max_len)
+        idx = torch.cat([torch.arange(a, b) for a, b in spans])
+        with probe.Recorder(model) as rec:
+            probe.logits_of(model, torch.tensor([prompt]))
+        out = []
+        for (_, m), x, h in zip(probe.attention_modules(model), rec.x, rec.heads):
+            x_demo = x[0, idx].double().T                       # (d, demonstration tokens)
+            out.append([dual_form.icl_update(wk, wv, x_demo) for wk, wv in
+                        zip(head_slices(m.k_proj.weight.double(), h), head_slices(m.v_proj.weight.double(), h))])
+        return out
+
+    own, null = dw_icl(run), dw_icl(other)
+    base = probe.attention_modules(model)
+    tuned = probe.attention_modules(run.ft.model)
+    zero, _ = probe.build_prompts(run.test.subset(range(min(n, len(run.test)))), [], max_len, run.codec)
+    cos, cos_null = [], []
+    for prompt in zero:
+        with probe.Recorder(model) as rec:
+            probe.logits_of(model, torch.tensor([prompt]))
+        per_layer, per_layer_null = [], []
+        for l, ((_, m), (_, mt)) in enumerate(zip(base, tuned)):
+            h = rec.heads[l]
+            x = rec.x[l][0].double().T                          # (d, tokens)
+            wk, wv = head_slices(m.k_proj.weight.double(), h), head_slices(m.v_proj.weight.double(), h)
+            dk = head_slices((mt.k_proj.weight - m.k_proj.weight).double(), h)
+            dv = head_slices((mt.v_proj.weight - m.v_proj.weight).double(), h)
+            c, cn = [], []
+            for j in range(h):
+                ft = dual_form.ft_update(wk[j], wv[j], dk[j], dv[j], x)["dW_FT"].flatten()
+                c.append(metrics.cosine(own[l][j].flatten(), ft))
+                cn.append(metrics.cosine(null[l][j].flatten(), ft))
+            per_layer.append(torch.stack(c))
+            per_layer_null.append(torch.stack(cn))
+        cos.append(torch.stack(per_layer))
+        cos_null.append(torch.stack(per_layer_null))
+    return {"cos": torch.stack(cos).cpu(), "null": torch.stack(cos_null).cpu()}

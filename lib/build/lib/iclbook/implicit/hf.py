@@ -1,0 +1,313 @@
+"""The chapter's probes on a Hugging Face model and the paper's six real data sets.
+
+:mod:`.probe` finds attention layers by their children ``q_proj``, ``k_proj``, ``v_proj`` and
+``out_proj`` and finetunes the parameters whose names contain ``k_proj`` or ``v_proj``, so it works
+unchanged on OPT and XGLM (the Hugging Face class of the fairseq dense models that the paper used).
+This module adds what a real run needs besides the model:
+
+* :data:`SOURCES` and :func:`splits`: the six data sets through ``datasets`` (field names, label
+  order, the split the paper reported), cut into a demonstration pool and a dev split (both from
+  the training split) and a test split (the reported split, shuffled with seed 1 and capped, as
+  the paper's code did);
+* :func:`run`, also ``python -m iclbook.implicit.hf``: the chapter's protocol
+  (:func:`.experiment.run_task`, :func:`.experiment.statistics`) on a pretrained model, prompts
+  built as text and cut by its tokenizer (:class:`.codec.TextCodec`);
+* :func:`tiny_opt` and :func:`word_tokenizer`: a randomly initialised OPT and a word-level
+  ``transformers`` tokenizer over the chapter's vocabulary, built offline, so that CI exercises
+  all of the above without a download.
+
+``transformers``, ``tokenizers`` and ``datasets`` are imported lazily: the rest of the library
+does not need them (``pip install "iclbook[hf]"`` brings them).
+
+    python -m iclbook.implicit.hf --model facebook/opt-125m --profile paper --out real.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from tqdm.std import tqdm
+
+from iclbook import runtime
+from iclbook.implicit import experiment, tasks
+from iclbook.implicit.codec import TextCodec
+
+# ---------------------------------------------------------------------------------------------
+# The real data sets
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one task's data lives on the Hugging Face Hub and how a record becomes an input.
+
+    ``label_text``: where the data set carries a ``label_text`` field (the SetFit copies), the
+    text expected for each class index, checked on every record so that a changed label order
+    is an error rather than a silently wrong verbalizer."""
+
+    path: str
+    config: str | None
+    train: str
+    eval: str                       # the split the paper reported (its "validation" set)
+    fields: tuple[str, ...]
+    label_text: tuple[str, ...] | None = None
+    revision: str | None = None
+
+    def render(self, record: Mapping) -> str:
+        missing = [f for f in self.fields if f not in record]
+        if missing:
+            raise ValueError(f"{self.path} record lacks field(s) {missing}; it has {sorted(record)}")
+        if self.fields == ("premise", "hypothesis"):          # CB, with the paper's template
+            return f"{record['premise'].strip()} Question: {record['hypothesis'].strip()}."
+        return str(record[self.fields[0]]).strip()
+
+
+# Splits reported in the paper's Table 1: SST-2 872, SST-5 1101, MR 1066, Subj 2000, AGNews 7600
+# (its code evaluates 2000 of them), CB 56. The loader-script datasets (GLUE, SuperGLUE) are
+# named by their Parquet copies, which recent ``datasets`` releases need.
+SOURCES: dict[str, Source] = {
+    "sst2": Source("nyu-mll/glue", "sst2", "train", "validation", ("sentence",)),
+    "sst5": Source("SetFit/sst5", None, "train", "validation", ("text",),
+                   ("very negative", "negative", "neutral", "positive", "very positive")),
+    "mr": Source("cornell-movie-review-data/rotten_tomatoes", None, "train", "validation", ("text",)),
+    "subj": Source("SetFit/subj", None, "train", "test", ("text",), ("objective", "subjective")),
+    "agnews": Source("fancyzhx/ag_news", None, "train", "test", ("text",)),
+    "cb": Source("aps/super_glue", "cb", "train", "validation", ("premise", "hypothesis")),
+}
+
+
+def from_records(name: str, records: Sequence[Mapping]) -> tasks.Dataset:
+    """A :class:`.tasks.Dataset` of strings from raw records of task ``name``'s data set. The
+    data sets' label indices already follow the order of the paper's label words (SST-5: very
+    negative ... very positive = terrible ... great; AGNews: World, Sports, Business, Sci/Tech;
+    CB: entailment, contradiction, neutral = True, False, Neither)."""
+    task = tasks.get_task(name)
+    src = SOURCES[name]
+    inputs, classes = [], []
+    for r in records:
+        y = int(r["label"])
+        if not 0 <= y < task.n_classes:
+            raise ValueError(f"{name}: label {y} outside 0..{task.n_classes - 1} (an unlabelled split?)")
+        if src.label_text is not None and "label_text" in r and r["label_text"] != src.label_text[y]:
+            raise ValueError(f"{name}: label {y} is {r['label_text']!r} in the data, "
+                             f"expected {src.label_text[y]!r}")
+        inputs.append(src.render(r))
+        classes.append(y)
+    if not inputs:
+        raise ValueError(f"{name}: no records")
+    return tasks.Dataset(task, inputs, torch.tensor(classes, dtype=torch.long))
+
+
+def load_split(src: Source, split: str):
+    """One split through ``datasets`` (needs the network the first time, then its cache)."""
+    from datasets import load_dataset
+
+    return load_dataset(src.path, src.config, split=split, revision=src.revision)
+
+
+def splits(name: str, cfg: experiment.Config, seed: int, *,
+           loader: Callable[[Source, str], Sequence[Mapping]] = load_split
+           ) -> tuple[tasks.Dataset, tasks.Dataset, tasks.Dataset]:
+    """``(pool, dev, test)`` of a real task, the counterpart of :func:`.experiment.splits`.
+
+    The training split is shuffled with ``seed``: its first ``cfg.pool`` records are the
+    demonstration pool, the next ``cfg.n_dev`` the dev split (the paper had none: it selected
+    on the split it reported). The reported split is shuffled with seed 1 and capped at
+    ``cfg.n_test``, as the paper's code did."""
+    src = SOURCES[tasks.get_task(name).name]
+    train, reported = loader(src, src.train), loader(src, src.eval)
+    need = cfg.pool + cfg.n_dev
+    if len(train) < need:
+        raise ValueError(f"{name}: pool {cfg.pool} + dev {cfg.n_dev} > {len(train)} training records")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    test_order = torch.randperm(len(reported), generator=torch.Generator().manual_seed(1)).tolist()
+    return (from_records(name, [train[i] for i in order[: cfg.pool]]),
+            from_records(name, [train[i] for i in order[cfg.pool: need]]),
+            from_records(name, [reported[i] for i in test_order[: cfg.n_test]]))
+
+
+def synthetic_loader(src: Source, split: str, n: int = 400) -> list[dict]:
+    """A stand-in for :func:`load_split` that needs no network: ``n`` examples of the synthetic
+    task that mirrors ``src``, as records with ``src``'s field names (CB's input cut into premise
+    and hypothesis). With :func:`word_tokenizer` it runs :func:`run` offline."""
+    name = next(k for k, v in SOURCES.items() if v == src)
+    role = "train" if split == src.train else "test"
+    data = tasks.make_dataset(name, n, seed=0, split=role)
+    records = []
+    for x, y in zip(data.inputs, data.classes.tolist()):
+        if name == "cb":
+            q = x.index("Question:")
+            r = {"premise": " ".join(x[:q]), "hypothesis": " ".join(x[q + 1: -1])}
+        else:
+            r = {src.fields[0]: " ".join(x)}
+        r["label"] = y
+        if src.label_text is not None:
+            r["label_text"] = src.label_text[y]
+        records.append(r)
+    return records
+
+
+def as_text(data: tasks.Dataset) -> tasks.Dataset:
+    """A synthetic data set with each input's words joined into one string (what a
+    :class:`.codec.TextCodec` reads)."""
+    return tasks.Dataset(data.task, [" ".join(x) for x in data.inputs], data.classes, data.cues)
+
+
+# Sizes for a real model. ``k`` = 32 as the paper (its contexts were cut at 2048 tokens, which
+# left 19 demonstrations for CB and 22 for AGNews); pool + dev must fit CB's 250 training records.
+CONFIGS = {
+    "smoke": experiment.Config(n_test=50, n_dev=20, k=8, pool=32, demo_seeds=(1,),
+                               lr_grid=experiment.LR_GRID[::6], eval_seeds=1, kendall_examples=20),
+    "book": experiment.Config(n_test=500, n_dev=100, k=32, pool=128, demo_seeds=(1, 2, 3),
+                              lr_grid=experiment.LR_GRID[::2], eval_seeds=1),
+    "paper": experiment.Config(n_test=2000, n_dev=120, k=32, pool=128, eval_seeds=1),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Models and tokenizers
+# ---------------------------------------------------------------------------------------------
+
+
+def _quiet_import() -> None:
+    """``transformers`` imports ``tqdm.auto``, which warns in a notebook without ipywidgets;
+    import it first with that one warning silenced."""
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        import tqdm.auto  # noqa: F401
+
+
+def tiny_opt(seed: int = 0, layers: int = 2, d_model: int = 64, heads: int = 4):
+    """A randomly initialised ``OPTForCausalLM`` over this chapter's vocabulary (pre-LN, eager
+    attention so that its attention probabilities can be read back), built offline."""
+    _quiet_import()
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    config = OPTConfig(
+        vocab_size=len(tasks.VOCAB), hidden_size=d_model, num_hidden_layers=layers,
+        ffn_dim=4 * d_model, num_attention_heads=heads, max_position_embeddings=256,
+        word_embed_proj_dim=d_model, do_layer_norm_before=True, dropout=0.0,
+        attention_dropout=0.0, pad_token_id=tasks.TOKEN_ID[tasks.PAD],
+        bos_token_id=tasks.TOKEN_ID[tasks.BOS], eos_token_id=tasks.TOKEN_ID[tasks.SEP],
+    )
+    config._attn_implementation = "eager"
+    return OPTForCausalLM(config).eval()
+
+
+def word_tokenizer():
+    """A ``transformers`` fast tokenizer whose vocabulary is this chapter's word list (split on
+    white space and full stops; an unknown word is an error): with it, a :class:`.codec.TextCodec` on
+    :func:`as_text` data gives exactly the token ids of :data:`.codec.WORDS`."""
+    _quiet_import()
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel(vocab=dict(tasks.TOKEN_ID), unk_token="<unk>"))
+    # white space, and a full stop cut off the word it ends (CB's "{hypothesis}.")
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(".", behavior="isolated")])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=tasks.BOS,
+                                   eos_token=tasks.SEP, pad_token=tasks.PAD)
+
+
+def pretrained(name: str = "facebook/opt-125m", device: str | None = None,
+               dtype: torch.dtype = torch.float32):
+    """A pretrained causal LM (eager attention, eval mode, on ``device``) and its tokenizer. Needs
+    the network once; for Colab or a GPU machine, never CI. OPT and XGLM (e.g.
+    ``KoboldAI/fairseq-dense-1.3B``, the paper's 1.3B model in the XGLM class) have the
+    projection names the probes need; models with fused projections (GPT-2) or rotary positions
+    (Llama) do not fit the probes as written."""
+    _quiet_import()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(name)
+
+
+def context_length(model) -> int:
+    """The longest prompt: the paper's 2048 tokens, or less where the model's positions end."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(2048, int(limit)) if limit else 2048
+
+# ---------------------------------------------------------------------------------------------
+# A whole run
+# ---------------------------------------------------------------------------------------------
+
+
+def run(model, tokenizer, names: Sequence[str] = tasks.TASK_NAMES, *, cfg: experiment.Config,
+        seed: int = 0, loader: Callable[[Source, str], Sequence[Mapping]] = load_split,
+        max_len: int | None = None, progress: bool = True) -> dict[str, dict]:
+    """The chapter's protocol on ``model`` for each task of ``names``: accuracies (Z, I, F,
+    nonce, F with the learning rate chosen on test), the chosen demonstration seed and learning
+    rate, and the four statistics with their controls. A plain dict, ready for JSON."""
+    codec = TextCodec(tokenizer)
+    max_len = max_len or context_length(model)
+    out = {}
+    for name in tqdm(names, desc="tasks", file=sys.stderr, disable=not (progress and runtime.progress_enabled())):
+        t0 = time.perf_counter()
+        data = splits(name, cfg, seed, loader=loader)
+        r = experiment.run_task(model, name, cfg, seed, data=data, codec=codec, max_len=max_len)
+        stats = experiment.statistics(r, torch.Generator().manual_seed(seed), cfg.kendall_examples)
+        stats.pop("per_example")
+        out[name] = {"acc": r.acc, "demo_seed": r.demo_seed, "lr": r.lr, "lr_on_test": r.lr_on_test,
+                     "demonstrations_in_context": len(r.spans[0]), "stats": stats,
+                     "seconds": round(time.perf_counter() - t0, 1)}
+    return out
+
+
+def _strict(obj):
+    """``obj`` with NaN and infinities as ``null`` (strict JSON; Rec2FTP is NaN when FT fixes
+    no example)."""
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run chapter 2's protocol on a pretrained model "
+                                                 "and the six real data sets.")
+    parser.add_argument("--model", default="facebook/opt-125m")
+    parser.add_argument("--tasks", nargs="+", default=list(tasks.TASK_NAMES), choices=tasks.TASK_NAMES)
+    parser.add_argument("--profile", default="paper", choices=sorted(CONFIGS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", type=Path, default=Path("real-model.json"))
+    parser.add_argument("--dry-run", action="store_true",
+                        help="offline: a random tiny OPT, the word tokenizer and the synthetic "
+                             "stand-ins of the data sets (checks the pipeline, says nothing of ICL)")
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        model, tokenizer, loader = tiny_opt(args.seed), word_tokenizer(), synthetic_loader
+        args.model = "tiny random OPT (dry run)"
+    else:
+        (model, tokenizer), loader = pretrained(args.model, args.device), load_split
+    result = run(model, tokenizer, args.tasks, cfg=CONFIGS[args.profile], seed=args.seed,
+                 loader=loader)
+    record = {"model": args.model, "profile": args.profile, "seed": args.seed,
+              "torch": torch.__version__, "tasks": result}
+    args.out.write_text(json.dumps(_strict(record), indent=1))
+    for name, r in result.items():
+        a, s = r["acc"], r["stats"]
+        print(f"{name:7s} ZSL {a['Z']:.3f} ICL {a['I']:.3f} FT {a['F']:.3f} nonce {a['nonce']:.3f} | "
+              f"Rec2FTP {s['rec2ftp']:.1f} (null {s['rec2ftp_null']:.1f}) SimAOU {s['simaou']:.3f} "
+              f"SimAM {s['simam_before']:.3f}->{s['simam_after']:.3f} Kendall {s['kendall']:.3f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The statistics of Dai et al. (2023), exactly as their code computes them, the critics'
+variants, and the nulls they lack.
+
+Z = zero-shot, I = in-context, F = the finetuned model evaluated zero-shot.
+
+* :func:`rec2ftp`: ``100 N[Z wrong, F right, I right] / N[Z wrong, F right]``; its independence
+  null :func:`rec2ftp_null` is ``P(I right | Z wrong)``.
+* :func:`simaou`: ``cos(h_I - h_Z, h_F - h_Z)`` per example and layer, with each ``h`` L2-normalised
+  *before* differencing as in the paper (``normalize=True``), or raw (Deutch et al. 2024).
+  :func:`simaou_random` is the paper's baseline, ``cos(h_I - h_Z, u)`` with ``u ~ U[0, 1)^d``.
+* :func:`simam`: cosine of two pre-softmax attention-score rows (raw, as the paper);
+  :func:`simam_delta` the critics' ``cos(m_I - m_Z, m_F - m_Z)``.
+* :func:`kendall_tau`: tau-a, ``(P_c - P_d) / (N (N - 1) / 2)``.
+* :func:`bootstrap_ci`: a percentile interval of a mean over examples.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Cosine similarity along the last dimension."""
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)
+
+
+def _bool(x) -> torch.Tensor:
+    return torch.as_tensor(x).bool()
+
+
+def rec2ftp(z_right, f_right, i_right) -> float:
+    """Percent of the examples that finetuning fixes (Z wrong, F right) that ICL also gets right.
+    ``nan`` when finetuning fixes none."""
+    z, f, i = _bool(z_right), _bool(f_right), _bool(i_right)
+    if not (z.shape == f.shape == i.shape):
+        raise ValueError("the three correctness masks must have one shape")
+    fixed = ~z & f
+    n = int(fixed.sum())
+    return float("nan") if n == 0 else 100.0 * int((fixed & i).sum()) / n
+
+
+def rec2ftp_null(z_right, i_right) -> float:
+    """What Rec2FTP would be if ICL's successes were independent of finetuning's:
+    ``100 P(I right | Z wrong)``."""
+    z, i = _bool(z_right), _bool(i_right)
+    n = int((~z).sum())
+    return float("nan") if n == 0 else 100.0 * int((~z & i).sum()) / n
+
+
+def simaou(h_i: torch.Tensor, h_z: torch.Tensor, h_f: torch.Tensor,
+           normalize: bool = True) -> torch.Tensor:
+    """``(...,)`` SimAOU of attention outputs ``(..., d)`` (e.g. ``(examples, layers, d)``)."""
+    if not (h_i.shape == h_z.shape == h_f.shape):
+        raise ValueError(f"shapes differ: {h_i.shape}, {h_z.shape}, {h_f.shape}")
+    if normalize:
+        h_i, h_z, h_f = (h / h.norm(dim=-1, keepdim=True) for h in (h_i, h_z, h_f))
+    return cosine(h_i - h_z, h_f - h_z)
+
+
+def simaou_random(h_i: torch.Tensor, h_z: torch.Tensor, gen: torch.Generator,
+                  normalize: bool = True) -> torch.Tensor:
+    """The paper's "Random Delta" baseline, ``cos(h_I - h_Z, u)`` with ``u ~ U[0, 1)^d``."""
+    if normalize:
+        h_i, h_z = (h / h.norm(dim=-1, keepdim=True) for h in (h_i, h_z))
+    u = torch.rand(h_i.shape, generator=gen, dtype=h_i.dtype)
+    return cosine(h_i - h_z, u)
+
+
+def simam(m_a: torch.Tensor, m_b: torch.Tensor) -> torch.Tensor:
+    """Cosine of score rows ``(..., tokens)`` (zero-padded rows keep their cosine)."""
+    if m_a.shape != m_b.shape:
+        raise ValueError(f"shapes differ: {m_a.shape} vs {m_b.shape}")
+    return cosine(m_a, m_b)
+
+
+def simam_delta(m_i: torch.Tensor, m_z: torch.Tensor, m_f: torch.Tensor) -> torch.Tensor:
+    """Deutch et al.'s SimAM on updates, ``cos(m_I - m_Z, m_F - m_Z)``."""
+    return cosine(m_i - m_z, m_f - m_z)
+
+
+def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Kendall's tau-a between the last dimensions of ``a`` and ``b`` (``(..., N)``, N >= 2)."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    n = a.shape[-1]
+    if n < 2:
+        raise ValueError("need at least two items to rank")
+    da = torch.sign(a[..., :, None] - a[..., None, :])
+    db = torch.sign(b[..., :, None] - b[..., None, :])
+    return (da * db).sum((-1, -2)) / (n * (n - 1))
+
+
+def mismatched(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``x`` with its first axis permuted by a random derangement (no example keeps its own
+    partner): the null for "the updates of *this* example agree"."""
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("need at least two examples to mismatch")
+    shift = int(torch.randint(1, n, (1,), generator=gen))
+    perm = torch.randperm(n, generator=gen)
+    partner = torch.empty(n, dtype=torch.long)
+    partner[perm] = perm.roll(shift)
+    return x[partner]
+
+
+def bootstrap_ci(values: torch.Tensor, gen: torch.Generator, n_boot: int = 2000,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (first axis = examples; other
+    axes are averaged first)."""
+    v = torch.as_tensor(values, dtype=torch.float64)
+    v = v.reshape(v.shape[0], -1).mean(1) if v.dim() > 1 else v
+    v = v[~torch.isnan(v)]
+    if v.numel() == 0:
+        return float("nan"), float("nan")
+    idx = torch.randint(v.numel(), (n_boot, v.numel()), generator=gen)
+    means = v[idx].mean(1)
+    lo = (1 - level) / 2
+    return float(torch.quantile(means, lo)), float(torch.quantile(means, 1 - lo))

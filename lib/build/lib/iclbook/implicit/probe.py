@@ -1,0 +1,313 @@
+"""Reading a language model the way the paper did: prompts scored by label log-probabilities,
+forward hooks that record each attention layer, and finetuning of the key and value projections.
+
+The hooks attach to modules by *name* (``q_proj``, ``k_proj``, ``out_proj`` inside an attention
+module), so the same code reads :class:`~iclbook.implicit.tinylm.TinyLM` and a Hugging Face model
+with separate projections (OPT, XGLM). Token ids come from a :mod:`.codec` (the chapter's word
+vocabulary by default, a Hugging Face tokenizer for real text); token ids go to the model's device
+and everything recorded comes back to the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from iclbook.implicit import tasks
+from iclbook.implicit.codec import WORDS, Codec
+
+# ---------------------------------------------------------------------------------------------
+# Prompts and scoring
+# ---------------------------------------------------------------------------------------------
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n, max_len)`` right-padded ids and ``(n,)`` index of each row's last real token.
+    Right padding never changes a causal model's outputs at the real positions."""
+    if not seqs:
+        raise ValueError("no sequences to pad")
+    n = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), n), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return out, torch.tensor([len(s) - 1 for s in seqs])
+
+
+#: Most logits one forward pass may hold (512 MB in float32): a real model's long prompts times
+#: its 50K-word vocabulary would otherwise fill the GPU at the tiny model's batch sizes.
+LOGIT_BUDGET = 2**27
+
+
+def vocab_size(model: nn.Module) -> int:
+    """The output vocabulary of a TinyLM (``cfg.vocab``) or a Hugging Face model
+    (``config.vocab_size``); 50,000 if neither says."""
+    for cfg, attr in ((getattr(model, "config", None), "vocab_size"), (getattr(model, "cfg", None), "vocab")):
+        if isinstance(getattr(cfg, attr, None), int):
+            return getattr(cfg, attr)
+    return 50_000
+
+
+def rows_per_batch(model: nn.Module, prompts: Sequence[Sequence[int]], cap: int) -> int:
+    """How many of ``prompts`` one forward pass takes: ``cap``, or fewer so that the logits stay
+    within :data:`LOGIT_BUDGET`."""
+    longest = max((len(p) for p in prompts), default=1)
+    return max(1, min(cap, LOGIT_BUDGET // (longest * vocab_size(model))))
+
+
+@torch.no_grad()
+def label_logprobs(model: nn.Module, prompts: Sequence[Sequence[int]], candidates: Sequence[int],
+                   batch: int = 256, pad: int = WORDS.pad_id) -> torch.Tensor:
+    """``(n, C)`` log-probabilities (on the CPU) of each candidate label token after each prompt."""
+    out = []
+    cand = torch.as_tensor(list(candidates))
+    batch = rows_per_batch(model, prompts, batch)
+    for i in range(0, len(prompts), batch):
+        ids, last = pad_right(prompts[i: i + batch], pad)
+        logits = logits_of(model, ids)[torch.arange(len(last)), last].float().cpu()
+        out.append(F.log_softmax(logits, dim=-1)[:, cand])
+    return torch.cat(out)
+
+
+def demonstrations(pool: tasks.Dataset, k: int, gen: torch.Generator,
+                   labels: Sequence[str] | None = None) -> list[tuple[list[str], str]]:
+    """``k`` demonstrations drawn without replacement from ``pool``, labelled with ``labels``
+    (default: the task's canonical words)."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if k > len(pool):
+        raise ValueError(f"k={k} demonstrations asked from a pool of {len(pool)}")
+    labels = tuple(labels) if labels is not None else pool.task.labels
+    if len(labels) != pool.task.n_classes:
+        raise ValueError(f"{pool.task.name} needs {pool.task.n_classes} label words, got {len(labels)}")
+    idx = torch.randperm(len(pool), generator=gen)[:k].tolist()
+    return [(pool.inputs[i], labels[int(pool.classes[i])]) for i in idx]
+
+
+def nonce_labels(task: tasks.Task, gen: torch.Generator,
+                 pool: Sequence[str] = tasks.NONCE_LABELS) -> tuple[str, ...]:
+    """A random verbalizer of nonce words (``"dax"``, ``"wug"``...) for ``task``, drawn from
+    ``pool`` (a codec's ``nonce_pool``)."""
+    if len(pool) < task.n_classes:
+        raise ValueError(f"{task.name} needs {task.n_classes} nonce words, the pool has {len(pool)}")
+    idx = torch.randperm(len(pool), generator=gen)[: task.n_classes].tolist()
+    return tuple(pool[i] for i in idx)
+
+
+def build_prompts(data: tasks.Dataset, demos: Sequence[tuple[object, str]], max_len: int,
+                  codec: Codec = WORDS) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """ICL prompts (``demos`` then each input of ``data``) and their demonstration spans."""
+    out = [codec.prompt(data.task, demos, x, max_len=max_len) for x in data.inputs]
+    return [p for p, _ in out], [s for _, s in out]
+
+
+def predict(model: nn.Module, data: tasks.Dataset, demos: Sequence[tuple[object, str]] = (),
+            labels: Sequence[str] | None = None, max_len: int = 256,
+            codec: Codec = WORDS) -> torch.Tensor:
+    """``(n,)`` predicted classes of ``data`` with ``demos`` in context (none: zero-shot)."""
+    labels = tuple(labels) if labels is not None else data.task.labels
+    prompts, _ = build_prompts(data, demos, max_len, codec)
+    return label_logprobs(model, prompts, codec.label_ids(labels), pad=codec.pad_id).argmax(-1)
+
+
+def accuracy(pred: torch.Tensor, data: tasks.Dataset) -> float:
+    return float((pred == data.classes).float().mean())
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of our :class:`TinyLM` (a tensor) or of a Hugging Face model (``.logits``), with
+    ``ids`` moved to the model's device."""
+    out = model(ids.to(device_of(model)))
+    return out.logits if hasattr(out, "logits") else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording hooks
+# ---------------------------------------------------------------------------------------------
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The attention modules of ``model`` in depth order: every module that owns children named
+    ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` (our TinyLM, OPT, XGLM...)."""
+    found = [(name, m) for name, m in model.named_modules()
+             if all(isinstance(getattr(m, p, None), nn.Linear)
+                    for p in ("q_proj", "k_proj", "v_proj", "out_proj"))]
+    if not found:
+        raise ValueError("no attention module with q_proj/k_proj/v_proj/out_proj children found")
+    return found
+
+
+def head_count(model: nn.Module, module: nn.Module) -> int:
+    for attr in ("heads", "num_heads"):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "num_attention_heads"):
+        return int(config.num_attention_heads)
+    raise ValueError("cannot tell the number of attention heads of this model")
+
+
+class Recorder:
+    """Forward hooks that keep, for every attention layer, the outputs of ``q_proj``, ``k_proj``
+    and ``out_proj`` and the attention's input ``x`` (what the projections read, after the
+    LayerNorm and any token mixing) of the last forward pass (shapes ``(batch, tokens, d)``)::
+
+        with Recorder(model) as rec:
+            logits_of(model, ids)
+        rec.q[0], rec.k[0], rec.out[0]      # layer 0
+    """
+
+    def __init__(self, model: nn.Module):
+        self.modules = attention_modules(model)
+        self.heads = [head_count(model, m) for _, m in self.modules]
+        self.q: list[torch.Tensor | None] = [None] * len(self.modules)
+        self.k: list[torch.Tensor | None] = [None] * len(self.modules)
+        self.out: list[torch.Tensor | None] = [None] * len(self.modules)
+        self.x: list[torch.Tensor | None] = [None] * len(self.modules)
+        self._handles: list = []
+
+    def __enter__(self) -> "Recorder":
+        for i, (_, m) in enumerate(self.modules):
+            for store, proj in ((self.q, m.q_proj), (self.k, m.k_proj), (self.out, m.out_proj)):
+                def hook(_mod, _inp, output, store=store, i=i):
+                    store[i] = output.detach()
+                self._handles.append(proj.register_forward_hook(hook))
+
+            def keep_input(_mod, inp, _out, i=i):
+                self.x[i] = inp[0].detach()
+            self._handles.append(m.q_proj.register_forward_hook(keep_input))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def scores(self, layer: int, row: int, position: int) -> torch.Tensor:
+        """``(heads, position + 1)`` pre-softmax scores ``q . k / sqrt(d_h)`` from ``position``
+        of batch ``row`` to every token up to it, plus the ALiBi bias ``-m_h (position - i)``
+        where the attention module has one (a tensor attribute ``alibi`` of slopes)."""
+        q, k, h = self.q[layer][row], self.k[layer][row], self.heads[layer]
+        d = q.shape[-1] // h
+        qh = q[position].view(h, d)
+        kh = k[: position + 1].view(position + 1, h, d)
+        s = torch.einsum("hd,nhd->hn", qh, kh) / d ** 0.5
+        slopes = getattr(self.modules[layer][1], "alibi", None)
+        if isinstance(slopes, torch.Tensor):
+            gap = position - torch.arange(position + 1, dtype=s.dtype, device=s.device)
+            s = s - slopes.to(s.dtype)[:, None] * gap
+        return s
+
+
+@torch.no_grad()
+def record(model: nn.Module, prompts: Sequence[Sequence[int]], *, offset: int = 0,
+           batch: int = 128, pad: int = WORDS.pad_id) -> dict:
+    """Run ``prompts`` and keep, per prompt, at the predicting position (the last prompt token,
+    or ``offset`` tokens later if the prompts carry extra tokens, as the paper's code did):
+
+    ``out (n, layers, d)`` attention outputs after ``out_proj``; ``q (n, layers, d)`` queries;
+    ``scores`` a list of ``(layers, heads, position + 1)`` pre-softmax score rows; and
+    ``logprobs (n, vocab)`` at that position. All on the CPU."""
+    outs, qs, scores, logps = [], [], [], []
+    batch = rows_per_batch(model, prompts, batch)
+    for s in range(0, len(prompts), batch):
+        ids, last = pad_right(prompts[s: s + batch], pad)
+        last = last - offset
+        with Recorder(model) as rec:
+            logits = logits_of(model, ids)
+        rows = torch.arange(len(last))
+        dev = logits.device
+        outs.append(torch.stack([o[rows.to(dev), last.to(dev)] for o in rec.out], 1).cpu())
+        qs.append(torch.stack([q[rows.to(dev), last.to(dev)] for q in rec.q], 1).cpu())
+        logps.append(F.log_softmax(logits[rows.to(dev), last.to(dev)].float(), -1).cpu())
+        for r, pos in enumerate(last.tolist()):
+            scores.append(torch.stack([rec.scores(l, r, pos) for l in range(len(rec.out))]).cpu())
+    return {"out": torch.cat(outs), "q": torch.cat(qs), "scores": scores,
+            "logprobs": torch.cat(logps)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Finetuning the keys and values
+# ---------------------------------------------------------------------------------------------
+
+KV_FILTER = ("k_proj", "v_proj")
+
+
+def kv_parameters(model: nn.Module, filters: Sequence[str] = KV_FILTER) -> list[str]:
+    """Names of the parameters the paper finetuned: those whose name contains ``k_proj`` or
+    ``v_proj`` (weights *and* biases, every layer)."""
+    names = [n for n, _ in model.named_parameters() if any(f in n for f in filters)]
+    if not names:
+        raise ValueError(f"no parameter name contains any of {tuple(filters)}")
+    return names
+
+
+def sequence_nll(model: nn.Module, ids: Sequence[int]) -> torch.Tensor:
+    """Mean next-token NLL over every token of ``ids`` after the first (the causal-LM loss of
+    the paper's finetuning: the whole demonstration, not only its label)."""
+    t = torch.as_tensor(list(ids), dtype=torch.long, device=device_of(model))[None]
+    if t.shape[1] < 2:
+        raise ValueError("a finetuning example needs at least two tokens")
+    logits = logits_of(model, t)          # the whole example, so every token has a query
+    return F.cross_entropy(logits[0, :-1].float(), t[0, 1:])
+
+
+@dataclass
+class FinetuneResult:
+    model: nn.Module
+    losses: list[float]
+    queries: list[list[torch.Tensor]]     # per example, per layer: (tokens, d) queries seen
+
+
+def finetune_kv(model: nn.Module, examples: Sequence[Sequence[int]], lr: float, *,
+                mode: str = "sequential", filters: Sequence[str] = KV_FILTER,
+                keep_queries: bool = False) -> FinetuneResult:
+    """Finetune a copy of ``model`` on ``examples`` (token ids of ``BOS template(x, y)``) with
+    plain SGD on the K/V parameters only.
+
+    ``mode="sequential"`` is the paper's recipe: batch size 1, one pass in the given order.
+    ``mode="full"`` is one full-batch gradient step on the summed losses, blind to the order.
+    With ``keep_queries`` the queries of every training token in its forward pass are kept (the
+    ``q'_j`` of the paper's Kendall statistic)."""
+    if not examples:
+        raise ValueError("no demonstrations to finetune on")
+    if lr <= 0:
+        raise ValueError(f"learning rate must be > 0, got {lr}")
+    if mode not in ("sequential", "full"):
+        raise ValueError(f"mode must be 'sequential' or 'full', got {mode!r}")
+    tuned = copy.deepcopy(model)
+    names = set(kv_parameters(tuned, filters))
+    params = []
+    for n, p in tuned.named_parameters():
+        p.requires_grad_(n in names)
+        if n in names:
+            params.append(p)
+    opt = torch.optim.SGD(params, lr=lr)
+    losses, queries = [], []
+    batches = [[ex] for ex in examples] if mode == "sequential" else [list(examples)]
+    for group in batches:
+        opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=device_of(tuned))
+        for ex in group:
+            if keep_queries:
+                with Recorder(tuned) as rec:
+                    loss = sequence_nll(tuned, ex)
+                queries.append([q[0, 1:].cpu() for q in rec.q])     # drop BOS: tokens of x, y
+            else:
+                loss = sequence_nll(tuned, ex)
+            losses.append(float(loss.detach()))
+            total = total + loss
+        total.backward()
+        opt.step()
+    for p in tuned.parameters():
+        p.requires_grad_(True)
+    tuned.eval()
+    return FinetuneResult(tuned, losses, queries)

@@ -1,0 +1,72 @@
+"""Pretrain the chapter's tiny GPT and write the shipped checkpoint (package data).
+
+    python -m iclbook.implicit.retrain            # the recipe of PretrainConfig(), ~8 min on 2 CPU cores
+    python -m iclbook.implicit.retrain --steps 200 --out /tmp/lm   # a quick try
+
+Writes ``<out>/tinylm.pt`` (a ``state_dict`` in float32, loaded with ``weights_only=True``) and
+``<out>/tinylm.json`` (the configs, the loss curve, in-training evaluations, the seconds taken, the
+torch version and the SHA-256 of the ``.pt`` file). Checkpoints are written every
+``--save-every`` steps, so an interrupted run loses little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from iclbook.implicit import tasks, tinylm
+
+
+def label_accuracy_by_context(model: tinylm.TinyLM, batch: torch.Tensor) -> dict[str, float]:
+    """Accuracy of the label tokens of pretraining episodes, by number of examples before them."""
+    with torch.no_grad():
+        pred = model(batch[:, :-1]).argmax(-1)
+    target = batch[:, 1:]
+    is_label = torch.isin(batch[:, :-1], tinylm.MARKERS)
+    seen = torch.cumsum(batch[:, :-1] == tasks.TOKEN_ID[tasks.SEP], 1)
+    out = {}
+    for lo, hi in ((0, 0), (1, 3), (4, 8), (9, 99)):
+        m = is_label & (seen >= lo) & (seen <= hi)
+        out[f"acc_{lo}_{hi}"] = round(float((pred[m] == target[m]).float().mean()), 4)
+    return out
+
+
+def save(model: tinylm.TinyLM, history: dict, out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    pt = out / "tinylm.pt"
+    torch.save({k: v.detach().cpu().float() for k, v in model.state_dict().items()}, pt)
+    digest = hashlib.sha256(pt.read_bytes()).hexdigest()
+    record = dict(history, sha256=digest, torch=torch.__version__)
+    (out / "tinylm.json").write_text(json.dumps(record, indent=1))
+    return digest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = tinylm.PretrainConfig()
+    parser.add_argument("--steps", type=int, default=default.steps)
+    parser.add_argument("--seed", type=int, default=default.seed)
+    parser.add_argument("--momentum", type=float, default=0.0)
+    parser.add_argument("--out", type=Path, default=tinylm.WEIGHTS)
+    parser.add_argument("--save-every", type=int, default=1000)
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    model = tinylm.TinyLM(tinylm.LMConfig(momentum=args.momentum))
+    cfg = dataclasses.replace(default, steps=args.steps, seed=args.seed)
+    probe_batch = tasks.pretraining_batch(128, cfg.seq_len, torch.Generator().manual_seed(10**6))
+
+    def evaluate(m: tinylm.TinyLM) -> dict:
+        return label_accuracy_by_context(m, probe_batch)
+
+    history = tinylm.pretrain(model, cfg, evaluate=evaluate, eval_every=args.save_every,
+                              on_eval=lambda m, h: save(m, h, args.out))
+    print("sha256", save(model, history, args.out))
+
+
+if __name__ == "__main__":
+    main()

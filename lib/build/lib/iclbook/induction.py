@@ -1,0 +1,719 @@
+"""Reddy (ICLR 2024): data dependence and the abrupt formation of an induction head.
+
+The task, as in the author's JAX code (the book's spec, section 2):
+
+* ``K`` classes with fixed means ``mu_k ~ N(0, I_D / D)`` and ``L`` labels with fixed vectors
+  ``lambda_l ~ N(0, I_D / D)``; class ``k`` has label ``k mod L`` (``K`` a multiple of ``L``);
+* an item of class ``k`` is ``(mu_k + eps * eta) / sqrt(1 + eps^2)`` with ``eta ~ N(0, I_D / D)``;
+* a sequence is ``N`` item-label pairs and a query item; the target is the query's label;
+* *bursty* sequences (probability ``p_B``) hold ``N / B`` classes with distinct labels, each ``B``
+  times, and the query's class is one of them; *non-bursty* ones draw every class iid from the
+  Zipf law ``p(k) ~ k^-alpha``; *novel-class* sequences (probability ``p_C``, drawn first) are
+  bursty over ``K_c = 128`` fresh class means drawn for every batch;
+* a token is ``[one-hot position ; vector]`` with ``2 Nmax + 1`` position slots; each sequence's
+  positions start at a random shift.
+
+The network: two causal single-head attention layers (no output projection, no ``1/sqrt(d)``,
+no LayerNorm, residual updates), then three ReLU layers with one scalar bias each and a linear
+read-out to ``L`` logits, applied at the query token. Shapes: ``n`` sequences, ``T = 2N + 1``
+tokens, ``d = 2 Nmax + 1 + D``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from iclbook import runtime, train
+
+# ---------------------------------------------------------------------------------------------
+# 0. Configurations
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every size of chapter 3, per profile (see the chapter's reproduction notes)."""
+
+    # data (the author's defaults; K, B, p_B, p_C, eps of the paper's Fig. 3)
+    K: int = 256
+    L: int = 32
+    N: int = 8
+    D: int = 63
+    Nmax: int = 32
+    eps: float = 0.1
+    zipf: float = 0.0
+    B: int = 1
+    p_B: float = 1.0
+    p_C: float = 0.8
+    K_c: int = 128
+    # training of the main run (the book's CPU calibration, not the paper's SGD 0.01 x 150k)
+    optimizer: str = "adam"
+    lr: float = 3e-4
+    decay: float = 1e-6  # per-step multiplicative shrink (1 - decay), as in the author's update
+    batch: int = 64
+    steps: int = 4000
+    eval_every: int = 100
+    n_eval: int = 1000
+    seeds: int = 1
+    # plain SGD at a large step, several seeds: how the MLP can die
+    sgd_lr: float = 0.1
+    sgd_batch: int = 64
+    sgd_steps: int = 1000
+    sgd_seeds: int = 6
+    # data dependence: members (K, B, p_B, Zipf exponent, eps) trained as one batched ensemble,
+    # all with p_C = 0 as in the author's Fig. 2 scripts
+    grid: tuple[tuple[int, int, float, float, float], ...] = (
+        (64, 4, 1.0, 0.0, 0.1), (512, 4, 1.0, 0.0, 0.1), (512, 0, 1.0, 0.0, 0.1),
+        (512, 4, 0.5, 1.0, 0.1))
+    grid_steps: int = 4000
+    # the minimal model (Adam: plain SGD kills its classifier, see the chapter)
+    minimal_lr: float = 1e-3
+    minimal_steps: int = 4000
+    minimal_eval_every: int = 100
+    minimal_seeds: int = 6
+    # the phenomenological model (plain gradient descent, as in the spec's calibration)
+    pheno_steps: int = 5000
+    pheno_lr: float = 0.01
+    checks: bool = True  # False at smoke: too few steps to learn; only the code paths run
+
+    @property
+    def P(self) -> int:
+        """Number of one-hot position slots."""
+        return 2 * self.Nmax + 1
+
+    @property
+    def d(self) -> int:
+        return self.P + self.D
+
+    @property
+    def T(self) -> int:
+        return 2 * self.N + 1
+
+
+def _paper_grid() -> tuple[tuple[int, int, float, float, float], ...]:
+    """The author's Fig. 2 scripts: K x B at p_B = 1, an eps sweep and a Zipf sweep at K = 1024
+    (the Zipf sweep at p_B = 0.5, since bursty sequences ignore the Zipf law)."""
+    kb = tuple((K, B, 1.0, 0.0, 0.1) for K in (128, 256, 512, 2048) for B in (0, 1, 2, 4))
+    eps = tuple((1024, 1, 1.0, 0.0, e) for e in (0.0, 0.4, 0.8, 1.6, 3.2, 6.4))
+    zipf = tuple((1024, 1, 0.5, a, 0.1) for a in (0.0, 0.5, 1.0, 1.5))
+    return kb + eps + zipf
+
+
+CONFIGS: dict[str, Config] = {
+    "smoke": Config(steps=300, eval_every=50, n_eval=300, sgd_steps=150, sgd_seeds=2,
+                    grid=((64, 4, 1.0, 0.0, 0.1), (512, 0, 1.0, 0.0, 0.1)), grid_steps=100,
+                    minimal_steps=600, minimal_eval_every=100, minimal_seeds=2, checks=False),
+    "book": Config(),
+    # the author's settings (SGD 0.01, batch 128, 150k steps, six seeds); needs a GPU
+    "paper": Config(optimizer="sgd", lr=0.01, batch=128, steps=150_000, eval_every=1000,
+                    n_eval=10_000, seeds=6, grid=_paper_grid(), grid_steps=150_000,
+                    minimal_steps=20_000, minimal_eval_every=250),
+}
+
+
+def check_data_args(*, K: int, L: int, N: int, B: int, p_B: float, p_C: float, eps: float,
+                    zipf: float, Nmax: int | None = None) -> None:
+    """Raise a clear ``ValueError`` for arguments the generator cannot honour."""
+    if L < 2 or K < L or K % L:
+        raise ValueError(f"K must be a positive multiple of L (every label owns K/L classes); "
+                         f"got K={K}, L={L}")
+    if N < 1:
+        raise ValueError(f"N (item-label pairs) must be >= 1, got {N}")
+    if B < 0 or (B > 0 and (N % B or B >= N)):
+        raise ValueError(f"burstiness B must be 0 or a divisor of N smaller than N; got B={B}, N={N}")
+    for name, p in (("p_B", p_B), ("p_C", p_C)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} is a probability and must lie in [0, 1], got {p}")
+    if eps < 0 or zipf < 0:
+        raise ValueError(f"eps and the Zipf exponent must be >= 0, got eps={eps}, zipf={zipf}")
+    if Nmax is not None and Nmax < N:
+        raise ValueError(f"Nmax must be >= N so the positions fit, got Nmax={Nmax}, N={N}")
+    distinct = N // (B if B else N // 2 or 1)
+    if distinct > L:
+        raise ValueError(f"a bursty context needs N/B={distinct} distinct labels, more than L={L}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The task
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """The fixed quantities of one run: class means, label vectors, and the Zipf law."""
+
+    mus: torch.Tensor  # (K, D)
+    lambdas: torch.Tensor  # (L, D)
+    zipf_p: torch.Tensor  # (K,) rank-frequency law over the class index
+
+    @property
+    def K(self) -> int:
+        return self.mus.shape[0]
+
+    @property
+    def L(self) -> int:
+        return self.lambdas.shape[0]
+
+    @property
+    def D(self) -> int:
+        return self.mus.shape[1]
+
+
+def make_task(cfg: Config, generator: torch.Generator, *, K: int | None = None) -> Task:
+    """Draw ``K`` class means and ``L`` label vectors, ``N(0, I_D / D)`` each."""
+    K = cfg.K if K is None else K
+    check_data_args(K=K, L=cfg.L, N=cfg.N, B=cfg.B, p_B=cfg.p_B, p_C=cfg.p_C, eps=cfg.eps,
+                    zipf=cfg.zipf, Nmax=cfg.Nmax)
+    scale = 1.0 / math.sqrt(cfg.D)
+    lambdas = torch.randn(cfg.L, cfg.D, generator=generator) * scale
+    mus = torch.randn(K, cfg.D, generator=generator) * scale
+    p = torch.arange(1, K + 1, dtype=torch.float64) ** (-cfg.zipf)
+    return Task(mus=mus, lambdas=lambdas, zipf_p=(p / p.sum()).float())
+
+
+@dataclass
+class Sequences:
+    """A batch of sequences and what the analysis needs to know about them.
+
+    ``classes`` and ``query_class`` index the task's classes; novel classes are numbered from
+    ``K`` on (``K + j`` for the ``j``-th fresh mean of that batch), so a match between a context
+    item and the query is ``classes == query_class[:, None]`` in every case.
+    """
+
+    tokens: torch.Tensor  # (n, T, d)
+    target: torch.Tensor  # (n,) the label the model should output
+    classes: torch.Tensor  # (n, N) class of each context item
+    query_class: torch.Tensor  # (n,)
+    context_labels: torch.Tensor  # (n, N) label index shown after each item
+    novel: torch.Tensor  # (n,) bool
+    bursty: torch.Tensor  # (n,) bool
+    shift: torch.Tensor  # (n,) first position slot
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+def _distinct_label_classes(n: int, m: int, n_classes: int, L: int,
+                            g: torch.Generator) -> torch.Tensor:
+    """``(n, m)`` classes with ``m`` distinct labels per row (the author's ``no_repeats``):
+    labels without replacement, then a uniform class among the ``n_classes / L`` of each label."""
+    labels = torch.rand(n, L, generator=g).argsort(dim=1)[:, :m]
+    within = torch.randint(0, n_classes // L, (n, m), generator=g)
+    return within * L + labels
+
+
+def _bursty_rows(n: int, N: int, B: int, n_classes: int, L: int,
+                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contexts of ``N / B`` distinct-label classes each repeated ``B`` times, shuffled, and a
+    query class drawn uniformly among them."""
+    m = N // B
+    base = _distinct_label_classes(n, m, n_classes, L, g)
+    query = base.gather(1, torch.randint(0, m, (n, 1), generator=g)).squeeze(1)
+    tiled = base.repeat(1, B)
+    order = torch.rand(n, N, generator=g).argsort(dim=1)
+    return tiled.gather(1, order), query
+
+
+def sample(task: Task, n: int, cfg: Config, generator: torch.Generator, *, B: int | None = None,
+           p_B: float | None = None, p_C: float | None = None, flip_labels: bool = False,
+           eps: float | None = None) -> Sequences:
+    """Draw ``n`` sequences as the author's ``generate_input_seqs`` does.
+
+    ``B``, ``p_B``, ``p_C`` and ``eps`` default to ``cfg``'s. ``B = 0`` means no bursty sequences
+    (``p_B = 0``), and novel-class sequences then use ``B = N / 2``. With ``flip_labels`` every
+    context label of a known-class sequence is replaced by the next label ``(y + 1) mod L``, and
+    the target becomes the query's next label (the IC2 evaluation set).
+    """
+    B = cfg.B if B is None else B
+    p_B = cfg.p_B if p_B is None else p_B
+    p_C = cfg.p_C if p_C is None else p_C
+    eps = cfg.eps if eps is None else eps
+    N, L, K, D = cfg.N, task.L, task.K, task.D
+    check_data_args(K=K, L=L, N=N, B=B, p_B=p_B, p_C=p_C, eps=eps, zipf=cfg.zipf, Nmax=cfg.Nmax)
+    if n < 1:
+        raise ValueError(f"need n >= 1 sequences, got {n}")
+    g = generator
+    if B == 0:
+        B, p_B = N // 2, 0.0
+    scale = 1.0 / math.sqrt(D)
+    e_fac = 1.0 / math.sqrt(1.0 + eps ** 2)
+
+    # known classes: bursty rows, replaced by iid Zipf rows where not bursty
+    classes, query = _bursty_rows(n, N, B, K, L, g)
+    bursty = torch.rand(n, generator=g) < p_B
+    iid = torch.multinomial(task.zipf_p, n * (N + 1), replacement=True, generator=g).view(n, N + 1)
+    classes = torch.where(bursty[:, None], classes, iid[:, :N])
+    query = torch.where(bursty, query, iid[:, N])
+    # novel classes: fresh means for this call, always bursty
+    novel_mus = torch.randn(cfg.K_c, D, generator=g) * scale
+    c_classes, c_query = _bursty_rows(n, N, B, cfg.K_c, L, g)
+    novel = torch.rand(n, generator=g) < p_C
+
+    all_classes = torch.cat([classes, query[:, None]], dim=1)
+    all_novel = torch.cat([c_classes, c_query[:, None]], dim=1)
+    means = torch.where(novel[:, None, None], novel_mus[all_novel], task.mus[all_classes])
+    noise = torch.randn(n, N + 1, D, generator=g) * scale
+    items = e_fac * (means + eps * noise)  # (n, N+1, D)
+    labels_all = torch.where(novel[:, None], all_novel % L, all_classes % L)  # (n, N+1)
+    shown = labels_all[:, :N]
+    target = labels_all[:, N]
+    if flip_labels:
+        shown = torch.where(novel[:, None], shown, (shown + 1) % L)
+        target = torch.where(novel, target, (target + 1) % L)
+
+    T = 2 * N + 1
+    tokens = torch.zeros(n, T, cfg.P + D)
+    tokens[:, 0:2 * N:2, cfg.P:] = items[:, :N]
+    tokens[:, 1:2 * N:2, cfg.P:] = task.lambdas[shown]
+    tokens[:, -1, cfg.P:] = items[:, N]
+    shift = torch.randint(0, cfg.P - T + 1, (n,), generator=g)
+    slots = shift[:, None] + torch.arange(T)
+    tokens.scatter_(2, slots[:, :, None], 1.0)
+    ids = torch.where(novel[:, None], all_novel + K, all_classes)
+    return Sequences(tokens=tokens, target=target, classes=ids[:, :N], query_class=ids[:, N],
+                     context_labels=shown, novel=novel, bursty=bursty | novel, shift=shift)
+
+
+def eval_sets(task: Task, cfg: Config, generator: torch.Generator, n: int | None = None,
+              *, B: int | None = None) -> dict[str, Sequences]:
+    """The author's four evaluation sets, drawn once: ``test`` (the training distribution),
+    ``IC`` (novel classes, bursty), ``IC2`` (known classes, bursty, labels flipped by one) and
+    ``IW`` (iid Zipf sequences: only the memorised class-to-label map can solve them)."""
+    n = cfg.n_eval if n is None else n
+    B = cfg.B if B is None else B
+    return {
+        "test": sample(task, n, cfg, generator, B=B),
+        "IC": sample(task, n, cfg, generator, B=B, p_B=1.0, p_C=1.0),
+        "IC2": sample(task, n, cfg, generator, B=B, p_B=1.0, p_C=0.0, flip_labels=True),
+        "IW": sample(task, n, cfg, generator, B=0, p_B=0.0, p_C=0.0),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The network
+# ---------------------------------------------------------------------------------------------
+
+
+class ReluClassifier(nn.Module):
+    """Three ReLU layers ``h <- relu(W h + b)`` with one *scalar* bias each, then a linear
+    read-out to ``L`` logits without bias; the author's initialisation."""
+
+    def __init__(self, width: int, L: int, generator: torch.Generator):
+        super().__init__()
+
+        def normal(*shape: int, std: float) -> nn.Parameter:
+            return nn.Parameter(torch.randn(*shape, generator=generator) * std)
+
+        self.w1, self.w2, self.w3 = (normal(width, width, std=math.sqrt(2.0 / width)) for _ in range(3))
+        self.b1, self.b2, self.b3 = (normal(1, std=math.sqrt(1.0 / width)) for _ in range(3))
+        self.readout = normal(L, width, std=math.sqrt(1.0 / width))
+
+    def hidden(self, z: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for w, b in ((self.w1, self.b1), (self.w2, self.b2), (self.w3, self.b3)):
+            z = torch.relu(z @ w.T + b)
+            out.append(z)
+        return out
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.hidden(z)[-1] @ self.readout.T
+
+
+class InductionNet(nn.Module):
+    """Two causal single-head attention layers and a three-layer ReLU classifier (author's code).
+
+    ``forward`` returns the ``L`` logits at the query. It uses exact algebraic shortcuts: layer 1
+    reassociates ``(u Q^T)(u K^T)^T = u (Q^T K) u^T`` and ``a (u V^T) = (a u) V^T``; layer 2 and
+    the classifier run at the query token only, which is all the read-out sees. ``direct``
+    computes every product as written in the author's code, at every token; a test checks that
+    the two agree to float precision. ``attention`` returns both layers' maps for analysis.
+    """
+
+    def __init__(self, cfg: Config, generator: torch.Generator):
+        super().__init__()
+        d, s = cfg.d, 1.0 / math.sqrt(cfg.D)
+
+        def normal(*shape: int, std: float) -> nn.Parameter:
+            return nn.Parameter(torch.randn(*shape, generator=generator) * std)
+
+        self.q1, self.k1, self.v1 = (normal(d, d, std=s) for _ in range(3))
+        self.q2, self.k2, self.v2 = (normal(d, d, std=s) for _ in range(3))
+        self.mlp = ReluClassifier(d, cfg.L, generator)
+
+    @staticmethod
+    def _causal(T: int, device: torch.device) -> torch.Tensor:
+        return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+
+    def _layer1(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residual stream after layer 1 and its attention map ``(n, T_query, T_key)``."""
+        logits = (u @ (self.q1.T @ self.k1)) @ u.transpose(-1, -2)
+        logits = logits.masked_fill(~self._causal(u.shape[-2], u.device), float("-inf"))
+        att = logits.softmax(dim=-1)
+        return u + (att @ u) @ self.v1.T, att
+
+    def _layer2_query(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer 2 at the last token only: its output and its attention row ``(n, T)``."""
+        q = h[..., -1, :]
+        r = (q @ self.q2.T) @ self.k2  # the key-space direction the query looks for
+        att = (h @ r.unsqueeze(-1)).squeeze(-1).softmax(dim=-1)
+        mixed = (att.unsqueeze(-2) @ h).squeeze(-2)
+        return q + mixed @ self.v2.T, att
+
+    def query_state(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The residual stream at the query after both layers: the classifier's input."""
+        h, _ = self._layer1(tokens)
+        return self._layer2_query(h)[0]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.query_state(tokens))
+
+    def attention(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer 1's full map ``(n, T, T)`` (row: query token) and layer 2's query row ``(n, T)``."""
+        h, att1 = self._layer1(tokens)
+        _, att2 = self._layer2_query(h)
+        return att1, att2
+
+    def induction_attention(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, N)`` each: layer-1 attention of every label to its item, and the query's layer-2
+        attention to every label token (the inputs of :func:`progress_measures`)."""
+        att1, att2 = self.attention(tokens)
+        rows = torch.arange(1, tokens.shape[-2] - 1, 2, device=tokens.device)
+        return att1[:, rows, rows - 1], att2[:, rows]
+
+    def direct(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The author's computation, unshortened: logits and both full attention maps."""
+        x, maps = tokens, []
+        mask = self._causal(tokens.shape[-2], tokens.device)
+        for q, k, v in ((self.q1, self.k1, self.v1), (self.q2, self.k2, self.v2)):
+            queries, keys, values = x @ q.T, x @ k.T, x @ v.T
+            att = (queries @ keys.transpose(-1, -2)).masked_fill(~mask, float("-inf")).softmax(-1)
+            maps.append(att)
+            x = x + att @ values
+        return self.mlp(x)[..., -1, :], maps  # the author applies the MLP at every token
+
+
+class MinimalNet(nn.Module):
+    """The minimal model: the induction head reduced to three scalars, the classifier kept.
+
+    Reconstructed from the paper's description (the spec, section 5): after layer 1 each label
+    token holds ``lambda_j + sigmoid(beta1) x_j`` (``beta1``: the previous-token head); the query
+    attends to the ``N`` label tokens with logits ``alpha sigmoid(beta1) x_q . x_j + beta2`` and
+    to itself with logit 0; ``z = x_q + sum_j a_j lambda_j`` feeds the same ReLU classifier.
+    The scalars start at 0, so at first the query spreads its attention evenly.
+    """
+
+    def __init__(self, cfg: Config, generator: torch.Generator):
+        super().__init__()
+        self.P, self.N = cfg.P, cfg.N
+        self.beta1 = nn.Parameter(torch.zeros(()))
+        self.alpha = nn.Parameter(torch.zeros(()))
+        self.beta2 = nn.Parameter(torch.zeros(()))
+        self.mlp = ReluClassifier(cfg.D, cfg.L, generator)
+
+    def _parts(self, tokens: torch.Tensor):
+        v = tokens[..., self.P:]
+        return v[..., 0:2 * self.N:2, :], v[..., 1:2 * self.N:2, :], v[..., -1, :]
+
+    def induction_attention(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        items, _, query = self._parts(tokens)
+        s1 = torch.sigmoid(self.beta1)
+        logits = self.alpha * s1 * (items @ query.unsqueeze(-1)).squeeze(-1) + self.beta2
+        logits = torch.cat([logits, torch.zeros_like(logits[..., :1])], dim=-1)
+        return s1.expand(logits[..., :-1].shape), logits.softmax(-1)[..., :-1]
+
+    def query_state(self, tokens: torch.Tensor) -> torch.Tensor:
+        _, labels, query = self._parts(tokens)
+        _, a = self.induction_attention(tokens)
+        return query + (a.unsqueeze(-2) @ labels).squeeze(-2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.query_state(tokens))
+
+
+def cross_entropy(model, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    tokens, target = batch
+    return nn.functional.cross_entropy(model(tokens), target)
+
+
+def optimizer_args(cfg: Config, *, optimizer: str | None = None, lr: float | None = None) -> dict:
+    """``train.train`` keywords for the author's update ``p <- (1 - decay) p - step``.
+
+    Plain SGD (the paper) uses torch's coupled weight decay ``decay / lr``, which is exactly that
+    update; Adam (the book's CPU calibration) uses AdamW with the same value, whose decoupled
+    shrink is the same multiplicative ``(1 - decay)`` per step.
+    """
+    optimizer = cfg.optimizer if optimizer is None else optimizer
+    lr = cfg.lr if lr is None else lr
+    name = {"adam": "adamw", "sgd": "sgd"}[optimizer]
+    return {"optimizer": name, "lr": lr, "weight_decay": cfg.decay / lr}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Progress measures
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(model: nn.Module, seqs: Sequences, chunk: int = 2000) -> torch.Tensor:
+    return torch.cat([model(seqs.tokens[i:i + chunk]).argmax(-1)
+                      for i in range(0, len(seqs), chunk)])
+
+
+@torch.no_grad()
+def progress_measures(model: InductionNet | MinimalNet, seqs: Sequences) -> dict[str, float]:
+    """The induction-head measures on a set of bursty sequences (the IC set in the chapter).
+
+    * ``ILA1``: layer-1 attention from each label token to the item just before it;
+    * ``TILA2``: layer-2 attention from the query to the label(s) whose item has the query's class;
+    * ``TLA2``: layer-2 attention from the query to all label tokens;
+    * ``CLA``: fraction of predictions that are one of the context's labels.
+    """
+    previous, on_labels = model.induction_attention(seqs.tokens)
+    ila1 = previous.mean()
+    match = (seqs.classes == seqs.query_class[:, None]).float()
+    pred = model(seqs.tokens).argmax(-1)
+    cla = (seqs.context_labels == pred[:, None]).any(dim=1).float().mean()
+    return {"ILA1": float(ila1), "TILA2": float((on_labels * match).sum(1).mean()),
+            "TLA2": float(on_labels.sum(1).mean()), "CLA": float(cla)}
+
+
+@torch.no_grad()
+def live_units(model: InductionNet | MinimalNet, seqs: Sequences) -> list[float]:
+    """Per ReLU layer of the classifier, the share of (unit, sequence) activations that are
+    positive. When it falls towards 0 the layer goes silent and passes almost no gradient."""
+    acts = model.mlp.hidden(model.query_state(seqs.tokens))
+    return [float((a > 0).float().mean()) for a in acts]
+
+
+@torch.no_grad()
+def logit_spread(model: InductionNet | MinimalNet, seqs: Sequences) -> float:
+    """Mean over labels of the standard deviation of the logits across sequences: 0 when the
+    output no longer depends on the input."""
+    return float(model(seqs.tokens).std(dim=0).mean())
+
+
+@torch.no_grad()
+def measure(model: InductionNet | MinimalNet, sets: dict[str, Sequences]) -> dict[str, float]:
+    """Accuracy on each evaluation set, the test loss, the progress measures on IC, the active
+    share of each ReLU layer (``live`` is the smallest), the logit spread and the three biases."""
+    out = {name: float((predict(model, s) == s.target).float().mean()) for name, s in sets.items()}
+    out["loss"] = float(nn.functional.cross_entropy(model(sets["test"].tokens), sets["test"].target))
+    out.update(progress_measures(model, sets["IC"]))
+    live = live_units(model, sets["test"])
+    out.update({f"live{i}": v for i, v in enumerate(live, 1)})
+    out["live"] = min(live)
+    out["spread"] = logit_spread(model, sets["test"])
+    out.update({f"b{i}": getattr(model.mlp, f"b{i}").item() for i in (1, 2, 3)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Training runs (one batched ensemble of seeds or data configurations)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One trained member: its config, task, evaluation sets, model and measured history."""
+
+    cfg: Config
+    seed: int
+    task: Task
+    sets: dict[str, Sequences]
+    model: InductionNet | MinimalNet
+    history: list[dict[str, float]]  # one dict of measures per checkpoint, with "step"
+
+    def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        return (np.array([h["step"] for h in self.history]),
+                np.array([h[key] for h in self.history]))
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1]
+
+
+def grid_variants(cfg: Config) -> list[dict]:
+    """``train_runs`` variants of the data-dependence grid (``p_C = 0`` throughout)."""
+    return [{"K": K, "B": B, "p_B": p_B, "zipf": a, "eps": e, "p_C": 0.0}
+            for K, B, p_B, a, e in cfg.grid]
+
+
+def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None, *,
+               optimizer: str | None = None, lr: float | None = None, batch: int | None = None,
+               steps: int | None = None, eval_every: int | None = None, cache_name: str | None = None,
+               net: str = "full", desc: str = "induction net") -> list[Run]:
+    """Train one network per (seed, data variant) as one batched ensemble, through the cache.
+
+    ``variants`` overrides data fields of ``cfg`` per member (e.g. ``{"K": 512, "B": 4}``).
+    Each member draws its own task from its seed, so members are independent runs. The measures
+    of :func:`measure` are taken every ``eval_every`` steps. ``net`` is ``"full"``
+    (:class:`InductionNet`) or ``"minimal"`` (:class:`MinimalNet`).
+    """
+    nets = {"full": InductionNet, "minimal": MinimalNet}
+    if net not in nets:
+        raise ValueError(f"net must be 'full' or 'minimal', got {net!r}")
+    variants = variants or [{}] * len(seeds)
+    if len(variants) != len(seeds):
+        raise ValueError(f"need one variant per seed: {len(variants)} variants, {len(seeds)} seeds")
+    steps = cfg.steps if steps is None else steps
+    batch = cfg.batch if batch is None else batch
+    eval_every = cfg.eval_every if eval_every is None else eval_every
+    opt = optimizer_args(cfg, optimizer=optimizer, lr=lr)
+    device = runtime.device()
+    cfgs = [replace(cfg, **v) for v in variants]
+    tasks = [make_task(c, runtime.generator(1_000_003 * s + 17)) for c, s in zip(cfgs, seeds)]
+    sets = [{k: _to(v, device) for k, v in eval_sets(t, c, runtime.generator(1_000_003 * s + 29)).items()}
+            for t, c, s in zip(tasks, cfgs, seeds)]
+    models = [nets[net](c, runtime.generator(s)).to(device) for c, s in zip(cfgs, seeds)]
+
+    def sampler(task: Task, c: Config):
+        def draw(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            s = sample(task, batch, c, g)
+            return s.tokens.to(device), s.target.to(device)
+        return draw
+
+    def on_checkpoint(step: int, members: list[nn.Module]) -> dict:
+        out = []
+        for m, st in zip(members, sets):
+            row = measure(m, st)
+            if isinstance(m, MinimalNet):
+                row.update({k: getattr(m, k).item() for k in ("beta1", "alpha", "beta2")})
+            if isinstance(m, InductionNet):  # both maps of the first IC sequence, for figures
+                with torch.no_grad():
+                    a1, a2 = m.attention(st["IC"].tokens[:1])
+                row["maps"] = {"att1": a1[0].round(decimals=4).tolist(),
+                               "att2": a2[0].round(decimals=4).tolist()}
+            out.append(row)
+        return {"members": out}
+
+    def run() -> dict:
+        return train.train(models, cross_entropy, [sampler(t, c) for t, c in zip(tasks, cfgs)],
+                           steps=steps, generators=[runtime.generator(s + 7919) for s in seeds],
+                           checkpoint_every=eval_every, on_checkpoint=on_checkpoint, desc=desc,
+                           log_every=max(1, eval_every // 4), **opt)
+
+    if cache_name is None:
+        history = run()
+    else:
+        history = train.cached_training("03", cache_name, cfg, models, run, seeds=list(seeds),
+                                        variants=variants, net=net, steps=steps, batch=batch, **opt)
+    runs = []
+    for i, (c, s, t, st, m) in enumerate(zip(cfgs, seeds, tasks, sets, models)):
+        hist = [dict(cp["members"][i], step=cp["step"]) for cp in history["checkpoints"]]
+        runs.append(Run(cfg=c, seed=s, task=t, sets=st, model=m, history=hist))
+    return runs
+
+
+def _to(seqs: Sequences, device: torch.device) -> Sequences:
+    return Sequences(**{k: getattr(seqs, k).to(device) for k in seqs.__dataclass_fields__})
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The phenomenological model: three nested logits
+# ---------------------------------------------------------------------------------------------
+
+
+def pheno_loss(beta1: torch.Tensor, alpha: torch.Tensor, xi: torch.Tensor, N: int, L: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss, p(correct) and p(some context label) of the phenomenological model (reconstructed).
+
+    With ``s1 = sigmoid(beta1)`` (layer 1 copies the previous item) and
+    ``a2 = exp(alpha s1) / (exp(alpha s1) + N - 1)`` (layer 2 finds the matching label), the
+    correct label's logit is ``xi a2``, the other ``N - 1`` context labels' ``xi (1 - a2)/(N - 1)``
+    and the ``L - N`` absent labels' 0; ``xi`` is how well the read-out separates label vectors.
+    The loss is the cross-entropy of the correct label. Broadcasts over its tensor arguments.
+    """
+    if not 1 <= N <= L:
+        raise ValueError(f"need 1 <= N <= L, got N={N}, L={L}")
+    s1 = torch.sigmoid(beta1)
+    a2 = torch.exp(alpha * s1) / (torch.exp(alpha * s1) + (N - 1))
+    correct = xi * a2
+    other = xi * (1 - a2) / max(N - 1, 1)
+    parts = [correct, other + math.log(N - 1) if N > 1 else None,
+             torch.full_like(correct, math.log(L - N)) if L > N else None]
+    log_z = torch.logsumexp(torch.stack(torch.broadcast_tensors(*[p for p in parts if p is not None])), 0)
+    loss = log_z - correct
+    p_context = torch.exp(torch.logsumexp(torch.stack(torch.broadcast_tensors(
+        *[p for p in parts[:2] if p is not None])), 0) - log_z)
+    return loss, torch.exp(-loss), p_context
+
+
+def pheno_gradient(beta1: float, alpha: float, xi: float, N: int, L: int) -> np.ndarray:
+    """The gradient ``(dL/dbeta1, dL/dalpha, dL/dxi)`` at one point, in float64."""
+    p = torch.tensor([beta1, alpha, xi], dtype=torch.float64, requires_grad=True)
+    loss, _, _ = pheno_loss(p[0], p[1], p[2], N, L)
+    loss.backward()
+    return p.grad.numpy()
+
+
+def pheno_descent(N: int, L: int, *, steps: int, lr: float,
+                  start: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> dict[str, np.ndarray]:
+    """Plain gradient descent on the phenomenological loss from ``start = (beta1, alpha, xi)``.
+
+    Returns arrays over steps ``0..steps``: ``beta1``, ``alpha``, ``xi``, ``loss``, ``p_correct``,
+    ``p_context``.
+    """
+    if steps < 1 or lr <= 0:
+        raise ValueError(f"need steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
+    p = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    rows = []
+    for _ in range(steps + 1):
+        loss, pc, pctx = pheno_loss(p[0], p[1], p[2], N, L)
+        rows.append([*p.detach().tolist(), loss.item(), pc.item(), pctx.item()])
+        (grad,) = torch.autograd.grad(loss, p)
+        with torch.no_grad():
+            p -= lr * grad
+    arr = np.array(rows)
+    return {k: arr[:, i] for i, k in enumerate(["beta1", "alpha", "xi", "loss", "p_correct", "p_context"])}
+
+
+def first_crossing(values: np.ndarray, level: float, steps: np.ndarray | None = None) -> float:
+    """First step at which ``values`` reaches ``level`` (NaN if never)."""
+    values = np.asarray(values)
+    steps = np.arange(len(values)) if steps is None else np.asarray(steps)
+    hit = np.flatnonzero(values >= level)
+    return float(steps[hit[0]]) if hit.size else math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Reading a learning curve
+# ---------------------------------------------------------------------------------------------
+
+
+def transition(steps: np.ndarray, acc: np.ndarray, baseline: float, *, band: float = 0.05,
+               top: float = 0.9) -> dict[str, float]:
+    """Describe an accuracy curve that should plateau at ``baseline`` and then jump to ``top``.
+
+    ``plateau_fraction``: share of the logged steps with ``|acc - baseline| <= band``;
+    ``onset``: first step at ``baseline + 0.1`` or above; ``t_top``: first step at ``top``;
+    ``rise_ratio``: ``(t_top - onset) / onset``, the rise measured against the time spent before
+    it (a constant-rate rise from 0 gives about 3, an exponential approach to 1 about 17).
+    """
+    steps, acc = np.asarray(steps, dtype=float), np.asarray(acc, dtype=float)
+    onset = first_crossing(acc, baseline + 0.1, steps)
+    t_top = first_crossing(acc, top, steps)
+    return {
+        "plateau_fraction": float(np.mean(np.abs(acc - baseline) <= band)),
+        "plateau_level": float(np.median(acc[np.abs(acc - baseline) <= band]))
+        if np.any(np.abs(acc - baseline) <= band) else math.nan,
+        "onset": onset,
+        "t_top": t_top,
+        "rise_ratio": (t_top - onset) / onset if onset > 0 else math.nan,
+    }
+
+
+def half_rise(steps: np.ndarray, values: np.ndarray) -> float:
+    """First step at which ``values`` passes halfway from its first to its last value."""
+    values = np.asarray(values, dtype=float)
+    return first_crossing(values, 0.5 * (values[0] + values[-1]), steps)
+
+
+def context_label_baseline(seqs: Sequences) -> float:
+    """Accuracy of guessing a uniformly random context label: the mean share of context
+    labels equal to the target (``B / N`` on bursty sequences)."""
+    return float((seqs.context_labels == seqs.target[:, None]).float().mean())

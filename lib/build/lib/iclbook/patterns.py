@@ -1,0 +1,535 @@
+"""Li et al. (ICML 2024): a one-layer nonlinear transformer learns binary classification in context.
+
+The data model of the paper (its Section 3, as reconstructed in the book's spec):
+
+* in-domain-relevant (IDR) patterns ``mu_1..mu_M1`` and in-domain-irrelevant (IDI) patterns
+  ``nu_1..nu_M2``, mutually orthogonal; an input is ``x = mu_j + kappa * nu_k``;
+* a *task* is an ordered pair ``(a, b)`` of IDR patterns: label +1 for inputs of pattern ``a``,
+  -1 for pattern ``b``, a random sign for any other pattern;
+* a *prompt* stacks ``l`` context tokens ``[x_i; y_i]`` (``y_i = +q`` or ``-q``) and a query
+  ``[x_q; 0]``; a fraction ``alpha`` of the contexts carry one of the task's two patterns, so
+  about ``alpha / 2`` share the query's pattern;
+* out-of-domain (OOD) relevant patterns are combinations of IDR ones with coefficient sum S1.
+
+The model is one softmax-attention head and a ReLU MLP with a fixed read-out ``a``:
+``F(P) = a^T relu(W_O sum_i attn_i W_V p_i)``, with attention of the query over the contexts
+only; prediction ``sign F``; hinge loss; plain SGD.
+
+Shapes: ``n`` prompts, ``l`` contexts, ``d = d_X + d_Y`` token size, ``m`` neurons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from iclbook import runtime, train
+
+# ---------------------------------------------------------------------------------------------
+# 0. Configurations
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every size of chapter 1, per profile. Values marked (rec.) are the spec's calibrated CPU
+    configuration, not the paper's (which it does not report); see the chapter's notes."""
+
+    M1: int = 6  # IDR patterns (paper's experiments, per third-party notes)
+    M2: int = 24  # IDI patterns
+    d_Y: int = 4  # label-embedding size (rec.)
+    beta: float = 1.0  # norm of the relevant patterns
+    kappa: float = 0.5  # noise coefficient kappa ~ U(-kappa, kappa) (rec.)
+    alpha: float = 0.8  # fraction of contexts carrying the task's patterns (training)
+    l_train: int = 20  # training context length
+    m: int = 64  # MLP neurons (rec.)
+    init_attn: float = 0.1  # W_Q = W_K = W_V = init_attn * I at initialisation (rec.)
+    init_out: float = 0.05  # W_O ~ N(0, init_out^2) (rec.)
+    lr: float = 5.0  # plain SGD (rec.)
+    batch: int = 64
+    steps: int = 1500
+    checkpoint_every: int = 25
+    n_test: int = 4000  # test prompts per evaluation point
+    n_ood_relevant: int = 3  # M1'
+    n_ood_irrelevant: int = 8
+    seeds: int = 4  # seeds of the main run, and per alpha in the sample-complexity sweep
+    sweep_steps: int = 2500
+    sweep_alphas: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0)  # training alphas of the sweep
+    n_baseline: int = 300  # prompts per point of the classical baselines
+    gpt_steps: int = 1000  # multi-layer check
+    gpt_layers: int = 2
+    gpt_heads: int = 2
+    gpt_width: int = 64
+    gpt_trend_checks: bool = True  # False at smoke: too few steps to learn; only the code path runs
+
+    @property
+    def d_X(self) -> int:
+        return self.M1 + self.M2
+
+    @property
+    def d(self) -> int:
+        return self.d_X + self.d_Y
+
+
+CONFIGS: dict[str, Config] = {
+    "smoke": Config(steps=1100, n_test=1000, seeds=2, sweep_alphas=(0.4, 1.0), n_baseline=40,
+                    gpt_steps=300, gpt_width=32, gpt_trend_checks=False),
+    "book": Config(),
+    "paper": Config(steps=4000, n_test=20000, seeds=5, sweep_steps=3000, n_baseline=1000,
+                    gpt_steps=20000, gpt_layers=3, gpt_heads=2, gpt_width=128),
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. Patterns, tasks and prompts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Relevant patterns ``(M, d_X)``, irrelevant patterns ``(K, d_X)`` and tasks ``(T, 2)``
+    (ordered pairs of relevant-pattern indices: +1 for the first, -1 for the second)."""
+
+    relevant: torch.Tensor
+    irrelevant: torch.Tensor
+    tasks: torch.Tensor
+
+
+def all_tasks(M: int) -> torch.Tensor:
+    """All ``M (M - 1)`` ordered pairs ``(a, b)``, ``a != b``."""
+    return torch.tensor([(a, b) for a in range(M) for b in range(M) if a != b])
+
+
+def training_tasks(M: int) -> torch.Tensor:
+    """Half of the tasks, covering every pattern as both the + and the - pattern: ``(j, j+1)``
+    and ``(j, j+2)`` for every ``j``, and ``(j, j+3)`` for the first ``M // 2`` (indices mod M)."""
+    if M < 4:
+        raise ValueError(f"the training split needs M1 >= 4 patterns, got {M}")
+    pairs = [(j, (j + s) % M) for s in (1, 2) for j in range(M)]
+    pairs += [(j, (j + 3) % M) for j in range(M // 2)]
+    return torch.tensor(sorted(set(pairs)))
+
+
+def in_domain(cfg: Config, split: str = "train") -> Domain:
+    """IDR patterns ``beta * e_1..e_M1``, IDI patterns ``e_{M1+1}..e_{M1+M2}`` and the task split
+    ``"train"``, ``"test"`` (the unseen tasks) or ``"all"``."""
+    if cfg.M1 < 3:
+        raise ValueError(f"M1 must be >= 3 (a task and at least one other pattern), got {cfg.M1}")
+    eye = torch.eye(cfg.d_X)
+    tasks = all_tasks(cfg.M1)
+    if split != "all":
+        train_set = {tuple(t) for t in training_tasks(cfg.M1).tolist()}
+        keep = [(tuple(t) in train_set) == (split == "train") for t in tasks.tolist()]
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+        tasks = tasks[torch.tensor(keep)]
+    return Domain(cfg.beta * eye[: cfg.M1], eye[cfg.M1:], tasks)
+
+
+def out_of_domain(cfg: Config, S1: float, generator: torch.Generator) -> Domain:
+    """OOD patterns: ``mu'_j = (S1 / 2)(mu_{2j-1} + mu_{2j})`` (combinations of IDR patterns whose
+    coefficients sum to S1) and random unit-norm combinations of the IDI patterns; all tasks."""
+    if S1 <= 0:
+        raise ValueError(f"S1 must be > 0, got {S1}")
+    if 2 * cfg.n_ood_relevant > cfg.M1:
+        raise ValueError("need M1 >= 2 * M1' to build the OOD patterns from pairs")
+    base = in_domain(cfg, "all")
+    relevant = (S1 / 2) * (base.relevant[0::2][: cfg.n_ood_relevant] + base.relevant[1::2][: cfg.n_ood_relevant])
+    coef = torch.randn(cfg.n_ood_irrelevant, cfg.M2, generator=generator)
+    irrelevant = (coef / coef.norm(dim=1, keepdim=True)) @ base.irrelevant
+    return Domain(relevant, irrelevant, all_tasks(cfg.n_ood_relevant))
+
+
+@dataclass
+class Prompts:
+    """A batch of prompts and what generated them."""
+
+    tokens: torch.Tensor  # (n, l + 1, d): contexts [x_i; y_i], then the query [x_q; 0]
+    z: torch.Tensor  # (n,) the query's label, +1 or -1
+    same: torch.Tensor  # (n, l) bool: context i carries the query's relevant pattern
+    labels: torch.Tensor  # (n, l) the contexts' labels, +1 or -1
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokens, self.z
+
+
+def sample_prompts(domain: Domain, n: int, *, alpha: float, l: int, cfg: Config,
+                   generator: torch.Generator) -> Prompts:
+    """``n`` prompts of ``l`` contexts from ``domain``'s tasks (uniformly), as in the paper."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if n < 1 or l < 1:
+        raise ValueError(f"need n >= 1 and l >= 1, got {n}, {l}")
+    M = domain.relevant.shape[0]
+    if alpha < 1 and M < 3:
+        raise ValueError("alpha < 1 needs at least one pattern outside the task (M >= 3)")
+    g = generator
+    t = torch.randint(len(domain.tasks), (n,), generator=g)
+    a, b = domain.tasks[t, 0], domain.tasks[t, 1]
+    z = torch.randint(0, 2, (n,), generator=g) * 2 - 1
+    query_pattern = torch.where(z > 0, a, b)
+
+    in_task = torch.rand(n, l, generator=g) < alpha
+    pick_a = torch.rand(n, l, generator=g) < 0.5
+    other = torch.randint(0, max(M - 2, 1), (n, l), generator=g)  # skip a and b
+    lo, hi = torch.minimum(a, b)[:, None], torch.maximum(a, b)[:, None]
+    other = other + (other >= lo).long()
+    other = other + (other >= hi).long()
+    pattern = torch.where(in_task, torch.where(pick_a, a[:, None], b[:, None]), other)
+    random_sign = torch.randint(0, 2, (n, l), generator=g) * 2 - 1
+    labels = torch.where(pattern == a[:, None], 1, torch.where(pattern == b[:, None], -1, random_sign))
+
+    def inputs(p: torch.Tensor) -> torch.Tensor:
+        k = torch.randint(domain.irrelevant.shape[0], p.shape, generator=g)
+        kappa = (torch.rand(p.shape, generator=g) * 2 - 1) * cfg.kappa
+        return domain.relevant[p] + kappa.unsqueeze(-1) * domain.irrelevant[k]
+
+    q = torch.zeros(cfg.d_Y)
+    q[0] = 1.0
+    ctx = torch.cat([inputs(pattern), labels.unsqueeze(-1).float() * q], dim=-1)
+    query = torch.cat([inputs(query_pattern), torch.zeros(n, cfg.d_Y)], dim=-1)
+    return Prompts(torch.cat([ctx, query.unsqueeze(1)], dim=1), z.float(),
+                   pattern == query_pattern[:, None], labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The one-layer transformer
+# ---------------------------------------------------------------------------------------------
+
+
+class OneLayerICL(nn.Module):
+    """``F(P) = a^T relu(W_O sum_i attn_i W_V p_i)``, ``attn = softmax_i((W_K p_i)^T W_Q p_q)``.
+
+    The query attends to the ``l`` contexts only. ``a`` is fixed at ``+-1/m`` (half each), as in
+    the analysis. Every internal quantity is a method: :meth:`attention`, :meth:`hidden`,
+    :meth:`neuron_rows` (the rows of ``W_O W_V``).
+    """
+
+    def __init__(self, cfg: Config, seed: int):
+        super().__init__()
+        d, m = cfg.d, cfg.m
+        gen = runtime.generator(seed)
+        self.W_Q = nn.Parameter(cfg.init_attn * torch.eye(d))
+        self.W_K = nn.Parameter(cfg.init_attn * torch.eye(d))
+        self.W_V = nn.Parameter(cfg.init_attn * torch.eye(d))
+        self.W_O = nn.Parameter(cfg.init_out * torch.randn(m, d, generator=gen))
+        self.register_buffer("a", torch.cat([torch.ones(m // 2), -torch.ones(m - m // 2)]) / m)
+
+    def attention(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention of the query over the contexts, ``(n, l)``."""
+        q = tokens[:, -1] @ self.W_Q.T  # (n, d)
+        k = tokens[:, :-1] @ self.W_K.T  # (n, l, d)
+        return torch.softmax(torch.einsum("nld,nd->nl", k, q), dim=-1)
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pre-activations of the ``m`` neurons, ``(n, m)``."""
+        att = self.attention(tokens)
+        mixed = torch.einsum("nl,nld->nd", att, tokens[:, :-1] @ self.W_V.T)
+        return mixed @ self.W_O.T
+
+    def forward(self, tokens: torch.Tensor, neuron_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``F`` for each prompt, ``(n,)``; ``neuron_mask`` ``(m,)`` zeroes pruned neurons."""
+        act = torch.relu(self.hidden(tokens))
+        a = self.a if neuron_mask is None else self.a * neuron_mask
+        return act @ a
+
+    def neuron_rows(self) -> torch.Tensor:
+        """Rows of ``W_O W_V``, ``(m, d)``: each neuron's read of the attention output."""
+        return self.W_O @ self.W_V
+
+
+def hinge(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The paper's loss ``mean(max(0, 1 - z F))``."""
+    tokens, z = batch
+    return torch.clamp(1 - z * model(tokens), min=0).mean()
+
+
+@torch.no_grad()
+def evaluate(model: OneLayerICL, prompts: Prompts, neuron_mask: torch.Tensor | None = None) -> dict:
+    """Classification error ``P(sign F != z)`` (``F = 0`` counts as wrong), hinge loss, and the
+    attention mass on contexts that share the query's relevant pattern."""
+    F = model(prompts.tokens, neuron_mask)
+    att = model.attention(prompts.tokens)
+    return {
+        "error": float((torch.sign(F) != prompts.z).float().mean()),
+        "hinge": float(torch.clamp(1 - prompts.z * F, min=0).mean()),
+        "same_attention": float((att * prompts.same).sum(-1).mean()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Mechanism
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def qk_projections(model: OneLayerICL, prompts: Prompts, domain: Domain, cfg: Config) -> dict:
+    """Mean norms of ``W_Q p_q`` and ``W_K p_i`` and of their components along the query's
+    relevant pattern (Prop. 1: the growth is along the pattern)."""
+    tokens = prompts.tokens
+    q, k = tokens[:, -1] @ model.W_Q.T, tokens[:, :-1] @ model.W_K.T
+    # the query's pattern direction, embedded in token space
+    xq = tokens[:, -1, : cfg.d_X]
+    sims = xq @ domain.relevant.T  # (n, M)
+    direction = torch.zeros_like(tokens[:, -1])
+    direction[:, : cfg.d_X] = domain.relevant[sims.argmax(-1)]
+    direction = direction / direction.norm(dim=-1, keepdim=True)
+    same_k = (k * direction[:, None]).sum(-1)[prompts.same]
+    return {
+        "q_norm": float(q.norm(dim=-1).mean()),
+        "k_norm": float(k.norm(dim=-1)[prompts.same].mean()),
+        "q_on_pattern": float((q * direction).sum(-1).mean()),
+        "k_on_pattern": float(same_k.mean()),
+    }
+
+
+@torch.no_grad()
+def qk_gains(model: OneLayerICL, cfg: Config) -> dict:
+    """How much ``W_Q`` and ``W_K`` amplify the relevant patterns against the irrelevant ones:
+    the mean of ``||W mu_j|| / ||mu_j||`` and of ``||W nu_k||`` over the in-domain patterns (both
+    ``init_attn`` at initialisation). Prop. 1's "project onto the pattern, filter the noise"."""
+    dom = in_domain(cfg, "all")
+    pad = torch.zeros(cfg.d_Y)
+
+    def gain(W: torch.Tensor, vectors: torch.Tensor) -> float:
+        embedded = torch.cat([vectors, pad.expand(len(vectors), -1)], dim=1)
+        return float(((embedded @ W.T).norm(dim=1) / vectors.norm(dim=1)).mean())
+
+    return {"q_gain_pattern": gain(model.W_Q, dom.relevant), "q_gain_noise": gain(model.W_Q, dom.irrelevant),
+            "k_gain_pattern": gain(model.W_K, dom.relevant), "k_gain_noise": gain(model.W_K, dom.irrelevant)}
+
+
+def angle(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Angle in radians between the rows of ``u`` and the vector ``v``."""
+    cos = (u @ v) / (u.norm(dim=-1) * v.norm()).clamp_min(1e-30)
+    return torch.arccos(cos.clamp(-1, 1))
+
+
+@torch.no_grad()
+def neuron_geometry(model: OneLayerICL, cfg: Config) -> dict:
+    """Prop. 2: for each row of ``W_O W_V``, the magnitude and angle of its label part to ``q``
+    and of its feature part to the mean IDR pattern, with the sign of its read-out ``a_i``."""
+    rows = model.neuron_rows()
+    feat, lab = rows[:, : cfg.d_X], rows[:, cfg.d_X:]
+    q = torch.zeros(cfg.d_Y)
+    q[0] = 1.0
+    mu_bar = in_domain(cfg, "all").relevant.mean(0)
+    return {
+        "label_norm": lab.norm(dim=-1), "label_angle": angle(lab, q),
+        "feature_norm": feat.norm(dim=-1), "feature_angle": angle(feat, mu_bar),
+        "positive": model.a > 0, "row_norm": model.W_O.norm(dim=-1),
+    }
+
+
+@torch.no_grad()
+def progress_measures(model: OneLayerICL, cfg: Config, id_val: Prompts, ood_val: Prompts,
+                      ood_domain: Domain) -> dict:
+    """Everything the chapter follows during training, as JSON-able values: in-domain error and
+    attention on unseen tasks, OOD attention, the Q/K projections, and each neuron's geometry."""
+    ev, ood = evaluate(model, id_val), evaluate(model, ood_val)
+    geo = neuron_geometry(model, cfg)
+    out = {"id_error": ev["error"], "id_hinge": ev["hinge"], "id_attention": ev["same_attention"],
+           "ood_error": ood["error"], "ood_attention": ood["same_attention"]}
+    out.update(qk_projections(model, ood_val, ood_domain, cfg))
+    out.update(qk_gains(model, cfg))
+    out.update({k: v.tolist() for k, v in geo.items() if k != "positive"})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Pruning
+# ---------------------------------------------------------------------------------------------
+
+
+def pruning_mask(row_norms: torch.Tensor, rate: float, how: str, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """Mask ``(m,)`` keeping ``1 - rate`` of the neurons: ``how`` is ``"magnitude"`` (drop the
+    smallest rows of ``W_O``), ``"largest"`` (drop the largest first) or ``"random"``."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"pruning rate must lie in [0, 1], got {rate}")
+    m = row_norms.shape[0]
+    k = int(round(rate * m))
+    if how == "magnitude":
+        order = torch.argsort(row_norms)
+    elif how == "largest":
+        order = torch.argsort(row_norms, descending=True)
+    elif how == "random":
+        if generator is None:
+            raise ValueError("random pruning needs a generator")
+        order = torch.randperm(m, generator=generator)
+    else:
+        raise ValueError(f"how must be 'magnitude', 'largest' or 'random', got {how!r}")
+    mask = torch.ones(m)
+    mask[order[:k]] = 0.0
+    return mask
+
+
+def norm_split(row_norms: torch.Tensor) -> tuple[int, float]:
+    """Split the norms into a small and a large group (Otsu's threshold on the log-norms: the
+    split that maximises the between-group variance). Returns ``(size of the small group,
+    median of the large group / median of the small group)``; the ratio is near 1 for a single
+    group and large for two well-separated ones."""
+    x = torch.sort(torch.log(row_norms.double())).values
+    n = len(x)
+    if n < 2:
+        raise ValueError("need at least two norms to split")
+    best, k_best = -1.0, 1
+    for k in range(1, n):
+        lo, hi = x[:k], x[k:]
+        between = k * (n - k) * float(lo.mean() - hi.mean()) ** 2
+        if between > best:
+            best, k_best = between, k
+    ratio = float(torch.exp(x[k_best:].median() - x[:k_best].median()))
+    return k_best, ratio
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Classical per-prompt classifiers (the authors' comparison)
+# ---------------------------------------------------------------------------------------------
+
+
+def classical_classifiers() -> dict:
+    """scikit-learn classifiers fitted on one prompt's ``l`` context pairs: logistic regression,
+    1-NN, 3-NN, an RBF-kernel SVM and a linear SVM (default hyperparameters)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC
+
+    return {
+        "logistic regression": lambda: LogisticRegression(),
+        "1-NN": lambda: KNeighborsClassifier(n_neighbors=1),
+        "3-NN": lambda: KNeighborsClassifier(n_neighbors=3),
+        "SVM (RBF)": lambda: SVC(kernel="rbf"),
+        "SVM (linear)": lambda: SVC(kernel="linear"),
+    }
+
+
+def classical_errors(prompts: Prompts, cfg: Config, classifiers: dict | None = None) -> dict[str, float]:
+    """Error of each classifier fitted per prompt on the context pairs ``(x_i, label_i)`` and
+    applied to the query. A context with one label class only predicts that class; k-NN with
+    fewer than k examples uses all of them."""
+    classifiers = classifiers or classical_classifiers()
+    x = prompts.tokens[:, :-1, : cfg.d_X].double().numpy()
+    xq = prompts.tokens[:, -1, : cfg.d_X].double().numpy()
+    y = prompts.labels.numpy()
+    z = prompts.z.numpy()
+    errors = {}
+    for name, make in classifiers.items():
+        wrong = 0
+        for i in range(len(z)):
+            classes = np.unique(y[i])
+            if len(classes) == 1:
+                pred = classes[0]
+            else:
+                clf = make()
+                if hasattr(clf, "n_neighbors"):
+                    clf.set_params(n_neighbors=min(clf.n_neighbors, len(y[i])))
+                pred = clf.fit(x[i], y[i]).predict(xq[i: i + 1])[0]
+            wrong += int(pred != z[i])
+        errors[name] = wrong / len(z)
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. A small multi-layer transformer (the paper's GPT-2 check, trained from scratch)
+# ---------------------------------------------------------------------------------------------
+
+
+class SmallGPT(nn.Module):
+    """A pre-LN causal transformer (``torch.nn.TransformerEncoder``) on the same stacked tokens:
+    a linear read-in, ``layers`` blocks of ``heads`` heads, a scalar read-out at the query.
+    No positional encoding: the query is the last token and the contexts are exchangeable."""
+
+    def __init__(self, cfg: Config, seed: int, layers: int | None = None, heads: int | None = None,
+                 width: int | None = None):
+        super().__init__()
+        layers, heads, width = layers or cfg.gpt_layers, heads or cfg.gpt_heads, width or cfg.gpt_width
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.read_in = nn.Linear(cfg.d, width)
+            block = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
+                                               activation="gelu", batch_first=True, norm_first=True)
+            self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(width)
+            self.read_out = nn.Linear(width, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.read_in(tokens)
+        mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1], dtype=h.dtype)
+        h = self.blocks(h, mask=mask, is_causal=True)
+        return self.read_out(self.norm(h[:, -1])).squeeze(-1)
+
+
+def train_gpt(cfg: Config, seeds: list[int], *, steps: int | None = None, lr: float = 1e-3,
+              desc: str = "multi-layer") -> tuple[list[SmallGPT], dict]:
+    """Train :class:`SmallGPT` models (one per seed, as one ensemble) with Adam on hinge loss and
+    a cosine learning-rate decay, on the same training tasks and prompts as the one-layer model;
+    cached. (At a constant rate, Adam on the hinge loss keeps jumping once most margins are met:
+    the rare violators' gradients are rescaled to full size.)"""
+    steps = cfg.gpt_steps if steps is None else steps
+    domain = in_domain(cfg, "train")
+    models = [SmallGPT(cfg, seed=s) for s in seeds]
+
+    def sample(g):
+        return sample_prompts(domain, cfg.batch, alpha=cfg.alpha, l=cfg.l_train, cfg=cfg, generator=g).batch()
+
+    def run() -> dict:
+        return train.train(models, hinge, sample, steps=steps, lr=lr, optimizer="adam", schedule="cosine",
+                           generators=[runtime.generator(s + 104729) for s in seeds], desc=desc)
+
+    history = train.cached_training("01", "gpt", cfg, models, run, seeds=list(seeds), steps=steps, lr=lr)
+    return models, history
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Training
+# ---------------------------------------------------------------------------------------------
+
+
+def train_models(cfg: Config, seeds: list[int], alphas: list[float] | None = None, *,
+                 steps: int | None = None, on_checkpoint=None, cache_name: str | None = None,
+                 desc: str = "one-layer ICL") -> tuple[list[OneLayerICL], dict]:
+    """Train one model per (seed, alpha) on the training tasks, as one batched ensemble.
+
+    ``alphas`` gives each member its training alpha (default ``cfg.alpha`` for all).
+    ``on_checkpoint(step, members) -> dict`` is called every ``cfg.checkpoint_every`` steps.
+    With ``cache_name``, weights and history go through the weight cache under that name (the
+    name must change whenever ``on_checkpoint`` computes something else).
+    """
+    alphas = alphas or [cfg.alpha] * len(seeds)
+    if len(alphas) != len(seeds):
+        raise ValueError("need one alpha per seed")
+    steps = cfg.steps if steps is None else steps
+    domain = in_domain(cfg, "train")
+    models = [OneLayerICL(cfg, seed=s) for s in seeds]
+
+    def sampler(alpha: float):
+        return lambda g: sample_prompts(domain, cfg.batch, alpha=alpha, l=cfg.l_train, cfg=cfg,
+                                        generator=g).batch()
+
+    def run() -> dict:
+        return train.train(
+            models, hinge, [sampler(a) for a in alphas], steps=steps, lr=cfg.lr, optimizer="sgd",
+            generators=[runtime.generator(s + 7919) for s in seeds],
+            checkpoint_every=cfg.checkpoint_every if on_checkpoint is not None else None,
+            on_checkpoint=on_checkpoint, desc=desc)
+
+    if cache_name is None:
+        history = run()
+        history["cached"] = False
+        return models, history
+    history = train.cached_training("01", cache_name, cfg, models, run, seeds=list(seeds),
+                                    alphas=list(alphas), steps=steps)
+    return models, history
+
+
+def steps_to_threshold(steps: list[int], values: list[float], threshold: float) -> float:
+    """First step at which ``values`` drops below ``threshold`` and stays below (NaN if never)."""
+    v = np.asarray(values)
+    for i in range(len(v)):
+        if np.all(v[i:] < threshold):
+            return float(steps[i])
+    return math.nan
