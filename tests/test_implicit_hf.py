@@ -102,6 +102,9 @@ def test_record_errors():
         hf.from_records("sst2", [{"sentence": "x", "label": -1}])      # GLUE's unlabelled test split
     with pytest.raises(ValueError, match="expected 'objective'"):
         hf.from_records("subj", [{"text": "x", "label": 0, "label_text": "subjective"}])
+    # the same order in another case or with stray spaces is the same label
+    ok = hf.from_records("subj", [{"text": "x", "label": 1, "label_text": " Subjective"}])
+    assert ok.classes.tolist() == [1]
     with pytest.raises(ValueError, match="lacks field"):
         hf.from_records("mr", [{"sentence": "x", "label": 0}])
     with pytest.raises(ValueError, match="no records"):

@@ -50,8 +50,9 @@ class Source:
     """Where one task's data lives on the Hugging Face Hub and how a record becomes an input.
 
     ``label_text``: where the data set carries a ``label_text`` field (the SetFit copies), the
-    text expected for each class index, checked on every record so that a changed label order
-    is an error rather than a silently wrong verbalizer."""
+    text expected for each class index (lower case; compared ignoring case and surrounding space),
+    checked on every record so that a changed label order is an error rather than a silently
+    wrong verbalizer."""
 
     path: str
     config: str | None
@@ -96,7 +97,8 @@ def from_records(name: str, records: Sequence[Mapping]) -> tasks.Dataset:
         y = int(r["label"])
         if not 0 <= y < task.n_classes:
             raise ValueError(f"{name}: label {y} outside 0..{task.n_classes - 1} (an unlabelled split?)")
-        if src.label_text is not None and "label_text" in r and r["label_text"] != src.label_text[y]:
+        if (src.label_text is not None and "label_text" in r
+                and str(r["label_text"]).strip().lower() != src.label_text[y]):
             raise ValueError(f"{name}: label {y} is {r['label_text']!r} in the data, "
                              f"expected {src.label_text[y]!r}")
         inputs.append(src.render(r))
