@@ -51,6 +51,7 @@ sync: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ensemble.py
 	$(BIN)/python benchmarks/induction.py
+	$(BIN)/python benchmarks/implicit_scoring.py
 	$(BIN)/python benchmarks/chapter_times.py
 
 ## make retrain: pretrain chapter 2's tiny GPT again and overwrite the shipped checkpoints

@@ -221,6 +221,54 @@ def test_tinylm_is_causal(positions, mix, momentum):
         tinylm.LMConfig(positions="rotary")
 
 
+@pytest.mark.parametrize("positions, mix, momentum", [("alibi", 3, 0.0), ("sinusoidal", 0, 0.0),
+                                                      ("alibi", 3, 0.9), ("alibi", 5, 0.0)])
+def test_prefix_cache_equals_the_whole_pass(positions, mix, momentum):
+    """model(suffix, past=remember(prefix)) = the suffix rows of model(prefix + suffix), also for
+    prefixes shorter than the mixing window and for right-padded suffixes of several lengths."""
+    torch.manual_seed(0)
+    model = tinylm.TinyLM(tinylm.LMConfig(positions=positions, mix=mix, momentum=momentum)).eval()
+    ids = torch.randint(len(tasks.VOCAB), (3, 40))
+    with torch.no_grad():
+        for p in (1, 2, 3, 25):
+            ids[:, :p] = ids[0, :p]
+            past = model.remember(ids[:1, :p])
+            assert past.length == p
+            assert torch.allclose(model(ids[:, p:], past=past), model(ids)[:, p:], atol=1e-5)
+    with pytest.raises(ValueError, match="one prefix"):
+        model.remember(ids)
+    with pytest.raises(ValueError, match="longer than max_len"):
+        model(torch.zeros(1, 250, dtype=torch.long), past=model.remember(ids[:1, :10]))
+
+
+def test_scoring_with_a_shared_prefix_equals_the_plain_pass(monkeypatch):
+    """label_logprobs runs shared demonstrations once; the scores must not change, also where
+    long queries leave room for fewer demonstrations (the prefix is then the common part)."""
+    torch.manual_seed(0)
+    model = tinylm.TinyLM(tinylm.LMConfig()).eval()
+    task = tasks.TASKS["cb"]
+    data = tasks.make_dataset("cb", 40, 0)
+    pool = tasks.make_dataset("cb", 30, 1, split="train")
+    demos = probe.demonstrations(pool, 12, torch.Generator().manual_seed(0))
+    for max_len in (256, 120):
+        prompts, spans = probe.build_prompts(data, demos, max_len)
+        assert probe.shared_prefix(prompts) >= probe.MIN_SHARED
+        cand = tasks.encode(list(task.labels))
+        fast = probe.label_logprobs(model, prompts, cand, batch=7)
+        monkeypatch.setattr(probe, "MIN_SHARED", 10**9)
+        slow = probe.label_logprobs(model, prompts, cand, batch=7)
+        monkeypatch.undo()
+        assert torch.allclose(fast, slow, atol=1e-5)
+        assert len({len(s) for s in spans}) > 1 or max_len == 256
+
+
+def test_shared_prefix():
+    assert probe.shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert probe.shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2          # each keeps its last token
+    assert probe.shared_prefix([[7], [7, 8]]) == 0
+    assert probe.shared_prefix([]) == 0
+
+
 def test_pretraining_lowers_the_loss():
     torch.manual_seed(0)
     model = tinylm.TinyLM(tinylm.LMConfig(layers=1))

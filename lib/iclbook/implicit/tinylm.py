@@ -24,6 +24,8 @@ Example::
 
     model = TinyLM(LMConfig())
     logits = model(tokens)                 # (batch, tokens, vocab)
+    past = model.remember(prefix)          # (1, p): run the shared demonstrations once
+    logits = model(queries, past=past)     # = the query rows of model(prefix + queries)
 """
 
 from __future__ import annotations
@@ -84,21 +86,43 @@ def alibi_slopes(heads: int) -> torch.Tensor:
     return torch.tensor([2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)])
 
 
-def score_bias(slopes: torch.Tensor, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(heads, n, n)`` additive causal ALiBi bias: ``-m_h (t - i)`` for ``i <= t``, ``-inf``
-    above the diagonal."""
-    t = torch.arange(n)
-    gap = (t[:, None] - t[None, :]).to(dtype)
+def _gaps(n: int, start: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    """``(n, start + n)`` distances ``t - i`` from the query at position ``start + row`` to
+    every key position ``i``."""
+    t = torch.arange(start, start + n, device=device)
+    return (t[:, None] - torch.arange(start + n, device=device)[None, :]).to(dtype)
+
+
+def score_bias(slopes: torch.Tensor, n: int, dtype: torch.dtype = torch.float32,
+               start: int = 0) -> torch.Tensor:
+    """``(heads, n, start + n)`` additive causal ALiBi bias: ``-m_h (t - i)`` for ``i <= t``,
+    ``-inf`` above the diagonal, for queries at positions ``start .. start + n - 1`` (``start``:
+    the length of a cached prefix) over keys ``0 .. start + n - 1``."""
+    gap = _gaps(n, start, dtype, slopes.device)
     bias = -slopes.to(dtype)[:, None, None] * gap
     return bias.masked_fill(gap < 0, float("-inf"))
 
 
-def momentum_matrix(n: int, eta: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(n, n)`` strictly lower-triangular Toeplitz matrix with entries ``eta^(t-i)`` for i < t:
-    ``M @ V`` is the momentum term of Eq. 15 for every position at once."""
-    t = torch.arange(n)
-    gap = (t[:, None] - t[None, :]).to(dtype)
+def momentum_matrix(n: int, eta: float, dtype: torch.dtype = torch.float32,
+                    start: int = 0) -> torch.Tensor:
+    """``(n, start + n)`` strictly lower-triangular Toeplitz matrix with entries ``eta^(t-i)``
+    for i < t: ``M @ V`` is the momentum term of Eq. 15 for every position at once (rows
+    ``start ..``, as :func:`score_bias`)."""
+    gap = _gaps(n, start, dtype)
     return torch.where(gap > 0, torch.as_tensor(eta, dtype=dtype) ** gap, torch.zeros((), dtype=dtype))
+
+
+@dataclass(frozen=True)
+class Past:
+    """What a continuation needs of an already-run prefix of ``length`` tokens (batch 1): per
+    layer, the attention's input before token mixing at the prefix's last ``mix - 1`` positions,
+    and the prefix's keys and values ``(1, heads, length, d_h)``. :meth:`TinyLM.remember` makes
+    one; ``model(suffix, past=past)`` then equals the suffix rows of ``model(prefix + suffix)``
+    (to float rounding) at the cost of the suffix alone, which is what scoring many queries
+    after the same demonstrations needs."""
+
+    length: int
+    layers: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]
 
 
 class Attention(nn.Module):
@@ -124,21 +148,39 @@ class Attention(nn.Module):
         return x + self.mix(F.pad(x.transpose(1, 2), (width - 1, 0))).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)[0]
+
+    def attend(self, x: torch.Tensor, past: tuple[torch.Tensor, ...] | None = None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The attention's output on ``x (b, n, d)``, positions following a cached prefix
+        ``past`` (one layer of a :class:`Past`, or None), and this layer's state after ``x``
+        (for :meth:`TinyLM.remember`)."""
         b, n, d = x.shape
         h = self.heads
-        x = self.mixed(x)
+        start = 0 if past is None else past[1].shape[2]
+        raw = x if past is None else torch.cat([past[0].expand(b, -1, -1), x], 1)
+        x = self.mixed(raw)[:, raw.shape[1] - n:]
 
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, n, h, d // h).transpose(1, 2)          # (b, h, n, d_h)
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        if self.alibi is None:
+        if past is not None:
+            k = torch.cat([past[1].expand(b, -1, -1, -1), k], 2)
+            v = torch.cat([past[2].expand(b, -1, -1, -1), v], 2)
+        if self.alibi is not None:
+            mask = score_bias(self.alibi, n, x.dtype, start)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif start == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=score_bias(self.alibi, n, x.dtype))
+            mask = _gaps(n, start, x.dtype, x.device) >= 0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if self.momentum > 0:
-            out = out + momentum_matrix(n, self.momentum, x.dtype).to(x.device) @ v
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+            out = out + momentum_matrix(n, self.momentum, x.dtype, start).to(x.device) @ v
+        width = self.mix.kernel_size[0] if self.mix is not None else 1
+        tail = raw[:, raw.shape[1] - min(width - 1, raw.shape[1]):]
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), (tail, k, v)
 
 
 class Block(nn.Module):
@@ -148,9 +190,11 @@ class Block(nn.Module):
         self.self_attn = Attention(cfg)
         self.fc1, self.fc2 = nn.Linear(cfg.d_model, cfg.d_ff), nn.Linear(cfg.d_ff, cfg.d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.ln1(x))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, ...] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        a, state = self.self_attn.attend(self.ln1(x), past)
+        x = x + a
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x)))), state
 
 
 class TinyLM(nn.Module):
@@ -168,14 +212,28 @@ class TinyLM(nn.Module):
         nn.init.normal_(self.embed.weight, std=cfg.d_model ** -0.5)
         self.scale = math.sqrt(cfg.d_model)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, past: Past | None = None) -> torch.Tensor:
+        """Logits of ``tokens (batch, n)``, which follow the cached prefix ``past`` if given."""
+        return self.ln_f(self._trunk(tokens, past)[0]) @ self.embed.weight.T
+
+    @torch.no_grad()
+    def remember(self, tokens: torch.Tensor) -> Past:
+        """Run a prefix ``tokens (1, n)`` once and keep what its continuations need."""
+        if tokens.dim() != 2 or tokens.shape[0] != 1:
+            raise ValueError(f"remember takes one prefix of shape (1, n), got {tuple(tokens.shape)}")
+        return Past(tokens.shape[1], tuple(self._trunk(tokens, None)[1]))
+
+    def _trunk(self, tokens: torch.Tensor, past: Past | None) -> tuple[torch.Tensor, list]:
+        start = 0 if past is None else past.length
         n = tokens.shape[-1]
-        if n > self.cfg.max_len:
-            raise ValueError(f"sequence of {n} tokens is longer than max_len={self.cfg.max_len}")
-        x = self.embed(tokens) * self.scale + self.positions[:n]
-        for block in self.layers:
-            x = block(x)
-        return self.ln_f(x) @ self.embed.weight.T
+        if start + n > self.cfg.max_len:
+            raise ValueError(f"sequence of {start + n} tokens is longer than max_len={self.cfg.max_len}")
+        x = self.embed(tokens) * self.scale + self.positions[start: start + n]
+        states = []
+        for i, block in enumerate(self.layers):
+            x, state = block(x, None if past is None else past.layers[i])
+            states.append(state)
+        return x, states
 
 
 MARKERS = torch.tensor(sorted({tasks.TOKEN_ID[t.marker] for t in tasks.TASKS.values()}))
