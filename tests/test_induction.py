@@ -155,6 +155,26 @@ def test_progress_measures_at_initialisation_are_near_uniform(task):
     assert 0 <= m["live"] <= 1
 
 
+@pytest.mark.parametrize("net", [ind.InductionNet, ind.MinimalNet])
+def test_measure_from_one_pass_equals_each_measure_on_its_own(task, net):
+    """measure() reads every statistic off one chunked forward pass per set; each must equal
+    the same statistic computed on its own from model(tokens), chunks or not."""
+    model = net(CFG, gen(0))
+    sets = ind.eval_sets(task, CFG, gen(13), n=120)
+    m = ind.measure(model, sets)
+    with torch.no_grad():
+        for name, s in sets.items():
+            assert m[name] == float((model(s.tokens).argmax(-1) == s.target).float().mean())
+            assert torch.equal(ind.predict(model, s, chunk=50), model(s.tokens).argmax(-1))
+        test = sets["test"]
+        logits = model(test.tokens)
+        assert m["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, test.target)), abs=1e-6)
+        assert m["spread"] == pytest.approx(float(logits.std(dim=0).mean()), abs=1e-6)
+        acts = model.mlp.hidden(model.query_state(test.tokens))
+        assert [m[f"live{i}"] for i in (1, 2, 3)] == [float((a > 0).float().mean()) for a in acts]
+        assert m["CLA"] == ind.progress_measures(model, sets["IC"])["CLA"]
+
+
 def test_minimal_model_starts_uniform_and_has_the_classifier(task):
     model = ind.MinimalNet(CFG, gen(0))
     s = ind.sample(task, 20, CFG, gen(12))
