@@ -18,23 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from iclbook import contextual as cx
 from iclbook import runtime, train
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    """Minimum wall time of ``fn()`` over ``repeats`` runs (the least disturbed one)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_of
 
 
 def matmul_seconds_per_flop(n: int, dtype: torch.dtype) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,16 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 from iclbook.implicit import experiment as ex  # noqa: E402
 from iclbook.implicit import probe, tasks, tinylm  # noqa: E402
-
-
-def best_of(fn, repeats: int = 3) -> tuple[float, object]:
-    """Minimum wall time of ``fn()`` over ``repeats`` runs, and its last result."""
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
+from timing import best_of  # noqa: E402
 
 
 def main() -> None:
@@ -51,10 +41,13 @@ def main() -> None:
         prompts, _ = probe.build_prompts(test, demos, 256)
         cand = tasks.encode(list(test.task.labels))
         shared = probe.shared_prefix(prompts)
-        cached_s, cached = best_of(lambda: probe.label_logprobs(model, prompts, cand))
+        def score():
+            return probe.label_logprobs(model, prompts, cand)
+
+        cached, cached_s = score(), best_of(score)
         keep, probe.MIN_SHARED = probe.MIN_SHARED, 10**9          # switch the cache off
         try:
-            plain_s, plain = best_of(lambda: probe.label_logprobs(model, prompts, cand))
+            plain, plain_s = score(), best_of(score)
         finally:
             probe.MIN_SHARED = keep
         mean_len = sum(map(len, prompts)) / len(prompts)

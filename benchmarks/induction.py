@@ -22,6 +22,7 @@ from torch import nn
 
 from iclbook import induction as ih
 from iclbook import runtime, train
+from timing import best_of
 
 
 class Direct(nn.Module):
@@ -62,15 +63,6 @@ def measures_one_by_one(model: nn.Module, sets: dict) -> dict:
     return out
 
 
-def seconds(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
@@ -99,8 +91,8 @@ def main() -> None:
     sets = ih.eval_sets(task, book, runtime.generator(2))
     for net in (ih.InductionNet, ih.MinimalNet):
         model = net(book, runtime.generator(0))
-        one = seconds(lambda: ih.measure(model, sets))
-        each = seconds(lambda: measures_one_by_one(model, sets))
+        one = best_of(lambda: ih.measure(model, sets))
+        each = best_of(lambda: measures_one_by_one(model, sets))
         print(f"{net.__name__} checkpoint, 4 x {book.n_eval} sequences: one pass per set {one * 1e3:.0f} ms, "
               f"each measure on its own {each * 1e3:.0f} ms: x{each / one:.2f}")
 
