@@ -9,7 +9,7 @@ PROFILE ?= book
 # jupyter-cache ignores environment variables: each profile builds into its own folder.
 OUT := $(if $(filter book,$(PROFILE)),.,_build/$(PROFILE))
 
-.PHONY: install book test unit notebooks sync bench retrain clean
+.PHONY: install book test unit notebooks sync bench retrain verdicts seeds clean
 
 $(STAMP): requirements.txt lib/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,8 @@ install: $(STAMP)
 ## make book: build the HTML book (book profile) into _build/html/index.html.
 ##   make book PROFILE=paper  builds the paper profile into _build/paper/_build/html (needs a GPU).
 book: $(STAMP)
-	ICLBOOK_PROFILE=$(PROFILE) $(BIN)/jupyter-book build . -W -n --keep-going --path-output $(OUT)
+	ICLBOOK_PROFILE=$(PROFILE) ICLBOOK_RECORDS=$(abspath $(OUT))/_build/records \
+		$(BIN)/jupyter-book build . -W -n --keep-going --path-output $(OUT)
 	@echo "The book is at $(OUT)/_build/html/index.html"
 
 ## make test: every test CI runs, from a clean slate: a strict build of the book at the book
@@ -30,9 +31,11 @@ book: $(STAMP)
 ## notebook sync test and nbval on every paired notebook at the smoke profile.
 test: $(STAMP)
 	rm -rf _build/test
-	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights \
+	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
+		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
 		$(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/test
-	ICLBOOK_PROFILE=smoke ICLBOOK_CACHE=$(CURDIR)/_build/test/weights-smoke \
+	ICLBOOK_PROFILE=smoke ICLBOOK_CACHE=$(CURDIR)/_build/test/weights-smoke ICLBOOK_SEED=0 \
+		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records ICLBOOK_REQUIRE_RECORDS=1 \
 		$(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env \
 		-p no:cacheprovider
 
@@ -62,6 +65,19 @@ retrain: $(STAMP)
 	for seed in 1 2; do for eta in 0.0 0.5 0.9; do \
 	  $(BIN)/python -m iclbook.implicit.retrain --steps 3000 --seed $$seed --momentum $$eta --save-every 500 \
 	    --out lib/iclbook/implicit/weights/momentum/eta$${eta}_seed$${seed} || exit 1; done; done
+
+## make verdicts: after a book-profile build at seed 0 (make test or make book), rewrite the
+##   committed expected verdicts (tests/verdicts-book.json), printing what changed. Commit it with
+##   the reason for every changed verdict in the commit message.
+RECORDS ?= _build/test/records
+verdicts: $(STAMP)
+	$(BIN)/python -m iclbook.ledger verdicts --records $(RECORDS) --out tests/verdicts-book.json
+
+## make seeds: every chapter at the book profile over SEEDS seeds (default 5; about an hour on two
+##   CPU cores), gathered into book/records/seeds-book.json, which the claims page shows.
+SEEDS ?= 5
+seeds: $(STAMP)
+	$(BIN)/python benchmarks/seeds.py --seeds $(SEEDS)
 
 clean:
 	rm -rf _build

@@ -50,4 +50,4 @@ def test_chapter_is_in_the_toc_and_ends_with_a_ledger(md):
     files = [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
     assert f"book/{md.stem}" in files
     text = md.read_text()
-    assert "## Claims ledger" in text and "LEDGER.markdown()" in text
+    assert "## Claims ledger" in text and text.rstrip().endswith("LEDGER.finish()\n```")

@@ -1,0 +1,36 @@
+"""A fresh build's verdicts against the committed record of expected verdicts.
+
+`make test` builds the book at the book profile and seed 0, which writes one ledger record per
+chapter into ``ICLBOOK_RECORDS``; this test compares their verdicts, row by row, with
+``tests/verdicts-book.json``. A number that moved within its criterion is not a difference; a
+verdict that changed, a row that appeared or disappeared is, and the test prints each one.
+
+If the change is intended:  make verdicts   (rewrites the file and prints the changes), then
+commit it with the reason for each changed verdict in the commit message.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from iclbook import ledger
+
+EXPECTED = Path(__file__).with_name("verdicts-book.json")
+
+
+def test_fresh_verdicts_match_the_committed_record():
+    records = ledger.load_records(ledger.records_dir(), profile="book")
+    if not records:
+        if os.environ.get("ICLBOOK_REQUIRE_RECORDS") == "1":
+            pytest.fail(f"no book-profile ledger records in {ledger.records_dir()}: the book build did not write them")
+        pytest.skip("no book-profile ledger records: run the book build first (make test does)")
+    seeds = {r["seed"] for r in records}
+    if seeds != {0}:
+        pytest.skip(f"the records are of seed(s) {sorted(seeds)}; the expected verdicts are of seed 0")
+    expected = json.loads(EXPECTED.read_text())
+    assert expected["profile"] == "book" and expected["seed"] == 0
+    diff = ledger.compare_verdicts(expected["chapters"], ledger.verdicts(records))
+    assert not diff, ("verdicts differ from tests/verdicts-book.json:\n  " + "\n  ".join(diff)
+                      + "\nIf intended: `make verdicts` and give the reason in the commit message.")
