@@ -1,4 +1,4 @@
-"""Unit tests of iclbook.runtime, iclbook.train, iclbook.ledger and iclbook.plots."""
+"""Unit tests of iclbook.runtime, iclbook.train and iclbook.plots (the ledger: test_ledger.py)."""
 
 import matplotlib
 
@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from iclbook import contextual as cx  # noqa: E402
-from iclbook import ledger, plots, runtime, train  # noqa: E402
+from iclbook import plots, runtime, train  # noqa: E402
 
 # --- runtime -----------------------------------------------------------------------------------
 
@@ -190,21 +190,7 @@ def test_sgd_weight_decay_is_coupled():
     assert torch.allclose(p.detach(), torch.full((2,), 0.95, dtype=torch.float64))
 
 
-# --- ledger and plots --------------------------------------------------------------------------
-
-
-def test_ledger_records_and_asserts():
-    book = ledger.Ledger("test")
-    book.check("a holds", paper="yes", ours="1e-15", ok=True)
-    book.check("b | pipes", paper="p", ours="o", ok=True, verdict="not reproduced")
-    assert book.all_passed
-    with pytest.raises(AssertionError, match="c fails"):
-        book.check("c fails", paper="p", ours="o", ok=False)
-    assert not book.all_passed
-    table = book.markdown()
-    assert table.count("\n") == 4 and "b \\| pipes" in table and "FAIL" in table
-    book.check("c fails", paper="p", ours="o", ok=True)  # re-running a cell replaces its row
-    assert book.all_passed and len(book.rows) == 3
+# --- plots --------------------------------------------------------------------------------
 
 
 def test_plots_band_and_style():
