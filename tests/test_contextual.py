@@ -270,3 +270,196 @@ def test_finetune_first_step_is_one_sgd_step():
 def test_configs_cover_profiles():
     assert set(cx.CONFIGS) == set(runtime.PROFILES)
     assert cx.CONFIGS["smoke"].steps < cx.CONFIGS["book"].steps < cx.CONFIGS["paper"].steps
+
+
+# --- numerical robustness: stable prefixes, tiny and zero norms, clear errors --------------------
+
+
+@pytest.mark.parametrize("dtype,scale", [(torch.float64, 1.0), (torch.float64, 20.0), (torch.float64, 50.0),
+                                         (torch.float32, 8.0), (torch.float32, 20.0)])
+@pytest.mark.parametrize("window", [None, 5])
+def test_softmax_prefixes_stable_at_large_scales(dtype, scale, window):
+    """Each prefix is normalised by its own maximum: no 0/0 where one early score is far below
+    a later one (the old single-shift version gave NaN at scale 20 in float64, 8 in float32)."""
+    torch.manual_seed(3)
+    layer = cx.SoftmaxAttention(3, heads=2, d_k=4, window=window).to(dtype)
+    tokens, _ = cx.sample_prompts(4, N=60, d=2, generator=runtime.generator(4), dtype=dtype)
+    tokens = tokens * scale
+    context, query = cx.split(tokens)
+    pre = layer.prefixes(context, query)
+    direct = torch.stack([layer(cx.join(context[:, :i], query)) for i in range(61)], 1)
+    assert bool(torch.isfinite(pre).all())
+    tol = 1e-10 if dtype == torch.float64 else 1e-3
+    assert float(((pre - direct).abs() / (1 + direct.abs())).max().detach()) < tol
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_causal_pass_matches_prefix_runs(kind):
+    block = cx.make_block(kind, CFG, seed=21)
+    tokens, _ = prompts(n=3, seed=22)
+    causal = block.layer.causal(tokens)
+    direct = torch.stack([block.layer(tokens[:, :t + 1]) for t in range(tokens.shape[1])], 1)
+    assert torch.allclose(causal, direct, atol=TOL)
+
+
+@pytest.mark.parametrize("variant", ["plain", "skip", "preln"])
+def test_theorem_at_every_position(variant):
+    block = cx.make_block("softmax", CFG, variant, seed=23)
+    r = cx.position_check(block, prompts(n=4, seed=24)[0])
+    assert r["max_gap"] < TOL and r["causal_vs_forward"] < TOL
+    assert r["unpatched_gap"] > 1e-3 and r["positions"] == CFG.N + 1
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_attention_matches_pytorch_sdpa(window):
+    torch.manual_seed(5)
+    layer = cx.SoftmaxAttention(3, heads=4, d_k=4, window=window)
+    gaps = cx.attention_reference_gap(layer, prompts(n=5, seed=25)[0])
+    assert max(gaps.values()) < TOL
+    with pytest.raises(TypeError, match="SoftmaxAttention"):
+        cx.attention_reference_gap(cx.LinearAttention(3), prompts(n=1)[0])
+
+
+def test_tiny_and_huge_norms_stay_exact():
+    torch.manual_seed(6)
+    W = torch.randn(5, 3)
+    for scale in (1e-160, 1.0, 1e150):
+        a_red, a_full = torch.randn(4, 3) * scale, torch.randn(4, 3) * scale
+        dW = cx.rank_one_update(W, a_full, a_red)
+        lhs, rhs = torch.einsum("bhm,bm->bh", W + dW, a_red), a_full @ W.T
+        assert bool(torch.isfinite(dW).all())
+        assert float(((lhs - rhs).abs() / rhs.abs().amax()).max()) < 1e-12, scale
+
+
+def test_zero_query_output_is_a_clear_error_everywhere():
+    W = torch.randn(5, 3)
+    pre = torch.randn(2, 4, 3)
+    pre[1, 0] = 0.0  # A(x) = 0 for prompt 1
+    for fn in (cx.prop31_weights, cx.prop31_recursion, cx.update_increments):
+        with pytest.raises(ValueError, match="zero"):
+            fn(W, pre)
+    with pytest.raises(ValueError, match="zero"):
+        cx.prop31_recursion(W, pre, gradient="autograd")
+    suf = torch.randn(2, 4, 3)
+    suf[0, 2] = 0.0
+    with pytest.raises(ValueError, match="zero"):
+        cx.appendix_b_weights(W, suf)
+    pre[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        cx.prop31_weights(W, pre)
+    with pytest.raises(ValueError, match="'closed' or 'autograd'"):
+        cx.prop31_recursion(W, torch.randn(2, 4, 3), gradient="numeric")
+
+
+def test_prop31_recursion_tiny_scale_and_autograd():
+    torch.manual_seed(7)
+    W = torch.randn(5, 3)
+    pre = torch.randn(2, 6, 3)
+    closed = cx.prop31_weights(W, pre)
+    assert torch.allclose(cx.prop31_recursion(W, pre), closed, atol=TOL)
+    assert torch.allclose(cx.prop31_recursion(W, pre, gradient="autograd"), closed, atol=TOL)
+    tiny = cx.prop31_recursion(W, pre * 1e-160)  # h = 1/||A(x)||^2 would overflow
+    assert torch.allclose(tiny, closed, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="over- or underflows"):
+        cx.prop31_recursion(W, pre * 1e-160, gradient="autograd")
+    inc = cx.update_increments(W, pre * 1e-160)
+    assert torch.allclose(inc, cx.update_increments(W, pre), rtol=1e-12)
+
+
+def test_block_rejects_bad_shapes_clearly():
+    block = cx.make_block("softmax", CFG, seed=8)
+    tokens, _ = prompts(n=2)
+    with pytest.raises(ValueError, match="add a batch dimension"):
+        block(tokens[0])
+    with pytest.raises(ValueError, match=r"\(batch, tokens, 3\)"):
+        block(tokens.unsqueeze(0))
+    with pytest.raises(ValueError, match="tokens >= 1"):
+        block(tokens[..., :2])
+    with pytest.raises(TypeError, match="tensor"):
+        block([[0.0, 0.0, 0.0]])
+
+
+# --- stacked blocks, linear attention as gradient descent ------------------------------------
+
+
+@pytest.mark.parametrize("depth,variant", [(2, "plain"), (3, "plain"), (2, "skip"), (2, "preln")])
+def test_stacked_blocks_one_patch_per_block(depth, variant):
+    stack = cx.make_stack("softmax", CFG, depth, variant, seed=9)
+    tokens, target = prompts(n=4, seed=26)
+    r = cx.stack_check(stack, tokens, target)
+    assert r["max_gap"] < TOL and r["rank_ratio"] < 1e-10 and len(r["patch_norms"]) == depth
+    assert abs(r["loss_ctx"] - r["loss_query_only"]) > 1e-6  # the context matters
+
+
+def test_stack_bad_arguments():
+    with pytest.raises(ValueError, match="at least one block"):
+        cx.BlockStack([])
+    with pytest.raises(ValueError, match="depth"):
+        cx.make_stack("softmax", CFG, 0, seed=1)
+    stack = cx.make_stack("softmax", CFG, 2, seed=1)
+    with pytest.raises(ValueError, match="2 blocks but 1 patches"):
+        cx.stack_patched_output(stack, prompts(n=1)[0][:, -1:], [None])
+
+
+def test_linear_attention_dual_form_and_gd_step():
+    torch.manual_seed(10)
+    tokens, _ = prompts(n=6, seed=27)
+    assert cx.linear_dual_gap(cx.LinearAttention(3, heads=2, d_k=3), tokens) < TOL
+    gd = cx.gd_linear_attention(2, eta=0.05)
+    assert cx.gd_step_gap(gd, tokens, eta=0.05) < TOL
+    # in a block, the rank-1 patch moves the GD step's effect into the MLP's weight exactly
+    block = cx.ContextualBlock(gd, width=8)
+    r = cx.theorem_check(block, tokens, tokens[:, -1, -1])
+    assert r["max_gap"] < TOL
+
+
+# --- finetuning, transfer, tasks ---------------------------------------------------------------
+
+
+def test_finetune_sweep_matches_single_runs():
+    block = cx.make_block("softmax", CFG, seed=11)
+    tokens, target = prompts(n=4, seed=12)
+    both = cx.finetune_comparison(block, tokens, target, lr=[0.1, 0.5], steps_per_example=2)
+    assert both["loss_ft"].shape == (2, 4, CFG.N + 1) and both["W_ft"].shape == (2, 4, CFG.width, 3)
+    for k, lr in enumerate([0.1, 0.5]):
+        one = cx.finetune_comparison(block, tokens, target, lr=lr, steps_per_example=2)
+        assert torch.allclose(one["loss_ft"], both["loss_ft"][k], atol=TOL)
+    with pytest.raises(ValueError, match="positive"):
+        cx.finetune_comparison(block, tokens, target, lr=[0.1, -1.0])
+    with pytest.raises(ValueError, match="steps_per_example"):
+        cx.finetune_comparison(block, tokens, target, lr=0.1, steps_per_example=0)
+
+
+def test_half_drop_index():
+    assert cx.half_drop_index(torch.tensor([4.0, 3.0, 2.0, 1.0])) == 2
+    assert cx.half_drop_index(torch.tensor([4.0, 3.5, 3.0])) is None
+
+
+def test_finetune_to_convergence_fits_the_context():
+    block = cx.make_block("softmax", CFG, seed=14)
+    tokens, target = prompts(n=3, seed=15)
+    r = cx.finetune_to_convergence(block, tokens, target, steps=200, lr=1.0)
+    assert cx.query_inputs(block, tokens[:, :-1]).shape == (3, CFG.N, 3)
+    short = cx.finetune_to_convergence(block, tokens, target, steps=1, lr=1.0)
+    assert bool((r["train"] < short["train"]).all())
+    assert torch.allclose(r["test_start"], short["test_start"])
+
+
+def test_patch_transfer_own_query_is_the_context():
+    block = cx.make_block("softmax", CFG, seed=16)
+    tokens, target, w = cx.sample_tasks(5, N=CFG.N, d=CFG.d, generator=runtime.generator(17))
+    r = cx.patch_transfer(block, tokens, target, w, 3, runtime.generator(18), W_other=block.W.expand(5, -1, -1))
+    assert torch.allclose(r["own_query"], (block(tokens) - target) ** 2, atol=TOL)
+    assert torch.allclose(r["other"], r["unpatched"], atol=TOL)  # W itself: no update
+    assert all(v.shape == (5,) for v in r.values())
+
+
+def test_sample_tasks_and_fresh_queries():
+    t1, y1 = cx.sample_prompts(4, N=5, d=2, generator=runtime.generator(3))
+    t2, y2, w = cx.sample_tasks(4, N=5, d=2, generator=runtime.generator(3))
+    assert torch.equal(t1, t2) and torch.equal(y1, y2)
+    q, qt = cx.with_queries(t2, w, 6, runtime.generator(4))
+    assert q.shape == (4, 6, 3) and bool((q[..., -1] == 0).all())
+    assert torch.allclose(qt, torch.einsum("bqd,bd->bq", q[..., :2], w))
+    with pytest.raises(ValueError, match="w must be"):
+        cx.with_queries(t2, w[:, :1], 2, runtime.generator(4))

@@ -1,0 +1,414 @@
+"""The experiments of chapter 4, as functions that return numbers (the chapter draws the figures).
+
+Each takes trained or untrained blocks and prompts and returns a dict of floats or tensors:
+the paper's identities (Theorem 2.2, App. A, Prop. 3.1, App. B) checked on real inputs, the
+checks of our own implementation against independent ones (PyTorch's fused attention, autograd,
+chapter 2's dual form), and the measurements that could come out either way (finetuning against
+the implicit update, whether a query's patch transfers to other queries, the decay of the
+implicit updates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from iclbook.contextual.block import BlockStack, ContextualBlock
+from iclbook.contextual.data import join, split, with_queries
+from iclbook.contextual.layers import LinearAttention, SoftmaxAttention
+from iclbook.contextual.patches import (
+    appendix_b_weights,
+    implicit_patch,
+    patched_output,
+    prop31_recursion,
+    prop31_weights,
+    rank_one_update,
+    rank_ratio,
+    stack_patched_output,
+    stack_patches,
+    update_increments,
+)
+
+
+@torch.no_grad()
+def theorem_check(block: ContextualBlock, tokens: torch.Tensor, target: torch.Tensor) -> dict:
+    """Theorem 2.2 with ``Y = C`` on a batch: the prompt's prediction against the query alone
+    with ``W + dW``. Returns the two losses, the largest prediction gap and the largest
+    ``sigma_2/sigma_1`` of the patches."""
+    query_only = tokens[:, -1:]
+    patch = implicit_patch(block, tokens, query_only)
+    y_ctx = block(tokens)
+    y_dw = patched_output(block, query_only, patch)[:, -1]
+    return {
+        "loss_ctx": float(((y_ctx - target) ** 2).mean()),
+        "loss_dw": float(((y_dw - target) ** 2).mean()),
+        "loss_query_only": float(((block(query_only) - target) ** 2).mean()),
+        "max_gap": float((y_ctx - y_dw).abs().max()),
+        "rank_ratio": float(rank_ratio(patch.dW).max()),
+    }
+
+
+@torch.no_grad()
+def partial_check(block: ContextualBlock, tokens: torch.Tensor, n_removed: int,
+                  generator: torch.Generator) -> dict:
+    """Theorem 2.2 with ``Y`` a random subset of ``n_removed`` context tokens (order kept):
+    ``T_W(C, x)`` against ``T_{W + dW(Y)}(C \\ Y, x)``."""
+    N = tokens.shape[1] - 1
+    if not 0 < n_removed <= N:
+        raise ValueError(f"need 0 < |Y| <= N = {N}, got {n_removed}")
+    removed = torch.randperm(N, generator=generator)[:n_removed]
+    keep = torch.ones(N + 1, dtype=torch.bool)
+    keep[removed] = False
+    reduced = tokens[:, keep]
+    patch = implicit_patch(block, tokens, reduced)
+    full = block.head(*block.mlp_input(tokens))
+    return {
+        "max_gap": float((full - patched_output(block, reduced, patch)).abs().max()),
+        "unpatched_gap": float((full - block.head(*block.mlp_input(reduced))).abs().max()),
+        "rank_ratio": float(rank_ratio(patch.dW).max()),
+        "removed": sorted(removed.tolist()),
+    }
+
+
+@torch.no_grad()
+def skip_check(block: ContextualBlock, tokens: torch.Tensor) -> dict:
+    """App. A on a skip or pre-LN block: ``dW`` with ``db' = dA`` is exact; ``dW`` alone misses
+    exactly ``dA`` (the negative control), which is checked too."""
+    if block.variant == "plain":
+        raise ValueError("skip_check needs a block with skip connections")
+    query_only = tokens[:, -1:]
+    patch = implicit_patch(block, tokens, query_only)
+    full = block.head(*block.mlp_input(tokens))
+    control = patched_output(block, query_only, patch, use_bias=False)
+    return {
+        "max_gap": float((full - patched_output(block, query_only, patch)).abs().max()),
+        "control_gap": float((full - control).abs().max()),
+        "control_mean_gap": float((full - control)[:, -1].abs().mean()),
+        # the control misses exactly the bias shift: full - control == db
+        "control_minus_db": float(((full - control) - patch.db).abs().max()),
+        "mean_abs_db": float(patch.db[:, -1].abs().mean()),
+    }
+
+
+@torch.no_grad()
+def dynamics_check(block: ContextualBlock, tokens: torch.Tensor) -> dict:
+    """Prop. 3.1 (token-by-token gradient steps) and App. B (product form) on a plain block."""
+    if block.variant != "plain":
+        raise ValueError("dynamics_check is written for the plain block")
+    context, query = split(tokens)
+    W0 = block.W
+    pre = block.layer.prefixes(context, query)  # (B, N + 1, m)
+    closed = prop31_weights(W0, pre)
+    recursive = prop31_recursion(W0, pre)
+    by_autograd = prop31_recursion(W0, pre, gradient="autograd")
+    WN = closed[:, -1]
+    u0, z0 = block.mlp_input(query.unsqueeze(1))
+    y_ctx = block(tokens)
+    y_31 = block.head(u0, z0, W=WN)[:, -1]
+    # each prefix too: T_{W_i}(x) == T_W(c_1..c_i, x)
+    y_prefix_ctx = block.head(pre, torch.zeros_like(pre))[..., -1]
+    y_prefix_31 = block.head(u0.unsqueeze(1).expand_as(pre), None, W=closed)[..., -1]
+    WB = appendix_b_weights(W0, block.layer.suffixes(context, query))
+    y_B = block.head(u0, z0, W=WB)[:, -1]
+    direct_prefix = torch.stack([block.layer(join(context[:, :i], query)) for i in (0, 1, context.shape[1] // 2)], 1)
+    return {
+        "recursion_gap": float((closed - recursive).abs().max()),
+        "autograd_gap": float((closed - by_autograd).abs().max()),
+        "prop31_gap": float((y_ctx - y_31).abs().max()),
+        "prefix_gap": float((y_prefix_ctx - y_prefix_31).abs().max()),
+        "prefix_trick_gap": float((direct_prefix - pre[:, [0, 1, context.shape[1] // 2]]).abs().max()),
+        "rank_ratio": float(rank_ratio(WN - W0).max()),
+        "appB_gap": float((y_ctx - y_B).abs().max()),
+        "appB_vs_31_max_entry": float((WB - WN).abs().max()),
+        "norm_31": (WN - W0).flatten(1).norm(dim=1),
+        "norm_B": (WB - W0).flatten(1).norm(dim=1),
+        "appB_rank": torch.linalg.matrix_rank(WB - W0, rtol=1e-10),
+    }
+
+
+@torch.no_grad()
+def convergence_curve(block: ContextualBlock, tokens: torch.Tensor) -> torch.Tensor:
+    """``||dW_{i+1} - dW_i||_2`` for ``i = 0..N-1`` per prompt, ``(B, N)``: the paper's Fig. 2."""
+    if block.variant != "plain":
+        raise ValueError("convergence_curve is written for the plain block")
+    context, query = split(tokens)
+    return update_increments(block.W, block.layer.prefixes(context, query))
+
+
+def loglog_slope(i: torch.Tensor, values: torch.Tensor) -> float:
+    """Least-squares slope of ``log(values)`` against ``log(i)``."""
+    x, y = torch.log(i.double()), torch.log(values.double())
+    x = x - x.mean()
+    return float((x * (y - y.mean())).sum() / (x * x).sum())
+
+
+def finetune_comparison(block: ContextualBlock, tokens: torch.Tensor, target: torch.Tensor,
+                        lr: float | Sequence[float], steps_per_example: int = 1) -> dict:
+    """The paper's Fig. 3: implicit ``dW`` against explicit finetuning, per prompt and example.
+
+    *Implicit:* the test loss of ``T_W(c_1..c_i, x_q)`` (equal to ``T_{W + dW(c_1..c_i)}(x_q)``).
+    *Explicit:* from ``W``, for each context example in order, ``steps_per_example`` plain SGD
+    steps (rate ``lr``) on ``(T_W([x_j; 0]) - y_j)^2 / 2`` with only ``W`` trainable, each task
+    separately; after ``i`` examples, the test loss on ``x_q``. Also the cosine (normalised
+    Frobenius inner product) between the two updates ``W_i^ft - W`` and ``dW(c_1..c_i)``.
+
+    ``lr`` may be a list: every rate runs at once. Returns ``loss_dw`` and ``loss_dw_patch``
+    ``(B, N + 1)`` for ``i = 0..N``, and ``loss_ft``, ``cosine`` ``(L, B, N + 1)`` and the final
+    weights ``W_ft`` ``(L, B, h, m)`` (the ``L`` dimension dropped for a single ``lr``).
+    ``cosine[..., 0]`` is NaN: both updates are zero.
+    """
+    if block.variant != "plain":
+        raise ValueError("finetune_comparison is written for the plain block")
+    if steps_per_example < 1:
+        raise ValueError(f"steps_per_example must be >= 1, got {steps_per_example}")
+    single = isinstance(lr, (int, float))
+    lrs = torch.tensor([lr] if single else list(lr), dtype=tokens.dtype)
+    if not bool((lrs > 0).all()):
+        raise ValueError(f"learning rates must be positive, got {lrs.tolist()}")
+    context, query = split(tokens)
+    B, N, _ = context.shape
+    L = len(lrs)
+    W0 = block.W.detach()
+    with torch.no_grad():
+        pre = block.layer.prefixes(context, query)
+        dWs = prop31_weights(W0, pre) - W0  # (B, N + 1, h, m)
+        u0 = block.mlp_input(query.unsqueeze(1))[0].expand(L, B, -1)
+        loss_dw = (block.head(pre, None)[..., -1] - target[:, None]) ** 2
+        # the same losses through the patch, to show they coincide
+        loss_dw_patch = (block.head(u0[0].unsqueeze(1).expand_as(pre), None, W=W0 + dWs)[..., -1]
+                         - target[:, None]) ** 2
+        u_ft = query_inputs(block, context)  # (B, N, m): the MLP inputs of [x_j; 0]
+    W = W0.expand(L, B, *W0.shape).clone()
+    rate = lrs[:, None, None, None]
+    loss_ft, cos = [], []
+    for i in range(N + 1):
+        with torch.no_grad():
+            loss_ft.append((block.head(u0, None, W=W)[..., -1] - target) ** 2)
+            a, b = (W - W0).flatten(2), dWs[:, i].flatten(1).unsqueeze(0)
+            cos.append((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)))
+        if i == N:
+            break
+        u, y = u_ft[:, i].expand(L, B, -1), context[:, i, -1]
+        for _ in range(steps_per_example):
+            with torch.enable_grad():
+                W.requires_grad_(True)
+                pred = block.head(u, None, W=W)[..., -1]
+                (grad,) = torch.autograd.grad(0.5 * ((pred - y) ** 2).sum(), W)  # per task
+            W = (W - rate * grad).detach()
+    out = {"loss_dw": loss_dw, "loss_dw_patch": loss_dw_patch, "loss_ft": torch.stack(loss_ft, -1),
+           "cosine": torch.stack(cos, -1), "W_ft": W}
+    if single:
+        for key in ("loss_ft", "cosine", "W_ft"):
+            out[key] = out[key][0]
+    return out
+
+
+@torch.no_grad()
+def query_inputs(block: ContextualBlock, context: torch.Tensor) -> torch.Tensor:
+    """The MLP inputs ``(B, N, m)`` of the query-only prompts ``[x_j; 0]`` built from each
+    context example (the finetuning data; they do not depend on ``W``)."""
+    B, N, n = context.shape
+    x = context.clone()
+    x[..., -1] = 0.0
+    return block.mlp_input(x.reshape(B * N, 1, n))[0].reshape(B, N, -1)
+
+
+def half_drop_index(curve: torch.Tensor) -> int | None:
+    """The first ``i`` at which a loss curve ``(N + 1,)`` is at most half its value at ``i = 0``;
+    None if it never gets there. A measure of the curve's shape (how early it falls)."""
+    below = torch.nonzero(curve <= curve[0] / 2)
+    return int(below[0]) if len(below) else None
+
+
+def finetune_to_convergence(block: ContextualBlock, tokens: torch.Tensor, target: torch.Tensor,
+                            steps: int, lr: float) -> dict:
+    """Finetune ``W`` alone on all ``N`` context examples of each task at once (full-batch
+    gradient descent on their mean squared error, ``steps`` steps at rate ``lr``), then test on
+    the query: what finetuning the same weight can reach, whatever its speed.
+
+    Returns per task ``(B,)``: ``test`` (the squared error on the query) and ``train`` (the mean
+    squared error on the context examples) at the end, and ``test_start``."""
+    if block.variant != "plain":
+        raise ValueError("finetune_to_convergence is written for the plain block")
+    if steps < 1 or lr <= 0:
+        raise ValueError(f"need steps >= 1 and lr > 0, got {steps}, {lr}")
+    context, query = split(tokens)
+    B, N, _ = context.shape
+    u_ft, y = query_inputs(block, context), context[..., -1]
+    with torch.no_grad():
+        u0 = block.mlp_input(query.unsqueeze(1))[0]
+    W0 = block.W.detach()
+
+    def fit(Wt):  # the predictions on the N examples; each task's W broadcast over its examples
+        return block.head(u_ft, None, W=Wt.unsqueeze(1))[..., -1]
+
+    def test_loss(Wt):
+        return (block.head(u0, None, W=Wt)[..., -1] - target) ** 2
+
+    start = test_loss(W0.expand(B, *W0.shape)).detach()
+    Wt = W0.expand(B, *W0.shape).clone()
+    for _ in range(steps):
+        with torch.enable_grad():
+            Wt.requires_grad_(True)
+            loss = 0.5 * ((fit(Wt) - y) ** 2).mean(1).sum()
+            (grad,) = torch.autograd.grad(loss, Wt)
+        Wt = (Wt - lr * grad).detach()
+    with torch.no_grad():
+        train_mse = ((fit(Wt) - y) ** 2).mean(1)
+        return {"test": test_loss(Wt), "train": train_mse, "test_start": start, "W": Wt}
+
+
+@torch.no_grad()
+def patch_transfer(block: ContextualBlock, tokens: torch.Tensor, target: torch.Tensor,
+                   w: torch.Tensor, n_fresh: int, generator: torch.Generator,
+                   W_other: torch.Tensor | None = None) -> dict:
+    """Does the patch built for one query act as "learned weights" for its task?
+
+    For each task, the patch ``dW`` of its prompt (built for its query ``x_q``) is applied to
+    ``n_fresh`` fresh queries of the same task, each read alone. Compared with: the same fresh
+    queries alone and unpatched (no update), and in context (the same context before each).
+    With ``W_other`` ``(B, h, m)``, also those weights (for example finetuned ones) on the fresh
+    queries. Returns per-task mean squared errors ``(B,)``."""
+    if block.variant != "plain":
+        raise ValueError("patch_transfer is written for the plain block")
+    context, _ = split(tokens)
+    B, N, n = context.shape
+    patch = implicit_patch(block, tokens, tokens[:, -1:])
+    queries, qt = with_queries(tokens, w, n_fresh, generator)  # (B, Q, n), (B, Q)
+    u = block.mlp_input(queries.reshape(B * n_fresh, 1, n))[0].reshape(B, n_fresh, -1)
+
+    def err(pred):
+        return ((pred - qt) ** 2).mean(1)
+
+    ctx = context.unsqueeze(1).expand(B, n_fresh, N, n).reshape(B * n_fresh, N, n)
+    out = {
+        "own_query": (patched_output(block, tokens[:, -1:], patch)[:, -1] - target) ** 2,
+        "patched": err(block.head(u, None, W=(block.W + patch.dW).unsqueeze(1))[..., -1]),
+        "unpatched": err(block.head(u, None)[..., -1]),
+        "in_context": err(block(join(ctx, queries.reshape(B * n_fresh, n))).reshape(B, n_fresh)),
+    }
+    if W_other is not None:
+        out["other"] = err(block.head(u, None, W=W_other.unsqueeze(1))[..., -1])
+    return out
+
+
+@torch.no_grad()
+def position_check(block: ContextualBlock, tokens: torch.Tensor) -> dict:
+    """Theorem 2.2 at every position ``t`` of a causal block, not only the last: the block's
+    output at ``t`` (reading tokens ``1..t``) against token ``t`` read alone with its own patch
+    ``dW_t`` (and ``db_t`` with skips). Also checks that the causal pass agrees with the
+    block's ordinary forward pass at the last position."""
+    B, T, n = tokens.shape
+    u_all, z_all = block.mlp_input_all(tokens)  # (B, T, m), (B, T, d)
+    u_x, z_x = (t.reshape(B, T, -1) for t in block.mlp_input(tokens.reshape(B * T, 1, n)))
+    dW = rank_one_update(block.W, u_all, u_x)  # (B, T, h, m)
+    db = None if block.variant == "plain" else z_all - z_x
+    full = block.head(u_all, z_all)
+    patched = block.head(u_x, z_x, W=block.W + dW, bias_shift=db)
+    return {
+        "max_gap": float((full - patched).abs().max()),
+        "unpatched_gap": float((full - block.head(u_x, z_x)).abs().mean()),
+        "causal_vs_forward": float((full[:, -1] - block.head(*block.mlp_input(tokens))).abs().max()),
+        "positions": T,
+    }
+
+
+@torch.no_grad()
+def stack_check(stack: BlockStack, tokens: torch.Tensor, target: torch.Tensor) -> dict:
+    """Stacked blocks: one rank-1 patch per block (:func:`stack_patches`) lets the stack read the
+    query alone and reproduce the prompt."""
+    patches = stack_patches(stack, tokens)
+    y_ctx = stack(tokens)
+    y_patch = stack_patched_output(stack, tokens[:, -1:], patches)[:, -1]
+    return {
+        "max_gap": float((y_ctx - y_patch).abs().max()),
+        "rank_ratio": float(max(rank_ratio(p.dW).max() for p in patches)),
+        "loss_ctx": float(((y_ctx - target) ** 2).mean()),
+        "loss_query_only": float(((stack(tokens[:, -1:]) - target) ** 2).mean()),
+        "context_effect": float((y_ctx - stack(tokens[:, -1:])).abs().mean()),
+        "patch_norms": [float(p.dW.flatten(1).norm(dim=1).mean()) for p in patches],
+    }
+
+
+@torch.no_grad()
+def attention_reference_gap(layer: SoftmaxAttention, tokens: torch.Tensor) -> dict:
+    """Our softmax attention against PyTorch's ``scaled_dot_product_attention``, an independent
+    implementation: the forward pass (last position), the causal pass (every position) and the
+    prefix outputs ``A(c_1..c_i, x)`` at a few ``i``."""
+    if not isinstance(layer, SoftmaxAttention):
+        raise TypeError(f"attention_reference_gap needs a SoftmaxAttention, got {type(layer).__name__}")
+
+    def reference(seq: torch.Tensor) -> torch.Tensor:  # causal, every position (B, T, d_out)
+        B, T, _ = seq.shape
+        q, k, v = (p(seq).view(B, T, layer.heads, layer.d_k).transpose(1, 2) for p in (layer.q, layer.k, layer.v))
+        idx = torch.arange(T)
+        allowed = idx[None, :] <= idx[:, None]
+        if layer.window is not None:
+            allowed &= idx[None, :] > idx[:, None] - layer.window
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.to(seq.device))
+        return layer.o(out.transpose(1, 2).flatten(-2))
+
+    ref = reference(tokens)
+    context, query = split(tokens)
+    N = context.shape[1]
+    pre = layer.prefixes(context, query)
+    picks = sorted({0, 1, N // 2, N})
+    pre_ref = torch.stack([reference(join(context[:, :i], query))[:, -1] for i in picks], 1)
+    return {
+        "forward": float((layer(tokens) - ref[:, -1]).abs().max()),
+        "causal": float((layer.causal(tokens) - ref).abs().max()),
+        "prefixes": float((pre[:, picks] - pre_ref).abs().max()),
+    }
+
+
+@torch.no_grad()
+def linear_dual_gap(layer: LinearAttention, tokens: torch.Tensor, n_prompts: int = 8) -> float:
+    """Linear attention in chapter 2's dual form: per head, ``A(C, x) = W_O [(W_ZSL + dW_ICL) q]
+    + b_O`` with ``dW_ICL = sum_j (W_V c_j)(W_K c_j)^T`` over the context and ``W_ZSL`` the
+    query's own term, computed with :mod:`iclbook.implicit.dual_form` on the first prompts.
+    Returns the largest gap to the layer's forward pass."""
+    from iclbook.implicit import dual_form
+
+    context, query = split(tokens[:n_prompts])
+    e = layer.d_k
+    worst = 0.0
+    for b in range(context.shape[0]):
+        heads = []
+        for h in range(layer.heads):
+            wq, wk, wv = (p.weight[h * e:(h + 1) * e] for p in (layer.q, layer.k, layer.v))
+            x = query[b].unsqueeze(1)  # (n, 1)
+            parts = dual_form.relaxed_icl(wk, wv, context[b].T, x, wq @ query[b])
+            heads.append(parts["zsl"] + parts["update"])
+        direct = layer(join(context[b:b + 1], query[b:b + 1]))[0]
+        worst = max(worst, float((layer.o(torch.cat(heads)) - direct).abs().max()))
+    return worst
+
+
+def gd_linear_attention(d: int, eta: float, dtype=torch.float64) -> LinearAttention:
+    """A one-head linear attention whose output's last coordinate at the query is the prediction
+    of one gradient-descent step from ``w = 0`` on the context's loss
+    ``sum_j (y_j - <w, x_j>)^2 / 2`` at rate ``eta`` (the construction of von Oswald et al. 2023):
+    query and key read ``x``, the value reads ``[x; eta y]``, so the last coordinate is
+    ``eta sum_j y_j <x_j, x_q>``. The other coordinates pass ``sum_j x_j <x_j, x_q>`` through,
+    which keeps ``A(x) = x_q ||x_q||^2`` away from zero."""
+    n = d + 1
+    layer = LinearAttention(n, heads=1, d_k=n, d_out=n).to(dtype)
+    read_x = torch.diag(torch.tensor([1.0] * d + [0.0], dtype=dtype))
+    with torch.no_grad():
+        layer.q.weight.copy_(read_x)
+        layer.k.weight.copy_(read_x)
+        layer.v.weight.copy_(torch.diag(torch.tensor([1.0] * d + [eta], dtype=dtype)))
+        layer.o.weight.copy_(torch.eye(n, dtype=dtype))
+        layer.o.bias.zero_()
+    return layer
+
+
+@torch.no_grad()
+def gd_step_gap(layer: LinearAttention, tokens: torch.Tensor, eta: float) -> float:
+    """Largest gap between the layer's last output coordinate and one GD step's prediction
+    ``<eta sum_j y_j x_j, x_q>`` (for the layer of :func:`gd_linear_attention`)."""
+    context, query = split(tokens)
+    w1 = eta * torch.einsum("bn,bnd->bd", context[..., -1], context[..., :-1])
+    return float((layer(tokens)[:, -1] - (w1 * query[:, :-1]).sum(-1)).abs().max())
