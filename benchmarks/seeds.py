@@ -41,6 +41,25 @@ def commit() -> str:
         return "unknown"
 
 
+def keep_other_chapters(table: dict, old: dict) -> dict:
+    """A run of some chapters merged into an existing table of the same profile and seeds: the
+    chapters not rerun keep their columns, and ``kept`` says from which run they come."""
+    if old.get("profile") != table["profile"] or old.get("seeds") != table["seeds"]:
+        print(f"the existing table has other seeds or profile ({old.get('seeds')}, {old.get('profile')}): "
+              "writing only the chapters just run", file=sys.stderr)
+        return table
+    table = {**table, "chapters": dict(table["chapters"])}  # the caller's table stays as it was
+    kept = sorted(set(old.get("chapters", {})) - set(table["chapters"]))
+    for ch in kept:
+        table["chapters"][ch] = old["chapters"][ch]
+    table["seconds"] = {**{ch: old.get("seconds", {}).get(ch) for ch in kept}, **table.get("seconds", {})}
+    if kept:
+        earlier = old.get("kept", {})
+        table["kept"] = {ch: earlier.get(ch, {"created": old.get("created"), "commit": old.get("commit")})
+                         for ch in kept}
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1")
@@ -79,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
              "wall_s": round(time.perf_counter() - start)}
     table = ledger.seed_table(per_seed, profile=args.profile, about=about)
     out = Path(args.out) if args.out else ROOT / "book" / "records" / f"seeds-{args.profile}.json"
+    if args.chapters and out.exists():
+        table = keep_other_chapters(table, json.loads(out.read_text()))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")
     for ch, rows in table["chapters"].items():

@@ -227,3 +227,75 @@ def test_pheno_descent_crosses_in_nested_order():
     order = [ind.first_crossing(r[k], 1.0) for k in ("xi", "alpha", "beta1")]
     assert order[0] < order[1] < order[2]
     assert r["p_correct"][-1] > 0.5
+
+
+# --- the paper profile's code path, comparison points, outcome rule, optimiser contrasts -------
+
+
+@pytest.mark.parametrize("profile", sorted(ind.CONFIGS))
+def test_every_comparison_point_is_in_the_profiles_grid(profile):
+    """The chapter reads these members from the grid; a profile whose grid lacks one crashed the
+    chapter (the paper profile had no K = 64)."""
+    cfg = ind.CONFIGS[profile]
+    if not cfg.checks:
+        return
+    grid = {(K, B, p_B, a) for K, B, p_B, a, _ in cfg.grid}
+    for name, point in ind.comparison_points(cfg).items():
+        assert tuple(point) in grid, (profile, name, point)
+
+
+def test_grid_member_missing_is_a_clear_error():
+    run = type("R", (), {"cfg": ind.CONFIGS["book"]})()
+    with pytest.raises(LookupError, match="compare_K"):
+        ind.grid_member([run], (9999, 4, 1.0, 0.0))
+
+
+def test_classify_minimal_rule():
+    N, base = 8, 0.125
+    u = 1 / (N + 1)
+    assert ind.classify_minimal({"TILA2": 3 * u, "IC": 0.99}, N, base) == "induction"
+    assert ind.classify_minimal({"TILA2": u / 3, "IC": 0.34}, N, base) == "mirror"
+    assert ind.classify_minimal({"TILA2": 1.1 * u, "IC": 0.13}, N, base) == "stall"
+    assert ind.classify_minimal({"TILA2": 1.1 * u, "IC": 0.5}, N, base) == "other"
+
+
+def test_paper_profile_code_path_at_a_tiny_size():
+    """The paper profile's settings (plain SGD, its grid's comparison points, its evaluation
+    interval), shrunk to a few steps: every call the chapter makes at that profile runs."""
+    paper = ind.CONFIGS["paper"]
+    cfg = replace(paper, steps=4, eval_every=2, n_eval=16, batch=8, grid_steps=4, minimal_steps=4,
+                  minimal_eval_every=2)
+    points = ind.comparison_points(cfg)
+    variants = [{"K": K, "B": B, "p_B": p_B, "zipf": a, "eps": 0.1, "p_C": 0.0} for K, B, p_B, a in points.values()]
+    runs = ind.train_runs(cfg, [0] * len(variants), variants, steps=cfg.grid_steps, eval_every=2)
+    assert runs[0].cfg.K == cfg.compare_K[1] and len(runs[0].history) == 3
+    for point in points.values():
+        assert ind.grid_member(runs, point).final["IC"] >= 0
+    minimal = ind.train_runs(cfg, [1], net="minimal", lr=cfg.minimal_lr, steps=4, eval_every=2,
+                             scalar_optimizer={"optimizer": "sgd", "lr": cfg.minimal_scalar_lr})
+    assert ind.classify_minimal(minimal[0].final, cfg.N, 0.125) in ("induction", "mirror", "stall", "other")
+    lag_window = max(2 * paper.eval_every, round(0.075 * paper.steps))
+    assert lag_window >= 2 * paper.eval_every  # a lag of one evaluation interval can pass
+
+
+def test_minimal_scalars_follow_plain_sgd():
+    """With scalar_optimizer SGD the scalars' first step is -lr * grad: doubling lr doubles it,
+    while the classifier (on AdamW, same data, same start) takes exactly the same step."""
+    cfg = replace(ind.CONFIGS["smoke"], n_eval=16, batch=8)
+    with pytest.raises(ValueError, match="minimal"):
+        ind.train_runs(cfg, [0], steps=1, scalar_optimizer={"optimizer": "sgd", "lr": 0.1})
+    runs = [ind.train_runs(cfg, [3], net="minimal", lr=1e-3, steps=1, eval_every=1,
+                           scalar_optimizer={"optimizer": "sgd", "lr": lr})[0] for lr in (0.5, 1.0)]
+    moves = [r.history[-1]["beta2"] - r.history[0]["beta2"] for r in runs]
+    assert moves[0] != 0 and moves[1] == pytest.approx(2 * moves[0], rel=1e-6)
+    for a, b in zip(runs[0].model.mlp.parameters(), runs[1].model.mlp.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_pheno_descent_adam_contrast():
+    gd = ind.pheno_descent(8, 32, steps=50, lr=0.01)
+    adam = ind.pheno_descent(8, 32, steps=50, lr=0.01, optimizer="adam")
+    assert gd["loss"][0] == adam["loss"][0] and adam["loss"][-1] < adam["loss"][0]
+    assert adam["alpha"][1] == 0.0  # zero gradient at the origin: Adam does not move alpha either
+    with pytest.raises(ValueError, match="'gd' or 'adam'"):
+        ind.pheno_descent(8, 32, steps=5, lr=0.01, optimizer="sgd")

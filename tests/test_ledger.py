@@ -158,3 +158,29 @@ def test_cli_writes_and_diffs_expected_verdicts(tmp_path, monkeypatch, capsys):
     assert json.loads(out.read_text())["chapters"] == {"05": {"c": "reproduced"}}
     assert ledger.main(["diff", "--records", str(tmp_path), "--out", str(out)]) == 0
     assert "no verdict changed" in capsys.readouterr().out
+
+
+def test_seed_run_summary_names_kept_chapters():
+    seeds = {"profile": "book", "seeds": [0, 1], "created": "2026-12-03T10:00+00:00", "commit": "abc",
+             "kept": {"01": {"created": "2026-12-02T10:00+00:00", "commit": "old"}}}
+    text = ledger.seed_run_summary(seeds)
+    assert "chapter 01 from an earlier run (2026-12-02T10:00+00:00, commit old)" in text and "commit abc" in text
+
+
+def test_keep_other_chapters_merges_a_partial_seed_run():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("seeds", Path(__file__).parents[1] / "benchmarks" / "seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    old = {"profile": "book", "seeds": [0, 1], "created": "t0", "commit": "c0", "seconds": {"01": {"0": 1.0}},
+           "chapters": {"01": {"a": {}}, "03": {"old": {}}}}
+    new = {"profile": "book", "seeds": [0, 1], "created": "t1", "commit": "c1", "seconds": {"03": {"0": 2.0}},
+           "chapters": {"03": {"new": {}}}}
+    merged = seeds.keep_other_chapters(new, old)
+    assert merged["chapters"] == {"03": {"new": {}}, "01": {"a": {}}}
+    assert merged["kept"] == {"01": {"created": "t0", "commit": "c0"}}
+    assert merged["seconds"] == {"01": {"0": 1.0}, "03": {"0": 2.0}}
+    other = dict(old, seeds=[0, 1, 2])
+    assert seeds.keep_other_chapters(dict(new), other)["chapters"] == {"03": {"new": {}}}

@@ -249,3 +249,43 @@ def test_cached_training_loads_weights_on_a_hit(tmp_path, monkeypatch):
     for a, b in zip(first, again):
         assert torch.equal(a.lin.weight, b.lin.weight)
     assert h1["loss"] == h2["loss"]
+
+
+# --- param groups: another optimizer for some parameters -------------------------------------
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_param_groups_use_their_own_optimizer(members):
+    """A group on plain SGD moves exactly by -lr * grad while the rest follows Adam."""
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)) for _ in range(members)]
+    start = [[p.detach().clone() for p in m.parameters()] for m in models]
+    x = torch.randn(8, 2)
+
+    def loss_fn(model, batch):
+        return (model(batch[0]) ** 2).mean()
+
+    grads = []
+    for m in models:
+        m.zero_grad()
+        loss_fn(m, (x,)).backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    train.train(models if members > 1 else models[0], loss_fn, lambda g: (x,), steps=1, lr=0.1,
+                generators=[torch.Generator() for _ in models] if members > 1 else torch.Generator(),
+                optimizer="adam", param_groups={"1": {"optimizer": "sgd", "lr": 0.5}})
+    for m, s0, g in zip(models, start, grads):
+        ps = list(m.parameters())
+        for k in (2, 3):  # the second layer: SGD at 0.5
+            assert torch.allclose(ps[k].detach(), s0[k] - 0.5 * g[k], atol=1e-6)
+        for k in (0, 1):  # the first layer: Adam's first step moves each entry by lr (sign of grad)
+            assert torch.allclose(ps[k].detach(), s0[k] - 0.1 * torch.sign(g[k]), atol=1e-5)
+
+
+def test_param_groups_bad_names():
+    model = nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="match no parameter"):
+        train.train(model, lambda m, b: m(b[0]).sum(), lambda g: (torch.ones(1, 2),), steps=1, lr=0.1,
+                    generators=torch.Generator(), param_groups={"mlp": {"lr": 1.0}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        train.train(model, lambda m, b: m(b[0]).sum(), lambda g: (torch.ones(1, 2),), steps=1, lr=0.1,
+                    generators=torch.Generator(), param_groups={"weight": {"rate": 1.0}})

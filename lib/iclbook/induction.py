@@ -22,7 +22,9 @@ tokens, ``d = 2 Nmax + 1 + D``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,14 +73,24 @@ class Config:
         (64, 4, 1.0, 0.0, 0.1), (512, 4, 1.0, 0.0, 0.1), (512, 0, 1.0, 0.0, 0.1),
         (512, 4, 0.5, 1.0, 0.1))
     grid_steps: int = 4000
-    # the minimal model (Adam: plain SGD kills its classifier, see the chapter)
+    # the minimal model: AdamW on its classifier (plain SGD kills the classifier, see the chapter)
+    # and plain SGD on its three scalars (the paper's optimiser for the part that forms the head);
+    # AdamW on everything is the contrast
     minimal_lr: float = 1e-3
+    minimal_scalar_lr: float = 0.3
     minimal_steps: int = 4000
     minimal_eval_every: int = 100
     minimal_seeds: int = 6
-    # the phenomenological model (plain gradient descent, as in the spec's calibration)
+    # the phenomenological model (plain gradient descent, as in the spec's calibration; Adam at
+    # these rates is the contrast)
     pheno_steps: int = 5000
     pheno_lr: float = 0.01
+    pheno_adam_lrs: tuple[float, ...] = (3e-3, 1e-2)
+    # the data-dependence comparisons the chapter reads from the grid: K low -> high at B = 4,
+    # B low -> high at K = compare_K[1], and the mixed (p_B < 1, Zipf) run, (K, B, p_B, zipf)
+    compare_K: tuple[int, int] = (64, 512)
+    compare_B: tuple[int, int] = (0, 4)
+    mixed: tuple[int, int, float, float] | None = (512, 4, 0.5, 1.0)
     checks: bool = True  # False at smoke: too few steps to learn; only the code paths run
 
     @property
@@ -112,7 +124,8 @@ CONFIGS: dict[str, Config] = {
     # the author's settings (SGD 0.01, batch 128, 150k steps, six seeds); needs a GPU
     "paper": Config(optimizer="sgd", lr=0.01, batch=128, steps=150_000, eval_every=1000,
                     n_eval=10_000, seeds=6, grid=_paper_grid(), grid_steps=150_000,
-                    minimal_steps=20_000, minimal_eval_every=250),
+                    minimal_steps=20_000, minimal_eval_every=250, compare_K=(128, 512),
+                    mixed=(1024, 1, 0.5, 1.0)),
 }
 
 
@@ -545,6 +558,44 @@ class Run:
         return self.history[-1]
 
 
+def comparison_points(cfg: Config) -> dict[str, tuple[int, int, float, float]]:
+    """The grid members the chapter compares, as ``(K, B, p_B, zipf)``: ``low_B``, ``high``
+    (``K = compare_K[1]``, ``B = compare_B[1]``), ``low_K``, and ``mixed`` when configured."""
+    K_lo, K_hi = cfg.compare_K
+    B_lo, B_hi = cfg.compare_B
+    points = {"low_B": (K_hi, B_lo, 1.0, 0.0), "high": (K_hi, B_hi, 1.0, 0.0), "low_K": (K_lo, B_hi, 1.0, 0.0)}
+    if cfg.mixed is not None:
+        points["mixed"] = tuple(cfg.mixed)
+    return points
+
+
+def grid_member(runs: list, point: tuple[int, int, float, float]):
+    """The run of the grid at ``point = (K, B, p_B, zipf)``; a clear error if the grid lacks it."""
+    hits = [r for r in runs if (r.cfg.K, r.cfg.B, r.cfg.p_B, r.cfg.zipf) == tuple(point)]
+    if not hits:
+        have = sorted({(r.cfg.K, r.cfg.B, r.cfg.p_B, r.cfg.zipf) for r in runs})
+        raise LookupError(f"the grid has no member (K, B, p_B, zipf) = {tuple(point)}; it has {have}: "
+                          "set compare_K / compare_B / mixed of the profile's Config to members of its grid")
+    return hits[0]
+
+
+def classify_minimal(final: Mapping[str, float], N: int, baseline: float) -> str:
+    """One seed's outcome of the minimal model, from its final measures (the chapter's rule).
+
+    With ``u = 1/(N + 1)``, TILA2's value when the query attends evenly (the start):
+    ``"induction"`` if TILA2 > 2u (the query finds the matching label); ``"mirror"`` if
+    TILA2 < u/2 (it avoids the matching label); ``"stall"`` if TILA2 stays within a factor 2 of u
+    and IC accuracy within 0.1 of ``baseline`` (nothing moved); ``"other"`` otherwise."""
+    u = 1 / (N + 1)
+    if final["TILA2"] > 2 * u:
+        return "induction"
+    if final["TILA2"] < u / 2:
+        return "mirror"
+    if abs(final["IC"] - baseline) <= 0.1:
+        return "stall"
+    return "other"
+
+
 def grid_variants(cfg: Config) -> list[dict]:
     """``train_runs`` variants of the data-dependence grid (``p_C = 0`` throughout)."""
     return [{"K": K, "B": B, "p_B": p_B, "zipf": a, "eps": e, "p_C": 0.0}
@@ -554,17 +605,24 @@ def grid_variants(cfg: Config) -> list[dict]:
 def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None, *,
                optimizer: str | None = None, lr: float | None = None, batch: int | None = None,
                steps: int | None = None, eval_every: int | None = None, cache_name: str | None = None,
-               net: str = "full", desc: str = "induction net") -> list[Run]:
+               net: str = "full", scalar_optimizer: Mapping[str, Any] | None = None,
+               desc: str = "induction net") -> list[Run]:
     """Train one network per (seed, data variant) as one batched ensemble, through the cache.
 
     ``variants`` overrides data fields of ``cfg`` per member (e.g. ``{"K": 512, "B": 4}``).
     Each member draws its own task from its seed, so members are independent runs. The measures
     of :func:`measure` are taken every ``eval_every`` steps. ``net`` is ``"full"``
-    (:class:`InductionNet`) or ``"minimal"`` (:class:`MinimalNet`).
+    (:class:`InductionNet`) or ``"minimal"`` (:class:`MinimalNet`). ``scalar_optimizer``
+    (minimal model only), e.g. ``{"optimizer": "sgd", "lr": 0.3}``, trains the three scalars
+    ``beta1, alpha, beta2`` with another optimizer than the classifier (no weight decay on them).
     """
     nets = {"full": InductionNet, "minimal": MinimalNet}
     if net not in nets:
         raise ValueError(f"net must be 'full' or 'minimal', got {net!r}")
+    if scalar_optimizer is not None and net != "minimal":
+        raise ValueError("scalar_optimizer is for the minimal model's scalars (net='minimal')")
+    groups = None if scalar_optimizer is None else {
+        k: {"weight_decay": 0.0, **scalar_optimizer} for k in ("beta1", "alpha", "beta2")}
     variants = variants or [{}] * len(seeds)
     if len(variants) != len(seeds):
         raise ValueError(f"need one variant per seed: {len(variants)} variants, {len(seeds)} seeds")
@@ -603,13 +661,14 @@ def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None
         return train.train(models, cross_entropy, [sampler(t, c) for t, c in zip(tasks, cfgs)],
                            steps=steps, generators=[runtime.generator(s + 7919) for s in seeds],
                            checkpoint_every=eval_every, on_checkpoint=on_checkpoint, desc=desc,
-                           log_every=max(1, eval_every // 4), **opt)
+                           log_every=max(1, eval_every // 4), param_groups=groups, **opt)
 
     if cache_name is None:
         history = run()
     else:
         history = train.cached_training("03", cache_name, cfg, models, run, seeds=list(seeds),
-                                        variants=variants, net=net, steps=steps, batch=batch, **opt)
+                                        variants=variants, net=net, steps=steps, batch=batch, **opt,
+                                        **({} if groups is None else {"scalar_optimizer": dict(scalar_optimizer)}))
     runs = []
     for i, (c, s, t, st, m) in enumerate(zip(cfgs, seeds, tasks, sets, models)):
         hist = [dict(cp["members"][i], step=cp["step"]) for cp in history["checkpoints"]]
@@ -660,20 +719,30 @@ def pheno_gradient(beta1: float, alpha: float, xi: float, N: int, L: int) -> np.
 
 
 def pheno_descent(N: int, L: int, *, steps: int, lr: float,
-                  start: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> dict[str, np.ndarray]:
-    """Plain gradient descent on the phenomenological loss from ``start = (beta1, alpha, xi)``.
+                  start: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                  optimizer: str = "gd") -> dict[str, np.ndarray]:
+    """Descent on the phenomenological loss from ``start = (beta1, alpha, xi)``: plain gradient
+    descent (``optimizer="gd"``) or Adam (``"adam"``, torch's defaults otherwise), the contrast
+    that shows how a per-parameter rescaling of the gradient changes the dynamics.
 
     Returns arrays over steps ``0..steps``: ``beta1``, ``alpha``, ``xi``, ``loss``, ``p_correct``,
     ``p_context``.
     """
     if steps < 1 or lr <= 0:
         raise ValueError(f"need steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
+    if optimizer not in ("gd", "adam"):
+        raise ValueError(f"optimizer must be 'gd' or 'adam', got {optimizer!r}")
     p = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    adam = torch.optim.Adam([p], lr=lr) if optimizer == "adam" else None
     rows = []
     for _ in range(steps + 1):
         loss, pc, pctx = pheno_loss(p[0], p[1], p[2], N, L)
         rows.append([*p.detach().tolist(), loss.item(), pc.item(), pctx.item()])
         (grad,) = torch.autograd.grad(loss, p)
+        if adam is not None:
+            p.grad = grad
+            adam.step()
+            continue
         with torch.no_grad():
             p -= lr * grad
     arr = np.array(rows)

@@ -569,8 +569,11 @@ def seed_run_summary(seeds: Mapping[str, Any]) -> str:
     """One sentence on where a seed table comes from."""
     keys = ("created", "machine", "library", "commit", "torch")
     about = ", ".join(f"{k} {seeds[k]}" for k in keys if seeds.get(k))
+    kept = seeds.get("kept") or {}
+    earlier = "".join(f"; chapter {ch} from an earlier run ({v.get('created')}, commit {v.get('commit')})"
+                      for ch, v in sorted(kept.items()))
     return (f"Seed table: profile `{seeds['profile']}`, seeds {', '.join(str(s) for s in seeds['seeds'])}"
-            + (f"; {about}" if about else "") + ".")
+            + (f"; {about}" if about else "") + earlier + ".")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -68,6 +68,7 @@ def train(
     checkpoint_every: int | None = None,
     on_checkpoint: Callable[[int, list[nn.Module]], dict[str, Any]] | None = None,
     desc: str = "train",
+    param_groups: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train a model, or an ensemble of models as one batched model, in place.
 
@@ -89,6 +90,12 @@ def train(
         One ``torch.Generator`` per member (a single one for a single model).
     log_every
         Record the loss of every member every ``log_every`` steps (and at the last step).
+    param_groups
+        Other optimizers for some parameters: ``{name: {"optimizer": ..., "lr": ...,
+        "weight_decay": ...}}``, where ``name`` is a parameter's name or a module prefix (``"mlp"``
+        covers ``"mlp.0.weight"``...); missing keys default to the main optimizer's. The rest of
+        the parameters use ``optimizer``, ``lr``, ``weight_decay``. (Chapter 3 trains the minimal
+        model's scalars with plain SGD and its classifier with AdamW.)
     checkpoint_every, on_checkpoint
         Call ``on_checkpoint(step, members)`` before training, every ``checkpoint_every`` steps and
         after the last step, with the members' current weights written back into ``models``; the
@@ -119,7 +126,7 @@ def train(
 
     single = len(members) == 1
     if single:
-        params = [p for p in members[0].parameters() if p.requires_grad]
+        named = [(n, p) for n, p in members[0].named_parameters() if p.requires_grad]
 
         def batched_loss(batches: list[Batch]) -> torch.Tensor:
             return loss_fn(members[0], batches[0]).reshape(1)
@@ -130,7 +137,7 @@ def train(
     else:
         stacked, buffers = stack_module_state(members)
         base = copy.deepcopy(members[0]).to("meta")
-        params = list(stacked.values())
+        named = list(stacked.items())
 
         def member_loss(p: dict, b: dict, batch: Batch) -> torch.Tensor:
             return loss_fn(lambda *a, **k: functional_call(base, (p, b), a, k), batch)
@@ -147,11 +154,11 @@ def train(
                 for name, p in member.named_parameters():
                     p.copy_(stacked[name][i])
 
-    opt = make_optimizer(optimizer, params, lr, weight_decay)
+    opts = _optimizers(named, optimizer, lr, weight_decay, param_groups or {})
     if schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=max(steps, 1)) for o in opts]
     elif schedule == "constant":
-        scheduler = None
+        schedulers = []
     else:
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     history: dict[str, Any] = {"step": [], "loss": [], "checkpoints": [], "members": len(members)}
@@ -176,11 +183,13 @@ def train(
         if not torch.isfinite(losses).all():
             write_back()
             raise FloatingPointError(f"non-finite loss at step {step}: {losses.tolist()}")
-        opt.zero_grad(set_to_none=True)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
         losses.sum().backward()
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
+        for o in opts:
+            o.step()
+        for sch in schedulers:
+            sch.step()
         if step % log_every == 0 or step == steps:
             values = losses.detach().tolist()
             history["step"].append(step)
@@ -193,6 +202,30 @@ def train(
     write_back()
     history["seconds"] = time.perf_counter() - start
     return history
+
+
+def _optimizers(named: Sequence[tuple[str, torch.Tensor]], optimizer: str, lr: float, weight_decay: float,
+                groups: Mapping[str, Mapping[str, Any]]) -> list[torch.optim.Optimizer]:
+    """One optimizer for the parameters no group claims, and one per group of ``groups``."""
+    for key, spec in groups.items():
+        unknown = set(spec) - {"optimizer", "lr", "weight_decay"}
+        if unknown:
+            raise ValueError(f"param_groups[{key!r}]: unknown keys {sorted(unknown)}")
+    claimed: dict[str, list[torch.Tensor]] = {key: [] for key in groups}
+    rest = []
+    for name, p in named:
+        owner = [k for k in groups if name == k or name.startswith(k + ".")]
+        if len(owner) > 1:
+            raise ValueError(f"parameter {name!r} is in several param_groups: {owner}")
+        (claimed[owner[0]] if owner else rest).append(p)
+    empty = [k for k, ps in claimed.items() if not ps]
+    if empty:
+        raise ValueError(f"param_groups {empty} match no parameter; names are {[n for n, _ in named]}")
+    opts = [make_optimizer(optimizer, rest, lr, weight_decay)] if rest else []
+    for key, spec in groups.items():
+        opts.append(make_optimizer(spec.get("optimizer", optimizer), claimed[key], spec.get("lr", lr),
+                                   spec.get("weight_decay", weight_decay)))
+    return opts
 
 
 def stack_states(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
