@@ -165,6 +165,8 @@ def test_seed_run_summary_names_kept_chapters():
              "kept": {"01": {"created": "2026-12-02T10:00+00:00", "commit": "old"}}}
     text = ledger.seed_run_summary(seeds)
     assert "chapter 01 from an earlier run (2026-12-02T10:00+00:00, commit old)" in text and "commit abc" in text
+    seeds["dropped"] = {"03": "changed after this run"}
+    assert ledger.seed_run_summary(seeds).endswith("Chapter 03 is not in it: changed after this run.")
 
 
 def test_keep_other_chapters_merges_a_partial_seed_run():

@@ -572,8 +572,9 @@ def seed_run_summary(seeds: Mapping[str, Any]) -> str:
     kept = seeds.get("kept") or {}
     earlier = "".join(f"; chapter {ch} from an earlier run ({v.get('created')}, commit {v.get('commit')})"
                       for ch, v in sorted(kept.items()))
+    dropped = "".join(f" Chapter {ch} is not in it: {why}." for ch, why in sorted((seeds.get("dropped") or {}).items()))
     return (f"Seed table: profile `{seeds['profile']}`, seeds {', '.join(str(s) for s in seeds['seeds'])}"
-            + (f"; {about}" if about else "") + earlier + ".")
+            + (f"; {about}" if about else "") + earlier + "." + dropped)
 
 
 # ---------------------------------------------------------------------------------------------
