@@ -235,7 +235,7 @@ def finetune_to_convergence(block: ContextualBlock, tokens: torch.Tensor, target
     if steps < 1 or lr <= 0:
         raise ValueError(f"need steps >= 1 and lr > 0, got {steps}, {lr}")
     context, query = split(tokens)
-    B, N, _ = context.shape
+    B = context.shape[0]
     u_ft, y = query_inputs(block, context), context[..., -1]
     with torch.no_grad():
         u0 = block.mlp_input(query.unsqueeze(1))[0]
