@@ -102,12 +102,76 @@ def test_random_baselines_near_zero():
     assert abs(float(metrics.kendall_tau(a, torch.rand(2000, 20, generator=g)).mean())) < 0.01
 
 
-def test_kendall_tau_matches_definition():
+def tau_b_by_definition(x, y):
+    """Kendall's tau-b from its pair counts, written out (an independent reference)."""
+    conc = disc = tie_x = tie_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                tie_x += 1
+            elif dy == 0:
+                tie_y += 1
+            elif (dx > 0) == (dy > 0):
+                conc += 1
+            else:
+                disc += 1
+    return (conc - disc) / math.sqrt((conc + disc + tie_x) * (conc + disc + tie_y))
+
+
+def test_kendall_tau_b_with_ties():
+    """tau-b on data with many ties equals the pair-count definition and scipy's kendalltau,
+    row by row; tau-a would be smaller wherever ties are."""
+    from scipy.stats import kendalltau
+
     a = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    assert float(metrics.kendall_tau(a, a)) == 1.0
-    assert float(metrics.kendall_tau(a, -a)) == -1.0
-    b = torch.tensor([1.0, 3.0, 2.0, 4.0])           # one discordant pair of six
+    assert float(metrics.kendall_tau(a, a)) == pytest.approx(1.0)
+    assert float(metrics.kendall_tau(a, -a)) == pytest.approx(-1.0)
+    b = torch.tensor([1.0, 3.0, 2.0, 4.0])           # one discordant pair of six, no ties
     assert float(metrics.kendall_tau(a, b)) == pytest.approx(4 / 6)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 4, (3, 5, 30), generator=g).double()     # heavily tied rows
+    y = torch.randint(0, 3, (3, 5, 30), generator=g).double()
+    tau = metrics.kendall_tau(x, y)
+    assert tau.shape == (3, 5) and tau.dtype == torch.float64
+    for idx in [(0, 0), (1, 3), (2, 4)]:
+        ref = tau_b_by_definition(x[idx].tolist(), y[idx].tolist())
+        assert float(tau[idx]) == pytest.approx(ref, abs=1e-12)
+        assert float(tau[idx]) == pytest.approx(kendalltau(x[idx].numpy(), y[idx].numpy()).statistic, abs=1e-12)
+    assert math.isnan(float(metrics.kendall_tau(torch.ones(5), torch.arange(5.0))))
+    with pytest.raises(ValueError, match="shapes differ"):
+        metrics.kendall_tau(torch.ones(3), torch.ones(4))
+
+
+def test_float32_softmax_creates_the_ties_float64_avoids():
+    """A score row spanning a few hundred units, as finetuned ``<q'_j, q>`` rows do: in float32
+    most softmax entries are exact zeros (ties that pull tau towards 0); in float64 the softmax
+    keeps the ranking of the raw scores, so tau is unchanged by it."""
+    g = torch.Generator().manual_seed(5)
+    scores = 400 * torch.rand(2, 128, generator=g)
+    other = scores + 40 * torch.randn(2, 128, generator=g)
+    assert float((torch.softmax(scores, -1) == 0).float().mean()) > 0.5
+    exact = metrics.kendall_tau(scores, other)
+    assert torch.allclose(metrics.kendall_tau(metrics.attention_softmax(scores),
+                                              metrics.attention_softmax(other)), exact)
+    assert (metrics.kendall_tau(torch.softmax(scores, -1), torch.softmax(other, -1)) < exact - 0.1).all()
+
+
+def test_rec2ftp_matched_null_on_hand_built_masks():
+    # two strata; FT fixes examples 0, 1 (stratum 1) and 4 (stratum 0)
+    z = [0, 0, 0, 0, 0, 0]
+    f = [1, 1, 0, 0, 1, 0]
+    i = [1, 1, 1, 0, 0, 0]
+    s = [1, 1, 1, 0, 0, 0]
+    # P(I right | Z wrong, s=1) = 1, (s=0) = 0; weights 2/3 and 1/3
+    assert metrics.rec2ftp_matched_null(z, f, i, s) == pytest.approx(100 * 2 / 3)
+    assert metrics.rec2ftp(z, f, i) == pytest.approx(100 * 2 / 3)
+    assert metrics.rec2ftp_null(z, i) == pytest.approx(50.0)
+    assert math.isnan(metrics.rec2ftp_matched_null([1, 1], [1, 1], [0, 0], [0, 1]))
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.rec2ftp_matched_null([0], [1], [1], [0, 1])
 
 
 def test_rec2ftp_on_hand_built_masks():

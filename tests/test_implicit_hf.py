@@ -140,8 +140,78 @@ def test_offline_run_on_a_tiny_opt(tmp_path, monkeypatch):
     assert set(record["tasks"]) == {"sst2", "cb"}
     for r in record["tasks"].values():
         assert set(r["acc"]) >= {"Z", "I", "F", "nonce"} and 0 <= r["acc"]["I"] <= 1
-        assert r["demonstrations_in_context"] == hf.CONFIGS["smoke"].k
+        assert r["demonstrations_in_context"]["min"] == hf.CONFIGS["smoke"].k
         assert -1 <= r["stats"]["simaou"] <= 1 and -1 <= r["stats"]["kendall"] <= 1
+
+
+def test_run_survives_demonstration_counts_that_vary_per_query(monkeypatch):
+    """CB's inputs differ in length by a token, so a context limit that cuts the demonstrations
+    keeps 4 of them for some queries and 5 for others (as 2,048 tokens did for the paper's CB and
+    AGNews): every statistic, Kendall included, must use each prompt's own demonstrations."""
+    monkeypatch.setenv("ICLBOOK_PROGRESS", "0")
+    res = hf.run(hf.tiny_opt(0), hf.word_tokenizer(), ["cb"], cfg=hf.CONFIGS["smoke"],
+                 loader=hf.synthetic_loader, max_len=120)
+    kept = res["cb"]["demonstrations_in_context"]
+    assert (kept["min"], kept["max"]) == (4, 5)
+    assert -1 <= res["cb"]["stats"]["kendall"] <= 1 and -1 <= res["cb"]["stats"]["kendall_q_zero"] <= 1
+
+
+def test_a_crash_keeps_finished_tasks_and_a_rerun_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICLBOOK_PROGRESS", "0")
+    out = tmp_path / "run.json"
+    real = experiment.run_task
+
+    def crash_on_cb(model, name, *a, **k):
+        if name == "cb":
+            raise RuntimeError("out of memory (simulated)")
+        return real(model, name, *a, **k)
+
+    monkeypatch.setattr(experiment, "run_task", crash_on_cb)
+    args = ["--dry-run", "--profile", "smoke", "--tasks", "sst2", "cb", "--out", str(out)]
+    with pytest.raises(RuntimeError, match="simulated"):
+        hf.main(args)
+    first = json.loads(out.read_text())
+    assert list(first["tasks"]) == ["sst2"] and first["dtype"] == "float32"
+    monkeypatch.setattr(experiment, "run_task", real)
+    ran = []
+    monkeypatch.setattr(experiment, "run_task", lambda m, name, *a, **k: ran.append(name) or real(m, name, *a, **k))
+    hf.main(args)
+    second = json.loads(out.read_text())
+    assert ran == ["cb"] and list(second["tasks"]) == ["sst2", "cb"]
+    assert second["tasks"]["sst2"] == first["tasks"]["sst2"]
+    with pytest.raises(SystemExit, match="another run"):
+        hf.main(args[:-2] + ["--seed", "3", "--out", str(out)])
+    hf.main(args + ["--fresh", "--tasks", "sst2"])
+    assert list(json.loads(out.read_text())["tasks"]) == ["sst2"]
+
+
+def test_dtype_option_and_memory_estimate(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICLBOOK_PROGRESS", "0")
+    out = tmp_path / "bf16.json"
+    hf.main(["--dry-run", "--profile", "smoke", "--tasks", "mr", "--dtype", "bfloat16", "--out", str(out)])
+    assert json.loads(out.read_text())["dtype"] == "bfloat16"
+    cfg = hf.CONFIGS["paper"]
+    full = hf.memory_estimate(1_300_000_000, torch.float32, 24, 32, cfg)
+    half = hf.memory_estimate(1_300_000_000, torch.float16, 24, 32, cfg)
+    assert full["weights"] == pytest.approx(2 * half["weights"], rel=0.02) and full["records"] < 3
+
+
+def test_record_memory_bounds_keep_what_the_statistics_read():
+    """Bounded records (candidate columns, score rows cut to the query for later prompts) hold
+    the same numbers as full ones where they overlap."""
+    torch.manual_seed(0)
+    model = tinylm.TinyLM(tinylm.LMConfig(layers=1)).eval()
+    data = tasks.make_dataset("mr", 6, seed=2)
+    demos = [(data.inputs[i], data.task.labels[int(data.classes[i])]) for i in range(3)]
+    prompts, _ = probe.build_prompts(data, demos, 256)
+    cand = codec.WORDS.label_ids(data.task.labels)
+    full = probe.record(model, prompts)
+    small = probe.record(model, prompts, columns=cand, full_rows=2, tail=9)
+    assert torch.equal(small["logprobs"], full["logprobs"][:, cand])
+    for i, (a, b) in enumerate(zip(small["scores"], full["scores"])):
+        assert torch.equal(a, b if i < 2 else b[..., -9:])
+    with pytest.raises(ValueError, match="together"):
+        probe.record(model, prompts, full_rows=2)
 
 
 def test_load_split_asks_datasets_for_the_source(monkeypatch):

@@ -100,18 +100,24 @@ def choose_lr(model: nn.Module, task: tasks.Task, demos, grid: Sequence[float],
 
 
 def evaluate_zif(model: nn.Module, tuned: nn.Module, test: tasks.Dataset, demos, record: bool,
-                 max_len: int, codec: Codec = WORDS) -> tuple[dict[str, torch.Tensor], dict[str, dict], list]:
+                 max_len: int, codec: Codec = WORDS, full_rows: int | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, dict], list]:
     """Correctness masks of Z (``model``, no demonstrations), I (``model`` with ``demos``) and F
     (``tuned``, no demonstrations) on ``test``; with ``record`` also their :func:`probe.record`
-    outputs. Returns ``(right, records, spans)``, ``spans`` the demonstrations' token spans."""
+    outputs (log-probabilities of the candidate labels only; with ``full_rows``, ICL's score rows
+    over the whole context only for the first ``full_rows`` examples, the ones the Kendall
+    statistic reads, and over the query prompt for the rest). Returns ``(right, records,
+    spans)``, ``spans`` the demonstrations' token spans."""
     zero, _ = probe.build_prompts(test, [], max_len, codec)
     icl, spans = probe.build_prompts(test, demos, max_len, codec)
     cand = codec.label_ids(test.task.labels)
     right, recs = {}, {}
+    tail = max(len(p) for p in zero) if full_rows is not None else None
     for key, m, prompts in (("Z", model, zero), ("I", model, icl), ("F", tuned, zero)):
         if record:
-            recs[key] = probe.record(m, prompts, pad=codec.pad_id)
-            pred = recs[key]["logprobs"][:, cand].argmax(-1)
+            bound = dict(full_rows=full_rows, tail=tail) if key == "I" else {}
+            recs[key] = probe.record(m, prompts, pad=codec.pad_id, columns=cand, **bound)
+            pred = recs[key]["logprobs"].argmax(-1)
         else:
             pred = probe.label_logprobs(m, prompts, cand, pad=codec.pad_id).argmax(-1)
         right[key] = pred == test.classes
@@ -142,7 +148,8 @@ def run_task(model: nn.Module, name: str, cfg: Config, seed: int, *, record: boo
     lr_test, test_accs = (choose_lr(model, task, demos, cfg.lr_grid, test, max_len, codec)
                           if select_on_test else (float("nan"), [float("nan")]))
     ft = probe.finetune_kv(model, ft_examples(task, demos, codec), lr, keep_queries=record)
-    right, recs, spans = evaluate_zif(model, ft.model, test, demos, record, max_len, codec)
+    right, recs, spans = evaluate_zif(model, ft.model, test, demos, record, max_len, codec,
+                                      full_rows=cfg.kendall_examples)
     nonce = probe.nonce_labels(task, demo_generator(seed, 99), codec.nonce_pool)
     nonce_demos = [(x, nonce[task.labels.index(y)]) for x, y in demos]
     right["nonce"] = probe.predict(model, test, nonce_demos, labels=nonce, max_len=max_len,
@@ -176,20 +183,40 @@ def prompt_rows(run: TaskRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def kendall(run: TaskRun, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Kendall tau per (example, layer) between ICL's attention to the demonstration tokens and
-    finetuning's ``<q'_j, q>`` to the same training tokens, and against random weights."""
-    taus, rand = [], []
-    kept = len(run.spans[0])          # demonstrations that fit the context
+    """Kendall's tau-b per (example, layer) between ICL's attention to the demonstration tokens
+    and finetuning's ``<q'_j, q>`` to the same training tokens, computed as the paper's code does:
+    ICL's pre-softmax scores summed over heads, both rows through a float64 softmax, then
+    ``scipy.stats.kendalltau``. Beside it, with the same ICL row:
+
+    * ``random``: uniform random scores (the paper's baseline);
+    * ``q_zero``: the *un-finetuned* model's query ``q_Z`` in place of ``q_F``: if it ranks the
+      training tokens as well, finetuning the query's model is not what the tau measures;
+    * ``recency``: the token's position (later tokens rank higher), a plain recency ramp.
+
+    Each example uses the demonstrations its own prompt kept (truncation may keep fewer for a long
+    query); finetuning saw all of them, in order, so the kept ones are the first."""
+    out = {k: [] for k in ("tau", "random", "q_zero", "recency")}
     for i in range(min(n, len(run.test))):
-        scores = run.records["I"]["scores"][i].sum(1)            # (layers, tokens): sum over heads
-        idx = torch.cat([torch.arange(a, b) for a, b in run.spans[i]])
-        m_i = scores[:, idx]
-        q = run.records["F"]["q"][i]                              # (layers, d)
-        m_f = torch.stack([torch.cat([run.ft.queries[j][l] @ q[l] for j in range(kept)])
-                           for l in range(q.shape[0])])
-        taus.append(metrics.kendall_tau(torch.softmax(m_i, -1), torch.softmax(m_f, -1)))
-        rand.append(metrics.kendall_tau(m_i, torch.rand(m_i.shape, generator=gen)))
-    return {"tau": torch.stack(taus), "random": torch.stack(rand)}
+        spans = run.spans[i]
+        if not spans:
+            raise ValueError(f"test example {i} kept no demonstration in its context")
+        scores = run.records["I"]["scores"][i].double().sum(1)       # (layers, tokens)
+        idx = torch.cat([torch.arange(a, b) for a, b in spans])
+        m_i = metrics.attention_softmax(scores[:, idx])
+
+        def ft_row(q: torch.Tensor) -> torch.Tensor:                 # (layers, d) -> (layers, tokens)
+            return torch.stack([torch.cat([run.ft.queries[j][l].double() @ q[l].double()
+                                           for j in range(len(spans))]) for l in range(q.shape[0])])
+
+        m_f = ft_row(run.records["F"]["q"][i])
+        if m_f.shape != m_i.shape:
+            raise ValueError(f"example {i}: {m_i.shape[-1]} demonstration tokens in context but "
+                             f"{m_f.shape[-1]} finetuning tokens for its {len(spans)} demonstrations")
+        out["tau"].append(metrics.kendall_tau(m_i, metrics.attention_softmax(m_f)))
+        out["q_zero"].append(metrics.kendall_tau(m_i, metrics.attention_softmax(ft_row(run.records["Z"]["q"][i]))))
+        out["recency"].append(metrics.kendall_tau(m_i, torch.arange(m_i.shape[-1], dtype=torch.float64).expand_as(m_i)))
+        out["random"].append(metrics.kendall_tau(m_i, torch.rand(m_i.shape, generator=gen, dtype=torch.float64)))
+    return {k: torch.stack(v) for k, v in out.items()}
 
 
 def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100) -> dict:
@@ -202,7 +229,8 @@ def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100) 
     kt = kendall(run, kendall_examples, gen)
     per_example = {"simaou": metrics.simaou(h["I"], h["Z"], h["F"]),
                    "simam_before": metrics.simam(m_i, m_z), "simam_after": metrics.simam(m_i, m_f),
-                   "kendall": kt["tau"]}
+                   "kendall": kt["tau"], "kendall_minus_q_zero": kt["tau"] - kt["q_zero"],
+                   "kendall_minus_recency": kt["tau"] - kt["recency"]}
     return {
         "rec2ftp": metrics.rec2ftp(z, f, i),
         "rec2ftp_null": metrics.rec2ftp_null(z, i),
@@ -214,8 +242,10 @@ def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100) 
         "simam_before": float(per_example["simam_before"].mean()),
         "simam_after": float(per_example["simam_after"].mean()),
         "simam_delta": float(metrics.simam_delta(m_i, m_z, m_f).nanmean()),
-        "kendall": float(kt["tau"].mean()),
-        "kendall_random": float(kt["random"].mean()),
+        "kendall": float(kt["tau"].nanmean()),
+        "kendall_random": float(kt["random"].nanmean()),
+        "kendall_q_zero": float(kt["q_zero"].nanmean()),
+        "kendall_recency": float(kt["recency"].nanmean()),
         "per_example": per_example,
     }
 

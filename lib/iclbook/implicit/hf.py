@@ -20,6 +20,18 @@ This module adds what a real run needs besides the model:
 does not need them (``pip install "iclbook[hf]"`` brings them).
 
     python -m iclbook.implicit.hf --model facebook/opt-125m --profile paper --out real.json
+
+The JSON is rewritten as each task finishes, and a rerun with the same ``--out``, model, profile,
+seed and dtype resumes after the finished tasks. Memory: three copies of the weights at once (the
+model, the learning-rate search's copy, the finetuned copy), e.g. 14.5 GiB for a 1.3B model in
+float32 or 7.3 GiB with ``--dtype float16``, plus about 1.7 GiB of host memory for one task's records at
+the paper profile (score rows over the whole 2,048-token context are kept only for the Kendall
+statistic's 100 prompts); :func:`memory_estimate` prints the figure for the model at hand.
+
+Templates: the prompts are the paper's Table 8 templates (AGNews ``News: ... Type:``), not the
+official code's, whose AGNews template differs (``Classify the news articles into the categories of
+World, Sports, Business, and Technology. Article: ... Answer:``); we follow
+the paper because its tables are what we compare with.
 """
 
 from __future__ import annotations
@@ -251,23 +263,35 @@ def context_length(model) -> int:
 
 def run(model, tokenizer, names: Sequence[str] = tasks.TASK_NAMES, *, cfg: experiment.Config,
         seed: int = 0, loader: Callable[[Source, str], Sequence[Mapping]] = load_split,
-        max_len: int | None = None, progress: bool = True) -> dict[str, dict]:
+        max_len: int | None = None, progress: bool = True, done: Mapping[str, dict] | None = None,
+        on_task: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
     """The chapter's protocol on ``model`` for each task of ``names``: accuracies (Z, I, F,
     nonce, F with the learning rate chosen on test), the chosen demonstration seed and learning
-    rate, and the four statistics with their controls. A plain dict, ready for JSON."""
+    rate, how many demonstrations each prompt kept, and the four statistics with their controls.
+    A plain dict, ready for JSON.
+
+    Tasks already in ``done`` are kept as they are and not run again; ``on_task(name, result)``
+    is called as each task finishes (``main`` writes the JSON there, so a crash loses at most the
+    task in progress)."""
     codec = TextCodec(tokenizer)
     max_len = max_len or context_length(model)
-    out = {}
-    for name in tqdm(names, desc="tasks", file=sys.stderr, disable=not (progress and runtime.progress_enabled())):
+    out = dict(done or {})
+    todo = [n for n in names if n not in out]
+    for name in tqdm(todo, desc="tasks", file=sys.stderr, disable=not (progress and runtime.progress_enabled())):
         t0 = time.perf_counter()
         data = splits(name, cfg, seed, loader=loader)
         r = experiment.run_task(model, name, cfg, seed, data=data, codec=codec, max_len=max_len)
         stats = experiment.statistics(r, torch.Generator().manual_seed(seed), cfg.kendall_examples)
         stats.pop("per_example")
+        kept = [len(s) for s in r.spans]
         out[name] = {"acc": r.acc, "demo_seed": r.demo_seed, "lr": r.lr, "lr_on_test": r.lr_on_test,
-                     "demonstrations_in_context": len(r.spans[0]), "stats": stats,
-                     "seconds": round(time.perf_counter() - t0, 1)}
-    return out
+                     "demonstrations": len(r.demos),
+                     "demonstrations_in_context": {"min": min(kept), "max": max(kept),
+                                                   "mean": sum(kept) / len(kept)},
+                     "stats": stats, "seconds": round(time.perf_counter() - t0, 1)}
+        if on_task is not None:
+            on_task(name, out[name])
+    return {n: out[n] for n in names if n in out}
 
 
 def _strict(obj):
@@ -280,6 +304,35 @@ def _strict(obj):
     return obj
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def memory_estimate(n_params: int, dtype: torch.dtype, layers: int, heads: int, cfg: experiment.Config,
+                    context: int = 2048) -> dict[str, float]:
+    """Rough peak memory of :func:`run` in GiB: ``weights``, the model plus the finetuned copy and
+    the copy being tuned during the learning-rate search (three copies; SGD keeps no optimiser
+    state); ``records``, the host memory of one task's records (float32 score rows: whole rows
+    for ``cfg.kendall_examples`` prompts, the query's ~64 positions for the others)."""
+    size = torch.finfo(dtype).bits // 8
+    weights = 3 * n_params * size / 2**30
+    full = cfg.kendall_examples * layers * heads * context * 4
+    tail = 3 * cfg.n_test * layers * heads * 64 * 4
+    return {"weights": round(weights, 1), "records": round((full + tail) / 2**30, 1)}
+
+
+def load_done(path: Path, header: Mapping) -> dict[str, dict]:
+    """The finished tasks of an earlier run written to ``path`` with the same model, profile and
+    seed (nothing if the file is absent); a file from another run is an error, not overwritten."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    clash = {k: (old.get(k), v) for k, v in header.items() if old.get(k) != v}
+    if clash:
+        raise SystemExit(f"{path} holds another run ({clash}): pass --fresh to overwrite it or "
+                         f"choose another --out")
+    return dict(old.get("tasks", {}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run chapter 2's protocol on a pretrained model "
                                                  "and the six real data sets.")
@@ -288,21 +341,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="paper", choices=sorted(CONFIGS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                        help="weights' dtype (the paper finetuned in fp16); float32 by default")
+    parser.add_argument("--max-len", type=int, default=None,
+                        help="longest prompt in tokens (default: 2048, or the model's limit)")
     parser.add_argument("--out", type=Path, default=Path("real-model.json"))
+    parser.add_argument("--fresh", action="store_true",
+                        help="ignore the finished tasks in --out instead of resuming from them")
     parser.add_argument("--dry-run", action="store_true",
                         help="offline: a random tiny OPT, the word tokenizer and the synthetic "
                              "stand-ins of the data sets (checks the pipeline, says nothing of ICL)")
     args = parser.parse_args(argv)
+    dtype = DTYPES[args.dtype]
     if args.dry_run:
-        model, tokenizer, loader = tiny_opt(args.seed), word_tokenizer(), synthetic_loader
+        model, tokenizer, loader = tiny_opt(args.seed).to(dtype), word_tokenizer(), synthetic_loader
         args.model = "tiny random OPT (dry run)"
     else:
-        (model, tokenizer), loader = pretrained(args.model, args.device), load_split
-    result = run(model, tokenizer, args.tasks, cfg=CONFIGS[args.profile], seed=args.seed,
-                 loader=loader)
-    record = {"model": args.model, "profile": args.profile, "seed": args.seed,
-              "torch": torch.__version__, "tasks": result}
-    args.out.write_text(json.dumps(_strict(record), indent=1))
+        (model, tokenizer), loader = pretrained(args.model, args.device, dtype), load_split
+    cfg = CONFIGS[args.profile]
+    header = {"model": args.model, "profile": args.profile, "seed": args.seed, "dtype": args.dtype}
+    done = {} if args.fresh else load_done(args.out, header)
+    conf = getattr(model, "config", None)
+    if conf is not None and hasattr(conf, "num_hidden_layers"):
+        mem = memory_estimate(sum(p.numel() for p in model.parameters()), dtype,
+                              conf.num_hidden_layers, conf.num_attention_heads, cfg,
+                              args.max_len or context_length(model))
+        print(f"memory, roughly: {mem['weights']} GiB for three copies of the weights, "
+              f"{mem['records']} GiB of host memory for one task's records", file=sys.stderr)
+    if done:
+        print(f"resuming: {', '.join(done)} already in {args.out}", file=sys.stderr)
+    results = dict(done)
+
+    def write(name: str, result: dict) -> None:
+        results[name] = result
+        record = {**header, "torch": torch.__version__, "tasks": results}
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(_strict(record), indent=1))
+        tmp.replace(args.out)                          # never a half-written file
+
+    result = run(model, tokenizer, args.tasks, cfg=cfg, seed=args.seed, loader=loader,
+                 max_len=args.max_len, done=done, on_task=write)
     for name, r in result.items():
         a, s = r["acc"], r["stats"]
         print(f"{name:7s} ZSL {a['Z']:.3f} ICL {a['I']:.3f} FT {a['F']:.3f} nonce {a['nonce']:.3f} | "

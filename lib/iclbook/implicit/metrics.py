@@ -10,7 +10,10 @@ Z = zero-shot, I = in-context, F = the finetuned model evaluated zero-shot.
   :func:`simaou_random` is the paper's baseline, ``cos(h_I - h_Z, u)`` with ``u ~ U[0, 1)^d``.
 * :func:`simam`: cosine of two pre-softmax attention-score rows (raw, as the paper);
   :func:`simam_delta` the critics' ``cos(m_I - m_Z, m_F - m_Z)``.
-* :func:`kendall_tau`: tau-a, ``(P_c - P_d) / (N (N - 1) / 2)``.
+* :func:`kendall_tau`: Kendall's tau-b (ties counted as ``scipy.stats.kendalltau`` counts them,
+  which is what the paper's code calls), row by row; :func:`attention_softmax` the float64
+  softmax that the paper's code applies first.
+* :func:`rec2ftp_matched_null`: the independence null within strata of difficulty.
 * :func:`bootstrap_ci`: a percentile interval of a mean over examples.
 """
 
@@ -78,16 +81,49 @@ def simam_delta(m_i: torch.Tensor, m_z: torch.Tensor, m_f: torch.Tensor) -> torc
     return cosine(m_i - m_z, m_f - m_z)
 
 
-def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Kendall's tau-a between the last dimensions of ``a`` and ``b`` (``(..., N)``, N >= 2)."""
+def attention_softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension in float64, as the paper's code (NumPy) computes it before
+    ranking. In float32, score rows that span a few hundred units (a finetuned model's
+    ``<q'_j, q>`` does) underflow to exact zeros, and the zeros become ties of the ranking."""
+    return torch.softmax(torch.as_tensor(scores).double(), -1)
+
+
+def kendall_tau(a, b) -> torch.Tensor:
+    """Kendall's tau-b between the last dimensions of ``a`` and ``b`` (``(..., N)``, N >= 2), one
+    ``scipy.stats.kendalltau`` call per row: ``(P - Q) / sqrt((P + Q + T_a) (P + Q + T_b))`` with
+    ``T`` the pairs tied in one ranking only. ``nan`` where a row is constant."""
+    from scipy.stats import kendalltau
+
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    n = a.shape[-1]
-    if n < 2:
+    if a.dim() == 0 or a.shape[-1] < 2:
         raise ValueError("need at least two items to rank")
-    da = torch.sign(a[..., :, None] - a[..., None, :])
-    db = torch.sign(b[..., :, None] - b[..., None, :])
-    return (da * db).sum((-1, -2)) / (n * (n - 1))
+    ra = a.detach().double().reshape(-1, a.shape[-1]).cpu().numpy()
+    rb = b.detach().double().reshape(-1, b.shape[-1]).cpu().numpy()
+    taus = [kendalltau(x, y).statistic for x, y in zip(ra, rb)]
+    return torch.tensor(taus, dtype=torch.float64).reshape(a.shape[:-1])
+
+
+def rec2ftp_matched_null(z_right, f_right, i_right, strata) -> float:
+    """The independence null of Rec2FTP within strata of difficulty: ``100 sum_s P(s | fixed)
+    P(I right | Z wrong, s)``, with ``fixed`` = (Z wrong, F right) and ``strata`` an integer label
+    per example (e.g. whether the query's class appears among the demonstrations). Rec2FTP above
+    this null says that ICL gets right what *finetuning* fixed, beyond what both owe to the
+    example's difficulty. ``nan`` when finetuning fixes none."""
+    z, f, i = _bool(z_right), _bool(f_right), _bool(i_right)
+    s = torch.as_tensor(strata)
+    if not (z.shape == f.shape == i.shape == s.shape):
+        raise ValueError("masks and strata must have one shape")
+    fixed = ~z & f
+    n = int(fixed.sum())
+    if n == 0:
+        return float("nan")
+    total = 0.0
+    for v in s[fixed].unique():
+        wrong = ~z & (s == v)
+        total += int((fixed & (s == v)).sum()) / n * int((wrong & i).sum()) / int(wrong.sum())
+    return 100.0 * total
 
 
 def mismatched(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
