@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="book")
     parser.add_argument("--chapters", nargs="+", default=None, help="chapter numbers, e.g. 04")
     parser.add_argument("--out", default=None, help="default book/records/seeds-<profile>.json")
+    parser.add_argument("--keep-records", default=None, metavar="DIR",
+                        help="keep each seed's ledger records in DIR/seed<N> (e.g. to regenerate "
+                             "tests/verdicts-book.json from seed 0 with `make verdicts`)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     per_seed, seconds, failures = {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
-            folder = Path(tmp) / f"seed{seed}"
+            folder = Path(args.keep_records or tmp) / f"seed{seed}"
             for nb in notebooks:
                 try:
                     t = run(nb, args.profile, seed, extra_env={"ICLBOOK_RECORDS": str(folder)})

@@ -424,3 +424,15 @@ def test_shipped_weights_are_package_data():
         pkg = max(owners, key=len)
         rel = f.relative_to(lib / pkg.replace(".", "/")).as_posix()
         assert any(globs(rel, g) for g in setup["package-data"].get(pkg, [])), f
+
+
+def test_perplexity_by_length_is_the_loss_of_cut_sequences():
+    torch.manual_seed(0)
+    model = tinylm.TinyLM(tinylm.LMConfig(layers=1)).eval()
+    tokens = tasks.pretraining_batch(4, 30, torch.Generator().manual_seed(1))
+    by_length = tinylm.perplexity_by_length(model, tokens, (5, 12, 30))
+    with torch.no_grad():
+        for L in (5, 12, 30):
+            assert by_length[L] == pytest.approx(float(torch.exp(tinylm.lm_loss(model, tokens[:, :L + 1]))), rel=1e-5)
+    with pytest.raises(ValueError, match="lengths"):
+        tinylm.perplexity_by_length(model, tokens, (31,))

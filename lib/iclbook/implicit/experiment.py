@@ -16,7 +16,7 @@ Per task and evaluation seed ``s``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -356,3 +356,67 @@ def delta_w_cosines(model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100
         cos.append(torch.stack(per_layer))
         cos_null.append(torch.stack(per_layer_null))
     return {"cos": torch.stack(cos).cpu(), "null": torch.stack(cos_null).cpu()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Off the ceiling, and outside the lookup regime
+# ---------------------------------------------------------------------------------------------
+
+
+def short_context(model: nn.Module, name: str, cfg: Config, seed: int, k: int = 2,
+                  n_order: int = 200) -> dict:
+    """The protocol with only ``k`` demonstrations, where ICL on the multi-class tasks is off its
+    ceiling, so that Rec2FTP and the order check can tell something: accuracies only (a sparser
+    learning-rate grid and three demonstration seeds), then
+
+    * Rec2FTP, its independence null and its *matched* null (:func:`metrics.rec2ftp_matched_null`,
+      strata: whether the query's class is among the demonstrations' classes, the difficulty that
+      ICL and finetuning share);
+    * the share of predictions that reordering the demonstrations changes, for ICL and SGD."""
+    short = replace(cfg, k=k, demo_seeds=cfg.demo_seeds[:3], lr_grid=cfg.lr_grid[::2])
+    run = run_task(model, name, short, seed, record=False, select_on_test=False)
+    z, f, i = run.right["Z"], run.right["F"], run.right["I"]
+    shown = {y for _, y in run.demos}
+    covered = torch.tensor([run.test.task.labels[int(c)] in shown for c in run.test.classes])
+    flips = order_flips(model, run, cfg.permutations, demo_generator(seed, 77), n=n_order)
+    return {"k": k, "acc": run.acc, "n_fixed": int((~z & f).sum()),
+            "rec2ftp": metrics.rec2ftp(z, f, i), "null": metrics.rec2ftp_null(z, i),
+            "matched_null": metrics.rec2ftp_matched_null(z, f, i, covered.long()),
+            "covered": float(covered.float().mean()), "flips": flips}
+
+
+def lookup_probe(model: nn.Module, name: str, cfg: Config, seed: int, *, cues_per_class: int = 3,
+                 k: int = 4, draws: int = 5) -> dict[str, float]:
+    """Is ICL more than matching the query's cue word to a demonstration's? With
+    ``cues_per_class`` cues per class and ``k`` demonstrations, many queries carry a cue that no
+    demonstration shows; over ``draws`` random draws of demonstrations (no selection), ICL's
+    accuracy on those queries (``unseen``) against those whose cue a demonstration shows
+    (``seen``) and against zero-shot on the same unseen queries (``zero_unseen``)."""
+    pool = tasks.make_dataset(name, cfg.pool, seed, split="train", cues_per_class=cues_per_class)
+    test = tasks.make_dataset(name, cfg.n_test, seed, split="test", cues_per_class=cues_per_class)
+    cue_words = {w for c in test.cues for w in c}
+    cue_of = [next(w for w in x if w in cue_words) for x in test.inputs]
+    zero = probe.predict(model, test) == test.classes
+    right = {"seen": [], "unseen": [], "zero_unseen": []}
+    for d in range(draws):
+        demos = probe.demonstrations(pool, k, demo_generator(seed, 200 + d))
+        shown = {next(w for w in x if w in cue_words) for x, _ in demos}
+        seen = torch.tensor([c in shown for c in cue_of])
+        icl = probe.predict(model, test, demos) == test.classes
+        right["seen"].append(icl[seen])
+        right["unseen"].append(icl[~seen])
+        right["zero_unseen"].append(zero[~seen])
+    out = {key: float(torch.cat(v).float().mean()) if torch.cat(v).numel() else float("nan")
+           for key, v in right.items()}
+    out["n_unseen"] = int(sum(v.numel() for v in right["unseen"]))
+    return out
+
+
+def cue_moved(model: nn.Module, name: str, cfg: Config, seed: int) -> TaskRun:
+    """The protocol (accuracies only) on task ``name`` with the cue word at a random position
+    before the input's end, which pretraining never showed (three demonstration seeds, every
+    other learning rate of the grid)."""
+    data = tuple(tasks.make_dataset(name, n, seed, split=split, cue_last=False)
+                 for n, split in ((cfg.pool, "train"), (cfg.n_dev, "dev"), (cfg.n_test, "test")))
+    short = replace(cfg, demo_seeds=cfg.demo_seeds[:3], lr_grid=cfg.lr_grid[::2])
+    return run_task(model, name, short, seed, record=False, select_on_test=False, data=data)

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     model = tinylm.TinyLM(tinylm.LMConfig(momentum=args.momentum))
     cfg = dataclasses.replace(default, steps=args.steps, seed=args.seed)
-    probe_batch = tasks.pretraining_batch(128, cfg.seq_len, torch.Generator().manual_seed(10**6))
+    # p_plain=0.1: the probe batch the shipped checkpoints were evaluated on (labels in 90% of rows)
+    probe_batch = tasks.pretraining_batch(128, cfg.seq_len, torch.Generator().manual_seed(10**6), p_plain=0.1)
 
     def evaluate(m: tinylm.TinyLM) -> dict:
         return label_accuracy_by_context(m, probe_batch)

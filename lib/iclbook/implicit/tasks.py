@@ -9,7 +9,9 @@ A sentence of a *lexicon* task (all but CB) mixes three kinds of words:
 
 * **prior words** from the task's fixed class lexicons (``"superb"`` leans Positive), each of the
   sentence's class with probability ``prior_strength`` and of another class otherwise: a weak
-  signal that pretraining can store in the weights, so zero-shot accuracy is above chance;
+  signal that pretraining could store in the weights (the shipped model's zero-shot accuracy is
+  nevertheless at or below chance: in pretraining the cue word, not the prior, decides, and the
+  cue's class changes with every episode);
 * one **cue word**, the last word of the input, drawn from a shared pool of nonsense words whose class assignment is fixed
   *per data set* (and redrawn for every pretraining episode): the strong signal, which only the
   demonstrations reveal;
@@ -24,7 +26,8 @@ Example::
 
     task = TASKS["sst2"]
     data = make_dataset("sst2", n=100, seed=0)       # a fixed data set: its own cue words
-    prompt = icl_prompt(task, data.demos(16, gen), x, labels=task.labels)
+    demos = [(data.inputs[i], task.labels[int(data.classes[i])]) for i in range(16)]
+    ids, spans = icl_prompt(task, demos, data.inputs[16])
 """
 
 from __future__ import annotations
@@ -157,8 +160,9 @@ def draw_cues(task: Task, gen: torch.Generator, per_class: int = 1) -> tuple[tup
 
 
 def sentence(task: Task, y: int, cues: tuple[tuple[str, ...], ...], gen: torch.Generator,
-             prior_strength: float = PRIOR_STRENGTH) -> list[str]:
-    """The input words of one example of class ``y`` (no template)."""
+             prior_strength: float = PRIOR_STRENGTH, cue_last: bool = True) -> list[str]:
+    """The input words of one example of class ``y`` (no template); the cue word is the last
+    word, or (``cue_last=False``) at a random position before it, which pretraining never showed."""
     if task.name == "cb":
         return _cb_sentence(y, gen)
     lex = PRIOR[task.name]
@@ -172,7 +176,12 @@ def sentence(task: Task, y: int, cues: tuple[tuple[str, ...], ...], gen: torch.G
         words.append(_pick(lex[c], gen))
     words += [_pick(FILLER, gen) for _ in range(FILLER_WORDS)]
     order = torch.randperm(len(words), generator=gen).tolist()
-    return [words[i] for i in order] + [_pick(cues[y], gen)]
+    words = [words[i] for i in order]
+    cue = _pick(cues[y], gen)
+    if cue_last:
+        return words + [cue]
+    at = int(torch.randint(len(words), (1,), generator=gen))
+    return words[:at] + [cue] + words[at:]
 
 
 def _cb_sentence(y: int, gen: torch.Generator) -> list[str]:
@@ -250,33 +259,43 @@ class Dataset:
         return Dataset(self.task, [self.inputs[i] for i in idx], self.classes[list(idx)], self.cues)
 
 
-def make_dataset(name: str, n: int, seed: int, *, split: str = "test") -> Dataset:
+def make_dataset(name: str, n: int, seed: int, *, split: str = "test", cues_per_class: int = 1,
+                 cue_last: bool = True) -> Dataset:
     """``n`` balanced-in-expectation examples of task ``name``. The cue words are a property of
     the data set (fixed by the task name, the same in every split); ``seed`` and ``split`` choose
-    the examples."""
+    the examples.
+
+    Two variants leave the regime the model was pretrained in (one cue per class, always the
+    input's last word): ``cues_per_class > 1`` draws several cues per class, so a query's cue may
+    appear in no demonstration and its label cannot be found by matching one token;
+    ``cue_last=False`` moves the cue to a random earlier position."""
     task = get_task(name)
     if n < 1:
         raise ValueError(f"need n >= 1 examples, got {n}")
+    if task.name == "cb" and (cues_per_class != 1 or not cue_last):
+        raise ValueError("CB has no cue words: its variants are not defined")
+    if cues_per_class < 1 or cues_per_class * task.n_classes > len(CUES):
+        raise ValueError(f"cues_per_class must be 1..{len(CUES) // task.n_classes}, got {cues_per_class}")
     cue_gen = torch.Generator().manual_seed(1000 + TASK_NAMES.index(name))
-    cues = draw_cues(task, cue_gen)
+    cues = draw_cues(task, cue_gen, per_class=cues_per_class)
     salt = {"train": 1, "dev": 2, "test": 3}.get(split)
     if salt is None:
         raise ValueError(f"split must be 'train', 'dev' or 'test', got {split!r}")
     gen = torch.Generator().manual_seed(seed * 7919 + salt * 104729 + TASK_NAMES.index(name))
     classes = torch.randint(task.n_classes, (n,), generator=gen)
-    inputs = [sentence(task, int(y), cues, gen) for y in classes]
+    inputs = [sentence(task, int(y), cues, gen, cue_last=cue_last) for y in classes]
     return Dataset(task, inputs, classes, cues)
 
 
 def pretraining_batch(batch: int, seq_len: int, gen: torch.Generator,
-                      p_canonical: float = 0.3, p_plain: float = 0.1) -> torch.Tensor:
+                      p_canonical: float = 0.3, p_plain: float = 0.2) -> torch.Tensor:
     """``(batch, seq_len + 1)`` token ids of pretraining episodes.
 
     An episode is one task with a fresh cue assignment and a verbalizer that is the canonical
     one with probability ``p_canonical`` and otherwise a random draw of distinct label words from
     the pool (canonical words of every task and nonce words): ``BOS ex_1 SEP ex_2 SEP ...`` until
     the row is full, so every label token is predicted from all the examples before it. With
-    probability ``p_plain`` a row holds unlabelled inputs only, a block of ``REPEAT_BLOCK``
+    probability ``p_plain`` (0.2, the shipped model's recipe ``tinylm.PretrainConfig``) a row holds unlabelled inputs only, a block of ``REPEAT_BLOCK``
     inputs repeated until the row is full: text that repeats itself is what lets a small model
     form induction heads early (Olsson et al. 2022), which the label copying then reuses."""
     rows = torch.full((batch, seq_len + 1), TOKEN_ID[PAD], dtype=torch.long)

@@ -254,6 +254,22 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor, label_weight: float = 1.0) -
     return (nll * weight).sum() / weight.sum()
 
 
+def perplexity_by_length(model: nn.Module, tokens: torch.Tensor, lengths) -> dict[int, float]:
+    """Perplexity of ``tokens (batch, n+1)`` cut at each of ``lengths`` tokens (the paper's
+    Table 6 split, "valid @256/512/1024"), from one forward pass: a causal model's loss on the
+    first ``L`` positions is its loss on the sequence cut at ``L`` (equals
+    ``exp(lm_loss(model, tokens[:, :L + 1]))``)."""
+    with torch.no_grad():
+        logits = model(tokens[:, :-1])
+    target = tokens[:, 1:]
+    if max(lengths) > target.shape[1] or min(lengths) < 1:
+        raise ValueError(f"lengths must lie in 1..{target.shape[1]}, got {tuple(lengths)}")
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                          reduction="none").view_as(target)
+    weight = (target != tasks.TOKEN_ID[tasks.PAD]).float()
+    return {int(L): float(torch.exp((nll[:, :L] * weight[:, :L]).sum() / weight[:, :L].sum())) for L in lengths}
+
+
 # ---------------------------------------------------------------------------------------------
 # Pretraining
 # ---------------------------------------------------------------------------------------------
