@@ -436,3 +436,20 @@ def test_perplexity_by_length_is_the_loss_of_cut_sequences():
             assert by_length[L] == pytest.approx(float(torch.exp(tinylm.lm_loss(model, tokens[:, :L + 1]))), rel=1e-5)
     with pytest.raises(ValueError, match="lengths"):
         tinylm.perplexity_by_length(model, tokens, (31,))
+
+
+def test_pool_short_weights_rates_by_fixed_examples():
+    from iclbook.implicit import experiment as ex
+
+    a = {"k": 2, "n_fixed": 30, "acc": {"I": 0.8}, "rec2ftp": 90.0, "null": 60.0, "matched_null": 80.0,
+         "flips": {"ICL": 0.1, "SGD": 0.3}}
+    b = {"k": 2, "n_fixed": 10, "acc": {"I": 0.6}, "rec2ftp": 50.0, "null": 20.0, "matched_null": float("nan"),
+         "flips": {"ICL": 0.3, "SGD": 0.1}}
+    none = dict(b, n_fixed=0, rec2ftp=float("nan"))
+    p = ex.pool_short([a, b, none])
+    assert p["n_fixed"] == 40 and p["seeds"] == 3
+    assert p["rec2ftp"] == pytest.approx((90 * 30 + 50 * 10) / 40)
+    assert p["matched_null"] == pytest.approx(80.0)           # a NaN seed has no say
+    assert p["acc"]["I"] == pytest.approx(2 / 3) and p["flips"]["ICL"] == pytest.approx(0.7 / 3)
+    with pytest.raises(ValueError):
+        ex.pool_short([])

@@ -40,15 +40,16 @@ class Config:
     lr_grid: tuple[float, ...] = LR_GRID
     eval_seeds: int = 3            # evaluation seeds for the accuracy table (s, s+1, ...)
     kendall_examples: int = 100
+    control_examples: int = 200    # test examples per control run (the critics' controls)
     permutations: int = 5
     names: tuple[str, ...] = tasks.TASK_NAMES
 
 
 CONFIGS = {
     "smoke": Config(n_test=100, n_dev=60, demo_seeds=(1, 2), lr_grid=LR_GRID[::4], eval_seeds=1,
-                    kendall_examples=30, permutations=3),
+                    kendall_examples=30, control_examples=100, permutations=3),
     "book": Config(n_test=500, n_dev=200),
-    "paper": Config(n_test=2000, n_dev=500, eval_seeds=5),
+    "paper": Config(n_test=2000, n_dev=500, eval_seeds=5, control_examples=500),
 }
 
 
@@ -86,17 +87,30 @@ def ft_examples(task: tasks.Task, demos: Sequence[tuple[object, str]],
     return [codec.example(task, x, y) for x, y in demos]
 
 
+def lr_search(model: nn.Module, task: tasks.Task, demos, grid: Sequence[float],
+              datasets: Sequence[tasks.Dataset], max_len: int, codec: Codec = WORDS) -> list[list[float]]:
+    """Zero-shot accuracy on each of ``datasets`` of the model finetuned at each learning rate of
+    ``grid`` (one finetuning per rate, however many data sets read it): ``acc[d][i]``."""
+    examples = ft_examples(task, demos, codec)
+    accs = [[] for _ in datasets]
+    for lr in grid:
+        tuned = probe.finetune_kv(model, examples, lr).model
+        for out, data in zip(accs, datasets):
+            out.append(probe.accuracy(probe.predict(tuned, data, max_len=max_len, codec=codec), data))
+    return accs
+
+
+def best_lr(grid: Sequence[float], accs: Sequence[float]) -> float:
+    """The grid value with the best accuracy; ties go to the smaller learning rate."""
+    return grid[min(range(len(grid)), key=lambda i: (-accs[i], grid[i]))]
+
+
 def choose_lr(model: nn.Module, task: tasks.Task, demos, grid: Sequence[float],
               data: tasks.Dataset, max_len: int, codec: Codec = WORDS) -> tuple[float, list[float]]:
     """The grid value whose finetuned model scores best (zero-shot) on ``data``; ties go to the
     smaller learning rate."""
-    examples = ft_examples(task, demos, codec)
-    accs = []
-    for lr in grid:
-        tuned = probe.finetune_kv(model, examples, lr).model
-        accs.append(probe.accuracy(probe.predict(tuned, data, max_len=max_len, codec=codec), data))
-    order = sorted(range(len(grid)), key=lambda i: (-accs[i], grid[i]))
-    return grid[order[0]], accs
+    (accs,) = lr_search(model, task, demos, grid, [data], max_len, codec)
+    return best_lr(grid, accs), accs
 
 
 def evaluate_zif(model: nn.Module, tuned: nn.Module, test: tasks.Dataset, demos, record: bool,
@@ -144,9 +158,11 @@ def run_task(model: nn.Module, name: str, cfg: Config, seed: int, *, record: boo
         if best is None or acc > best[0]:
             best = (acc, ds, demos)
     _, demo_seed, demos = best
-    lr, _ = choose_lr(model, task, demos, cfg.lr_grid, dev, max_len, codec)
-    lr_test, test_accs = (choose_lr(model, task, demos, cfg.lr_grid, test, max_len, codec)
-                          if select_on_test else (float("nan"), [float("nan")]))
+    # one finetuning per learning rate, read on dev (our choice) and on test (the paper's)
+    accs = lr_search(model, task, demos, cfg.lr_grid, [dev, test] if select_on_test else [dev], max_len, codec)
+    lr = best_lr(cfg.lr_grid, accs[0])
+    lr_test, test_accs = ((best_lr(cfg.lr_grid, accs[1]), accs[1]) if select_on_test
+                          else (float("nan"), [float("nan")]))
     ft = probe.finetune_kv(model, ft_examples(task, demos, codec), lr, keep_queries=record)
     right, recs, spans = evaluate_zif(model, ft.model, test, demos, record, max_len, codec,
                                       full_rows=cfg.kendall_examples)
@@ -256,16 +272,18 @@ def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100) 
 
 
 def rerun(model: nn.Module, run: TaskRun, *, demos=None, lr: float | None = None,
-          max_len: int = 256) -> TaskRun:
-    """Z, I and F of ``model`` on ``run``'s test set with ``run``'s demonstrations and learning
-    rate (or the ones given): the same protocol, a different model or different demonstrations."""
+          max_len: int = 256, n: int | None = None) -> TaskRun:
+    """Z, I and F of ``model`` on ``run``'s test set (its first ``n`` examples if given) with
+    ``run``'s demonstrations and learning rate (or the ones given): the same protocol, a
+    different model or different demonstrations."""
     demos = run.demos if demos is None else demos
     lr = run.lr if lr is None else lr
     task = run.test.task
+    test = run.test if n is None else run.test.subset(range(min(n, len(run.test))))
     ft = probe.finetune_kv(model, ft_examples(task, demos, run.codec), lr, keep_queries=True)
-    right, recs, spans = evaluate_zif(model, ft.model, run.test, demos, True, max_len, run.codec)
+    right, recs, spans = evaluate_zif(model, ft.model, test, demos, True, max_len, run.codec)
     acc = {k: float(v.float().mean()) for k, v in right.items()}
-    return TaskRun(run.name, run.test, list(demos), run.demo_seed, lr, float("nan"), acc, right,
+    return TaskRun(run.name, test, list(demos), run.demo_seed, lr, float("nan"), acc, right,
                    ft, recs, spans, run.codec)
 
 
@@ -385,6 +403,24 @@ def short_context(model: nn.Module, name: str, cfg: Config, seed: int, k: int = 
             "covered": float(covered.float().mean()), "flips": flips}
 
 
+def pool_short(results: Sequence[dict]) -> dict:
+    """:func:`short_context` results of one task over several evaluation seeds, pooled: the
+    fixed examples summed, Rec2FTP and its nulls averaged with the fixed examples as weights (a
+    seed where FT fixes none has no say), ICL accuracy and flip rates averaged."""
+    if not results:
+        raise ValueError("nothing to pool")
+    w = [r["n_fixed"] for r in results]
+
+    def weighted(key: str) -> float:
+        pairs = [(r[key], n) for r, n in zip(results, w) if n > 0 and r[key] == r[key]]
+        return float(sum(v * n for v, n in pairs) / sum(n for _, n in pairs)) if pairs else float("nan")
+
+    return {"k": results[0]["k"], "seeds": len(results), "n_fixed": sum(w),
+            "acc": {"I": float(sum(r["acc"]["I"] for r in results) / len(results))},
+            **{key: weighted(key) for key in ("rec2ftp", "null", "matched_null")},
+            "flips": {k: float(sum(r["flips"][k] for r in results) / len(results)) for k in results[0]["flips"]}}
+
+
 def lookup_probe(model: nn.Module, name: str, cfg: Config, seed: int, *, cues_per_class: int = 3,
                  k: int = 4, draws: int = 5) -> dict[str, float]:
     """Is ICL more than matching the query's cue word to a demonstration's? With
@@ -415,8 +451,8 @@ def lookup_probe(model: nn.Module, name: str, cfg: Config, seed: int, *, cues_pe
 def cue_moved(model: nn.Module, name: str, cfg: Config, seed: int) -> TaskRun:
     """The protocol (accuracies only) on task ``name`` with the cue word at a random position
     before the input's end, which pretraining never showed (three demonstration seeds, every
-    other learning rate of the grid)."""
+    fourth learning rate of the grid: the question is ICL's accuracy, FT's is context)."""
     data = tuple(tasks.make_dataset(name, n, seed, split=split, cue_last=False)
                  for n, split in ((cfg.pool, "train"), (cfg.n_dev, "dev"), (cfg.n_test, "test")))
-    short = replace(cfg, demo_seeds=cfg.demo_seeds[:3], lr_grid=cfg.lr_grid[::2])
+    short = replace(cfg, demo_seeds=cfg.demo_seeds[:3], lr_grid=cfg.lr_grid[::4])
     return run_task(model, name, short, seed, record=False, select_on_test=False, data=data)

@@ -91,7 +91,8 @@ def attention_softmax(scores: torch.Tensor) -> torch.Tensor:
 def kendall_tau(a, b) -> torch.Tensor:
     """Kendall's tau-b between the last dimensions of ``a`` and ``b`` (``(..., N)``, N >= 2), one
     ``scipy.stats.kendalltau`` call per row: ``(P - Q) / sqrt((P + Q + T_a) (P + Q + T_b))`` with
-    ``T`` the pairs tied in one ranking only. ``nan`` where a row is constant."""
+    ``T`` the pairs tied in one ranking only. ``nan`` where a row is constant.
+    (A SciPy with ``axis=`` ranks all rows in one call; older ones, row by row.)"""
     from scipy.stats import kendalltau
 
     a, b = torch.as_tensor(a), torch.as_tensor(b)
@@ -101,8 +102,11 @@ def kendall_tau(a, b) -> torch.Tensor:
         raise ValueError("need at least two items to rank")
     ra = a.detach().double().reshape(-1, a.shape[-1]).cpu().numpy()
     rb = b.detach().double().reshape(-1, b.shape[-1]).cpu().numpy()
-    taus = [kendalltau(x, y).statistic for x, y in zip(ra, rb)]
-    return torch.tensor(taus, dtype=torch.float64).reshape(a.shape[:-1])
+    try:
+        taus = kendalltau(ra, rb, axis=-1).statistic                # one call, row by row
+    except TypeError:                                               # a SciPy without axis=
+        taus = [kendalltau(x, y).statistic for x, y in zip(ra, rb)]
+    return torch.as_tensor(taus, dtype=torch.float64).reshape(a.shape[:-1])
 
 
 def rec2ftp_matched_null(z_right, f_right, i_right, strata) -> float:
