@@ -299,3 +299,21 @@ def test_pheno_descent_adam_contrast():
     assert adam["alpha"][1] == 0.0  # zero gradient at the origin: Adam does not move alpha either
     with pytest.raises(ValueError, match="'gd' or 'adam'"):
         ind.pheno_descent(8, 32, steps=5, lr=0.01, optimizer="sgd")
+
+
+def test_batched_pheno_descents_equal_single_ones():
+    """One batched computation over several L (L = N included) gives each descent's own numbers."""
+    Ls = [32, 8, 16]
+    for optimizer in ("gd", "adam"):
+        batch = ind.pheno_descents(8, Ls, steps=200, lr=0.01, optimizer=optimizer)
+        for L, b in zip(Ls, batch):
+            single = ind.pheno_descent(8, L, steps=200, lr=0.01, optimizer=optimizer)
+            for k in single:
+                np.testing.assert_allclose(b[k], single[k], rtol=0, atol=1e-12)
+    eq = ind.pheno_descents(8, [8], steps=20, lr=0.01)[0]
+    assert np.abs(eq["xi"]).max() < 1e-12 and np.abs(eq["alpha"]).max() < 1e-12   # L = N: the origin is critical
+    with pytest.raises(ValueError):
+        ind.pheno_descents(8, [], steps=5, lr=0.01)
+    with pytest.raises(ValueError):
+        ind.pheno_descents(8, [4], steps=5, lr=0.01)
+

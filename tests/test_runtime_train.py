@@ -289,3 +289,21 @@ def test_param_groups_bad_names():
     with pytest.raises(ValueError, match="unknown keys"):
         train.train(model, lambda m, b: m(b[0]).sum(), lambda g: (torch.ones(1, 2),), steps=1, lr=0.1,
                     generators=torch.Generator(), param_groups={"weight": {"rate": 1.0}})
+
+
+def test_threads_context_restores_the_count():
+    import torch
+
+    from iclbook import runtime
+
+    before = torch.get_num_threads()
+    with runtime.threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with runtime.threads(1):
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        with runtime.threads(0):
+            pass

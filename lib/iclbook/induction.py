@@ -22,7 +22,7 @@ tokens, ``d = 2 Nmax + 1 + D``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -78,8 +78,8 @@ class Config:
     # AdamW on everything is the contrast
     minimal_lr: float = 1e-3
     minimal_scalar_lr: float = 0.3
-    minimal_steps: int = 4000
-    minimal_eval_every: int = 100
+    minimal_steps: int = 2000      # every seed's outcome is settled by then (4,000-step runs: IC
+    minimal_eval_every: int = 100  # jumps at 400-500 steps with SGD scalars, 600-1600 under AdamW)
     minimal_seeds: int = 6
     # the phenomenological model (plain gradient descent, as in the spec's calibration; Adam at
     # these rates is the contrast)
@@ -518,13 +518,17 @@ def measure(model: InductionNet | MinimalNet, sets: dict[str, Sequences]) -> dic
     share of each ReLU layer (``live``: the smallest; when a layer's share falls towards 0 it
     goes silent and passes almost no gradient), the logit spread (the mean over labels of the
     logits' standard deviation across test sequences: 0 when the output no longer depends on
-    the input) and the three biases. One forward pass per set, reused by every measure."""
+    the input) and the three biases. One forward pass per set, reused by every measure; with
+    only some sets given (``"test"`` among them), the measures of the others are left out."""
+    if "test" not in sets:
+        raise ValueError(f"measure needs the test set; got {sorted(sets)}")
     passes = {name: readout(model, s) for name, s in sets.items()}
     out = {name: float((passes[name][0].argmax(-1) == s.target).float().mean())
            for name, s in sets.items()}
     logits, acts = passes["test"]
     out["loss"] = float(nn.functional.cross_entropy(logits, sets["test"].target))
-    out.update(progress_measures(model, sets["IC"], passes["IC"][0].argmax(-1)))
+    if "IC" in sets:
+        out.update(progress_measures(model, sets["IC"], passes["IC"][0].argmax(-1)))
     live = [float((a > 0).float().mean()) for a in acts]
     out.update({f"live{i}": v for i, v in enumerate(live, 1)})
     out["live"] = min(live)
@@ -606,7 +610,7 @@ def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None
                optimizer: str | None = None, lr: float | None = None, batch: int | None = None,
                steps: int | None = None, eval_every: int | None = None, cache_name: str | None = None,
                net: str = "full", scalar_optimizer: Mapping[str, Any] | None = None,
-               desc: str = "induction net") -> list[Run]:
+               measured: Sequence[str] | None = None, desc: str = "induction net") -> list[Run]:
     """Train one network per (seed, data variant) as one batched ensemble, through the cache.
 
     ``variants`` overrides data fields of ``cfg`` per member (e.g. ``{"K": 512, "B": 4}``).
@@ -615,6 +619,8 @@ def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None
     (:class:`InductionNet`) or ``"minimal"`` (:class:`MinimalNet`). ``scalar_optimizer``
     (minimal model only), e.g. ``{"optimizer": "sgd", "lr": 0.3}``, trains the three scalars
     ``beta1, alpha, beta2`` with another optimizer than the classifier (no weight decay on them).
+    ``measured`` names the evaluation sets measured at each checkpoint (default: all; ``("test",)``
+    for the loss and the classifier's activity only); it changes no training step.
     """
     nets = {"full": InductionNet, "minimal": MinimalNet}
     if net not in nets:
@@ -646,10 +652,10 @@ def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None
     def on_checkpoint(step: int, members: list[nn.Module]) -> dict:
         out = []
         for m, st in zip(members, sets):
-            row = measure(m, st)
+            row = measure(m, st if measured is None else {k: st[k] for k in measured})
             if isinstance(m, MinimalNet):
                 row.update({k: getattr(m, k).item() for k in ("beta1", "alpha", "beta2")})
-            if isinstance(m, InductionNet):  # both maps of the first IC sequence, for figures
+            if isinstance(m, InductionNet) and (measured is None or "IC" in measured):  # maps, for figures
                 with torch.no_grad():
                     a1, a2 = m.attention(st["IC"].tokens[:1])
                 row["maps"] = {"att1": a1[0].round(decimals=4).tolist(),
@@ -657,18 +663,21 @@ def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None
             out.append(row)
         return {"members": out}
 
+    samplers = [sampler(t, c) for t, c in zip(tasks, cfgs)]
+    gens = [runtime.generator(s + 7919) for s in seeds]
+    common = dict(steps=steps, checkpoint_every=eval_every, desc=desc, log_every=max(1, eval_every // 4),
+                  param_groups=groups, **opt)
     def run() -> dict:
-        return train.train(models, cross_entropy, [sampler(t, c) for t, c in zip(tasks, cfgs)],
-                           steps=steps, generators=[runtime.generator(s + 7919) for s in seeds],
-                           checkpoint_every=eval_every, on_checkpoint=on_checkpoint, desc=desc,
-                           log_every=max(1, eval_every // 4), param_groups=groups, **opt)
+        return train.train(models, cross_entropy, samplers, generators=gens,
+                           on_checkpoint=on_checkpoint, **common)
 
     if cache_name is None:
         history = run()
     else:
         history = train.cached_training("03", cache_name, cfg, models, run, seeds=list(seeds),
                                         variants=variants, net=net, steps=steps, batch=batch, **opt,
-                                        **({} if groups is None else {"scalar_optimizer": dict(scalar_optimizer)}))
+                                        **({} if groups is None else {"scalar_optimizer": dict(scalar_optimizer)}),
+                                        **({} if measured is None else {"measured": list(measured)}))
     runs = []
     for i, (c, s, t, st, m) in enumerate(zip(cfgs, seeds, tasks, sets, models)):
         hist = [dict(cp["members"][i], step=cp["step"]) for cp in history["checkpoints"]]
@@ -685,24 +694,27 @@ def _to(seqs: Sequences, device: torch.device) -> Sequences:
 # ---------------------------------------------------------------------------------------------
 
 
-def pheno_loss(beta1: torch.Tensor, alpha: torch.Tensor, xi: torch.Tensor, N: int, L: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pheno_loss(beta1: torch.Tensor, alpha: torch.Tensor, xi: torch.Tensor, N: int,
+               L: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss, p(correct) and p(some context label) of the phenomenological model (reconstructed).
 
     With ``s1 = sigmoid(beta1)`` (layer 1 copies the previous item) and
     ``a2 = exp(alpha s1) / (exp(alpha s1) + N - 1)`` (layer 2 finds the matching label), the
     correct label's logit is ``xi a2``, the other ``N - 1`` context labels' ``xi (1 - a2)/(N - 1)``
     and the ``L - N`` absent labels' 0; ``xi`` is how well the read-out separates label vectors.
-    The loss is the cross-entropy of the correct label. Broadcasts over its tensor arguments.
+    The loss is the cross-entropy of the correct label. Broadcasts over its tensor arguments,
+    ``L`` included (one value per row of a batch of descents; ``L = N`` has no absent labels).
     """
-    if not 1 <= N <= L:
+    L_t = torch.as_tensor(L, dtype=torch.float64)
+    if not (1 <= N and bool((L_t >= N).all())):
         raise ValueError(f"need 1 <= N <= L, got N={N}, L={L}")
     s1 = torch.sigmoid(beta1)
     a2 = torch.exp(alpha * s1) / (torch.exp(alpha * s1) + (N - 1))
     correct = xi * a2
     other = xi * (1 - a2) / max(N - 1, 1)
+    absent = torch.where(L_t > N, torch.log((L_t - N).clamp_min(1)), torch.tensor(-math.inf, dtype=torch.float64))
     parts = [correct, other + math.log(N - 1) if N > 1 else None,
-             torch.full_like(correct, math.log(L - N)) if L > N else None]
+             absent.to(correct.dtype) if bool((L_t > N).any()) else None]
     log_z = torch.logsumexp(torch.stack(torch.broadcast_tensors(*[p for p in parts if p is not None])), 0)
     loss = log_z - correct
     p_context = torch.exp(torch.logsumexp(torch.stack(torch.broadcast_tensors(
@@ -728,25 +740,38 @@ def pheno_descent(N: int, L: int, *, steps: int, lr: float,
     Returns arrays over steps ``0..steps``: ``beta1``, ``alpha``, ``xi``, ``loss``, ``p_correct``,
     ``p_context``.
     """
+    return pheno_descents(N, [L], steps=steps, lr=lr, start=start, optimizer=optimizer)[0]
+
+
+def pheno_descents(N: int, Ls: Sequence[int], *, steps: int, lr: float,
+                   start: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                   optimizer: str = "gd") -> list[dict[str, np.ndarray]]:
+    """:func:`pheno_descent` for each ``L`` of ``Ls`` at once, as one batched computation (the
+    descents are independent: each row's gradient is its own, and Adam is elementwise)."""
     if steps < 1 or lr <= 0:
         raise ValueError(f"need steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
     if optimizer not in ("gd", "adam"):
         raise ValueError(f"optimizer must be 'gd' or 'adam', got {optimizer!r}")
-    p = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    if not Ls:
+        raise ValueError("need at least one L")
+    L_t = torch.tensor([float(L) for L in Ls], dtype=torch.float64)
+    p = torch.tensor([list(start)] * len(Ls), dtype=torch.float64, requires_grad=True)
     adam = torch.optim.Adam([p], lr=lr) if optimizer == "adam" else None
     rows = []
-    for _ in range(steps + 1):
-        loss, pc, pctx = pheno_loss(p[0], p[1], p[2], N, L)
-        rows.append([*p.detach().tolist(), loss.item(), pc.item(), pctx.item()])
-        (grad,) = torch.autograd.grad(loss, p)
-        if adam is not None:
-            p.grad = grad
-            adam.step()
-            continue
-        with torch.no_grad():
-            p -= lr * grad
-    arr = np.array(rows)
-    return {k: arr[:, i] for i, k in enumerate(["beta1", "alpha", "xi", "loss", "p_correct", "p_context"])}
+    with runtime.threads(1):                     # a few scalars: threads only add overhead
+        for _ in range(steps + 1):
+            loss, pc, pctx = pheno_loss(p[:, 0], p[:, 1], p[:, 2], N, L_t)
+            rows.append(torch.cat([p.detach(), torch.stack([loss, pc, pctx], 1).detach()], 1))
+            (grad,) = torch.autograd.grad(loss.sum(), p)
+            if adam is not None:
+                p.grad = grad
+                adam.step()
+                continue
+            with torch.no_grad():
+                p -= lr * grad
+    arr = torch.stack(rows).numpy()              # (steps + 1, len(Ls), 6)
+    keys = ["beta1", "alpha", "xi", "loss", "p_correct", "p_context"]
+    return [{k: arr[:, j, i] for i, k in enumerate(keys)} for j in range(len(Ls))]
 
 
 def first_crossing(values: np.ndarray, level: float, steps: np.ndarray | None = None) -> float:

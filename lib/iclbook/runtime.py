@@ -26,8 +26,9 @@ import hashlib
 import json
 import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -72,6 +73,21 @@ def device() -> torch.device:
             raise ValueError(f"ICLBOOK_DEVICE={forced!r} but CUDA is not available here")
         return dev
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` CPU threads for torch, then restore the previous count. Models of a
+    few thousand parameters train faster on one thread than on two (the ops are too small to
+    split; ``benchmarks/README.md``)."""
+    if n < 1:
+        raise ValueError(f"need n >= 1 threads, got {n}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(value: int) -> torch.Generator:
