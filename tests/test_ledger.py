@@ -186,3 +186,14 @@ def test_keep_other_chapters_merges_a_partial_seed_run():
     assert merged["seconds"] == {"01": {"0": 1.0}, "03": {"0": 2.0}}
     other = dict(old, seeds=[0, 1, 2])
     assert seeds.keep_other_chapters(dict(new), other)["chapters"] == {"03": {"new": {}}}
+
+
+def test_runtime_line_reads_the_seed_run(tmp_path):
+    path = tmp_path / "seeds-book.json"
+    assert "benchmarks/README.md" in ledger.runtime_line("02", path)          # no seed table here
+    path.write_text(json.dumps({"profile": "book", "machine": "x86_64, 2 CPUs", "created": "2026-12-03T12:09",
+                                "seconds": {"02": {"0": 170.2, "1": 176.1, "2": 149.1, "3": 142.1}},
+                                "kept": {"01": {"created": "2026-11-30T10:00"}}}))
+    line = ledger.runtime_line("02", path)
+    assert "about 160 s at the book profile" in line and "median of 4 seeds" in line and "2026-12-03" in line
+    assert "not in the seed run" in ledger.runtime_line("04", path)

@@ -577,6 +577,24 @@ def seed_run_summary(seeds: Mapping[str, Any]) -> str:
             + (f"; {about}" if about else "") + earlier + "." + dropped)
 
 
+def runtime_line(chapter: str, path: str | Path = Path("records") / "seeds-book.json") -> str:
+    """One line for a chapter's opening: how long the whole chapter took in the committed seed
+    run (the median over its seeds, robust to a run slowed by other work on the machine). The seed table
+    lives beside the book, so outside a checkout (Colab) the line says where to look instead."""
+    path = Path(path)
+    if not path.exists():
+        return "Run time: see benchmarks/README.md of the book's repository."
+    seeds = json.loads(path.read_text())
+    secs = sorted((seeds.get("seconds") or {}).get(chapter, {}).values())
+    if not secs:
+        return f"Run time: chapter {chapter} is not in the seed run ({path}); see benchmarks/README.md."
+    created = ((seeds.get("kept") or {}).get(chapter) or {}).get("created") or seeds.get("created")
+    mid = secs[len(secs) // 2] if len(secs) % 2 else (secs[len(secs) // 2 - 1] + secs[len(secs) // 2]) / 2
+    return (f"Run time: about {mid:.0f} s at the {seeds['profile']} profile on {seeds.get('machine', 'this machine')} "
+            f"(median of {len(secs)} seeds in the seed run of {str(created)[:10]}); "
+            "the paper profile on a GPU: benchmarks/README.md.")
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line: refresh the committed record of expected verdicts
 # ---------------------------------------------------------------------------------------------

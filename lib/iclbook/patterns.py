@@ -43,7 +43,7 @@ class Config:
     M2: int = 24  # IDI patterns
     d_Y: int = 4  # label-embedding size (rec.)
     beta: float = 1.0  # norm of the relevant patterns
-    kappa: float = 0.5  # noise coefficient kappa ~ U(-kappa, kappa) (rec.)
+    kappa: float = 0.5  # the bound K of the noise coefficient: kappa ~ U(-K, K) (reconstructed)
     alpha: float = 0.8  # fraction of contexts carrying the task's patterns (training)
     l_train: int = 20  # training context length
     m: int = 64  # MLP neurons (rec.)
