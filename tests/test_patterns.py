@@ -188,3 +188,11 @@ def test_progress_measures_are_json_ready():
     json.dumps(m)
     assert abs(m["q_gain_pattern"] - CFG.init_attn) < 1e-6 and abs(m["q_gain_noise"] - CFG.init_attn) < 1e-6
     assert len(m["label_angle"]) == CFG.m
+
+
+def test_training_split_refuses_a_share_below_the_theorems():
+    from iclbook import patterns as p
+
+    assert len(p.training_tasks(6)) == 15                       # half of the 30 tasks
+    with pytest.raises(ValueError, match="below the theorems"):
+        p.training_tasks(8)

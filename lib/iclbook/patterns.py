@@ -104,13 +104,21 @@ def all_tasks(M: int) -> torch.Tensor:
 
 
 def training_tasks(M: int) -> torch.Tensor:
-    """Half of the tasks, covering every pattern as both the + and the - pattern: ``(j, j+1)``
-    and ``(j, j+2)`` for every ``j``, and ``(j, j+3)`` for the first ``M // 2`` (indices mod M)."""
+    """Training tasks covering every pattern as both the + and the - pattern: ``(j, j+1)``
+    and ``(j, j+2)`` for every ``j``, and ``(j, j+3)`` for the first ``M // 2`` (indices mod M):
+    half of the ``M (M - 1)`` tasks at ``M = 6``. The theorems need a share of at least
+    ``(M - 1)^(-1/2)``; where this split falls short (``M >= 7``) it is an error, not a silently
+    weaker experiment."""
     if M < 4:
         raise ValueError(f"the training split needs M1 >= 4 patterns, got {M}")
     pairs = [(j, (j + s) % M) for s in (1, 2) for j in range(M)]
     pairs += [(j, (j + 3) % M) for j in range(M // 2)]
-    return torch.tensor(sorted(set(pairs)))
+    chosen = sorted(set(pairs))
+    share, need = len(chosen) / (M * (M - 1)), (M - 1) ** -0.5
+    if share < need:
+        raise ValueError(f"the training split covers {len(chosen)} of {M * (M - 1)} tasks ({share:.2f}), "
+                         f"below the theorems' (M1 - 1)^(-1/2) = {need:.2f} for M1 = {M}")
+    return torch.tensor(chosen)
 
 
 def in_domain(cfg: Config, split: str = "train") -> Domain:
