@@ -663,13 +663,11 @@ def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None
             out.append(row)
         return {"members": out}
 
-    samplers = [sampler(t, c) for t, c in zip(tasks, cfgs)]
-    gens = [runtime.generator(s + 7919) for s in seeds]
-    common = dict(steps=steps, checkpoint_every=eval_every, desc=desc, log_every=max(1, eval_every // 4),
-                  param_groups=groups, **opt)
     def run() -> dict:
-        return train.train(models, cross_entropy, samplers, generators=gens,
-                           on_checkpoint=on_checkpoint, **common)
+        return train.train(models, cross_entropy, [sampler(t, c) for t, c in zip(tasks, cfgs)],
+                           steps=steps, generators=[runtime.generator(s + 7919) for s in seeds],
+                           checkpoint_every=eval_every, on_checkpoint=on_checkpoint, desc=desc,
+                           log_every=max(1, eval_every // 4), param_groups=groups, **opt)
 
     if cache_name is None:
         history = run()

@@ -105,12 +105,10 @@ def best_lr(grid: Sequence[float], accs: Sequence[float]) -> float:
     return grid[min(range(len(grid)), key=lambda i: (-accs[i], grid[i]))]
 
 
-def choose_lr(model: nn.Module, task: tasks.Task, demos, grid: Sequence[float],
-              data: tasks.Dataset, max_len: int, codec: Codec = WORDS) -> tuple[float, list[float]]:
-    """The grid value whose finetuned model scores best (zero-shot) on ``data``; ties go to the
-    smaller learning rate."""
-    (accs,) = lr_search(model, task, demos, grid, [data], max_len, codec)
-    return best_lr(grid, accs), accs
+def sparse_search(cfg: Config, every: int) -> Config:
+    """``cfg`` with a cheaper selection for the side experiments: its first three demonstration
+    seeds and every ``every``-th learning rate of its grid."""
+    return replace(cfg, demo_seeds=cfg.demo_seeds[:3], lr_grid=cfg.lr_grid[::every])
 
 
 def evaluate_zif(model: nn.Module, tuned: nn.Module, test: tasks.Dataset, demos, record: bool,
@@ -391,7 +389,7 @@ def short_context(model: nn.Module, name: str, cfg: Config, seed: int, k: int = 
       strata: whether the query's class is among the demonstrations' classes, the difficulty that
       ICL and finetuning share);
     * the share of predictions that reordering the demonstrations changes, for ICL and SGD."""
-    short = replace(cfg, k=k, demo_seeds=cfg.demo_seeds[:3], lr_grid=cfg.lr_grid[::2])
+    short = replace(sparse_search(cfg, 2), k=k)
     run = run_task(model, name, short, seed, record=False, select_on_test=False)
     z, f, i = run.right["Z"], run.right["F"], run.right["I"]
     shown = {y for _, y in run.demos}
@@ -454,5 +452,4 @@ def cue_moved(model: nn.Module, name: str, cfg: Config, seed: int) -> TaskRun:
     fourth learning rate of the grid: the question is ICL's accuracy, FT's is context)."""
     data = tuple(tasks.make_dataset(name, n, seed, split=split, cue_last=False)
                  for n, split in ((cfg.pool, "train"), (cfg.n_dev, "dev"), (cfg.n_test, "test")))
-    short = replace(cfg, demo_seeds=cfg.demo_seeds[:3], lr_grid=cfg.lr_grid[::4])
-    return run_task(model, name, short, seed, record=False, select_on_test=False, data=data)
+    return run_task(model, name, sparse_search(cfg, 4), seed, record=False, select_on_test=False, data=data)

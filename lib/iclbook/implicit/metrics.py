@@ -89,10 +89,10 @@ def attention_softmax(scores: torch.Tensor) -> torch.Tensor:
 
 
 def kendall_tau(a, b) -> torch.Tensor:
-    """Kendall's tau-b between the last dimensions of ``a`` and ``b`` (``(..., N)``, N >= 2), one
-    ``scipy.stats.kendalltau`` call per row: ``(P - Q) / sqrt((P + Q + T_a) (P + Q + T_b))`` with
-    ``T`` the pairs tied in one ranking only. ``nan`` where a row is constant.
-    (A SciPy with ``axis=`` ranks all rows in one call; older ones, row by row.)"""
+    """Kendall's tau-b between the last dimensions of ``a`` and ``b`` (``(..., N)``, N >= 2), by
+    ``scipy.stats.kendalltau`` row by row (one call with ``axis=`` where SciPy has it):
+    ``(P - Q) / sqrt((P + Q + T_a) (P + Q + T_b))`` with ``T`` the pairs tied in one ranking only.
+    ``nan`` where a row is constant."""
     from scipy.stats import kendalltau
 
     a, b = torch.as_tensor(a), torch.as_tensor(b)
