@@ -71,7 +71,7 @@ def test_labels_follow_the_task_and_the_embedding():
     assert float(noise.max()) <= CFG.kappa + 1e-6
 
 
-def test_ood_patterns_have_coefficient_sum_S1():
+def test_ood_patterns_have_coefficient_sum_S1():  # the default (pair) construction
     dom = pt.out_of_domain(CFG, 1.3, gen(1))
     base = pt.in_domain(CFG, "all").relevant
     coef = dom.relevant @ base.T / CFG.beta**2  # coefficients on the IDR patterns
@@ -190,9 +190,97 @@ def test_progress_measures_are_json_ready():
     assert len(m["label_angle"]) == CFG.m
 
 
-def test_training_split_refuses_a_share_below_the_theorems():
-    from iclbook import patterns as p
+def test_training_splits():
+    import collections
 
-    assert len(p.training_tasks(6)) == 15                       # half of the 30 tasks
+    balanced = pt.training_tasks(6)
+    assert len(balanced) == 18                                   # shifts 1, 2, 3 for every pattern
+    for column in (0, 1):                                        # every pattern 3x positive, 3x negative
+        assert set(collections.Counter(balanced[:, column].tolist()).values()) == {3}
+    for M in range(4, 13):                                       # the balanced split meets the share for any M
+        assert len(pt.training_tasks(M)) / (M * (M - 1)) >= (M - 1) ** -0.5
+    uneven = pt.training_tasks(6, "uneven")
+    assert len(uneven) == 15 and collections.Counter(uneven[:, 0].tolist())[0] == 3
+    assert collections.Counter(uneven[:, 0].tolist())[5] == 2
     with pytest.raises(ValueError, match="below the theorems"):
-        p.training_tasks(8)
+        pt.training_tasks(8, "uneven")
+    with pytest.raises(ValueError, match="kind"):
+        pt.training_tasks(6, "random")
+    cfg = pt.Config(train_split="uneven")
+    assert len(pt.in_domain(cfg, "train").tasks) == 15 and len(pt.in_domain(cfg, "test").tasks) == 15
+
+
+@pytest.mark.parametrize("construction", pt.CONSTRUCTIONS)
+def test_ood_constructions_keep_S1_and_set_the_norm(construction):
+    base = pt.in_domain(CFG, "all").relevant
+    expected_norm = {"pair": 0.9 / math.sqrt(2), "single": 0.9, "unit": 1.0,
+                     "mixed": math.hypot(1.9, 1.0)}[construction]
+    dom = pt.out_of_domain(CFG, 0.9, gen(1), construction)
+    coef = dom.relevant @ base.T / CFG.beta**2
+    assert torch.allclose(coef.sum(1), torch.full((CFG.n_ood_relevant,), 0.9), atol=1e-6)
+    assert torch.allclose(dom.relevant.norm(dim=1), torch.full((CFG.n_ood_relevant,), expected_norm), atol=1e-6)
+    gram = dom.relevant @ dom.relevant.T                         # distinct ODR patterns stay orthogonal
+    assert torch.allclose(gram - torch.diag(torch.diag(gram)), torch.zeros_like(gram), atol=1e-6)
+
+
+def test_ood_construction_bad_inputs():
+    with pytest.raises(ValueError, match="sqrt"):
+        pt.ood_coefficients(1.5, "unit")
+    with pytest.raises(ValueError, match="construction"):
+        pt.ood_coefficients(1.0, "triple")
+
+
+def test_no_match_floor_matches_the_sampler():
+    for alpha, l in ((0.4, 6), (0.8, 3)):
+        p = big_batch(alpha=alpha, l=l, n=40000, seed=5)
+        empirical = 0.5 * float((p.same.sum(1) == 0).float().mean())
+        assert abs(empirical - pt.no_match_floor(alpha, l)) < 0.005
+    assert pt.no_match_floor(1.0, 0) == 0.5
+    with pytest.raises(ValueError):
+        pt.no_match_floor(1.5, 3)
+
+
+def test_vectorised_knn_matches_scikit_learn():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    cfg = pt.Config(kappa=1.5)                                   # noisy: the neighbours are not trivial
+    p = pt.sample_prompts(pt.out_of_domain(cfg, 1.1, gen(2)), 60, alpha=0.6, l=7, cfg=cfg, generator=gen(3))
+    x, xq = p.tokens[:, :-1, : cfg.d_X].double().numpy(), p.tokens[:, -1, : cfg.d_X].double().numpy()
+    y = p.labels.numpy()
+    for k in (1, 3):
+        ours = pt.knn_predict(x, y, xq, k)
+        for i in range(len(y)):
+            if len(set(y[i].tolist())) > 1:
+                ref = KNeighborsClassifier(n_neighbors=k).fit(x[i], y[i]).predict(xq[i: i + 1])[0]
+                assert ours[i] == ref, (k, i)
+    fast, slow = pt.classical_errors(p, cfg), pt.classical_errors(p, cfg, pt.classical_classifiers())
+    assert fast == slow
+
+
+def test_separation_auc_and_initial_activity():
+    assert pt.separation_auc([3, 4, 1, 2], [True, True, False, False]) == 1.0
+    assert pt.separation_auc([1, 2, 3, 4], [True, True, False, False]) == 0.0
+    assert pt.separation_auc([1, 1, 1, 1], [True, False, True, False]) == 0.5
+    with pytest.raises(ValueError):
+        pt.separation_auc([1, 2], [True, True])
+    p = big_batch(n=200)
+    act = pt.initial_activity(CFG, 0, p)
+    assert act.shape == (CFG.m,) and float(act.min()) >= 0 and float(act.max()) <= 1
+    direct = (pt.OneLayerICL(CFG, seed=0).hidden(p.tokens) > 0).float().mean(0)
+    assert torch.equal(act, direct)
+
+
+def test_forward_matches_the_papers_contraction_order():
+    """The model computes p_i^T (W_K^T W_Q p_q) and W_O W_V (sum_i attn_i p_i); the paper writes
+    (W_K p_i)^T (W_Q p_q) and W_O sum_i (W_V p_i) attn_i: the same function."""
+    torch.manual_seed(0)
+    model = pt.OneLayerICL(CFG, seed=1)
+    with torch.no_grad():
+        for W in (model.W_Q, model.W_K, model.W_V):
+            W.add_(0.3 * torch.randn_like(W))
+    p = big_batch(n=50, l=9)
+    q, k = p.tokens[:, -1] @ model.W_Q.T, p.tokens[:, :-1] @ model.W_K.T
+    att = torch.softmax(torch.einsum("nld,nd->nl", k, q), -1)
+    hidden = torch.einsum("nl,nld->nd", att, p.tokens[:, :-1] @ model.W_V.T) @ model.W_O.T
+    assert torch.allclose(model.attention(p.tokens), att, atol=1e-6)
+    assert torch.allclose(model.hidden(p.tokens), hidden, atol=1e-6)
