@@ -35,13 +35,48 @@ def test_pair_in_sync_and_output_free(md):
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
 def test_colab_cell(md):
-    """The first code cell installs the library only in Colab, pinned to this version's tag."""
+    """The first code cell installs the library only in Colab (or where ICLBOOK_INSTALL names a
+    target, as `make colab` does), pinned to this version's tag."""
     nb = jupytext.read(md)
     first = next(c for c in nb.cells if c.cell_type == "code")
     assert "remove-cell" in first.metadata.get("tags", [])
-    assert 'if "google.colab" in sys.modules:' in first.source
+    assert 'if "google.colab" in sys.modules or os.environ.get("ICLBOOK_INSTALL"):' in first.source
+    assert 'os.environ.get("ICLBOOK_INSTALL") or "iclbook @ ' in first.source
+    assert '%pip install -q "$ICLBOOK_TARGET"' in first.source
     tags = re.findall(r"@v([0-9][^#\s\"]*)#subdirectory=lib", first.source)
     assert tags == [iclbook.__version__], f"the Colab cell pins {tags}, the library is {iclbook.__version__}"
+
+
+def test_badges_and_install_targets_follow_the_config():
+    """One place for the repository URL (_config.yml) and the tag (the library's version): every
+    badge and install target agrees with them. Fix with `python .ci/links.py` and `make sync`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("links", ROOT / ".ci" / "links.py")
+    links = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(links)
+    assert links.problems() == []
+
+
+def test_links_check_catches_a_stale_badge(tmp_path):
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("links", ROOT / ".ci" / "links.py")
+    links = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(links)
+    (tmp_path / "book").mkdir()
+    (tmp_path / "lib/iclbook").mkdir(parents=True)
+    shutil.copy(ROOT / "_config.yml", tmp_path)
+    shutil.copy(ROOT / "lib/iclbook/__init__.py", tmp_path / "lib/iclbook")
+    shutil.copy(CHAPTERS[0], tmp_path / "book")
+    assert links.problems(tmp_path) == []
+    cfg = (tmp_path / "_config.yml").read_text().replace("icl-mechanistically/icl-book", "someone/fork")
+    (tmp_path / "_config.yml").write_text(cfg)
+    assert len(links.problems(tmp_path)) == 2                   # the badge and the install target
+    links.rewrite(tmp_path)
+    assert links.problems(tmp_path) == []
+    assert "someone/fork@v" in (tmp_path / "book" / CHAPTERS[0].name).read_text()
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)

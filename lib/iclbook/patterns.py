@@ -244,17 +244,14 @@ def sample_prompts(domain: Domain, n: int, *, alpha: float, l: int, cfg: Config,
     random_sign = torch.randint(0, 2, (n, l), generator=g) * 2 - 1
     labels = torch.where(pattern == a[:, None], 1, torch.where(pattern == b[:, None], -1, random_sign))
 
-    def inputs(p: torch.Tensor) -> torch.Tensor:
-        k = torch.randint(domain.irrelevant.shape[0], p.shape, generator=g)
-        kappa = (torch.rand(p.shape, generator=g) * 2 - 1) * cfg.kappa
-        return domain.relevant[p] + kappa.unsqueeze(-1) * domain.irrelevant[k]
-
-    q = torch.zeros(cfg.d_Y)
-    q[0] = 1.0
-    ctx = torch.cat([inputs(pattern), labels.unsqueeze(-1).float() * q], dim=-1)
-    query = torch.cat([inputs(query_pattern), torch.zeros(n, cfg.d_Y)], dim=-1)
-    return Prompts(torch.cat([ctx, query.unsqueeze(1)], dim=1), z.float(),
-                   pattern == query_pattern[:, None], labels)
+    # inputs mu_j + kappa nu_k of the contexts and the query, drawn together (one gather)
+    every = torch.cat([pattern, query_pattern[:, None]], dim=1)  # (n, l + 1)
+    k = torch.randint(domain.irrelevant.shape[0], every.shape, generator=g)
+    kappa = (torch.rand(every.shape, generator=g) * 2 - 1) * cfg.kappa
+    x = domain.relevant[every] + kappa.unsqueeze(-1) * domain.irrelevant[k]
+    y = torch.zeros(n, l + 1, cfg.d_Y)  # label embedding +-q with q = e_1; the query's is 0
+    y[:, :l, 0] = labels.float()
+    return Prompts(torch.cat([x, y], dim=-1), z.float(), pattern == query_pattern[:, None], labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +306,13 @@ def hinge(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.T
     """The paper's loss ``mean(max(0, 1 - z F))``."""
     tokens, z = batch
     return torch.clamp(1 - z * model(tokens), min=0).mean()
+
+
+@torch.no_grad()
+def error(model: OneLayerICL, prompts: Prompts) -> float:
+    """Classification error ``P(sign F != z)`` alone (what :func:`evaluate` reports, without
+    the attention pass): for evaluations inside a training loop."""
+    return float((torch.sign(model(prompts.tokens)) != prompts.z).float().mean())
 
 
 @torch.no_grad()
@@ -503,11 +507,29 @@ def knn_predict(x: np.ndarray, y: np.ndarray, xq: np.ndarray, k: int) -> np.ndar
     return np.where(votes > 0, 1, -1)
 
 
-def classical_errors(prompts: Prompts, cfg: Config, classifiers: dict | None = None) -> dict[str, float]:
+def _fit_predict(make, x: np.ndarray, y: np.ndarray, xq: np.ndarray) -> np.ndarray:
+    """One classifier fitted per prompt of a chunk; a one-class context predicts its class."""
+    pred = np.empty(len(y), dtype=y.dtype)
+    for i in range(len(y)):
+        if (y[i] == y[i, 0]).all():
+            pred[i] = y[i, 0]
+            continue
+        clf = make()
+        if hasattr(clf, "n_neighbors"):
+            clf.set_params(n_neighbors=min(clf.n_neighbors, len(y[i])))
+        pred[i] = clf.fit(x[i], y[i]).predict(xq[i: i + 1])[0]
+    return pred
+
+
+def classical_errors(prompts: Prompts, cfg: Config, classifiers: dict | None = None, n_jobs: int = 2
+                     ) -> dict[str, float]:
     """Error of each classifier fitted per prompt on the context pairs ``(x_i, label_i)`` and
     applied to the query. A context with one label class only predicts that class; k-NN with
     fewer than k examples uses all of them. The default 1-NN and 3-NN run vectorised over the
-    prompts (:func:`knn_predict`, the same predictions as scikit-learn's, far faster)."""
+    prompts (:func:`knn_predict`, the same predictions as scikit-learn's, far faster); the other
+    fits are spread over ``n_jobs`` processes (joblib), which changes nothing but the time."""
+    from joblib import Parallel, delayed
+
     vectorised = {"1-NN": 1, "3-NN": 3} if classifiers is None else {}
     classifiers = classifiers or classical_classifiers()
     x = prompts.tokens[:, :-1, : cfg.d_X].double().numpy()
@@ -515,23 +537,17 @@ def classical_errors(prompts: Prompts, cfg: Config, classifiers: dict | None = N
     y = prompts.labels.numpy()
     z = prompts.z.numpy()
     one_class = (y == y[:, :1]).all(1)
+    chunks = np.array_split(np.arange(len(z)), max(1, min(n_jobs, len(z))))
+    pool = Parallel(n_jobs=len(chunks)) if len(chunks) > 1 else None
     errors = {}
     for name, make in classifiers.items():
         if name in vectorised:
             pred = np.where(one_class, y[:, 0], knn_predict(x, y, xq, vectorised[name]))
-            errors[name] = float((pred != z).mean())
-            continue
-        wrong = 0
-        for i in range(len(z)):
-            if one_class[i]:
-                pred = y[i, 0]
-            else:
-                clf = make()
-                if hasattr(clf, "n_neighbors"):
-                    clf.set_params(n_neighbors=min(clf.n_neighbors, len(y[i])))
-                pred = clf.fit(x[i], y[i]).predict(xq[i: i + 1])[0]
-            wrong += int(pred != z[i])
-        errors[name] = wrong / len(z)
+        elif pool is None:
+            pred = _fit_predict(make, x, y, xq)
+        else:
+            pred = np.concatenate(pool(delayed(_fit_predict)(make, x[c], y[c], xq[c]) for c in chunks))
+        errors[name] = float((pred != z).mean())
     return errors
 
 

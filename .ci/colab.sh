@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `make colab`: run every chapter the way a reader's Colab session does.
+#   1. build the library's wheel from lib/ (what the release tag's install line would build);
+#   2. make a bare virtual environment with only what Colab ships, at today's versions: torch,
+#      numpy, scipy, matplotlib, seaborn, scikit-learn, tqdm, ipykernel (no iclbook, no
+#      jupyter-book, jupytext or nbval). torch is pinned to 2.13.0 only because that CPU wheel is
+#      on this machine's disk; an unpinned torch would pull a multi-GB CUDA build;
+#   3. execute every paired notebook at the smoke profile under nbval, in a kernel of that
+#      environment, with ICLBOOK_INSTALL pointing each chapter's own install cell at the wheel:
+#      the cell's logic runs, and the library and its declared dependencies must be enough.
+# nbval itself runs from the book's environment (.venv) and only drives the kernel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="$PWD/_build/colab"
+PY="${PYTHON:-python3}"
+rm -rf "$OUT"
+mkdir -p "$OUT"
+.venv/bin/python -m pip wheel -q --no-deps -w "$OUT/wheel" ./lib
+WHEEL="$(ls "$OUT"/wheel/iclbook-*.whl)"
+"$PY" -m venv "$OUT/venv"
+"$OUT/venv/bin/python" -m pip install -q --upgrade pip
+"$OUT/venv/bin/python" -m pip install -q torch==2.13.0 numpy scipy matplotlib seaborn scikit-learn tqdm ipykernel
+for absent in iclbook jupyter_book jupytext nbval; do
+  if "$OUT/venv/bin/python" -c "import $absent" 2>/dev/null; then
+    echo "the Colab-like environment must not have $absent" >&2; exit 1
+  fi
+done
+"$OUT/venv/bin/python" -m pip list --format=freeze > "$OUT/versions.txt"
+"$OUT/venv/bin/python" -m ipykernel install -q --prefix "$OUT/kernel" --name iclbook-colab
+JUPYTER_PATH="$OUT/kernel/share/jupyter" ICLBOOK_INSTALL="$WHEEL" \
+  .venv/bin/python -m pytest book --nbval-lax --nbval-kernel-name iclbook-colab -p no:cacheprovider "$@"
+# the cell really installed the wheel (not the book's editable copy)
+"$OUT/venv/bin/python" -c "import iclbook, sys; p = iclbook.__file__; print('iclbook from', p); sys.exit('.venv' in p or '/lib/iclbook' in p)"
