@@ -2,7 +2,7 @@
 # `make colab`: run every chapter the way a reader's Colab session does.
 #   1. build the library's wheel from lib/ (what the release tag's install line would build);
 #   2. make a bare virtual environment with only what Colab ships, at today's versions: torch,
-#      numpy, scipy, matplotlib, seaborn, scikit-learn, tqdm, ipykernel (no iclbook, no
+#      numpy, scipy, matplotlib, seaborn, scikit-learn, tqdm, ipykernel, transformers (no iclbook, no
 #      jupyter-book, jupytext or nbval). torch is pinned to 2.13.0 only because that CPU wheel is
 #      on this machine's disk; an unpinned torch would pull a multi-GB CUDA build;
 #   3. execute every paired notebook at the smoke profile under nbval, in a kernel of that
@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 WHEEL="$(ls "$OUT"/wheel/iclbook-*.whl)"
 "$PY" -m venv "$OUT/venv"
 "$OUT/venv/bin/python" -m pip install -q --upgrade pip
-"$OUT/venv/bin/python" -m pip install -q torch==2.13.0 numpy scipy matplotlib seaborn scikit-learn tqdm ipykernel
+"$OUT/venv/bin/python" -m pip install -q torch==2.13.0 numpy scipy matplotlib seaborn scikit-learn tqdm ipykernel transformers
 for absent in iclbook jupyter_book jupytext nbval; do
   if "$OUT/venv/bin/python" -c "import $absent" 2>/dev/null; then
     echo "the Colab-like environment must not have $absent" >&2; exit 1
