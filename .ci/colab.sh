@@ -26,7 +26,7 @@ for absent in iclbook jupyter_book jupytext nbval; do
   fi
 done
 "$OUT/venv/bin/python" -m pip list --format=freeze > "$OUT/versions.txt"
-"$OUT/venv/bin/python" -m ipykernel install -q --prefix "$OUT/kernel" --name iclbook-colab
+"$OUT/venv/bin/python" -m ipykernel install --prefix "$OUT/kernel" --name iclbook-colab >/dev/null
 JUPYTER_PATH="$OUT/kernel/share/jupyter" ICLBOOK_INSTALL="$WHEEL" \
   .venv/bin/python -m pytest book --nbval-lax --nbval-kernel-name iclbook-colab -p no:cacheprovider "$@"
 # the cell really installed the wheel (not the book's editable copy)
