@@ -27,7 +27,9 @@ book: $(STAMP)
 	@echo "The book is at $(OUT)/_build/html/index.html"
 
 ## make test: every test CI runs, from a clean slate: a strict build of the book at the book
-## profile (every chapter executed, every claim asserted), then the library's unit tests and the
+## profile (every chapter executed, every claim asserted), the built pages opened from disk in
+## headless Chromium without a network (math typeset, local images, the claims tables; Debian's
+## chromium is installed if missing), then the library's unit tests and the
 ## notebook sync test, then the Colab imitation (make colab): nbval on every paired notebook at
 ## the smoke profile, in a bare Colab-like environment that installs the library's wheel through
 ## each chapter's own install cell.
@@ -36,6 +38,9 @@ test: $(STAMP)
 	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
 		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
 		$(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/test
+	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+	$(BIN)/python .ci/offline_check.py _build/test/_build/html
 	ICLBOOK_PROFILE=smoke ICLBOOK_SEED=0 ICLBOOK_RECORDS=$(CURDIR)/_build/test/records ICLBOOK_REQUIRE_RECORDS=1 \
 		$(BIN)/python -m pytest tests -p no:cacheprovider
 	ICLBOOK_PROFILE=smoke ICLBOOK_CACHE=$(CURDIR)/_build/test/weights-smoke ICLBOOK_SEED=0 \

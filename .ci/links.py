@@ -35,13 +35,13 @@ def expected(md: Path, s: dict[str, str]) -> dict[str, str]:
     """What the chapter's badge and install target must read."""
     notebook = f"book/{md.stem}.ipynb"
     return {
-        "badge": f"[![Open In Colab]({s['colab']}/assets/colab-badge.svg)]"
-                 f"({s['colab']}/github/{s['slug']}/blob/{s['branch']}/{notebook})",
+        # a text link, not Colab's badge image: the image is remote and breaks in a book read offline
+        "badge": f"[Open this chapter in Colab]({s['colab']}/github/{s['slug']}/blob/{s['branch']}/{notebook})",
         "target": f"git+{s['url']}@{s['tag']}#subdirectory=lib",
     }
 
 
-BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
+BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)|\[Open this chapter in Colab\]\([^)]*\)")
 TARGET = re.compile(r"git\+https://github\.com/[^\s\"#@]+@[^\s\"#]+#subdirectory=lib")
 
 

@@ -1,0 +1,53 @@
+"""The offline reading check (.ci/offline_check.py) on DOMs written out by hand: it must pass a
+page whose formulas are typeset and whose images are local, and catch raw TeX, remote resources,
+missing images and a page without a claims table. (`make test` runs it on the real build, in
+headless Chromium.)"""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("offline_check", ROOT / ".ci" / "offline_check.py")
+oc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(oc)
+
+GOOD = """<html><head><script src="_static/mathjax/tex-chtml.js"></script></head><body>
+<p>Inline <span class="math notranslate nohighlight"><mjx-container jax="CHTML"><mjx-math></mjx-math></mjx-container></span></p>
+<div class="math notranslate nohighlight"><mjx-container display="true"></mjx-container></div>
+<img src="../_images/fig.png" alt="figure"><br>
+<table><thead><tr><th>claim</th><th>verdict</th></tr></thead><tbody><tr><td>x</td><td>reproduced</td></tr></tbody></table>
+</body></html>"""
+
+
+def check(tmp_path, dom, monkeypatch):
+    (tmp_path / "book").mkdir(exist_ok=True)
+    (tmp_path / "_images").mkdir(exist_ok=True)
+    (tmp_path / "_images" / "fig.png").write_bytes(b"png")
+    (tmp_path / "book" / "page.html").write_text("<html></html>")
+    monkeypatch.setattr(oc, "rendered_dom", lambda page: dom)
+    return oc.check_page(tmp_path, "book/page")
+
+
+def test_a_good_page_passes(tmp_path, monkeypatch):
+    assert check(tmp_path, GOOD, monkeypatch) == []
+
+
+def test_raw_tex_is_caught(tmp_path, monkeypatch):
+    raw = GOOD.replace('<mjx-container display="true"></mjx-container>', r"\[F = a^\top x\]")
+    assert check(tmp_path, raw, monkeypatch) == ["1 of 2 formulas not typeset (raw TeX on the page)"]
+
+
+def test_remote_and_missing_images_and_no_table(tmp_path, monkeypatch):
+    bad = (GOOD.replace("_static/mathjax/tex-chtml.js", "https://cdn.jsdelivr.net/npm/mathjax@3/tex-chtml.js")
+               .replace("../_images/fig.png", "../_images/gone.png")
+               .replace("<th>verdict</th>", "<th>result</th>")
+           + '<img src="https://colab.research.google.com/assets/colab-badge.svg">')
+    problems = check(tmp_path, bad, monkeypatch)
+    assert any("remote resource <script" in p for p in problems)
+    assert any("remote resource <img" in p for p in problems)
+    assert any("gone.png is not a file of the build" in p for p in problems)
+    assert any("no claims table" in p for p in problems)
+
+
+def test_a_missing_page_is_reported(tmp_path):
+    assert oc.check_page(tmp_path, "book/nowhere")[0].endswith("is missing")
