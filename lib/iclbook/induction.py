@@ -269,7 +269,8 @@ def sample(task: Task, n: int, cfg: Config, generator: torch.Generator, *, B: in
 
     all_classes = torch.cat([classes, query[:, None]], dim=1)
     all_novel = torch.cat([c_classes, c_query[:, None]], dim=1)
-    means = torch.where(novel[:, None, None], novel_mus[all_novel], task.mus[all_classes])
+    ids = torch.where(novel[:, None], all_novel + K, all_classes)  # rows of [known means; novel means]
+    means = torch.cat([task.mus, novel_mus])[ids]  # one gather instead of two and a where
     noise = torch.randn(n, N + 1, D, generator=g) * scale
     items = e_fac * (means + eps * noise)  # (n, N+1, D)
     labels_all = torch.where(novel[:, None], all_novel % L, all_classes % L)  # (n, N+1)
@@ -287,7 +288,6 @@ def sample(task: Task, n: int, cfg: Config, generator: torch.Generator, *, B: in
     shift = torch.randint(0, cfg.P - T + 1, (n,), generator=g)
     slots = shift[:, None] + torch.arange(T)
     tokens.scatter_(2, slots[:, :, None], 1.0)
-    ids = torch.where(novel[:, None], all_novel + K, all_classes)
     return Sequences(tokens=tokens, target=target, classes=ids[:, :N], query_class=ids[:, N],
                      context_labels=shown, novel=novel, bursty=bursty | novel, shift=shift)
 
