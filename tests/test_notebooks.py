@@ -47,24 +47,26 @@ def test_colab_cell(md):
     assert tags == [iclbook.__version__], f"the Colab cell pins {tags}, the library is {iclbook.__version__}"
 
 
+def _links():
+    """.ci/links.py, which is a script, not a module of the library."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("links", ROOT / ".ci" / "links.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_badges_and_install_targets_follow_the_config():
     """One place for the repository URL (_config.yml) and the tag (the library's version): every
     badge and install target agrees with them. Fix with `python .ci/links.py` and `make sync`."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("links", ROOT / ".ci" / "links.py")
-    links = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(links)
-    assert links.problems() == []
+    assert _links().problems() == []
 
 
 def test_links_check_catches_a_stale_badge(tmp_path):
-    import importlib.util
     import shutil
 
-    spec = importlib.util.spec_from_file_location("links", ROOT / ".ci" / "links.py")
-    links = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(links)
+    links = _links()
     (tmp_path / "book").mkdir()
     (tmp_path / "lib/iclbook").mkdir(parents=True)
     shutil.copy(ROOT / "_config.yml", tmp_path)
