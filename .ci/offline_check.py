@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 PAGES = ["book/01_nonlinear_icl", "book/02_implicit_finetuning", "book/03_induction_cliff",
-         "book/04_contextual_blocks", "book/claims"]
+         "book/04_contextual_blocks", "book/05_four_lenses", "book/claims"]
 BROWSER_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
                  "--virtual-time-budget=30000", "--dump-dom"]
 

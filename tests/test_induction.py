@@ -317,3 +317,88 @@ def test_batched_pheno_descents_equal_single_ones():
     with pytest.raises(ValueError):
         ind.pheno_descents(8, [4], steps=5, lr=0.01)
 
+
+
+# --- reading a learning curve (these decide ledger rows) ---------------------------------------
+
+
+def test_transition_of_a_plateau_then_a_jump():
+    steps = np.arange(0, 2001, 50.0)
+    acc = np.where(steps < 1000, 0.125, 0.99)
+    acc[:4] = [0.03, 0.06, 0.09, 0.12]          # a short climb from chance to the plateau
+    acc[(steps >= 1000) & (steps < 1200)] = [0.3, 0.5, 0.7, 0.85]
+    tr = ind.transition(steps, acc, 0.125)
+    assert tr["onset"] == 1000 and tr["t_top"] == 1200
+    assert tr["rise_ratio"] == pytest.approx(0.2)
+    assert tr["plateau_level"] == pytest.approx(0.125)
+    in_band = np.abs(acc - 0.125) <= 0.05
+    assert tr["plateau_fraction"] == pytest.approx(in_band.mean())
+    # in the band at steps 100..950 (18 points, 50 steps each) against 0.1/0.87 * 1200 for a line
+    assert tr["linger"] == pytest.approx(18 * 50 / (0.1 / 0.87 * 1200))
+
+
+def test_transition_of_a_straight_line_lingers_once_and_rises_slowly():
+    steps = np.arange(0, 10_001, 10.0)
+    acc = 0.9 * steps / 9000                     # reaches 0.9 at step 9000
+    tr = ind.transition(steps, acc, 0.125)
+    assert tr["linger"] == pytest.approx(1.0, abs=0.02)
+    assert tr["rise_ratio"] == pytest.approx((9000 - 2250) / 2250, rel=0.01)  # 3: gradual
+
+
+def test_transition_linger_does_not_depend_on_the_run_after_the_jump():
+    steps = np.arange(0, 1501, 50.0)
+    acc = np.where(steps < 600, 0.125, 0.99)
+    acc[0] = 0.03
+    long_steps = np.arange(0, 4001, 50.0)
+    long_acc = np.concatenate([acc, np.full(len(long_steps) - len(acc), 0.99)])
+    short, long_ = ind.transition(steps, acc, 0.125), ind.transition(long_steps, long_acc, 0.125)
+    assert short["linger"] == pytest.approx(long_["linger"])
+    assert short["plateau_fraction"] > long_["plateau_fraction"]  # the share does depend on it
+
+
+def test_transition_without_a_jump_and_bad_input():
+    steps = np.arange(0, 1001, 100.0)
+    tr = ind.transition(steps, np.full(steps.shape, 0.125), 0.125)
+    assert math.isnan(tr["onset"]) and math.isnan(tr["t_top"]) and math.isnan(tr["linger"])
+    with pytest.raises(ValueError, match="matching"):
+        ind.transition(steps, np.zeros(3), 0.125)
+    with pytest.raises(ValueError, match="increase"):
+        ind.transition(np.array([0.0, 100, 50]), np.zeros(3), 0.125)
+
+
+def test_half_rise_and_first_crossing():
+    steps = np.array([0, 100, 200, 300, 400.0])
+    assert ind.half_rise(steps, np.array([0.1, 0.1, 0.4, 0.9, 0.9])) == 300  # half of 0.1 -> 0.9 is 0.5
+    assert ind.half_rise(steps, np.array([0.1, 0.5, 0.5, 0.5, 0.9])) == 100
+    assert math.isnan(ind.first_crossing(np.array([0.1, 0.2]), 0.5))
+
+
+def test_context_label_baseline_is_B_over_N_on_bursty_sequences(task):
+    cfg = ind.CONFIGS["book"]
+    for B in (1, 2, 4):
+        seqs = ind.sample(task, 2000, cfg, torch.Generator().manual_seed(B), B=B, p_B=1.0, p_C=0.0)
+        assert ind.context_label_baseline(seqs) == pytest.approx(B / cfg.N, abs=1e-6)
+
+
+def test_calibration_summary_lines_and_empty_record():
+    rows = [{"lr": lr, "steps": st, "seed": s, "onset": on + 50 * s, "t_top": on + 150, "rise_ratio": 0.2 + 0.01 * s,
+             "linger": 3.0 + s, "plateau_fraction": 0.2, "IC": 0.99, "IC2": 0.98 - 0.01 * s, "IW": 0.05 + 0.01 * s}
+            for lr, st, on in ((1e-3, 2000, 600), (3e-4, 4000, 2000)) for s in range(3)]
+    lines = ind.calibration_summary({"rows": rows})
+    assert len(lines) == 2 and lines[0].startswith("Adam 0.0003, 4000 steps, 3 seeds: onset 2000-2100")
+    assert "rise/onset 0.20-0.22" in lines[1] and "linger 3.0-5.0" in lines[1]
+    assert "IC2 ≥ 0.960" in lines[1] and "IW ≤ 0.070" in lines[1]
+    with pytest.raises(ValueError, match="no rows"):
+        ind.calibration_summary({"rows": []})
+
+
+def test_committed_calibration_covers_the_book_step_and_seeds():
+    """The chapter prints book/records/calibration-ch03.json; it must be a run of the book
+    profile's step and seeds (rerun benchmarks/calibrate_induction.py after changing them)."""
+    import json
+    from pathlib import Path
+    record = json.loads((Path(__file__).resolve().parents[1] / "book" / "records" / "calibration-ch03.json").read_text())
+    assert record["schema"] == "iclbook.calibration/1" and record["eval_every"] == CFG.eval_every
+    assert CFG.lr in {r["lr"] for r in record["rows"]}
+    assert {r["seed"] for r in record["rows"]} == {1000 * record["seed"] + i for i in range(CFG.seeds)}
+    assert all(r["steps"] >= CFG.steps for r in record["rows"])

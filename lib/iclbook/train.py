@@ -241,19 +241,29 @@ def load_stacked(models: Sequence[nn.Module], state: dict[str, torch.Tensor]) ->
 
 
 def cached_training(chapter: str, name: str, config: Any, models: Sequence[nn.Module],
-                    run: Callable[[], dict[str, Any]], **extra: Any) -> dict[str, Any]:
+                    run: Callable[[], dict[str, Any]], *,
+                    extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
+                    **extra: Any) -> dict[str, Any]:
     """Train ``models`` through the trained-weight cache (:func:`iclbook.runtime.cached`).
 
     ``run()`` trains the models in place and returns the history. On a cache hit it is not
     called: the members' weights and the stored history are loaded instead. ``extra`` joins the
     cache key (seeds, steps...). The returned history has ``cached`` set to whether it hit.
+    ``extra_state()``, called after training, returns more tensors to keep with the weights
+    (e.g. snapshots at checkpoints); they come back, stored or loaded, as
+    ``history["extra_state"]``.
     """
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         history = run()
-        return stack_states(models), history
+        state = stack_states(models)
+        if extra_state is not None:
+            state.update({f"extra:{k}": v for k, v in extra_state().items()})
+        return state, history
 
     state, history, hit = runtime.cached(chapter, name, config, build, **extra)
     if hit:
-        load_stacked(models, state)
+        load_stacked(models, state)  # reads the "<member>." keys only
     history["cached"] = hit
+    if extra_state is not None:
+        history["extra_state"] = {k[len("extra:"):]: v for k, v in state.items() if k.startswith("extra:")}
     return history

@@ -33,28 +33,38 @@ def _check(x: torch.Tensor, name: str, dim: int) -> None:
         raise ValueError(f"{name} must have {dim} dimensions, got shape {tuple(x.shape)}")
 
 
+def _check_batched(x: torch.Tensor, name: str) -> None:
+    if x.dim() < 2:
+        raise ValueError(f"{name} must be (d, n) or a batch (..., d, n), got shape {tuple(x.shape)}")
+
+
 def zsl_weight(w_k: torch.Tensor, w_v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``W_ZSL = W_V X (W_K X)^T``, shape ``(d_v, d_k)``."""
-    _check(x, "X", 2)
-    return (w_v @ x) @ (w_k @ x).T
+    """``W_ZSL = W_V X (W_K X)^T``, shape ``(d_v, d_k)`` (``(..., d_v, d_k)`` for a batch of ``X``)."""
+    _check_batched(x, "X")
+    return (w_v @ x) @ (w_k @ x).transpose(-1, -2)
 
 
 def icl_update(w_k: torch.Tensor, w_v: torch.Tensor, x_demo: torch.Tensor) -> torch.Tensor:
-    """``dW_ICL = sum_i (W_V x'_i) outer (W_K x'_i)``, shape ``(d_v, d_k)``; empty ``X'`` gives 0."""
-    _check(x_demo, "X'", 2)
-    return (w_v @ x_demo) @ (w_k @ x_demo).T
+    """``dW_ICL = sum_i (W_V x'_i) outer (W_K x'_i)``, shape ``(d_v, d_k)`` (batched like
+    :func:`zsl_weight`); empty ``X'`` gives 0."""
+    _check_batched(x_demo, "X'")
+    return (w_v @ x_demo) @ (w_k @ x_demo).transpose(-1, -2)
 
 
 def relaxed_icl(w_k: torch.Tensor, w_v: torch.Tensor, x_demo: torch.Tensor, x: torch.Tensor,
                 q: torch.Tensor) -> dict[str, torch.Tensor]:
     """Linear attention of ``q`` over ``[X'; X]`` and its two parts (Eq. 11-12).
 
+    ``X'`` is ``(d, n')``, ``X`` ``(d, n)`` and ``q`` ``(d_k,)``, or batches of them with the
+    same leading dimensions (``(..., d, n')``, ``(..., d, n)``, ``(..., d_k)``: one prompt each).
     Returns ``attention`` (computed directly as ``W_V [X';X] (W_K [X';X])^T q``), ``zsl``
     (``W_ZSL q``), ``update`` (``dW_ICL q``), and the matrices ``W_ZSL`` and ``dW_ICL``."""
-    both = torch.cat([x_demo, x], dim=1)
-    direct = (w_v @ both) @ ((w_k @ both).T @ q)
+    both = torch.cat([x_demo, x], dim=-1)
+    col = q.unsqueeze(-1)
+    direct = ((w_v @ both) @ ((w_k @ both).transpose(-1, -2) @ col)).squeeze(-1)
     w0, dw = zsl_weight(w_k, w_v, x), icl_update(w_k, w_v, x_demo)
-    return {"attention": direct, "zsl": w0 @ q, "update": dw @ q, "W_ZSL": w0, "dW_ICL": dw}
+    return {"attention": direct, "zsl": (w0 @ col).squeeze(-1), "update": (dw @ col).squeeze(-1),
+            "W_ZSL": w0, "dW_ICL": dw}
 
 
 def ft_update(w_k: torch.Tensor, w_v: torch.Tensor, dw_k: torch.Tensor, dw_v: torch.Tensor,

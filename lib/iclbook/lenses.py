@@ -1,0 +1,200 @@
+"""Chapter 5: the four papers' lenses turned on one trained network, chapter 3's induction net.
+
+Each function takes an :class:`~iclbook.induction.InductionNet` (any checkpoint of it) and a
+batch of :class:`~iclbook.induction.Sequences`, and measures what one paper looks at. The
+pieces come from the other chapters' modules, one copy each:
+
+* Dherin et al. (chapter 4): the second attention layer with the classifier is a contextual
+  block; :func:`contextual_patch` builds Theorem 2.2's rank-1 patch of the classifier's first
+  weight matrix with :func:`iclbook.contextual.patches.rank_one_update` and checks it;
+* Dai et al. (chapter 2): :func:`dual_form_update` checks the linearised layer 2's dual form
+  (:func:`iclbook.implicit.dual_form.relaxed_icl`) and compares the attention-output update of
+  ICL with that of one finetuning step (:func:`iclbook.implicit.metrics.simaou`);
+* Li et al. (chapter 1): :func:`same_class_attention` and :func:`pruning_curve`
+  (:func:`iclbook.patterns.pruning_mask`);
+* Reddy (chapter 3): the progress measures of :func:`iclbook.induction.measure`, the time axis.
+
+Names: ``h`` is the residual stream after layer 1 ``(n, T, d)``; ``a_full = A(C, x)`` is layer
+2's output at the query with its context, ``a_red = A(x)`` the same layer on the query token
+alone (its attention is then 1 on itself), ``a_alone`` the query token alone through both
+layers (no context anywhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from iclbook import induction as ih
+from iclbook import patterns
+from iclbook.contextual.patches import rank_one_update
+from iclbook.implicit import dual_form, metrics
+
+
+@dataclass
+class Layer2:
+    """Layer 2 of an :class:`InductionNet` at the query, with and without its context."""
+
+    h: torch.Tensor        # (n, T, d) residual stream after layer 1
+    att2: torch.Tensor     # (n, T) the query's layer-2 attention
+    a_full: torch.Tensor   # (n, d) A(C, x)
+    a_red: torch.Tensor    # (n, d) A(x): the query token alone through layer 2
+    a_alone: torch.Tensor  # (n, d) the query token alone through both layers
+
+
+@torch.no_grad()
+def layer2(model: ih.InductionNet, tokens: torch.Tensor) -> Layer2:
+    """The pieces of :class:`Layer2` for ``tokens`` ``(n, T, d)``."""
+    if not isinstance(model, ih.InductionNet):
+        raise TypeError(f"the lenses read chapter 3's InductionNet, got {type(model).__name__}")
+    h, _ = model._layer1(tokens)
+    a_full, att2 = model._layer2_query(h)
+    a_red, _ = model._layer2_query(h[:, -1:])
+    h_alone, _ = model._layer1(tokens[:, -1:])
+    a_alone, _ = model._layer2_query(h_alone)
+    return Layer2(h=h, att2=att2, a_full=a_full, a_red=a_red, a_alone=a_alone)
+
+
+def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
+    return float((logits.argmax(-1) == target).double().mean())
+
+
+def repeat_query(seqs: ih.Sequences, offset: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sequence with its query replaced by a copy of another context item: the item ``offset``
+    places after the (first) item of the query's class, cyclically. Returns the tokens and the
+    label that item carries in the context (what in-context learning should answer). Used to ask
+    whether a patch built for one query acts on another query of the same context."""
+    match = (seqs.classes == seqs.query_class[:, None]).float().argmax(1)
+    N = seqs.classes.shape[1]
+    other = (match + offset) % N
+    tokens = seqs.tokens.clone()
+    rows = torch.arange(len(seqs))
+    item = tokens[rows, 2 * other].clone()                  # the item token, with its position slot
+    item[rows, seqs.shift + 2 * other] = 0.0                # drop the item's own position
+    item[rows, seqs.shift + tokens.shape[1] - 1] = 1.0      # and take the query's
+    tokens[:, -1] = item
+    return tokens, seqs.context_labels[rows, other]
+
+
+@torch.no_grad()
+def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 256) -> dict[str, float]:
+    """Dherin et al.'s lens: layer 2 + the classifier as a contextual block.
+
+    On the first ``n_patch`` sequences (float64 advised) it builds the patch
+    ``dW = (W1 (A(C,x) - A(x))) A(x)^T / ||A(x)||^2`` of the classifier's first weight ``W1``.
+
+    Returns ``identity_gap`` (largest ``|logits(W1 + dW; A(x)) - logits(W1; A(C,x))|`` over the
+    largest logit, an identity), ``patch_norm`` (mean ``||dW||_F / ||W1||_F``), ``selectivity``
+    (mean cosine of the patch's hidden shift ``W1 dA`` with the shift ``W1 V2 h_j`` that the
+    matching label token ``j`` would write, minus the mean cosine with the other label tokens),
+    and accuracies: ``full`` (the network), ``alone`` (the query without any context),
+    ``patched_alone`` (the patch applied to the query without any context: how much of ICL the
+    block's patch carries by itself), ``transfer`` / ``transfer_context`` (the patch built for
+    one query applied to another item of the same context, read alone through layer 2, against
+    the network on that item in context: does the patch act like weights learned for the
+    context?), ``transfer_original`` (how often the patched classifier on the other query gives
+    the original query's label instead).
+    """
+    mlp = model.mlp
+    part = layer2(model, seqs.tokens[:n_patch])
+    target = seqs.target[:n_patch]
+    dW = rank_one_update(mlp.w1, part.a_full, part.a_red)             # (n, width, d)
+    full = mlp(part.a_full)
+    patched = mlp(part.a_red, w1=mlp.w1 + dW)
+    gap = float((patched - full).abs().max() / full.abs().max().clamp_min(1e-300))
+
+    shift = (part.a_full - part.a_red) @ mlp.w1.T                     # (n, width) = W1 dA
+    label_shift = (part.h[:, 1:-1:2] @ model.v2.T) @ mlp.w1.T          # (n, N, width) = W1 V2 h_label
+    cos = metrics.cosine(shift.unsqueeze(1), label_shift)              # (n, N)
+    match = (seqs.classes[:n_patch] == seqs.query_class[:n_patch, None]).to(cos.dtype)
+    on = (cos * match).sum(1) / match.sum(1).clamp_min(1)
+    off = (cos * (1 - match)).sum(1) / (1 - match).sum(1).clamp_min(1)
+
+    alone = mlp(part.a_alone)
+    patched_alone = mlp(part.a_alone, w1=mlp.w1 + dW)
+
+    other_tokens, other_target = repeat_query(ih.Sequences(**{k: getattr(seqs, k)[:n_patch]
+                                                             for k in seqs.__dataclass_fields__}))
+    other = layer2(model, other_tokens)
+    return {
+        "identity_gap": gap,
+        "patch_norm": float((torch.linalg.matrix_norm(dW) / torch.linalg.matrix_norm(mlp.w1)).mean()),
+        "selectivity": float((on - off).mean()),
+        "cos_match": float(on.mean()),
+        "full": _accuracy(full, target),
+        "alone": _accuracy(alone, target),
+        "patched_alone": _accuracy(patched_alone, target),
+        "transfer": _accuracy(mlp(other.a_red, w1=mlp.w1 + dW), other_target),
+        "transfer_unpatched": _accuracy(mlp(other.a_red), other_target),
+        "transfer_original": _accuracy(mlp(other.a_red, w1=mlp.w1 + dW), target),
+        "transfer_context": _accuracy(mlp(other.a_full), other_target),
+    }
+
+
+@torch.no_grad()
+def dual_form_update(model: ih.InductionNet, seqs: ih.Sequences, n: int = 256, lr: float = 1e-3,
+                     generator: torch.Generator | None = None) -> dict[str, float]:
+    """Dai et al.'s lens on layer 2.
+
+    ``identity_gap``: the linearised layer 2 (softmax dropped) equals ``W_ZSL q + dW_ICL q``
+    (:func:`~iclbook.implicit.dual_form.relaxed_icl`), largest gap over the largest output, an
+    identity. ``simaou``: the mean SimAOU (the official code's normalised form) of the real
+    (softmax) update of layer 2's output at the query, ``A(C,x) - A(x)``, against the update one
+    finetuning step makes: plain gradient descent at ``lr`` on ``V2`` from the context's
+    item-label pairs, each shown alone as a query (one token, so its attention is 1 on itself
+    and only ``V2`` receives a gradient through layer 2), read at the query alone. The step is
+    small, so the cosine is that of the first-order update. ``simaou_random``: the paper's
+    random-update baseline. The untrained network (step 0 of the history) is the critics' other
+    baseline.
+    """
+    tokens = seqs.tokens[:n]
+    part = layer2(model, tokens)
+    # the dual form of the linearised layer 2, one prompt per sequence
+    hT = part.h.transpose(-1, -2)                                      # (n, d, T)
+    q = part.h[:, -1] @ model.q2.T                                     # (n, d)
+    dual = dual_form.relaxed_icl(model.k2, model.v2, hT[..., :-1], hT[..., -1:], q)
+    gap = float((dual["attention"] - dual["zsl"] - dual["update"]).abs().max()
+                / dual["attention"].abs().max().clamp_min(1e-300))
+    # one finetuning step on the context pairs: per sequence dV2 = -lr sum_j g_j h_j^T
+    N = seqs.classes.shape[1]
+    items = tokens[:, 0:2 * N:2]                                       # (n, N, d) context items
+    h_items, _ = model._layer1(items.reshape(-1, 1, items.shape[-1]))  # each item alone
+    h_items = h_items[:, 0]
+    with torch.enable_grad():
+        a = (h_items + h_items @ model.v2.T).detach().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model.mlp(a), seqs.context_labels[:n].reshape(-1),
+                                                 reduction="sum")
+        (g,) = torch.autograd.grad(loss, a)                            # dL/da = dL/d(V2 h) per pair
+    g, hi = g.reshape(len(tokens), N, -1), h_items.reshape(len(tokens), N, -1)
+    hq = part.h[:, -1]
+    ft_shift = -lr * torch.einsum("njd,nje,ne->nd", g, hi, hq)          # dV2 h_q
+    sim = metrics.simaou(part.a_full, part.a_red, part.a_red + ft_shift)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    rand = metrics.simaou_random(part.a_full, part.a_red, gen)
+    return {"identity_gap": gap, "simaou": float(sim.mean()), "simaou_sem": float(sim.std() / len(sim) ** 0.5) if len(sim) > 1 else float("nan"),
+            "simaou_random": float(rand.mean())}
+
+
+@torch.no_grad()
+def same_class_attention(model: ih.InductionNet, seqs: ih.Sequences) -> float:
+    """Li et al.'s attention lens: the share of the query's layer-2 attention on the context
+    tokens (items and their labels) of its own class."""
+    att2 = layer2(model, seqs.tokens).att2[:, :-1]                     # (n, 2N): item, label, ...
+    match = (seqs.classes == seqs.query_class[:, None]).to(att2.dtype).repeat_interleave(2, dim=1)
+    return float((att2 * match).sum(1).mean())
+
+
+@torch.no_grad()
+def pruning_curve(model: ih.InductionNet, seqs: ih.Sequences, rates: list[float], how: str = "magnitude",
+                  generator: torch.Generator | None = None) -> list[float]:
+    """Li et al.'s pruning lens: accuracy on ``seqs`` with a share ``rate`` of the classifier's
+    first-layer neurons silenced, by the norm of their input weights (``"magnitude"``: smallest
+    first, as Li et al. prune; ``"random"`` is the control)."""
+    z = model.query_state(seqs.tokens)
+    norms = model.mlp.w1.norm(dim=1)
+    out = []
+    for rate in rates:
+        mask = patterns.pruning_mask(norms, rate, how, generator).to(z.dtype)
+        out.append(_accuracy(model.mlp(z, mask1=mask), seqs.target))
+    return out

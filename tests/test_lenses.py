@@ -1,0 +1,163 @@
+"""Unit tests of chapter 5's lenses (lib/iclbook/lenses.py) and the library forms they added."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+from iclbook import induction as ih
+from iclbook import lenses
+from iclbook.implicit import dual_form
+
+SMALL = replace(ih.CONFIGS["book"], K=64, L=8, N=4, D=15, Nmax=8, K_c=16, n_eval=64)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    task = ih.make_task(SMALL, gen(0))
+    sets = ih.eval_sets(task, SMALL, gen(1))
+    model = ih.InductionNet(SMALL, gen(2)).double()
+    ic = sets["IC"]
+    ic = ih.Sequences(**{k: getattr(ic, k) for k in ic.__dataclass_fields__})
+    ic.tokens = ic.tokens.double()
+    return model, ic
+
+
+def test_layer2_pieces_are_the_networks(setup):
+    model, ic = setup
+    part = lenses.layer2(model, ic.tokens)
+    assert torch.allclose(model.mlp(part.a_full), model(ic.tokens), atol=1e-12)
+    q = part.h[:, -1]
+    assert torch.allclose(part.a_red, q + q @ model.v2.T, atol=1e-12)   # attention 1 on itself
+    alone = model(ic.tokens[:, -1:])
+    assert torch.allclose(model.mlp(part.a_alone), alone, atol=1e-12)
+    with pytest.raises(TypeError, match="InductionNet"):
+        lenses.layer2(ih.MinimalNet(SMALL, gen(0)), ic.tokens)
+
+
+def test_contextual_patch_identity_and_ranges(setup):
+    model, ic = setup
+    out = lenses.contextual_patch(model, ic, n_patch=32)
+    assert out["identity_gap"] < 1e-12
+    assert out["patch_norm"] > 0
+    assert -2 <= out["selectivity"] <= 2
+    assert out["full"] == pytest.approx(float((model(ic.tokens[:32]).argmax(-1) == ic.target[:32]).double().mean()))
+
+
+def test_patch_of_a_context_free_prompt_is_zero():
+    """With the query's own token as its only context-free reading, A(C,x) = A(x) when every
+    context token equals the query's (up to position): then the patch vanishes."""
+    model = ih.InductionNet(SMALL, gen(3)).double()
+    W = model.mlp.w1
+    a = torch.randn(5, SMALL.d, dtype=torch.float64, generator=gen(4))
+    from iclbook.contextual.patches import rank_one_update
+    assert rank_one_update(W, a, a).abs().max() == 0
+
+
+def test_repeat_query_puts_a_context_item_in_the_query_slot(setup):
+    _, ic = setup
+    tokens, target = lenses.repeat_query(ic, offset=1)
+    N, P = SMALL.N, SMALL.P
+    match = (ic.classes == ic.query_class[:, None]).float().argmax(1)
+    other = (match + 1) % N
+    rows = torch.arange(len(ic))
+    assert torch.equal(tokens[:, -1, P:], ic.tokens[rows, 2 * other, P:])
+    assert torch.equal(tokens[:, -1, :P].argmax(-1), ic.shift + 2 * N)   # the query's position slot
+    assert torch.equal(tokens[:, -1, :P].sum(-1), torch.ones(len(ic), dtype=tokens.dtype))
+    assert torch.equal(tokens[:, :-1], ic.tokens[:, :-1])
+    assert torch.equal(target, ic.context_labels[rows, other])
+
+
+def test_dual_form_identity_and_the_finetuning_step_by_autograd(setup):
+    model, ic = setup
+    lr = 1e-3
+    out = lenses.dual_form_update(model, ic, n=8, lr=lr)
+    assert out["identity_gap"] < 1e-12
+    # brute force for sequence 0: one SGD step on V2 from its context pairs, each item alone
+    m = copy.deepcopy(model)
+    N = SMALL.N
+    items = ic.tokens[0, 0:2 * N:2].unsqueeze(1)                  # (N, 1, d)
+    loss = torch.nn.functional.cross_entropy(m(items), ic.context_labels[0], reduction="sum")
+    (gv2,) = torch.autograd.grad(loss, m.v2)
+    part = lenses.layer2(model, ic.tokens[:1])
+    hq = part.h[0, -1]
+    ft_shift = -lr * gv2 @ hq
+    from iclbook.implicit import metrics
+    expected = metrics.simaou(part.a_full, part.a_red, part.a_red + ft_shift)
+    one = lenses.dual_form_update(model, ih.Sequences(**{k: getattr(ic, k)[:1] for k in ic.__dataclass_fields__}),
+                                  n=1, lr=lr)
+    assert one["simaou"] == pytest.approx(float(expected[0]), abs=1e-10)
+
+
+def test_same_class_attention_is_uniform_share_when_layer_two_is_blind(setup):
+    model, ic = setup
+    blind = copy.deepcopy(model)
+    with torch.no_grad():
+        blind.q2.zero_()                                           # every layer-2 logit 0
+    share = lenses.same_class_attention(blind, ic)
+    n_match = (ic.classes == ic.query_class[:, None]).sum(1).double()
+    assert share == pytest.approx(float((2 * n_match / SMALL.T).mean()), abs=1e-12)
+
+
+def test_pruning_curve_ends(setup):
+    model, ic = setup
+    acc = lenses.pruning_curve(model, ic, [0.0, 1.0])
+    assert acc[0] == pytest.approx(float((model(ic.tokens).argmax(-1) == ic.target).double().mean()))
+    z = model.query_state(ic.tokens)
+    silent = model.mlp(z, mask1=torch.zeros(model.mlp.w1.shape[0], dtype=z.dtype))
+    assert torch.allclose(silent, silent[:1].expand_as(silent))  # the output no longer depends on the input
+    assert acc[1] == pytest.approx(float((silent.argmax(-1) == ic.target).double().mean()))
+    with pytest.raises(ValueError, match="generator"):
+        lenses.pruning_curve(model, ic, [0.5], how="random")
+
+
+def test_classifier_takes_a_weight_per_input_and_a_mask(setup):
+    model, ic = setup
+    z = model.query_state(ic.tokens[:6])
+    mlp = model.mlp
+    batched = mlp.w1.expand(6, *mlp.w1.shape)
+    assert torch.allclose(mlp(z, w1=batched), mlp(z), atol=1e-12)
+    keep = torch.ones(mlp.w1.shape[0], dtype=z.dtype)
+    keep[:10] = 0
+    pruned_rows = mlp.w1.clone()
+    h = torch.relu(z @ pruned_rows.T + mlp.b1) * keep
+    assert torch.allclose(mlp.hidden(z, mask1=keep)[0], h)
+
+
+def test_relaxed_icl_batched_equals_one_prompt_at_a_time():
+    g = gen(5)
+    d, n_demo, n = 6, 4, 2
+    w_k, w_v = torch.randn(d, d, generator=g, dtype=torch.float64), torch.randn(d, d, generator=g, dtype=torch.float64)
+    xd, x = torch.randn(3, d, n_demo, generator=g, dtype=torch.float64), torch.randn(3, d, n, generator=g, dtype=torch.float64)
+    q = torch.randn(3, d, generator=g, dtype=torch.float64)
+    batched = dual_form.relaxed_icl(w_k, w_v, xd, x, q)
+    for b in range(3):
+        one = dual_form.relaxed_icl(w_k, w_v, xd[b], x[b], q[b])
+        for key in ("attention", "zsl", "update", "W_ZSL", "dW_ICL"):
+            assert torch.allclose(batched[key][b], one[key], atol=1e-12)
+    with pytest.raises(ValueError, match="batch"):
+        dual_form.zsl_weight(w_k, w_v, torch.zeros(d))
+
+
+def test_train_runs_keeps_weights_per_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICLBOOK_CACHE", str(tmp_path))
+    runs = ih.train_runs(SMALL, [0, 1], steps=4, eval_every=2, batch=8, keep_weights=True, cache_name="kw")
+    r = runs[1]
+    assert len(r.weights) == len(r.history) == 3
+    init = ih.InductionNet(SMALL, torch.Generator().manual_seed(1))
+    assert all(torch.equal(r.at(0).state_dict()[k], v) for k, v in init.state_dict().items())
+    assert all(torch.equal(r.weights[-1][k], v) for k, v in r.model.state_dict().items())
+    assert not torch.equal(r.weights[1]["q1"], r.weights[0]["q1"])
+    again = ih.train_runs(SMALL, [0, 1], steps=4, eval_every=2, batch=8, keep_weights=True, cache_name="kw")
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(again[1].weights, r.weights) for k in a)
+    plain = ih.train_runs(SMALL, [0, 1], steps=4, eval_every=2, batch=8)
+    assert plain[1].weights is None
+    with pytest.raises(ValueError, match="keep_weights"):
+        plain[1].at(0)
