@@ -204,7 +204,6 @@ def test_plots_band_and_style():
     with pytest.raises(ValueError):
         plots.band(ax, x, np.zeros((2, 5)), spread="iqr")
     plots.attention_map(ax, np.eye(3) / 1.0)
-    plots.sweep_heatmap(ax, np.ones((2, 3)), [1, 2], ["a", "b", "c"], row_label="r", col_label="c")
     plt.close(fig)
     assert len(plots.colors(4)) == 4
 
@@ -214,6 +213,26 @@ def test_cosine_schedule_and_bad_schedule():
     hist = train.train(m, loss_fn, sample, steps=100, lr=0.05, generators=runtime.generator(0),
                        schedule="cosine", log_every=50)
     assert hist["loss"][-1][0] < hist["loss"][0][0]
+
+    # the schedule itself: with a constant gradient, plain SGD moves a weight by the sum of the
+    # step sizes, lr * T under "constant" and lr * (T + 1) / 2 under the half cosine
+    class Slope(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def linear(model, batch):
+        return model.w * 1.0
+
+    T, lr = 40, 0.1
+    moved = {}
+    for schedule in ("constant", "cosine"):
+        m = Slope()
+        train.train(m, linear, lambda g: (torch.zeros(1),), steps=T, lr=lr, optimizer="sgd",
+                    generators=runtime.generator(0), schedule=schedule)
+        moved[schedule] = -float(m.w)
+    assert moved["constant"] == pytest.approx(lr * T, rel=1e-9)
+    assert moved["cosine"] == pytest.approx(lr * (T + 1) / 2, rel=1e-9)
     with pytest.raises(ValueError, match="schedule"):
         train.train(m, loss_fn, sample, steps=1, lr=0.1, generators=runtime.generator(0), schedule="step")
 

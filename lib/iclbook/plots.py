@@ -86,14 +86,3 @@ def attention_map(
         ax.set_title(title)
     return ax
 
-
-def sweep_heatmap(
-    ax: plt.Axes, values: np.ndarray, rows: Sequence, cols: Sequence, *,
-    row_label: str, col_label: str, fmt: str = ".2f", cmap: str = "rocket", **kw,
-) -> plt.Axes:
-    """Annotated heatmap of a sweep: ``values[i, j]`` for ``rows[i]`` x ``cols[j]``."""
-    sns.heatmap(np.asarray(values, dtype=float), ax=ax, annot=True, fmt=fmt, cmap=cmap,
-                xticklabels=list(cols), yticklabels=list(rows), cbar=False, **kw)
-    ax.set_xlabel(col_label)
-    ax.set_ylabel(row_label)
-    return ax

@@ -43,6 +43,7 @@ def rank_one_update(W: torch.Tensor, a_full: torch.Tensor, a_reduced: torch.Tens
     minimum-Frobenius-norm matrix with that property.
 
     Raises ValueError for mismatched shapes or a zero ``a_reduced`` (the patch is undefined).
+    The book shows this function beside the theorem (chapter 4, section "Theorem 2.2").
     """
     if W.dim() != 2:
         raise ValueError(f"W must be a matrix (h, m), got shape {tuple(W.shape)}")

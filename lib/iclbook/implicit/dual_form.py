@@ -58,7 +58,8 @@ def relaxed_icl(w_k: torch.Tensor, w_v: torch.Tensor, x_demo: torch.Tensor, x: t
     ``X'`` is ``(d, n')``, ``X`` ``(d, n)`` and ``q`` ``(d_k,)``, or batches of them with the
     same leading dimensions (``(..., d, n')``, ``(..., d, n)``, ``(..., d_k)``: one prompt each).
     Returns ``attention`` (computed directly as ``W_V [X';X] (W_K [X';X])^T q``), ``zsl``
-    (``W_ZSL q``), ``update`` (``dW_ICL q``), and the matrices ``W_ZSL`` and ``dW_ICL``."""
+    (``W_ZSL q``), ``update`` (``dW_ICL q``), and the matrices ``W_ZSL`` and ``dW_ICL``. The book
+    shows this function beside Eq. 11-12 (chapter 2, section "The dual form, exactly")."""
     both = torch.cat([x_demo, x], dim=-1)
     col = q.unsqueeze(-1)
     direct = ((w_v @ both) @ ((w_k @ both).transpose(-1, -2) @ col)).squeeze(-1)
