@@ -230,7 +230,7 @@ def test_cosine_schedule_and_bad_schedule():
         m = Slope()
         train.train(m, linear, lambda g: (torch.zeros(1),), steps=T, lr=lr, optimizer="sgd",
                     generators=runtime.generator(0), schedule=schedule)
-        moved[schedule] = -float(m.w)
+        moved[schedule] = -float(m.w.detach())
     assert moved["constant"] == pytest.approx(lr * T, rel=1e-9)
     assert moved["cosine"] == pytest.approx(lr * (T + 1) / 2, rel=1e-9)
     with pytest.raises(ValueError, match="schedule"):
