@@ -460,3 +460,17 @@ def test_pool_short_weights_rates_by_fixed_examples():
     assert p["acc"]["I"] == pytest.approx(2 / 3) and p["flips"]["ICL"] == pytest.approx(0.7 / 3)
     with pytest.raises(ValueError):
         ex.pool_short([])
+
+
+def test_seeded_builders_leave_the_callers_random_stream_alone():
+    """untrained_like seeds its own initialisation (issue 20: no global reseeding in the library)."""
+    from iclbook.implicit import experiment as ex
+
+    model = tinylm.TinyLM(tinylm.LMConfig(layers=1))
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    a = ex.untrained_like(model, seed=5)
+    assert torch.equal(torch.rand(4), expected)
+    b = ex.untrained_like(model, seed=5)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

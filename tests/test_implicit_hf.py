@@ -236,3 +236,13 @@ def test_batches_shrink_for_long_prompts_and_large_vocabularies():
     model.config.vocab_size = 50_272                          # OPT's vocabulary, 2,048 tokens
     assert probe.rows_per_batch(model, [[0] * 2048], cap=256) == 2**27 // (2048 * 50_272)
     assert probe.rows_per_batch(model, [[0] * 10**6], cap=256) == 1
+
+
+def test_tiny_opt_is_seeded_without_touching_the_callers_stream():
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    a = hf.tiny_opt(seed=3)
+    assert torch.equal(torch.rand(4), expected)
+    b = hf.tiny_opt(seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

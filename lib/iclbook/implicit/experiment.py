@@ -288,8 +288,9 @@ def rerun(model: nn.Module, run: TaskRun, *, demos=None, lr: float | None = None
 def untrained_like(model: tinylm.TinyLM, seed: int, keep_embeddings: bool = False) -> tinylm.TinyLM:
     """A fresh random model of ``model``'s shape (Deutch et al.'s "No Training"), or with the
     pretrained embeddings and LayerNorms kept ("Trained Embeddings")."""
-    torch.manual_seed(seed)
-    fresh = tinylm.TinyLM(model.cfg)
+    with torch.random.fork_rng(devices=[]):  # seeded here without touching the caller's stream
+        torch.manual_seed(seed)
+        fresh = tinylm.TinyLM(model.cfg)
     if keep_embeddings:
         state = {n: p for n, p in model.state_dict().items()
                  if n.startswith("embed") or n.split(".")[-2].startswith("ln")}

@@ -208,7 +208,6 @@ def tiny_opt(seed: int = 0, layers: int = 2, d_model: int = 64, heads: int = 4):
     _quiet_import()
     from transformers import OPTConfig, OPTForCausalLM
 
-    torch.manual_seed(seed)
     config = OPTConfig(
         vocab_size=len(tasks.VOCAB), hidden_size=d_model, num_hidden_layers=layers,
         ffn_dim=4 * d_model, num_attention_heads=heads, max_position_embeddings=256,
@@ -217,7 +216,9 @@ def tiny_opt(seed: int = 0, layers: int = 2, d_model: int = 64, heads: int = 4):
         bos_token_id=tasks.TOKEN_ID[tasks.BOS], eos_token_id=tasks.TOKEN_ID[tasks.SEP],
     )
     config._attn_implementation = "eager"
-    return OPTForCausalLM(config).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded here without touching the caller's stream
+        torch.manual_seed(seed)
+        return OPTForCausalLM(config).eval()
 
 
 def word_tokenizer():
