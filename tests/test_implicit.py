@@ -474,3 +474,21 @@ def test_seeded_builders_leave_the_callers_random_stream_alone():
     assert torch.equal(torch.rand(4), expected)
     b = ex.untrained_like(model, seed=5)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_label_accuracy_by_context_counts_label_tokens_by_examples_seen():
+    batch = tasks.pretraining_batch(16, 96, torch.Generator().manual_seed(0), p_plain=0.0)
+    vocab = len(tasks.VOCAB)
+
+    class Oracle(torch.nn.Module):          # predicts every next token right
+        def forward(self, x):
+            return torch.nn.functional.one_hot(batch[:, 1:], vocab).double() if x.shape[1] == batch.shape[1] - 1 else None
+
+    class Wrong(torch.nn.Module):           # predicts every next token wrong
+        def forward(self, x):
+            return torch.nn.functional.one_hot((batch[:, 1:] + 1) % vocab, vocab).double()
+
+    right, wrong = (tinylm.label_accuracy_by_context(m, batch) for m in (Oracle(), Wrong()))
+    assert set(right) == {"acc_0_0", "acc_1_3", "acc_4_8", "acc_9_99"}
+    assert all(v == 1.0 for v in right.values() if v == v) and all(v == 0.0 for v in wrong.values() if v == v)
+    assert right["acc_0_0"] == 1.0 and right["acc_1_3"] == 1.0  # both buckets have label tokens

@@ -20,20 +20,7 @@ from pathlib import Path
 import torch
 
 from iclbook.implicit import tasks, tinylm
-
-
-def label_accuracy_by_context(model: tinylm.TinyLM, batch: torch.Tensor) -> dict[str, float]:
-    """Accuracy of the label tokens of pretraining episodes, by number of examples before them."""
-    with torch.no_grad():
-        pred = model(batch[:, :-1]).argmax(-1)
-    target = batch[:, 1:]
-    is_label = torch.isin(batch[:, :-1], tinylm.MARKERS)
-    seen = torch.cumsum(batch[:, :-1] == tasks.TOKEN_ID[tasks.SEP], 1)
-    out = {}
-    for lo, hi in ((0, 0), (1, 3), (4, 8), (9, 99)):
-        m = is_label & (seen >= lo) & (seen <= hi)
-        out[f"acc_{lo}_{hi}"] = round(float((pred[m] == target[m]).float().mean()), 4)
-    return out
+from iclbook.implicit.tinylm import label_accuracy_by_context
 
 
 def save(model: tinylm.TinyLM, history: dict, out: Path) -> str:

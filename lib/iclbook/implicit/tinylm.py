@@ -239,6 +239,21 @@ class TinyLM(nn.Module):
 MARKERS = torch.tensor(sorted({tasks.TOKEN_ID[t.marker] for t in tasks.TASKS.values()}))
 
 
+def label_accuracy_by_context(model: TinyLM, batch: torch.Tensor) -> dict[str, float]:
+    """Accuracy of the label tokens of pretraining episodes, by number of examples before them
+    (the pretraining log of ``retrain`` and the chapter's held-out check)."""
+    with torch.no_grad():
+        pred = model(batch[:, :-1]).argmax(-1)
+    target = batch[:, 1:]
+    is_label = torch.isin(batch[:, :-1], MARKERS)
+    seen = torch.cumsum(batch[:, :-1] == tasks.TOKEN_ID[tasks.SEP], 1)
+    out = {}
+    for lo, hi in ((0, 0), (1, 3), (4, 8), (9, 99)):
+        m = is_label & (seen >= lo) & (seen <= hi)
+        out[f"acc_{lo}_{hi}"] = round(float((pred[m] == target[m]).float().mean()), 4)
+    return out
+
+
 def lm_loss(model: nn.Module, tokens: torch.Tensor, label_weight: float = 1.0) -> torch.Tensor:
     """Next-token cross-entropy over every non-pad target of ``tokens (batch, n+1)``, a weighted
     mean in which the targets that follow a label marker (the label words) count
