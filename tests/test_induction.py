@@ -402,3 +402,11 @@ def test_committed_calibration_covers_the_book_step_and_seeds():
     assert CFG.lr in {r["lr"] for r in record["rows"]}
     assert {r["seed"] for r in record["rows"]} == {1000 * record["seed"] + i for i in range(CFG.seeds)}
     assert all(r["steps"] >= CFG.steps for r in record["rows"])
+
+
+def test_sequences_map_applies_to_every_field(task):
+    seqs = ind.sample(task, 10, CFG, gen(9))
+    head = seqs.map(lambda t: t[:3])
+    assert len(head) == 3
+    for k in seqs.__dataclass_fields__:
+        assert torch.equal(getattr(head, k), getattr(seqs, k)[:3])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -215,6 +215,11 @@ class Sequences:
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Sequences:
+        """A new batch with ``fn`` applied to every field (``lambda t: t[:n]`` keeps the first
+        ``n`` sequences, ``lambda t: t.to(device)`` moves them)."""
+        return Sequences(**{k: fn(getattr(self, k)) for k in self.__dataclass_fields__})
 
 
 def _distinct_label_classes(n: int, m: int, n_classes: int, L: int,
@@ -732,7 +737,7 @@ def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None
 
 
 def _to(seqs: Sequences, device: torch.device) -> Sequences:
-    return Sequences(**{k: getattr(seqs, k).to(device) for k in seqs.__dataclass_fields__})
+    return seqs.map(lambda t: t.to(device))
 
 
 # ---------------------------------------------------------------------------------------------

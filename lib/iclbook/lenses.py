@@ -114,8 +114,7 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
     alone = mlp(part.a_alone)
     patched_alone = mlp(part.a_alone, w1=mlp.w1 + dW)
 
-    other_tokens, other_target = repeat_query(ih.Sequences(**{k: getattr(seqs, k)[:n_patch]
-                                                             for k in seqs.__dataclass_fields__}))
+    other_tokens, other_target = repeat_query(seqs.map(lambda t: t[:n_patch]))
     other = layer2(model, other_tokens)
     return {
         "identity_gap": gap,
