@@ -225,10 +225,6 @@ def test_increments_equal_weight_differences():
     assert torch.allclose(inc, spectral, atol=1e-10) and torch.allclose(inc, frob, atol=1e-10)
 
 
-def test_loglog_slope():
-    i = torch.arange(1, 51)
-    assert abs(cx.loglog_slope(i, 3.0 / i) + 1) < 1e-12
-    assert abs(cx.loglog_slope(i, torch.full((50,), 2.0))) < 1e-12
 
 
 # --- fine-tuning comparison ----------------------------------------------------------------------
@@ -463,3 +459,19 @@ def test_sample_tasks_and_fresh_queries():
     assert torch.allclose(qt, torch.einsum("bqd,bd->bq", q[..., :2], w))
     with pytest.raises(ValueError, match="w must be"):
         cx.with_queries(t2, w[:, :1], 2, runtime.generator(4))
+
+
+def test_train_blocks_cache_key_tells_runs_apart(monkeypatch, tmp_path):
+    """A second identical call loads the weights; a different validation set, step count,
+    variant or seed trains anew (the key holds each of them)."""
+    monkeypatch.setenv("ICLBOOK_CACHE", str(tmp_path))
+    val = cx.sample_prompts(8, N=CFG.N, d=CFG.d, generator=torch.Generator().manual_seed(0))
+    first, h1 = cx.train_blocks(CFG, [0], steps=3, val=val)
+    again, h2 = cx.train_blocks(CFG, [0], steps=3, val=val)
+    assert not h1["cached"] and h2["cached"]
+    assert all(torch.equal(a, b) for a, b in zip(first[0].state_dict().values(), again[0].state_dict().values()))
+    other_val = cx.sample_prompts(8, N=CFG.N, d=CFG.d, generator=torch.Generator().manual_seed(1))
+    for kwargs in ({"steps": 3, "val": other_val}, {"steps": 4, "val": val}, {"steps": 3, "val": val, "variant": "skip"}):
+        assert not cx.train_blocks(CFG, [0], **kwargs)[1]["cached"], kwargs
+    assert not cx.train_blocks(CFG, [1], steps=3, val=val)[1]["cached"]
+    assert len(list(tmp_path.glob("04-*.pt"))) == 5

@@ -41,7 +41,7 @@ def test_device_selection():
 def test_code_cells_drop_the_install_cell_and_magics():
     cells = gpu.code_cells(gpu.CHAPTERS["01"])
     assert not any("%pip" in c or "ICLBOOK_INSTALL" in c for c in cells)
-    assert "LEDGER.finish()" in cells[-1]
+    assert "ch.finish()" in cells[-1]
 
 
 def _notebook(path, value):

@@ -4,6 +4,7 @@ the K/V name filter, the tiny LM, and clear errors for bad inputs."""
 import math
 
 import pytest
+import scipy.stats
 import torch
 
 from iclbook.implicit import dual_form, metrics, probe, tasks, tinylm
@@ -195,11 +196,17 @@ def test_simam_delta_and_mismatch():
     assert (metrics.mismatched(idx, g) != idx).all()
 
 
-def test_bootstrap_ci_brackets_mean():
+def test_bootstrap_ci_has_the_width_of_the_mean_s_standard_error():
+    """For n values the 95% interval of their mean spans about 2 * 1.96 standard errors, centred
+    on the mean; an interval of the values themselves (not of their mean) would be 20x wider."""
     g = torch.Generator().manual_seed(3)
     v = torch.randn(400, generator=g, dtype=F64)
     lo, hi = metrics.bootstrap_ci(v, g)
-    assert lo < float(v.mean()) < hi and hi - lo < 0.4
+    se = float(v.std() / 400 ** 0.5)
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)
+    assert abs((lo + hi) / 2 - float(v.mean())) < 0.25 * se
+    lo90, hi90 = metrics.bootstrap_ci(v, g, level=0.9)
+    assert hi90 - lo90 == pytest.approx(2 * 1.645 * se, rel=0.15)
 
 
 # --- tasks, model, probe ------------------------------------------------------------------
@@ -365,7 +372,15 @@ def test_pipeline_runs_end_to_end_on_a_small_model():
         stats = ex.statistics(run, g, kendall_examples=5)
         per = stats.pop("per_example")
         assert all(math.isfinite(v) for k, v in stats.items() if not k.startswith("rec2ftp"))
-        assert -1 <= stats["kendall"] <= 1
+        # Kendall recomputed by hand for example 0, layer 0, as the official code does: ICL's scores
+        # over the kept demonstration tokens summed over heads, finetuning's <q'_j, q_F>, both
+        # through a float64 softmax, then scipy's tau-b
+        idx = torch.cat([torch.arange(a, b) for a, b in run.spans[0]])
+        s_icl = run.records["I"]["scores"][0].double().sum(1)[0, idx]
+        q_f = run.records["F"]["q"][0][0].double()
+        s_ft = torch.cat([run.ft.queries[j][0].double() @ q_f for j in range(len(run.spans[0]))])
+        tau = scipy.stats.kendalltau(torch.softmax(s_icl, -1).numpy(), torch.softmax(s_ft, -1).numpy()).statistic
+        assert abs(float(per["kendall"][0, 0]) - tau) < 1e-12
         assert per["simaou"].shape == (12, 2) and per["kendall"].shape[0] == 5
         # SimAOU recomputed by hand from the recorded attention outputs (one example, one layer),
         # the official code's way: normalise each output, then the cosine of the two differences
@@ -375,8 +390,6 @@ def test_pipeline_runs_end_to_end_on_a_small_model():
         by_hand = float(d_i @ d_f / (d_i.norm() * d_f.norm()))
         assert abs(float(per["simaou"][3, 1]) - by_hand) < 1e-12
         assert abs(float(per["simaou"].mean()) - stats["simaou"]) < 1e-12  # the paper's average
-        lo, hi = metrics.bootstrap_ci(per["simam_after"], g)
-        assert lo <= stats["simam_after"] <= hi
     flips = ex.order_flips(model, runs["sst2"], 2, g, n=6)
     assert set(flips) == {"ICL", "SGD", "GD"} and flips["GD"] < 1e-9     # full-batch GD ignores order
     dw = ex.delta_w_cosines(model, runs["sst2"], runs["cb"], n=3)
@@ -492,3 +505,21 @@ def test_label_accuracy_by_context_counts_label_tokens_by_examples_seen():
     assert set(right) == {"acc_0_0", "acc_1_3", "acc_4_8", "acc_9_99"}
     assert all(v == 1.0 for v in right.values() if v == v) and all(v == 0.0 for v in wrong.values() if v == v)
     assert right["acc_0_0"] == 1.0 and right["acc_1_3"] == 1.0  # both buckets have label tokens
+
+
+def test_load_shipped_refuses_weights_that_are_not_the_recorded_ones(tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(tinylm.WEIGHTS, folder, ignore=shutil.ignore_patterns("momentum"))
+    model, record = tinylm.load_shipped(folder)               # the intact copy loads
+    assert sum(p.numel() for p in model.parameters()) > 0 and record["sha256"]
+    blob = bytearray((folder / "tinylm.pt").read_bytes())
+    blob[-100] ^= 0xFF                                        # one flipped byte in the weights
+    (folder / "tinylm.pt").write_bytes(bytes(blob))
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        tinylm.load_shipped(folder)
+    (folder / "tinylm.json").unlink()
+    with pytest.raises(FileNotFoundError, match="retrain"):
+        tinylm.load_shipped(folder)
+

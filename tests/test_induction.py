@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from iclbook import curves, runtime
 from iclbook import induction as ind
 
 CFG = ind.CONFIGS["book"]
@@ -199,7 +200,12 @@ def test_train_runs_records_measures_per_member():
     runs = ind.train_runs(SMALL, [0, 1], [{}, {"B": 2}], steps=6, eval_every=3, batch=8)
     assert len(runs) == 2 and runs[1].cfg.B == 2
     assert [h["step"] for h in runs[0].history] == [0, 3, 6]
-    assert runs[0].history[0]["loss"] > 0
+    # checkpoint 0 measures the member's own untrained initialisation, the last one its trained
+    # weights, each on the member's own evaluation sets
+    untrained = ind.InductionNet(SMALL, runtime.generator(0))
+    assert runs[0].history[0]["loss"] == pytest.approx(ind.measure(untrained, runs[0].sets)["loss"], rel=1e-6)
+    assert runs[1].history[-1]["loss"] == pytest.approx(ind.measure(runs[1].model, runs[1].sets)["loss"], rel=1e-6)
+    assert runs[0].history[-1]["loss"] != pytest.approx(runs[0].history[0]["loss"], rel=1e-6)  # it trained
     with pytest.raises(ValueError, match="net"):
         ind.train_runs(SMALL, [0], net="large", steps=1)
 
@@ -224,7 +230,7 @@ def test_pheno_loss_at_origin_is_uniform_and_bad_sizes_raise():
 
 def test_pheno_descent_crosses_in_nested_order():
     r = ind.pheno_descent(8, 32, steps=3000, lr=0.01)
-    order = [ind.first_crossing(r[k], 1.0) for k in ("xi", "alpha", "beta1")]
+    order = [curves.first_crossing(r[k], 1.0) for k in ("xi", "alpha", "beta1")]
     assert order[0] < order[1] < order[2]
     assert r["p_correct"][-1] > 0.5
 
@@ -319,58 +325,6 @@ def test_batched_pheno_descents_equal_single_ones():
 
 
 
-# --- reading a learning curve (these decide ledger rows) ---------------------------------------
-
-
-def test_transition_of_a_plateau_then_a_jump():
-    steps = np.arange(0, 2001, 50.0)
-    acc = np.where(steps < 1000, 0.125, 0.99)
-    acc[:4] = [0.03, 0.06, 0.09, 0.12]          # a short climb from chance to the plateau
-    acc[(steps >= 1000) & (steps < 1200)] = [0.3, 0.5, 0.7, 0.85]
-    tr = ind.transition(steps, acc, 0.125)
-    assert tr["onset"] == 1000 and tr["t_top"] == 1200
-    assert tr["rise_ratio"] == pytest.approx(0.2)
-    assert tr["plateau_level"] == pytest.approx(0.125)
-    in_band = np.abs(acc - 0.125) <= 0.05
-    assert tr["plateau_fraction"] == pytest.approx(in_band.mean())
-    # in the band at steps 100..950 (18 points, 50 steps each) against 0.1/0.87 * 1200 for a line
-    assert tr["linger"] == pytest.approx(18 * 50 / (0.1 / 0.87 * 1200))
-
-
-def test_transition_of_a_straight_line_lingers_once_and_rises_slowly():
-    steps = np.arange(0, 10_001, 10.0)
-    acc = 0.9 * steps / 9000                     # reaches 0.9 at step 9000
-    tr = ind.transition(steps, acc, 0.125)
-    assert tr["linger"] == pytest.approx(1.0, abs=0.02)
-    assert tr["rise_ratio"] == pytest.approx((9000 - 2250) / 2250, rel=0.01)  # 3: gradual
-
-
-def test_transition_linger_does_not_depend_on_the_run_after_the_jump():
-    steps = np.arange(0, 1501, 50.0)
-    acc = np.where(steps < 600, 0.125, 0.99)
-    acc[0] = 0.03
-    long_steps = np.arange(0, 4001, 50.0)
-    long_acc = np.concatenate([acc, np.full(len(long_steps) - len(acc), 0.99)])
-    short, long_ = ind.transition(steps, acc, 0.125), ind.transition(long_steps, long_acc, 0.125)
-    assert short["linger"] == pytest.approx(long_["linger"])
-    assert short["plateau_fraction"] > long_["plateau_fraction"]  # the share does depend on it
-
-
-def test_transition_without_a_jump_and_bad_input():
-    steps = np.arange(0, 1001, 100.0)
-    tr = ind.transition(steps, np.full(steps.shape, 0.125), 0.125)
-    assert math.isnan(tr["onset"]) and math.isnan(tr["t_top"]) and math.isnan(tr["linger"])
-    with pytest.raises(ValueError, match="matching"):
-        ind.transition(steps, np.zeros(3), 0.125)
-    with pytest.raises(ValueError, match="increase"):
-        ind.transition(np.array([0.0, 100, 50]), np.zeros(3), 0.125)
-
-
-def test_half_rise_and_first_crossing():
-    steps = np.array([0, 100, 200, 300, 400.0])
-    assert ind.half_rise(steps, np.array([0.1, 0.1, 0.4, 0.9, 0.9])) == 300  # half of 0.1 -> 0.9 is 0.5
-    assert ind.half_rise(steps, np.array([0.1, 0.5, 0.5, 0.5, 0.9])) == 100
-    assert math.isnan(ind.first_crossing(np.array([0.1, 0.2]), 0.5))
 
 
 def test_context_label_baseline_is_B_over_N_on_bursty_sequences(task):

@@ -82,9 +82,13 @@ def test_links_check_catches_a_stale_badge(tmp_path):
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
-def test_chapter_is_in_the_toc_and_ends_with_a_ledger(md):
+def test_chapter_is_in_the_toc_starts_and_ends_through_the_library(md):
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
     assert f"book/{md.stem}" in files
     text = md.read_text()
-    assert "## Claims ledger" in text and text.rstrip().endswith("LEDGER.finish()\n```")
+    assert "## Claims ledger" in text and text.rstrip().endswith("ch.finish()\n```")
+    cells = text.split("```{code-cell} ipython3")
+    assert f'ch = chapter.start("{md.stem[:2]}", ' in cells[2]  # the first cell after the Colab install
+    for stale in ("runtime.seed_everything", "runtime.generator(SEED", "Ledger(", "CHAPTER_START"):
+        assert stale not in text, f"{md.name} does by hand what chapter.start does: {stale}"

@@ -41,9 +41,9 @@ def test_task_split_covers_every_pattern_both_ways():
 
 def test_prompt_shapes_and_query():
     p = big_batch(n=7, l=5)
-    assert p.tokens.shape == (7, 6, CFG.d) and p.z.shape == (7,) and p.same.shape == (7, 5)
+    assert p.tokens.shape == (7, 6, CFG.d) and p.target.shape == (7,) and p.same.shape == (7, 5)
     assert torch.all(p.tokens[:, -1, CFG.d_X:] == 0), "the query carries no label"
-    assert set(p.z.tolist()) <= {-1.0, 1.0}
+    assert set(p.target.tolist()) <= {-1.0, 1.0}
 
 
 @pytest.mark.parametrize("alpha", [0.4, 0.8, 1.0])
@@ -52,10 +52,10 @@ def test_alpha_fraction_and_label_balance(alpha):
     # a context shares the query's pattern with probability alpha/2 + (1-alpha)*0 (other patterns
     # exclude the task's two)
     assert abs(float(p.same.float().mean()) - alpha / 2) < 0.01
-    assert abs(float(p.z.mean())) < 0.02, "query labels are balanced"
+    assert abs(float(p.target.mean())) < 0.02, "query labels are balanced"
     assert abs(float(p.labels.float().mean())) < 0.02, "context labels are balanced"
     # contexts sharing the query's pattern carry the query's label
-    agree = (p.labels == p.z[:, None].long())[p.same]
+    agree = (p.labels == p.target[:, None].long())[p.same]
     assert bool(agree.all())
 
 
@@ -144,9 +144,6 @@ def test_pruning_masks():
     assert ratio < 1.1  # one group: the split finds no real gap
 
 
-def test_steps_to_threshold():
-    assert pt.steps_to_threshold([0, 10, 20, 30], [0.5, 0.005, 0.02, 0.001], 0.01) == 30
-    assert math.isnan(pt.steps_to_threshold([0, 10], [0.5, 0.4], 0.01))
 
 
 def test_short_training_lowers_the_hinge_loss():

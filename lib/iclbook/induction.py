@@ -135,6 +135,20 @@ CONFIGS: dict[str, Config] = {
 }
 
 
+#: Chapter 3's named random streams (:class:`iclbook.runtime.Streams`), offsets from the chapter's
+#: seed; each training run draws its own task, evaluation sets and batches from its model seed
+#: (:data:`iclbook.runtime.LIBRARY_STREAMS`).
+STREAMS = {
+    "example-task": runtime.Stream(0),  # the task of the figures and the forward-pass check
+    "untrained-net": runtime.Stream(0),  # the untrained network of the forward-pass check
+    "example-sets": runtime.Stream(1),  # the sequences drawn in the task figure
+    "probe": runtime.Stream(2),  # sequences of the forward-pass check
+    "grid": runtime.Stream(0),  # the model seed of every member of the data grid
+    "sgd-members": runtime.Stream(100, width=100, scale=1000),  # the plain-SGD control's models
+    "minimal-members": runtime.Stream(200, width=100, scale=1000),  # the minimal model's seeds
+}
+
+
 def check_data_args(*, K: int, L: int, N: int, B: int, p_B: float, p_C: float, eps: float,
                     zipf: float, Nmax: int | None = None) -> None:
     """Raise a clear ``ValueError`` for arguments the generator cannot honour."""
@@ -576,7 +590,7 @@ class Run:
     task: Task
     sets: dict[str, Sequences]
     model: InductionNet | MinimalNet
-    history: list[dict[str, float]]  # one dict of measures per checkpoint, with "step"
+    history: list[dict[str, float]]  # one dict of measures per checkpoint, with "step" (History.member)
     weights: list[dict[str, torch.Tensor]] | None = None  # state_dict per checkpoint (keep_weights)
 
     def at(self, index: int) -> InductionNet | MinimalNet:
@@ -588,6 +602,8 @@ class Run:
         return model
 
     def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values)`` of the measure ``key``: the member's row of ``History.curve``,
+        with its steps, ready for :mod:`iclbook.curves` (``curves.transition(*run.curve("IC"), B / N)``)."""
         return (np.array([h["step"] for h in self.history]),
                 np.array([h[key] for h in self.history]))
 
@@ -675,8 +691,8 @@ def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None
     opt = optimizer_args(cfg, optimizer=optimizer, lr=lr)
     device = runtime.device()
     cfgs = [replace(cfg, **v) for v in variants]
-    tasks = [make_task(c, runtime.generator(1_000_003 * s + 17)) for c, s in zip(cfgs, seeds)]
-    sets = [{k: _to(v, device) for k, v in eval_sets(t, c, runtime.generator(1_000_003 * s + 29)).items()}
+    tasks = [make_task(c, runtime.stream("task", s)) for c, s in zip(cfgs, seeds)]
+    sets = [{k: _to(v, device) for k, v in eval_sets(t, c, runtime.stream("eval-sets", s)).items()}
             for t, c, s in zip(tasks, cfgs, seeds)]
     models = [nets[net](c, runtime.generator(s)).to(device) for c, s in zip(cfgs, seeds)]
 
@@ -706,7 +722,7 @@ def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None
 
     def run() -> dict:
         return train.train(models, cross_entropy, [sampler(t, c) for t, c in zip(tasks, cfgs)],
-                           steps=steps, generators=[runtime.generator(s + 7919) for s in seeds],
+                           steps=steps, generators=[runtime.stream("batches", s) for s in seeds],
                            checkpoint_every=eval_every, on_checkpoint=on_checkpoint, desc=desc,
                            log_every=max(1, eval_every // 4), param_groups=groups, **opt)
 
@@ -719,7 +735,7 @@ def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None
         if keep_weights:
             history["extra_state"] = kept()
     else:
-        history = train.cached_training("03", cache_name, cfg, models, run, seeds=list(seeds),
+        history = train.cached_training("03", cache_name, cfg, models, run, uses=__name__, seeds=list(seeds),
                                         extra_state=kept if keep_weights else None,
                                         **({"keep_weights": True} if keep_weights else {}),
                                         variants=variants, net=net, steps=steps, batch=batch, **opt,
@@ -727,7 +743,7 @@ def train_runs(cfg: Config, seeds: list[int], variants: list[dict] | None = None
                                         **({} if measured is None else {"measured": list(measured)}))
     runs = []
     for i, (c, s, t, st, m) in enumerate(zip(cfgs, seeds, tasks, sets, models)):
-        hist = [dict(cp["members"][i], step=cp["step"]) for cp in history["checkpoints"]]
+        hist = history.member(i)
         weights = None
         if keep_weights:
             kept_state = history["extra_state"]
@@ -825,57 +841,9 @@ def pheno_descents(N: int, Ls: Sequence[int], *, steps: int, lr: float,
     return [{k: arr[:, j, i] for i, k in enumerate(keys)} for j in range(len(Ls))]
 
 
-def first_crossing(values: np.ndarray, level: float, steps: np.ndarray | None = None) -> float:
-    """First step at which ``values`` reaches ``level`` (NaN if never)."""
-    values = np.asarray(values)
-    steps = np.arange(len(values)) if steps is None else np.asarray(steps)
-    hit = np.flatnonzero(values >= level)
-    return float(steps[hit[0]]) if hit.size else math.nan
-
-
 # ---------------------------------------------------------------------------------------------
-# 6. Reading a learning curve
+# 6. Baselines and the step-size calibration
 # ---------------------------------------------------------------------------------------------
-
-
-def transition(steps: np.ndarray, acc: np.ndarray, baseline: float, *, band: float = 0.05,
-               top: float = 0.9) -> dict[str, float]:
-    """Describe an accuracy curve that should plateau at ``baseline`` and then jump to ``top``.
-
-    ``plateau_fraction``: share of the logged steps with ``|acc - baseline| <= band`` (it
-    depends on how long training goes on after the jump); ``onset``: first step at
-    ``baseline + 0.1`` or above; ``t_top``: first step at ``top``; ``rise_ratio``:
-    ``(t_top - onset) / onset``, the rise measured against the time spent before it (a
-    constant-rate rise from 0 gives about 3, an exponential approach to 1 about 17);
-    ``linger``: the time spent in the band (each logged step in it counts until the next one)
-    over the time a constant-rate climb from the first value to ``top``,
-    reaching it at ``t_top``, would spend there: 1 for a straight line, above 1 where the curve
-    sits at ``baseline``, whatever the run's length after the jump.
-    """
-    steps, acc = np.asarray(steps, dtype=float), np.asarray(acc, dtype=float)
-    if steps.shape != acc.shape or steps.ndim != 1 or len(steps) < 2:
-        raise ValueError(f"need matching 1-d steps and accuracies (at least 2), got {steps.shape}, {acc.shape}")
-    if np.any(np.diff(steps) <= 0):
-        raise ValueError("steps must increase")
-    weight = np.diff(steps, append=2 * steps[-1] - steps[-2])  # each point stands until the next
-    onset = first_crossing(acc, baseline + 0.1, steps)
-    t_top = first_crossing(acc, top, steps)
-    in_band = np.abs(acc - baseline) <= band
-    straight = 2 * band / (top - acc[0]) * (t_top - steps[0])  # a constant-rate climb's time in the band
-    return {
-        "plateau_fraction": float(np.mean(in_band)),
-        "linger": float(weight[in_band].sum() / straight) if straight > 0 else math.nan,
-        "plateau_level": float(np.median(acc[in_band])) if in_band.any() else math.nan,
-        "onset": onset,
-        "t_top": t_top,
-        "rise_ratio": (t_top - onset) / onset if onset > 0 else math.nan,
-    }
-
-
-def half_rise(steps: np.ndarray, values: np.ndarray) -> float:
-    """First step at which ``values`` passes halfway from its first to its last value."""
-    values = np.asarray(values, dtype=float)
-    return first_crossing(values, 0.5 * (values[0] + values[-1]), steps)
 
 
 def context_label_baseline(seqs: Sequences) -> float:

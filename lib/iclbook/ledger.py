@@ -300,19 +300,15 @@ class Ledger:
         checks = [r for r in self.rows if r.kind not in EVIDENCE_KINDS]
         out = []
         if evidence:
-            out += ["| # | kind | claim | paper | ours | criterion | verdict |", "|---|---|---|---|---|---|---|"]
-            for i, r in enumerate(evidence, 1):
-                verdict = _verdict_cell(r)
-                out.append(f"| {i} | {r.kind} | {_cell(r.claim)} | {_cell(r.paper)} | {_cell(_ours(r))} "
-                           f"| {_cell(r.criterion)} | {verdict} |")
+            out.append(table(["#", "kind", "claim", "paper", "ours", "criterion", "verdict"],
+                             [[i, r.kind, r.claim, r.paper, _ours(r), r.criterion, _verdict_cell(r)]
+                              for i, r in enumerate(evidence, 1)]))
         if checks:
             out += ["", "Identities (hold by algebra for any weights: a failure is a bug) and sanity checks "
                     "(the experiment ran as designed). Both must hold, or the build fails; neither is "
                     "evidence for the paper.", "",
-                    "| # | kind | check | ours | criterion | result |", "|---|---|---|---|---|---|"]
-            for i, r in enumerate(checks, 1):
-                out.append(f"| {i} | {r.kind} | {_cell(r.claim)} | {_cell(r.ours)} | {_cell(r.criterion)} "
-                           f"| {r.verdict} |")
+                    table(["#", "kind", "check", "ours", "criterion", "result"],
+                          [[i, r.kind, r.claim, r.ours, r.criterion, r.verdict] for i, r in enumerate(checks, 1)])]
         return "\n".join(out)
 
     def record(self) -> dict[str, Any]:
@@ -379,6 +375,25 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def table(header: Sequence[Any], rows: Iterable[Sequence[Any]], *, align: Sequence[str] | None = None) -> str:
+    """A Markdown table: every cell as text with ``|`` escaped and line breaks removed (a claim
+    text or a task name with a ``|`` would otherwise split its row). ``align`` gives one of
+    ``"l"``, ``"r"``, ``"c"`` per column (default: left). Every chapter's tables go through here,
+    the ledger's own included."""
+    header = [_cell(h) for h in header]
+    marks = {"l": "---", "r": "--:", "c": ":-:"}
+    align = list(align) if align is not None else ["l"] * len(header)
+    if len(align) != len(header) or any(a not in marks for a in align):
+        raise ValueError(f"need one of 'l', 'r', 'c' per column ({len(header)}), got {align}")
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
+    for row in rows:
+        row = list(row)
+        if len(row) != len(header):
+            raise ValueError(f"a row has {len(row)} cells for {len(header)} columns: {row}")
+        out.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    return "\n".join(out)
+
+
 def _ours(r: Row | Mapping[str, Any]) -> str:
     return r["ours"] if isinstance(r, Mapping) else r.ours
 
@@ -386,7 +401,7 @@ def _ours(r: Row | Mapping[str, Any]) -> str:
 def _verdict_cell(r: Row | Mapping[str, Any]) -> str:
     get = r.get if isinstance(r, Mapping) else (lambda k: getattr(r, k))
     verdict, reason = get("verdict"), get("reason")
-    return f"**{verdict}**" + (f" ({_cell(reason)})" if reason else "")
+    return f"**{verdict}**" + (f" ({reason})" if reason else "")  # escaped by table()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,22 +521,20 @@ def verdict_counts(records: Sequence[Mapping[str, Any]], titles: Mapping[str, st
     """One Markdown row per chapter: how many claims and controls, their verdicts, and the
     identities (how many, worst gap) and sanity checks."""
     titles = titles or {}
-    out = ["| chapter | paper | profile, seed | claims | controls | "
-           + " | ".join(VERDICTS) + " | identities (worst gap) | sanity checks |",
-           "|" + "---|" * (5 + len(VERDICTS) + 2)]
+    out = []
     for rec in records:
         rows = rec["rows"]
         ev = [r for r in rows if r["kind"] in EVIDENCE_KINDS]
         ids = [r for r in rows if r["kind"] == "identity"]
         gaps = [r["value"] for r in ids if r["value"] is not None]
         name = titles.get(rec["chapter"], rec["chapter"])
-        link = f"{{doc}}`{_cell(name)} </{rec['page']}>`" if rec.get("page") else _cell(name)
+        link = f"{{doc}}`{name} </{rec['page']}>`" if rec.get("page") else name
         ident = f"{len(ids)} ({max(gaps):.0e})" if gaps else f"{len(ids)}"
-        out.append(f"| {link} | {_cell(rec['source'])} | {rec['profile']}, {rec['seed']} "
-                   f"| {sum(r['kind'] == 'claim' for r in rows)} | {sum(r['kind'] == 'control' for r in rows)} "
-                   + "".join(f"| {sum(r['verdict'] == v for r in ev)} " for v in VERDICTS)
-                   + f"| {ident} | {sum(r['kind'] == 'sanity' for r in rows)} |")
-    return "\n".join(out)
+        out.append([link, rec["source"], f"{rec['profile']}, {rec['seed']}", sum(r["kind"] == "claim" for r in rows),
+                    sum(r["kind"] == "control" for r in rows), *(sum(r["verdict"] == v for r in ev) for v in VERDICTS),
+                    ident, sum(r["kind"] == "sanity" for r in rows)])
+    return table(["chapter", "paper", "profile, seed", "claims", "controls", *VERDICTS, "identities (worst gap)",
+                  "sanity checks"], out)
 
 
 def claims_table(records: Sequence[Mapping[str, Any]], seeds: Mapping[str, Any] | None = None) -> str:
@@ -529,40 +542,39 @@ def claims_table(records: Sequence[Mapping[str, Any]], seeds: Mapping[str, Any] 
     with a seed table, the verdicts over its seeds and the spread of our value."""
     seed_chapters = (seeds or {}).get("chapters", {})
     seed_list = (seeds or {}).get("seeds", [])
-    header = "| ch. | kind | claim | paper | ours | criterion | verdict |"
+    header = ["ch.", "kind", "claim", "paper", "ours", "criterion", "verdict"]
     if seed_list:
-        header += " over seeds | spread of ours |"
-    out = [header, "|" + "---|" * (header.count("|") - 1)]
+        header += ["over seeds", "spread of ours"]
+    out = []
     for rec in records:
         for r in rec["rows"]:
             if r["kind"] not in EVIDENCE_KINDS:
                 continue
-            line = (f"| {rec['chapter']} {_link(rec, r)} | {r['kind']} | {_cell(r['claim'])} | {_cell(r['paper'])} "
-                    f"| {_cell(_ours(r))} | {_cell(r['criterion'])} | {_verdict_cell(r)} |")
+            row = [f"{rec['chapter']} {_link(rec, r)}", r["kind"], r["claim"], r["paper"], _ours(r), r["criterion"],
+                   _verdict_cell(r)]
             if seed_list:
                 entry = seed_chapters.get(rec["chapter"], {}).get(r["key"])
                 if entry is None:
-                    line += " (not in the seed run) | |"
+                    row += ["(not in the seed run)", ""]
                 else:
                     per = [entry["verdicts"].get(str(s), "missing") for s in seed_list]
                     spread = entry.get("spread")
-                    line += f" {_tally(per)} | " + (f"{spread[0]:.3g} to {spread[1]:.3g}" if spread else "") + " |"
-            out.append(line)
-    return "\n".join(out)
+                    row += [_tally(per), f"{spread[0]:.3g} to {spread[1]:.3g}" if spread else ""]
+            out.append(row)
+    return table(header, out)
 
 
 def identity_table(records: Sequence[Mapping[str, Any]]) -> str:
     """The identities, summarised per chapter: how many, the worst gap against its tolerance."""
-    out = ["| ch. | identities | worst gap | its check |", "|---|---|---|---|"]
+    out = []
     for rec in records:
         ids = [r for r in rec["rows"] if r["kind"] == "identity" and r["value"] is not None]
         if not ids:
-            out.append(f"| {rec['chapter']} | 0 | | |")
+            out.append([rec["chapter"], 0, "", ""])
             continue
         worst = max(ids, key=lambda r: r["value"])
-        out.append(f"| {rec['chapter']} | {len(ids)} | {worst['value']:.1e} ({_cell(worst['criterion'])}) "
-                   f"| {_cell(worst['claim'])} |")
-    return "\n".join(out)
+        out.append([rec["chapter"], len(ids), f"{worst['value']:.1e} ({worst['criterion']})", worst["claim"]])
+    return table(["ch.", "identities", "worst gap", "its check"], out)
 
 
 def seed_run_summary(seeds: Mapping[str, Any]) -> str:

@@ -27,9 +27,16 @@ from dataclasses import dataclass
 import torch
 
 from iclbook import induction as ih
-from iclbook import patterns
+from iclbook import patterns, runtime
 from iclbook.contextual.patches import rank_one_update
 from iclbook.implicit import dual_form, metrics
+
+#: Chapter 5's named random streams (:class:`iclbook.runtime.Streams`), offsets from the chapter's
+#: seed. The network is chapter 3's main run at the chapter's first model seed.
+STREAMS = {
+    "dual-lens": runtime.Stream(0, width=500, scale=1000),  # the dual-form lens at checkpoint k
+    "prune-lens": runtime.Stream(500, width=500, scale=1000),  # random pruning at checkpoint k
+}
 
 
 @dataclass

@@ -87,6 +87,30 @@ CONFIGS: dict[str, Config] = {
                     gpt_steps=20000, gpt_layers=3, gpt_heads=2, gpt_width=128),
 }
 
+
+#: Chapter 1's named random streams (:class:`iclbook.runtime.Streams`), offsets from the chapter's
+#: seed: what each draw is for. Several cells reuse one stream on purpose: the out-of-domain
+#: sweeps share their domain ("ood-sweep-domain") so their numbers are comparable.
+STREAMS = {
+    "prompt-figure": runtime.Stream(0),  # the one prompt drawn in the data figure
+    "untrained-init": runtime.Stream(0),  # the untrained model of the context-length check
+    "bootstrap": runtime.Stream(0, kind="numpy"),  # resampling seeds for the slope's interval
+    "ood-domain": runtime.Stream(1),  # the out-of-domain patterns the progress measures use
+    "id-val": runtime.Stream(2),  # in-domain prompts read at every checkpoint
+    "ood-val": runtime.Stream(3),  # out-of-domain prompts read at every checkpoint
+    "id-test": runtime.Stream(4),  # Theorem 1's test prompts
+    "ood-sweep-domain": runtime.Stream(10),  # the domain of the S1, length, baseline and GPT checks
+    "ood-sweep-prompts": runtime.Stream(11),  # prompts of the S1 sweep
+    "length-prompts": runtime.Stream(12),  # prompts of the context-length sweep
+    "alpha-sweep-prompts": runtime.Stream(20),  # validation prompts of the alpha sweep
+    "prune-domain": runtime.Stream(30),
+    "prune-prompts": runtime.Stream(31),
+    "lucky-prompts": runtime.Stream(32),  # prompts that read the initial activity of each neuron
+    "prune-random": runtime.Stream(40, width=10),  # random pruning masks, one per draw
+    "baseline-prompts": runtime.Stream(50, width=50),  # classical baselines: one per context length
+    "sweep-members": runtime.Stream(100, width=100, scale=1000),  # the alpha sweep's models
+}
+
 # ---------------------------------------------------------------------------------------------
 # 1. Patterns, tasks and prompts
 # ---------------------------------------------------------------------------------------------
@@ -210,12 +234,12 @@ class Prompts:
     """A batch of prompts and what generated them."""
 
     tokens: torch.Tensor  # (n, l + 1, d): contexts [x_i; y_i], then the query [x_q; 0]
-    z: torch.Tensor  # (n,) the query's label, +1 or -1
+    target: torch.Tensor  # (n,) the query's label z, +1 or -1
     same: torch.Tensor  # (n, l) bool: context i carries the query's relevant pattern
     labels: torch.Tensor  # (n, l) the contexts' labels, +1 or -1
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.tokens, self.z
+        return self.tokens, self.target
 
 
 def sample_prompts(domain: Domain, n: int, *, alpha: float, l: int, cfg: Config,
@@ -312,7 +336,7 @@ def hinge(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.T
 def error(model: OneLayerICL, prompts: Prompts) -> float:
     """Classification error ``P(sign F != z)`` alone (what :func:`evaluate` reports, without
     the attention pass): for evaluations inside a training loop."""
-    return float((torch.sign(model(prompts.tokens)) != prompts.z).float().mean())
+    return float((torch.sign(model(prompts.tokens)) != prompts.target).float().mean())
 
 
 @torch.no_grad()
@@ -322,8 +346,8 @@ def evaluate(model: OneLayerICL, prompts: Prompts, neuron_mask: torch.Tensor | N
     F = model(prompts.tokens, neuron_mask)
     att = model.attention(prompts.tokens)
     return {
-        "error": float((torch.sign(F) != prompts.z).float().mean()),
-        "hinge": float(torch.clamp(1 - prompts.z * F, min=0).mean()),
+        "error": float((torch.sign(F) != prompts.target).float().mean()),
+        "hinge": float(torch.clamp(1 - prompts.target * F, min=0).mean()),
         "same_attention": float((att * prompts.same).sum(-1).mean()),
     }
 
@@ -535,7 +559,7 @@ def classical_errors(prompts: Prompts, cfg: Config, classifiers: dict | None = N
     x = prompts.tokens[:, :-1, : cfg.d_X].double().numpy()
     xq = prompts.tokens[:, -1, : cfg.d_X].double().numpy()
     y = prompts.labels.numpy()
-    z = prompts.z.numpy()
+    z = prompts.target.numpy()
     one_class = (y == y[:, :1]).all(1)
     chunks = np.array_split(np.arange(len(z)), max(1, min(n_jobs, len(z))))
     pool = Parallel(n_jobs=len(chunks)) if len(chunks) > 1 else None
@@ -596,9 +620,9 @@ def train_gpt(cfg: Config, seeds: list[int], *, steps: int | None = None, lr: fl
 
     def run() -> dict:
         return train.train(models, hinge, sample, steps=steps, lr=lr, optimizer="adam", schedule="cosine",
-                           generators=[runtime.generator(s + 104729) for s in seeds], desc=desc)
+                           generators=[runtime.stream("gpt-batches", s) for s in seeds], desc=desc)
 
-    history = train.cached_training("01", "gpt", cfg, models, run, seeds=list(seeds), steps=steps, lr=lr)
+    history = train.cached_training("01", "gpt", cfg, models, run, uses=__name__, seeds=list(seeds), steps=steps, lr=lr)
     return models, history
 
 
@@ -631,7 +655,7 @@ def train_models(cfg: Config, seeds: list[int], alphas: list[float] | None = Non
     def run() -> dict:
         return train.train(
             models, hinge, [sampler(a) for a in alphas], steps=steps, lr=cfg.lr, optimizer="sgd",
-            generators=[runtime.generator(s + 7919) for s in seeds],
+            generators=[runtime.stream("batches", s) for s in seeds],
             checkpoint_every=cfg.checkpoint_every if on_checkpoint is not None else None,
             on_checkpoint=on_checkpoint, desc=desc)
 
@@ -639,15 +663,8 @@ def train_models(cfg: Config, seeds: list[int], alphas: list[float] | None = Non
         history = run()
         history["cached"] = False
         return models, history
-    history = train.cached_training("01", cache_name, cfg, models, run, seeds=list(seeds),
+    history = train.cached_training("01", cache_name, cfg, models, run, uses=__name__, seeds=list(seeds),
                                     alphas=list(alphas), steps=steps)
     return models, history
 
 
-def steps_to_threshold(steps: list[int], values: list[float], threshold: float) -> float:
-    """First step at which ``values`` drops below ``threshold`` and stays below (NaN if never)."""
-    v = np.asarray(values)
-    for i in range(len(v)):
-        if np.all(v[i:] < threshold):
-            return float(steps[i])
-    return math.nan

@@ -106,6 +106,91 @@ def generator(value: int, device: torch.device | str = "cpu") -> torch.Generator
     return gen
 
 
+# ---------------------------------------------------------------------------------------------
+# Named random streams
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """One named random stream: its seeds are ``scale * base + offset + k`` for ``0 <= k < width``,
+    where ``base`` is the seed it derives from (a chapter's seed, a model's seed). ``kind`` says
+    which generator it seeds: ``"torch"`` (a ``torch.Generator``) or ``"numpy"``."""
+
+    offset: int
+    width: int = 1
+    scale: int = 1
+    kind: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.scale < 1 or self.offset < 0:
+            raise ValueError(f"a stream needs offset >= 0, width >= 1 and scale >= 1, got {self}")
+        if self.kind not in ("torch", "numpy"):
+            raise ValueError(f"a stream's kind is 'torch' or 'numpy', got {self.kind!r}")
+
+    def seed(self, base: int, k: int = 0) -> int:
+        if not 0 <= k < self.width:
+            raise ValueError(f"index {k} outside this stream's width {self.width}")
+        return self.scale * int(base) + self.offset + k
+
+
+class Streams:
+    """A table of named random streams derived from one base seed.
+
+    A chapter draws every random object through a name, ``streams.generator("ood-domain")``,
+    never through ``generator(SEED + 3)``: the table, kept in the chapter's library module, is the
+    one place where the seeds live, so a reader sees what each draw is for and which draws share
+    a stream. The offsets are those the book has always used (changing one would change every
+    number drawn from it)."""
+
+    def __init__(self, base: int, table: dict[str, Stream]) -> None:
+        self.base = int(base)
+        self.table = dict(table)
+
+    def _stream(self, name: str, kind: str | None = None) -> Stream:
+        try:
+            stream = self.table[name]
+        except KeyError:
+            raise KeyError(f"no random stream named {name!r}; this table has {sorted(self.table)}") from None
+        if kind is not None and stream.kind != kind:
+            raise TypeError(f"stream {name!r} seeds a {stream.kind} generator, not a {kind} one")
+        return stream
+
+    def seed(self, name: str, k: int = 0) -> int:
+        """The integer seed of stream ``name`` (index ``k`` of a family of streams)."""
+        return self._stream(name).seed(self.base, k)
+
+    def seeds(self, name: str, n: int) -> list[int]:
+        """The first ``n`` seeds of a family (e.g. the seeds of an ensemble's members)."""
+        return [self.seed(name, k) for k in range(n)]
+
+    def generator(self, name: str, k: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+        """A fresh ``torch.Generator`` of stream ``name``: the same draws every time it is asked for."""
+        return generator(self._stream(name, "torch").seed(self.base, k), device)
+
+    def numpy(self, name: str, k: int = 0) -> np.random.Generator:
+        """A fresh NumPy ``Generator`` of stream ``name``."""
+        return np.random.default_rng(self._stream(name, "numpy").seed(self.base, k))
+
+
+#: The library's own streams, derived from a model's seed ``s`` (``stream("batches", s)``).
+LIBRARY_STREAMS = {
+    "batches": Stream(7919),  # the training batches of the model of seed s
+    "gpt-batches": Stream(104729),  # chapter 1's GPT baseline: its training batches
+    "task": Stream(17, scale=1_000_003),  # chapter 3: a run's class means and label vectors
+    "eval-sets": Stream(29, scale=1_000_003),  # chapter 3: a run's fixed evaluation sets
+    "demos": Stream(0, width=10_000, scale=10_000),  # chapter 2: demonstration draw k of an evaluation seed
+    # chapter 2: the examples of a task's split; k = split * 104729 + the task's index
+    "task-split": Stream(0, width=4 * 104729, scale=7919),
+}
+
+
+def stream(name: str, seed: int, k: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator of the library stream ``name`` (:data:`LIBRARY_STREAMS`) for the model or run of
+    seed ``seed``."""
+    return Streams(seed, LIBRARY_STREAMS).generator(name, k, device)
+
+
 def progress_enabled() -> bool:
     """Progress bars are shown unless ``ICLBOOK_PROGRESS=0``."""
     return os.environ.get("ICLBOOK_PROGRESS", "1").strip() not in ("0", "false", "no")
@@ -129,12 +214,62 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ICLBOOK_CACHE", Path.home() / ".cache" / "iclbook")).expanduser()
 
 
-def library_digest() -> str:
-    """A short hash of the library's own source files: any edit to the library changes it, so a
-    cached model is never reused by code that would have trained it differently."""
+def _module_path(name: str) -> Path | None:
+    """The source file of the library module ``name`` (``iclbook.x.y``), or None if it is not one."""
+    parts = name.split(".")
+    if parts[0] != "iclbook":
+        return None
+    base = Path(iclbook.__file__).parent.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def module_sources(*modules: str) -> list[Path]:
+    """The source files of the library modules ``modules`` and of every library module they
+    import, directly or through others (read from their ``import`` statements, not by importing
+    them), sorted. ``module_sources("iclbook.patterns")`` is what chapter 1's training code runs."""
+    import ast  # noqa: PLC0415
+
+    seen: dict[str, Path] = {}
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        path = _module_path(name)
+        if path is None:
+            if name in modules:
+                raise ValueError(f"{name!r} is not a module of the iclbook library")
+            continue
+        if name in seen:
+            continue
+        seen[name] = path
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        if package != "iclbook":
+            todo.append(package)  # importing a submodule runs its package's __init__ first
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
+                    mod = ".".join(anchor + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                todo.append(mod)
+                todo += [f"{mod}.{a.name}" for a in node.names]  # `from iclbook import train`
+    return sorted(set(seen.values()))
+
+
+def source_digest(*modules: str) -> str:
+    """A short hash of the source that ``modules`` run (:func:`module_sources`), or of every library
+    file when none is named: a cached model is reused only by code that would train it the same
+    way, and an edit elsewhere in the library (chapter 2's Hugging Face path) leaves it valid."""
     h = hashlib.sha256(iclbook.__version__.encode())
     root = Path(iclbook.__file__).parent
-    for path in sorted(root.rglob("*.py")):
+    paths = module_sources(*modules) if modules else sorted(root.rglob("*.py"))
+    for path in paths:
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -153,14 +288,16 @@ def _plain(obj: Any) -> Any:
     return repr(obj)
 
 
-def cache_key(chapter: str, name: str, config: Any, **extra: Any) -> str:
-    """Hash of (chapter, name, config, profile, seed, library source, extra) naming a cache entry."""
+def cache_key(chapter: str, name: str, config: Any, *, uses: str | None = None, **extra: Any) -> str:
+    """Hash of (chapter, name, config, profile, source, extra) naming a cache entry. ``uses`` is
+    the library module whose code trains the entry (its ``__name__``): the key hashes its source
+    and that of the modules it imports (:func:`source_digest`); without it, the whole library."""
     payload = {
         "chapter": chapter,
         "name": name,
         "config": _plain(config),
         "profile": profile(),
-        "library": library_digest(),
+        "library": source_digest(*([uses] if uses else [])),
         "extra": _plain(extra),
     }
     text = json.dumps(payload, sort_keys=True)
@@ -172,20 +309,23 @@ def cached(
     name: str,
     config: Any,
     build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
+    *,
+    uses: str | None = None,
     **extra: Any,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
     """Load trained weights and their training history from the cache, or build and store them.
 
     ``build()`` trains and returns ``(state, history)``: a dict of tensors (a ``state_dict``, or
     several under prefixed keys) and a JSON-able history. The entry is keyed by
-    :func:`cache_key`, so a different config, profile, seed (pass it in ``extra``) or library
-    source never reuses stale weights. ``ICLBOOK_RETRAIN=1`` trains again and overwrites.
+    :func:`cache_key`, so a different config, profile, seed (pass it in ``extra``) or source
+    of the training code (``uses``, the module that trains) never reuses stale weights.
+    ``ICLBOOK_RETRAIN=1`` trains again and overwrites.
 
     Returns ``(state, history, hit)`` where ``hit`` tells whether the cache was used. Loading uses
     ``torch.load(..., weights_only=True)``. A cache folder that cannot be written only costs the
     saving, never the result.
     """
-    key = cache_key(chapter, name, config, **extra)
+    key = cache_key(chapter, name, config, uses=uses, **extra)
     path = cache_dir() / f"{chapter}-{name}-{key}.pt"
     retrain = os.environ.get("ICLBOOK_RETRAIN", "0").strip() in ("1", "true", "yes")
     if path.exists() and not retrain:

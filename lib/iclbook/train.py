@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
@@ -30,6 +31,47 @@ from tqdm.std import tqdm
 from iclbook import runtime
 
 Batch = tuple[torch.Tensor, ...]
+
+
+class History(dict):
+    """What :func:`train` returns, and what every chapter reads its learning curves from.
+
+    A plain dict underneath (JSON-able, so the weight cache stores it as it is) with the keys
+    ``step`` (the logged steps), ``loss`` (one list of member losses per logged step),
+    ``checkpoints`` (one dict per checkpoint: ``step``, and ``members``, one dict of measures per
+    ensemble member, as ``on_checkpoint`` returns them), ``seconds`` and ``members``; and
+    ``cached`` once it went through :func:`cached_training`. The accessors read it as arrays::
+
+        history.steps              # (checkpoints,) the checkpoint steps
+        history.curve("error")     # (members, checkpoints) one measure of every member
+        history.member(0)          # member 0's checkpoints: [{"step": 0, "error": ...}, ...]
+        history.loss_curve()       # (members, logged steps) the training loss
+    """
+
+    @property
+    def steps(self) -> np.ndarray:
+        return np.array([c["step"] for c in self.get("checkpoints", [])])
+
+    def _members(self, c: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        if "members" not in c:
+            raise KeyError("this history's checkpoints have no per-member measures: its on_checkpoint "
+                           "must return {'members': [one dict per member]}")
+        return c["members"]
+
+    def curve(self, key: str) -> np.ndarray:
+        """``(members, checkpoints)`` array of the measure ``key``."""
+        ck = self.get("checkpoints", [])
+        if not ck:
+            raise ValueError("this history has no checkpoints (train with checkpoint_every and on_checkpoint)")
+        return np.array([[self._members(c)[m][key] for c in ck] for m in range(len(self._members(ck[0])))])
+
+    def member(self, index: int) -> list[dict[str, Any]]:
+        """The checkpoints of member ``index``: its measures with their ``step``."""
+        return [dict(self._members(c)[index], step=c["step"]) for c in self.get("checkpoints", [])]
+
+    def loss_curve(self) -> np.ndarray:
+        """``(members, logged steps)`` training loss; the steps are ``history["step"]``."""
+        return np.array(self["loss"]).T
 LossFn = Callable[[Callable[..., torch.Tensor], Batch], torch.Tensor]
 
 
@@ -103,7 +145,7 @@ def train(
 
     Returns
     -------
-    history : dict
+    history : History
         ``step`` (logged steps), ``loss`` (one list of member losses per logged step),
         ``checkpoints`` (list of dicts with ``step``), ``seconds`` (wall time), ``members``.
     """
@@ -161,7 +203,7 @@ def train(
         schedulers = []
     else:
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
-    history: dict[str, Any] = {"step": [], "loss": [], "checkpoints": [], "members": len(members)}
+    history = History(step=[], loss=[], checkpoints=[], members=len(members))
 
     def checkpoint(step: int) -> None:
         if on_checkpoint is None:
@@ -241,14 +283,15 @@ def load_stacked(models: Sequence[nn.Module], state: dict[str, torch.Tensor]) ->
 
 
 def cached_training(chapter: str, name: str, config: Any, models: Sequence[nn.Module],
-                    run: Callable[[], dict[str, Any]], *,
+                    run: Callable[[], History], *,
                     extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
-                    **extra: Any) -> dict[str, Any]:
+                    uses: str | None = None, **extra: Any) -> History:
     """Train ``models`` through the trained-weight cache (:func:`iclbook.runtime.cached`).
 
     ``run()`` trains the models in place and returns the history. On a cache hit it is not
     called: the members' weights and the stored history are loaded instead. ``extra`` joins the
-    cache key (seeds, steps...). The returned history has ``cached`` set to whether it hit.
+    cache key (seeds, steps...); ``uses`` names the module that trains (pass ``__name__``), whose
+    source, and that of what it imports, keys the entry. The returned history has ``cached`` set to whether it hit.
     ``extra_state()``, called after training, returns more tensors to keep with the weights
     (e.g. snapshots at checkpoints); they come back, stored or loaded, as
     ``history["extra_state"]``.
@@ -260,7 +303,8 @@ def cached_training(chapter: str, name: str, config: Any, models: Sequence[nn.Mo
             state.update({f"extra:{k}": v for k, v in extra_state().items()})
         return state, history
 
-    state, history, hit = runtime.cached(chapter, name, config, build, **extra)
+    state, history, hit = runtime.cached(chapter, name, config, build, uses=uses, **extra)
+    history = History(history)
     if hit:
         load_stacked(models, state)  # reads the "<member>." keys only
     history["cached"] = hit

@@ -137,13 +137,6 @@ def convergence_curve(block: ContextualBlock, tokens: torch.Tensor) -> torch.Ten
     return update_increments(block.W, block.layer.prefixes(context, query))
 
 
-def loglog_slope(i: torch.Tensor, values: torch.Tensor) -> float:
-    """Least-squares slope of ``log(values)`` against ``log(i)``."""
-    x, y = torch.log(i.double()), torch.log(values.double())
-    x = x - x.mean()
-    return float((x * (y - y.mean())).sum() / (x * x).sum())
-
-
 def finetune_comparison(block: ContextualBlock, tokens: torch.Tensor, target: torch.Tensor,
                         lr: float | Sequence[float], steps_per_example: int = 1) -> dict:
     """The paper's Fig. 3: implicit ``dW`` against explicit finetuning, per prompt and example.

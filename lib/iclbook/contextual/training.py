@@ -51,7 +51,7 @@ def train_blocks(cfg: Config, seeds: list[int], *, kind: str = "softmax",
     def run() -> dict:
         return train.train(
             models, mse, sample, steps=steps, lr=lr,
-            generators=[runtime.generator(s + 7919) for s in seeds],
+            generators=[runtime.stream("batches", s) for s in seeds],
             checkpoint_every=cfg.checkpoint_every if val is not None else None,
             on_checkpoint=on_checkpoint if val is not None else None,
             desc=desc or f"{kind}/{variant}",
@@ -59,6 +59,6 @@ def train_blocks(cfg: Config, seeds: list[int], *, kind: str = "softmax",
 
     val_digest = None if val is None else float(val[0].sum() + val[1].sum())
     name = f"{kind}-{variant}" + (f"-x{depth}" if depth > 1 else "")
-    history = train.cached_training("04", name, cfg, models, run, seeds=list(seeds),
+    history = train.cached_training("04", name, cfg, models, run, uses=__name__, seeds=list(seeds),
                                     steps=steps, lr=lr, val=val_digest)
     return models, history

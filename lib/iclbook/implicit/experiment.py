@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from iclbook import runtime
 from iclbook.implicit import dual_form, metrics, probe, tasks, tinylm
 from iclbook.implicit.codec import WORDS, Codec
 
@@ -53,6 +54,23 @@ CONFIGS = {
 }
 
 
+#: Chapter 2's named random streams (:class:`iclbook.runtime.Streams`), offsets from the chapter's
+#: seed. Several cells start a fresh generator at the chapter's seed itself (offset 0), as the
+#: chapter always has: each draws different objects, so sharing the seed couples nothing they
+#: compare. The tasks' examples come from the library stream "task-split" of each evaluation seed.
+STREAMS = {
+    "dual-form": runtime.Stream(0),  # the random matrices of the exact dual-form check
+    "example": runtime.Stream(0),  # the pretraining sequence printed as an example
+    "statistics": runtime.Stream(0),  # the random baselines of SimAOU and Kendall
+    "momentum-demos": runtime.Stream(0),  # the demonstrations of the momentum study's ICL accuracy
+    "eval": runtime.Stream(0, width=100),  # the evaluation seeds: demonstrations, dev and test examples
+    "untrained-init": runtime.Stream(1),  # the untrained model of the critics' controls
+    "bootstrap": runtime.Stream(5),  # the bootstrap intervals of the statistics
+    "controls": runtime.Stream(17),  # the shuffled-label and permutation controls
+    "held-out": runtime.Stream(10**6),  # held-out pretraining text of the momentum study
+}
+
+
 @dataclass
 class TaskRun:
     """Everything one task and one evaluation seed produced."""
@@ -79,7 +97,8 @@ def splits(name: str, cfg: Config, seed: int) -> tuple[tasks.Dataset, tasks.Data
 
 
 def demo_generator(seed: int, demo_seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(10_000 * seed + demo_seed)
+    """The demonstration draw ``demo_seed`` of evaluation seed ``seed`` (library stream "demos")."""
+    return runtime.stream("demos", seed, demo_seed)
 
 
 def ft_examples(task: tasks.Task, demos: Sequence[tuple[object, str]],

@@ -37,6 +37,8 @@ from typing import Sequence
 
 import torch
 
+from iclbook import runtime
+
 # ---------------------------------------------------------------------------------------------
 # Vocabulary
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +283,7 @@ def make_dataset(name: str, n: int, seed: int, *, split: str = "test", cues_per_
     salt = {"train": 1, "dev": 2, "test": 3}.get(split)
     if salt is None:
         raise ValueError(f"split must be 'train', 'dev' or 'test', got {split!r}")
-    gen = torch.Generator().manual_seed(seed * 7919 + salt * 104729 + TASK_NAMES.index(name))
+    gen = runtime.stream("task-split", seed, salt * 104729 + TASK_NAMES.index(name))
     classes = torch.randint(task.n_classes, (n,), generator=gen)
     inputs = [sentence(task, int(y), cues, gen, cue_last=cue_last) for y in classes]
     return Dataset(task, inputs, classes, cues)

@@ -1,0 +1,107 @@
+"""How every chapter starts and ends: one call each.
+
+The first code cell of a chapter is::
+
+    ch = chapter.start("03", "Reddy 2024", ih.CONFIGS, streams=ih.STREAMS)
+    cfg, SEED, LEDGER = ch.cfg, ch.seed, ch.ledger
+
+which reads the profile and the seed from the environment (``ICLBOOK_PROFILE``,
+``ICLBOOK_SEED``), seeds Python, NumPy and torch, sets the book's figure style, picks the
+profile's config, opens the chapter's claims ledger and prints the parameters line. Its random
+draws go through named streams (``ch.rng("ood-domain")``, ``ch.seeds("members", 3)``) whose
+table lives in the chapter's library module. The last cell is ``ch.finish()``: the chapter's
+time, then the ledger's table, record and summary line.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from iclbook import ledger as _ledger
+from iclbook import plots, runtime
+
+#: "Exact" in float64: the tolerance of every identity the chapters check. Their rounding stays
+#: near 1e-15, so a real break shows orders of magnitude above it.
+EXACT = 1e-10
+
+#: Model seeds of a chapter: ``1000 * SEED + i`` for its ``i``-th ensemble member. Every chapter's
+#: table starts from these; a family of other models (``1000 * SEED + 100 + i``...) adds a row.
+MEMBERS = {"members": runtime.Stream(0, width=100, scale=1000)}
+
+
+@dataclass
+class Chapter:
+    """What a chapter's cells share: its profile, seed, config, ledger and random streams."""
+
+    number: str
+    profile: str
+    seed: int
+    cfg: Any
+    ledger: _ledger.Ledger
+    device: torch.device
+    streams: runtime.Streams
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def members(self) -> list[int]:
+        """The seeds of the chapter's main ensemble, one per member (``cfg.seeds`` of them)."""
+        return self.seeds("members", int(getattr(self.cfg, "seeds", 1)))
+
+    def seeds(self, name: str, n: int) -> list[int]:
+        """The first ``n`` seeds of the stream family ``name``."""
+        return self.streams.seeds(name, n)
+
+    def rng(self, name: str, k: int = 0) -> torch.Generator:
+        """A fresh ``torch.Generator`` of the stream ``name`` (its ``k``-th, for a family)."""
+        return self.streams.generator(name, k)
+
+    def np_rng(self, name: str, k: int = 0) -> np.random.Generator:
+        """A fresh NumPy ``Generator`` of the stream ``name``."""
+        return self.streams.numpy(name, k)
+
+    def elapsed(self) -> float:
+        """Seconds since :func:`start`."""
+        return time.perf_counter() - self.started
+
+    def finish(self) -> None:
+        """The chapter's last cell: its time, then the ledger (table, JSON record, summary line;
+        raises if an identity or sanity check failed)."""
+        print(f"chapter time: {self.elapsed():.0f} s")
+        self.ledger.finish()
+
+
+def start(number: str, source: str, configs: Mapping[str, Any], *, page: str,
+          streams: Mapping[str, runtime.Stream] | None = None, device: torch.device | str | None = None,
+          why_device: str = "", dtype: torch.dtype | None = None, threads: int | None = None,
+          show_config: bool = True) -> Chapter:
+    """Open a chapter: profile, seed, global seeding, figure style, config, ledger, streams.
+
+    ``configs`` maps each profile to the chapter's config; ``streams`` is the chapter's table of
+    named random streams (its model seeds, :data:`MEMBERS`, are always in it). ``device`` fixes
+    the chapter's device (default :func:`runtime.device`), ``why_device`` says why in the
+    parameters line; ``dtype`` sets torch's default dtype (float64 for exact identities);
+    ``threads`` caps torch's CPU threads (never raising the count)."""
+    prof, seed = runtime.profile(), runtime.seed()
+    if prof not in configs:
+        raise KeyError(f"chapter {number} has no config for profile {prof!r}; it has {sorted(configs)}")
+    table = {**MEMBERS, **(streams or {})}
+    dev = torch.device(device) if device is not None else runtime.device()
+    if threads is not None:
+        torch.set_num_threads(max(1, min(threads, torch.get_num_threads())))
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    runtime.seed_everything(seed)
+    plots.set_style()
+    ch = Chapter(number=number, profile=prof, seed=seed, cfg=configs[prof],
+                 ledger=_ledger.Ledger(number, source, page=page), device=dev,
+                 streams=runtime.Streams(seed, table))
+    print(runtime.describe(), f"| this chapter uses {dev}" + (f" ({why_device})" if why_device else ""))
+    print(_ledger.runtime_line(number))
+    if show_config:
+        print(ch.cfg)
+    return ch

@@ -1,0 +1,201 @@
+"""The layer between the library and the chapters: chapter.start/finish, named random streams,
+the training history, the weight cache's source key and the Markdown table helper."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import iclbook
+from iclbook import chapter, ledger, runtime, train
+
+CHAPTER_STREAMS = {
+    "01": "iclbook.patterns", "02": "iclbook.implicit.experiment", "03": "iclbook.induction",
+    "04": "iclbook.contextual", "05": "iclbook.lenses",
+}
+
+
+# --- named random streams ----------------------------------------------------------------------
+
+
+def test_a_stream_is_its_seed_and_repeats_its_draws():
+    streams = runtime.Streams(3, {"data": runtime.Stream(7), "family": runtime.Stream(100, width=5, scale=1000)})
+    assert streams.seed("data") == 10 and streams.seeds("family", 3) == [3100, 3101, 3102]
+    a = torch.rand(4, generator=streams.generator("data"))
+    assert torch.equal(a, torch.rand(4, generator=streams.generator("data")))  # fresh each time
+    assert torch.equal(a, torch.rand(4, generator=runtime.generator(10)))
+    assert not torch.equal(a, torch.rand(4, generator=streams.generator("family")))
+
+
+def test_streams_refuse_unknown_names_indices_and_kinds():
+    streams = runtime.Streams(0, {"data": runtime.Stream(1, width=2), "boot": runtime.Stream(0, kind="numpy")})
+    with pytest.raises(KeyError, match="no random stream named 'dtaa'"):
+        streams.generator("dtaa")
+    with pytest.raises(ValueError, match="outside this stream's width 2"):
+        streams.seed("data", 2)
+    with pytest.raises(TypeError, match="numpy"):
+        streams.generator("boot")
+    assert streams.numpy("boot").integers(1000) == np.random.default_rng(0).integers(1000)
+    with pytest.raises(ValueError):
+        runtime.Stream(-1)
+
+
+def test_the_library_streams_keep_the_seeds_the_book_was_computed_with():
+    """Naming the streams changed no number: each name gives the seed its formula gave before."""
+    s = 1002
+    old = {"batches": s + 7919, "gpt-batches": s + 104729, "task": 1_000_003 * s + 17,
+           "eval-sets": 1_000_003 * s + 29, "demos": 10_000 * s + 201, "task-split": s * 7919 + 2 * 104729 + 3}
+    k = {"demos": 201, "task-split": 2 * 104729 + 3}
+    for name, seed in old.items():
+        assert runtime.LIBRARY_STREAMS[name].seed(s, k.get(name, 0)) == seed, name
+
+
+@pytest.mark.parametrize("number", sorted(CHAPTER_STREAMS))
+def test_every_stream_a_chapter_names_is_in_its_table(number):
+    """A typo in ``ch.rng("...")`` would only fail when the cell runs; check every name now."""
+    md = next((Path(__file__).parents[1] / "book").glob(f"{number}_*.md")).read_text()
+    table = {**chapter.MEMBERS, **importlib.import_module(CHAPTER_STREAMS[number]).STREAMS}
+    used = set(re.findall(r'ch\.(?:rng|np_rng|seeds|streams\.seed)\("([^"]+)"', md))
+    assert used, f"chapter {number} draws through no named stream"
+    assert used <= set(table), f"chapter {number} names streams its table lacks: {used - set(table)}"
+    unused = set(table) - used - set(chapter.MEMBERS)
+    assert not unused, f"chapter {number}'s table has streams no cell uses: {unused}"
+
+
+# --- chapter.start / finish ----------------------------------------------------------------------
+
+
+@dataclass
+class _Cfg:
+    seeds: int = 3
+    size: int = 1
+
+
+def test_start_reads_the_environment_and_seeds_everything(monkeypatch, capsys):
+    monkeypatch.setenv("ICLBOOK_PROFILE", "smoke")
+    monkeypatch.setenv("ICLBOOK_SEED", "2")
+    before = torch.get_num_threads()
+    ch = chapter.start("07", "Nobody 2026", {"smoke": _Cfg(size=9), "book": _Cfg()}, page="book/07_x",
+                       streams={"data": runtime.Stream(5)}, device="cpu", why_device="tiny")
+    try:
+        assert (ch.profile, ch.seed, ch.cfg.size) == ("smoke", 2, 9)
+        assert ch.members == [2000, 2001, 2002] and ch.streams.seed("data") == 7
+        assert ch.ledger.chapter == "07" and ch.device == torch.device("cpu")
+        first = torch.rand(3)
+        runtime.seed_everything(2)
+        assert torch.equal(first, torch.rand(3))  # start seeded the global stream with the seed
+        out = capsys.readouterr().out
+        assert "seed=2" in out and "this chapter uses cpu (tiny)" in out and "_Cfg(seeds=3, size=9)" in out
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_start_refuses_a_profile_without_a_config(monkeypatch):
+    monkeypatch.setenv("ICLBOOK_PROFILE", "paper")
+    with pytest.raises(KeyError, match="no config for profile 'paper'"):
+        chapter.start("07", "Nobody 2026", {"book": _Cfg()}, page="book/07_x")
+
+
+def test_finish_prints_the_time_and_fails_on_a_broken_identity(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("ICLBOOK_RECORDS", str(tmp_path))
+    ch = chapter.start("07", "Nobody 2026", {"book": _Cfg()}, page="book/07_x", show_config=False)
+    ch.ledger.identity("a holds", gap=0.0, tol=chapter.EXACT)
+    ch.finish()
+    assert "chapter time:" in capsys.readouterr().out and (tmp_path / "ch07-book.json").exists()
+    ch.ledger.rows[0].verdict = ledger.FAILS  # as if a failing cell had been skipped past
+    with pytest.raises(AssertionError, match="a holds"):
+        ch.finish()
+
+
+# --- the training history ----------------------------------------------------------------------
+
+
+def _history() -> train.History:
+    models = [torch.nn.Linear(2, 1) for _ in range(2)]
+    x = torch.ones(8, 2)
+
+    def loss(model, batch):
+        return (model(batch[0]) ** 2).mean()
+
+    def measure(step, members):
+        return {"members": [{"w": float(m.weight.detach().sum()), "step_twice": 2 * step} for m in members]}
+
+    return train.train(models, loss, lambda g: (x,), steps=4, lr=0.1, optimizer="sgd",
+                       generators=[runtime.generator(0), runtime.generator(1)], log_every=2,
+                       checkpoint_every=2, on_checkpoint=measure)
+
+
+def test_history_reads_measures_as_member_by_checkpoint_arrays():
+    h = _history()
+    assert isinstance(h, train.History) and isinstance(h, dict)
+    assert h.steps.tolist() == [0, 2, 4]
+    assert h.curve("step_twice").tolist() == [[0, 4, 8], [0, 4, 8]]
+    w = h.curve("w")
+    assert w.shape == (2, 3) and not np.allclose(w[:, 0], w[:, -1])  # training moved the weights
+    assert h.member(1)[2] == {"w": w[1, 2], "step_twice": 8, "step": 4}
+    assert h.loss_curve().shape == (2, 2) and h["step"] == [2, 4]
+
+
+def test_history_survives_the_cache_round_trip(monkeypatch, tmp_path):
+    monkeypatch.setenv("ICLBOOK_CACHE", str(tmp_path))
+    model = [torch.nn.Linear(2, 1)]
+    first = train.cached_training("07", "h", {"a": 1}, model, _history, uses="iclbook.train")
+    again = train.cached_training("07", "h", {"a": 1}, model, _history, uses="iclbook.train")
+    assert not first["cached"] and again["cached"] and isinstance(again, train.History)
+    assert np.array_equal(first.curve("w"), again.curve("w"))
+
+
+def test_history_says_what_is_missing():
+    with pytest.raises(ValueError, match="no checkpoints"):
+        train.History(checkpoints=[]).curve("w")
+    with pytest.raises(KeyError, match="members"):
+        train.History(checkpoints=[{"step": 0, "error": [0.1, 0.2]}]).curve("error")
+
+
+# --- the weight cache is keyed on the code that trains -----------------------------------------
+
+
+def _names(module: str) -> set[str]:
+    root = Path(iclbook.__file__).parent
+    return {str(p.relative_to(root)) for p in runtime.module_sources(module)}
+
+
+def test_cache_key_hashes_the_training_module_and_what_it_imports():
+    ch1, ch3, ch4 = _names("iclbook.patterns"), _names("iclbook.induction"), _names("iclbook.contextual.training")
+    assert {"patterns.py", "runtime.py", "train.py"} <= ch1 and "induction.py" not in ch1
+    assert {"contextual/training.py", "contextual/block.py", "contextual/__init__.py",
+            "implicit/dual_form.py"} <= ch4  # the package's __init__ and what it imports
+    for names in (ch1, ch3, ch4):  # editing the Hugging Face path retrains nothing
+        assert "implicit/hf.py" not in names and "implicit/retrain.py" not in names
+    assert runtime.source_digest("iclbook.patterns") != runtime.source_digest("iclbook.induction")
+    assert runtime.source_digest("iclbook.patterns") == runtime.source_digest("iclbook.patterns")
+    assert runtime.source_digest() != runtime.source_digest("iclbook.patterns")  # all files
+    with pytest.raises(ValueError, match="not a module of the iclbook library"):
+        runtime.module_sources("iclbook.nope")
+
+
+def test_cache_key_changes_with_the_source_it_uses(monkeypatch):
+    key = runtime.cache_key("01", "main", {"a": 1}, uses="iclbook.patterns")
+    assert key == runtime.cache_key("01", "main", {"a": 1}, uses="iclbook.patterns")
+    monkeypatch.setattr(runtime, "source_digest", lambda *m: "edited")
+    assert runtime.cache_key("01", "main", {"a": 1}, uses="iclbook.patterns") != key
+
+
+# --- the Markdown table helper -------------------------------------------------------------------
+
+
+def test_table_escapes_pipes_and_line_breaks_and_checks_its_shape():
+    md = ledger.table(["task", "acc."], [["a|b", 0.5], ["two\nlines", "x"]], align="lr")
+    lines = md.split("\n")
+    assert lines[:2] == ["| task | acc. |", "|---|--:|"]
+    assert lines[2] == "| a\\|b | 0.5 |" and lines[3] == "| two lines | x |"
+    with pytest.raises(ValueError, match="2 cells for 3 columns"):
+        ledger.table(["a", "b", "c"], [[1, 2]])
+    with pytest.raises(ValueError, match="one of 'l', 'r', 'c'"):
+        ledger.table(["a"], [[1]], align="x")
