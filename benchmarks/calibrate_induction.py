@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from iclbook import __version__, runtime
+from iclbook import __version__, curves, runtime
 from iclbook import induction as ih
 
 #: (Adam step, training steps): the book profile's step last
@@ -35,7 +35,7 @@ def calibrate(seed: int) -> dict:
         runs = ih.train_runs(cfg, seeds, lr=lr, steps=steps, eval_every=cfg.eval_every, desc=f"Adam {lr:g}")
         seconds = time.perf_counter() - start
         for r in runs:
-            tr = ih.transition(*r.curve("IC"), base)
+            tr = curves.transition(*r.curve("IC"), base)
             rows.append({"lr": lr, "steps": steps, "seed": r.seed, **{k: tr[k] for k in (
                 "onset", "t_top", "rise_ratio", "linger", "plateau_fraction")},
                 **{k: r.final[k] for k in ("IC", "IC2", "IW")}})

@@ -50,8 +50,8 @@ def test_the_library_streams_keep_the_seeds_the_book_was_computed_with():
     """Naming the streams changed no number: each name gives the seed its formula gave before."""
     s = 1002
     old = {"batches": s + 7919, "gpt-batches": s + 104729, "task": 1_000_003 * s + 17,
-           "eval-sets": 1_000_003 * s + 29, "demos": 10_000 * s + 201, "task-split": s * 7919 + 2 * 104729 + 3}
-    k = {"demos": 201, "task-split": 2 * 104729 + 3}
+           "eval-sets": 1_000_003 * s + 29, "demos": 10_000 * s + 201, "stack-blocks": 100 * s + 2, "task-split": s * 7919 + 2 * 104729 + 3}
+    k = {"demos": 201, "task-split": 2 * 104729 + 3, "stack-blocks": 2}
     for name, seed in old.items():
         assert runtime.LIBRARY_STREAMS[name].seed(s, k.get(name, 0)) == seed, name
 

@@ -84,3 +84,17 @@ def test_half_rise_and_first_crossing():
     assert curves.half_rise(steps, np.array([0.1, 0.1, 0.4, 0.9, 0.9])) == 300  # half of 0.1 -> 0.9 is 0.5
     assert curves.half_rise(steps, np.array([0.1, 0.5, 0.5, 0.5, 0.9])) == 100
     assert math.isnan(curves.first_crossing(np.array([0.1, 0.2]), 0.5))
+
+
+def test_non_increasing_allows_two_standard_errors_and_no_more():
+    n = 1000
+    se = curves.binomial_se([0.1], n)[0]                       # 0.0095
+    gap = 2 * np.hypot(se, se)                                  # two s.e. of a difference of two rates
+    assert curves.non_increasing([0.3, 0.2, 0.1, 0.1], n)
+    assert curves.non_increasing([0.1, 0.1 + 0.9 * gap], n)     # a rise within the noise
+    assert not curves.non_increasing([0.1, 0.1 + 1.2 * gap], n)
+    assert not curves.non_increasing([0.0, 0.005], n)           # 2.2 s.e. of the second rate
+    assert curves.binomial_se([0.0], n, floor=1 / n)[0] == pytest.approx(1 / n)
+    with pytest.raises(ValueError):
+        curves.binomial_se([0.1], 0)
+

@@ -92,3 +92,23 @@ def test_chapter_is_in_the_toc_starts_and_ends_through_the_library(md):
     assert f'ch = chapter.start("{md.stem[:2]}", ' in cells[2]  # the first cell after the Colab install
     for stale in ("runtime.seed_everything", "runtime.generator(SEED", "Ledger(", "CHAPTER_START"):
         assert stale not in text, f"{md.name} does by hand what chapter.start does: {stale}"
+
+
+def test_every_chapter_follows_the_layout_rule():
+    """book/NN_slug.md <-> iclbook.<module> <-> tests/test_<tests>.py, the module imported under
+    its alias: the table in iclbook.chapter.CHAPTERS is the whole rule."""
+    import importlib
+    import re
+
+    from iclbook import chapter
+
+    pages = {p.stem[:2]: p for p in CHAPTERS}
+    assert set(pages) == set(chapter.CHAPTERS), "a chapter without a row in chapter.CHAPTERS, or a row without a page"
+    for number, row in chapter.CHAPTERS.items():
+        assert pages[number].stem == f"{number}_{row['slug']}"
+        importlib.import_module(f"iclbook.{row['module']}")
+        assert (ROOT / "tests" / f"test_{row['tests']}.py").exists()
+        parent, _, last = f"iclbook.{row['module']}".rpartition(".")
+        imported = rf"from {re.escape(parent)} import [^\n]*\b{last}\b" + (rf" as {row['alias']}\b" if row["alias"] != last else "")
+        assert re.search(imported, pages[number].read_text()), f"{pages[number].name} does not import {row['module']} as {row['alias']}"
+

@@ -25,6 +25,17 @@ import torch
 from iclbook import ledger as _ledger
 from iclbook import plots, runtime
 
+#: The layout rule, one row per chapter: ``book/NN_<slug>.md`` is the page, ``iclbook.<module>``
+#: its code, ``tests/test_<tests>.py`` that code's tests, and the page imports the module as
+#: ``alias`` (``tests/test_notebooks.py`` checks every part).
+CHAPTERS = {
+    "01": {"slug": "nonlinear_icl", "module": "patterns", "alias": "pt", "tests": "patterns"},
+    "02": {"slug": "implicit_finetuning", "module": "implicit.experiment", "alias": "ex", "tests": "implicit"},
+    "03": {"slug": "induction_cliff", "module": "induction", "alias": "ih", "tests": "induction"},
+    "04": {"slug": "contextual_blocks", "module": "contextual", "alias": "cx", "tests": "contextual"},
+    "05": {"slug": "four_lenses", "module": "lenses", "alias": "lenses", "tests": "lenses"},
+}
+
 #: "Exact" in float64: the tolerance of every identity the chapters check. Their rounding stays
 #: near 1e-15, so a real break shows orders of magnitude above it.
 EXACT = 1e-10

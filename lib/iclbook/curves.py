@@ -11,6 +11,7 @@ histories give these arrays (:meth:`iclbook.train.History.curve`, ``Run.curve`` 
 ``transition``         a plateau-then-jump accuracy curve: onset, top, rise/onset, linger ratio
 ``loglog_fit``         least-squares line of ``log(values)`` against ``log(x)``: slope, intercept
 ``loglog_slope``       its slope alone
+``non_increasing``     whether a measured rate never rises by more than its sampling error
 =====================  ==========================================================================
 """
 
@@ -101,3 +102,23 @@ def loglog_fit(x: Any, values: Any) -> tuple[float, float]:
 def loglog_slope(x: Any, values: Any) -> float:
     """The slope of :func:`loglog_fit`: the exponent of a power law ``values ~ x ** slope``."""
     return loglog_fit(x, values)[0]
+
+
+def binomial_se(p: Any, n: int, *, floor: float = 0.0) -> np.ndarray:
+    """Standard error ``sqrt(p (1 - p) / n)`` of rates ``p`` measured on ``n`` trials each; with
+    ``floor``, ``max(p, floor)`` in place of the first ``p`` (a rate measured as 0 on ``n`` trials
+    still has an uncertainty of about ``1 / n``)."""
+    if n < 1:
+        raise ValueError(f"need n >= 1 trials, got {n}")
+    p = _array(p)
+    return np.sqrt(np.maximum(p, floor) * (1 - p) / n)
+
+
+def non_increasing(rates: Any, n: int, *, k: float = 2.0, floor: float = 0.0) -> bool:
+    """Whether a curve of rates (errors, each measured on ``n`` trials) never rises from one
+    point to the next by more than ``k`` standard errors of the difference
+    (:func:`binomial_se`, ``floor`` as there): "falls, within sampling error"."""
+    r = _array(rates)
+    se = binomial_se(r, n, floor=floor)
+    return bool(np.all(r[1:] <= r[:-1] + k * np.hypot(se[:-1], se[1:])))
+

@@ -386,6 +386,16 @@ class InductionNet(nn.Module):
     the two agree to float precision. ``attention`` returns both layers' maps for analysis.
     """
 
+    #: What :meth:`internals` returns (:mod:`iclbook.internals`); ``T`` tokens, the query last.
+    INTERNALS = {
+        "att1": "(n, T, T) layer 1's attention map (row: the attending token)",
+        "resid1": "(n, T, d) the residual stream after layer 1",
+        "att2": "(n, T) layer 2's attention row at the query",
+        "query_state": "(n, d) the residual stream at the query after layer 2: the classifier's input",
+        "relu1": "(n, width) the classifier's first ReLU layer", "relu2": "(n, width) its second",
+        "relu3": "(n, width) its third", "logits": "(n, L) the output at the query",
+    }
+
     def __init__(self, cfg: Config, generator: torch.Generator):
         super().__init__()
         d, s = cfg.d, 1.0 / math.sqrt(cfg.D)
@@ -430,6 +440,14 @@ class InductionNet(nn.Module):
         _, att2 = self._layer2_query(h)
         return att1, att2
 
+    def internals(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every activation of :data:`INTERNALS` on ``tokens`` ``(n, T, d)``, from one pass."""
+        h, att1 = self._layer1(tokens)
+        z, att2 = self._layer2_query(h)
+        relu = self.mlp.hidden(z)
+        return {"att1": att1, "resid1": h, "att2": att2, "query_state": z,
+                "relu1": relu[0], "relu2": relu[1], "relu3": relu[2], "logits": relu[2] @ self.mlp.readout.T}
+
     def induction_attention(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(n, N)`` each: layer-1 attention of every label to its item, and the query's layer-2
         attention to every label token (the inputs of :func:`progress_measures`)."""
@@ -459,6 +477,15 @@ class MinimalNet(nn.Module):
     The scalars start at 0, so at first the query spreads its attention evenly.
     """
 
+    #: What :meth:`internals` returns (:mod:`iclbook.internals`); ``N`` item-label pairs.
+    INTERNALS = {
+        "prev_token": "(n, N) sigmoid(beta1), the previous-token head's strength at every label",
+        "att2": "(n, N) the query's attention to the N label tokens",
+        "query_state": "(n, D) x_q + sum_j a_j lambda_j: the classifier's input",
+        "relu1": "(n, D) the classifier's first ReLU layer", "relu2": "(n, D) its second",
+        "relu3": "(n, D) its third", "logits": "(n, L) the output at the query",
+    }
+
     def __init__(self, cfg: Config, generator: torch.Generator):
         super().__init__()
         self.P, self.N = cfg.P, cfg.N
@@ -482,6 +509,15 @@ class MinimalNet(nn.Module):
         _, labels, query = self._parts(tokens)
         _, a = self.induction_attention(tokens)
         return query + (a.unsqueeze(-2) @ labels).squeeze(-2)
+
+    def internals(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every activation of :data:`INTERNALS` on ``tokens``, from one pass."""
+        _, labels, query = self._parts(tokens)
+        prev, a = self.induction_attention(tokens)
+        z = query + (a.unsqueeze(-2) @ labels).squeeze(-2)
+        relu = self.mlp.hidden(z)
+        return {"prev_token": prev, "att2": a, "query_state": z,
+                "relu1": relu[0], "relu2": relu[1], "relu3": relu[2], "logits": relu[2] @ self.mlp.readout.T}
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.query_state(tokens))

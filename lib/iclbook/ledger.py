@@ -1,8 +1,9 @@
 """The claims ledger: one row per claim a chapter covers, each with a kind and a computed verdict.
 
-Every check cell of a chapter records one row::
+Every check cell of a chapter records one row in the ledger that :func:`iclbook.chapter.start`
+opened (``LEDGER = ch.ledger``)::
 
-    LEDGER = ledger.Ledger("04", "Dherin et al. 2025")
+    LEDGER = ledger.Ledger("04", "Dherin et al. 2025")   # what chapter.start does
     LEDGER.identity("Thm 2.2: context == rank-1 patch", gap=gap, tol=1e-10,
                     paper="exact identity", section="sec-ch4-theorem")
     LEDGER.claim("Fig. 3: finetuning and the patch fall in a similar pattern",
@@ -10,7 +11,7 @@ Every check cell of a chapter records one row::
                  value=k_ft / k_dw, criterion=ledger.at_most(2.0, partly=4.0, what="ratio of half-drop indices"),
                  section="sec-ch4-finetune")
     ...
-    LEDGER.finish()   # the table, the JSON record, one summary line
+    LEDGER.finish()   # the table, the JSON record, one summary line (ch.finish() calls it)
 
 Kinds
 -----

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from iclbook import induction as ih
-from iclbook import patterns, runtime
+from iclbook import internals, patterns, runtime
 from iclbook.contextual.patches import rank_one_update
 from iclbook.implicit import dual_form, metrics
 
@@ -197,7 +197,7 @@ def pruning_curve(model: ih.InductionNet, seqs: ih.Sequences, rates: list[float]
     """Li et al.'s pruning lens: accuracy on ``seqs`` with a share ``rate`` of the classifier's
     first-layer neurons silenced, by the norm of their input weights (``"magnitude"``: smallest
     first, as Li et al. prune; ``"random"`` is the control)."""
-    z = model.query_state(seqs.tokens)
+    z = internals.read(model, seqs.tokens, "query_state")
     norms = model.mlp.w1.norm(dim=1)
     out = []
     for rate in rates:

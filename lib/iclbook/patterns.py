@@ -21,6 +21,7 @@ Shapes: ``n`` prompts, ``l`` contexts, ``d = d_X + d_Y`` token size, ``m`` neuro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -287,9 +288,18 @@ class OneLayerICL(nn.Module):
     """``F(P) = a^T relu(W_O sum_i attn_i W_V p_i)``, ``attn = softmax_i((W_K p_i)^T W_Q p_q)``.
 
     The query attends to the ``l`` contexts only. ``a`` is fixed at ``+-1/m`` (half each), as in
-    the analysis. Every internal quantity is a method: :meth:`attention`, :meth:`hidden`,
-    :meth:`neuron_rows` (the rows of ``W_O W_V``).
+    the analysis. :meth:`internals` returns every activation by name (:data:`INTERNALS`);
+    :meth:`neuron_rows` gives the rows of ``W_O W_V``.
     """
+
+    #: What :meth:`internals` returns (:mod:`iclbook.internals`).
+    INTERNALS = {
+        "attention": "(n, l) the query's attention over the contexts",
+        "mixed": "(n, d) the attention-weighted sum of the context tokens",
+        "hidden": "(n, m) the neurons' pre-activations W_O W_V mixed",
+        "active": "(n, m) relu(hidden)",
+        "output": "(n,) F = a . active, the prediction's margin",
+    }
 
     def __init__(self, cfg: Config, seed: int):
         super().__init__()
@@ -321,6 +331,14 @@ class OneLayerICL(nn.Module):
         a = self.a if neuron_mask is None else self.a * neuron_mask
         return act @ a
 
+    def internals(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every activation of :data:`INTERNALS` on ``tokens`` ``(n, l + 1, d)``, from one pass."""
+        att = self.attention(tokens)
+        mixed = torch.einsum("nl,nld->nd", att, tokens[:, :-1])
+        hidden = (mixed @ self.W_V.T) @ self.W_O.T
+        active = torch.relu(hidden)
+        return {"attention": att, "mixed": mixed, "hidden": hidden, "active": active, "output": active @ self.a}
+
     def neuron_rows(self) -> torch.Tensor:
         """Rows of ``W_O W_V``, ``(m, d)``: each neuron's read of the attention output."""
         return self.W_O @ self.W_V
@@ -350,6 +368,35 @@ def evaluate(model: OneLayerICL, prompts: Prompts, neuron_mask: torch.Tensor | N
         "hinge": float(torch.clamp(1 - prompts.target * F, min=0).mean()),
         "same_attention": float((att * prompts.same).sum(-1).mean()),
     }
+
+
+def ood_sweep(models: Sequence[torch.nn.Module], cfg: Config, S1_values: Sequence[float], *,
+              domain_generator: Callable[[], torch.Generator], prompt_generator: Callable[[], torch.Generator],
+              construction: str = "pair", alpha: float = 0.8, n: int | None = None) -> np.ndarray:
+    """``(models, S1)`` error on out-of-domain prompts (Theorem 2): for each ``S1``, patterns of
+    that construction, then ``n`` prompts (default ``cfg.n_test``) at ``alpha`` and the training
+    length. ``domain_generator()`` and ``prompt_generator()`` return fresh generators, so every
+    ``S1`` (and every model: the one-layer ones and the GPT) sees the same draws."""
+    out = np.zeros((len(models), len(S1_values)))
+    for j, S1 in enumerate(S1_values):
+        dom = out_of_domain(cfg, S1, domain_generator(), construction)
+        prompts = sample_prompts(dom, n or cfg.n_test, alpha=alpha, l=cfg.l_train, cfg=cfg, generator=prompt_generator())
+        out[:, j] = [error(m, prompts) for m in models]
+    return out
+
+
+def length_sweep(models: Sequence[torch.nn.Module], domain: Domain, cfg: Config, alphas: Sequence[float],
+                 lengths: Sequence[int], *, prompt_generator: Callable[[], torch.Generator],
+                 n: int | None = None) -> np.ndarray:
+    """``(alphas, models, lengths)`` error against the context length ``l`` (Theorems 1-2's
+    ``l = Omega(1 / alpha')``): ``n`` prompts (default ``cfg.n_test``) of ``domain`` per point, each
+    from a fresh ``prompt_generator()``."""
+    out = np.zeros((len(alphas), len(models), len(lengths)))
+    for i, a in enumerate(alphas):
+        for k, l in enumerate(lengths):
+            prompts = sample_prompts(domain, n or cfg.n_test, alpha=a, l=int(l), cfg=cfg, generator=prompt_generator())
+            out[i, :, k] = [error(m, prompts) for m in models]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,6 +504,31 @@ def pruning_mask(row_norms: torch.Tensor, rate: float, how: str, generator: torc
     mask = torch.ones(m)
     mask[order[:k]] = 0.0
     return mask
+
+
+@torch.no_grad()
+def pruning_sweep(models: Sequence[OneLayerICL], row_norms: Sequence[torch.Tensor], prompts: Prompts,
+                  rates: Sequence[float], *, hows: Sequence[str] = ("magnitude", "random", "largest"),
+                  random_draws: int = 5, mask_generator: Callable[[int], torch.Generator] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Hinge loss and error after pruning each model's neurons at each rate (Theorem 3, Fig. 23):
+    ``{how: (2, models, rates)}``, index 0 the hinge loss, 1 the error. ``row_norms[s]`` are model
+    ``s``'s row norms of ``W_O``; ``"random"`` averages ``random_draws`` masks, draw ``d`` from
+    ``mask_generator(d)`` (the same draws for every model and rate)."""
+    if len(models) != len(row_norms):
+        raise ValueError(f"need one set of row norms per model: {len(row_norms)} for {len(models)} models")
+    if "random" in hows and mask_generator is None:
+        raise ValueError("random pruning needs mask_generator(d) -> torch.Generator")
+    out = {how: np.zeros((2, len(models), len(rates))) for how in hows}
+    for s, (m, norms) in enumerate(zip(models, row_norms)):
+        for k, r in enumerate(rates):
+            for how in hows:
+                draws = random_draws if how == "random" else 1
+                res = [evaluate(m, prompts, pruning_mask(norms, r, how, mask_generator(d) if how == "random" else None))
+                       for d in range(draws)]
+                out[how][0, s, k] = np.mean([x["hinge"] for x in res])
+                out[how][1, s, k] = np.mean([x["error"] for x in res])
+    return out
 
 
 def norm_split(row_norms: torch.Tensor) -> tuple[int, float]:

@@ -6,7 +6,7 @@ composes its own figure layout and keeps control of titles and captions.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -84,5 +84,33 @@ def attention_map(
     ax.set_ylabel("query")
     if title:
         ax.set_title(title)
+    return ax
+
+
+def sequence_strip(ax: plt.Axes, sets: Mapping[str, Any], *, N: int, K: int, L: int, index: int = 0) -> plt.Axes:
+    """One sequence of each of chapter 3's evaluation sets as a row of tokens, read left to right
+    (``sets``: name -> ``induction.Sequences``; ``N`` item-label pairs, ``K`` known classes,
+    ``L`` labels). Items show their class (a novel class ``K + c`` as ``nc``), label tokens
+    their label, both coloured by the label; the query is framed, its answer written after it."""
+    palette = plt.get_cmap("hsv", L + 1)  # one distinct colour per label (tab20 would repeat)
+    for row, (name, seqs) in enumerate(sets.items()):
+        y = -row
+        for j in range(N):
+            cls, lab = int(seqs.classes[index, j]), int(seqs.context_labels[index, j])
+            item_text = f"n{cls - K}" if cls >= K else str(cls)
+            true_label = (cls - K) % L if cls >= K else cls % L
+            for k, (text, colour) in enumerate(((item_text, true_label), (f"ℓ{lab}", lab))):
+                x = 2 * j + k
+                ax.add_patch(plt.Rectangle((x, y - 0.4), 0.92, 0.8, color=palette(colour),
+                                           alpha=0.45 if k == 0 else 0.9))
+                ax.text(x + 0.46, y, text, ha="center", va="center", fontsize=8)
+        q = int(seqs.query_class[index])
+        ax.add_patch(plt.Rectangle((2 * N, y - 0.4), 0.92, 0.8, fill=False, lw=1.5))
+        ax.text(2 * N + 0.46, y, f"{'n' + str(q - K) if q >= K else q}?", ha="center",
+                va="center", fontsize=8, weight="bold")
+        ax.text(2 * N + 1.2, y, f"→ ℓ{int(seqs.target[index])}", va="center", fontsize=9)
+        ax.text(-0.4, y, name, ha="right", va="center", fontsize=10, weight="bold")
+    ax.set(xlim=(-2.2, 2 * N + 3), ylim=(-len(sets) + 0.4, 0.6))
+    ax.axis("off")
     return ax
 

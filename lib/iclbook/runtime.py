@@ -1,13 +1,15 @@
-"""Where and how a chapter runs: device, seed, execution profile and the trained-weight cache.
+"""Where and how a chapter runs: device, seed and named random streams, execution profile and
+the trained-weight cache.
 
-Every chapter starts with the same three lines::
+A chapter reads these through :func:`iclbook.chapter.start`, which calls::
 
-    PROFILE = runtime.profile()      # "smoke" | "book" | "paper"   (ICLBOOK_PROFILE)
-    SEED = runtime.seed()            # an int                        (ICLBOOK_SEED)
-    DEVICE = runtime.device()        # cuda if available, else cpu   (ICLBOOK_DEVICE)
+    runtime.profile()      # "smoke" | "book" | "paper"   (ICLBOOK_PROFILE)
+    runtime.seed()         # an int                        (ICLBOOK_SEED)
+    runtime.device()       # cuda if available, else cpu   (ICLBOOK_DEVICE)
 
 and reads its sizes from one config per profile kept in the chapter's library module, so nothing
-else in the chapter changes between profiles.
+else in the chapter changes between profiles. Every random draw goes through a named stream
+(:class:`Streams`): the chapter's table in its module, the library's in :data:`LIBRARY_STREAMS`.
 
 Environment variables
 ---------------------
@@ -179,6 +181,7 @@ LIBRARY_STREAMS = {
     "gpt-batches": Stream(104729),  # chapter 1's GPT baseline: its training batches
     "task": Stream(17, scale=1_000_003),  # chapter 3: a run's class means and label vectors
     "eval-sets": Stream(29, scale=1_000_003),  # chapter 3: a run's fixed evaluation sets
+    "stack-blocks": Stream(0, width=100, scale=100),  # chapter 4: block l of a stack of seed s
     "demos": Stream(0, width=10_000, scale=10_000),  # chapter 2: demonstration draw k of an evaluation seed
     # chapter 2: the examples of a task's split; k = split * 104729 + the task's index
     "task-split": Stream(0, width=4 * 104729, scale=7919),

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iclbook import runtime
 from iclbook.contextual.config import Config
 from iclbook.contextual.layers import ContextualLayer, make_layer
 
@@ -28,6 +29,15 @@ class ContextualBlock(nn.Module):
     literally ``head(*mlp_input(seq))``, so a patched prediction runs the very same code.
     The prediction of the regression task is the last coordinate of the output.
     """
+
+    #: What :meth:`internals` returns (:mod:`iclbook.internals`), all at the last position.
+    INTERNALS = {
+        "mlp_input": "(B, m) u: the MLP's input, A(C, x) for the plain block (what W reads)",
+        "residual": "(B, d_model) z: the stream the MLP's output is added to (zeros for plain)",
+        "pre": "(B, h) W u + b, the first dense layer's pre-activation",
+        "output": "(B, d_model) the block's output T_W(C, x)",
+        "prediction": "(B,) its last coordinate: the regression prediction (what forward returns)",
+    }
 
     def __init__(self, layer: ContextualLayer, width: int = 64, variant: Variant = "plain",
                  d_model: int | None = None):
@@ -59,6 +69,12 @@ class ContextualBlock(nn.Module):
         if self.variant == "skip":
             return a, seq[:, -1] + a
         return a, a.new_zeros(a.shape[0], self.d_model)
+
+    def internals(self, seq: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every activation of :data:`INTERNALS` on ``seq`` ``(B, T, n)``, from one pass."""
+        u, z = self.mlp_input(seq)
+        out = self.head(u, z)
+        return {"mlp_input": u, "residual": z, "pre": self.fc1(u), "output": out, "prediction": out[..., -1]}
 
     def head(self, u: torch.Tensor, z: torch.Tensor, W: torch.Tensor | None = None,
              bias_shift: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,7 +169,9 @@ class BlockStack(nn.Module):
 
 def make_stack(kind: str, cfg: Config, depth: int, variant: Variant = "plain", *, seed: int,
                dtype=torch.float64) -> BlockStack:
-    """A stack of ``depth`` blocks, block ``l`` initialised from seed ``seed * 100 + l``."""
+    """A stack of ``depth`` blocks, block ``l`` initialised from the library stream "stack-blocks"
+    of ``seed`` (seed ``100 * seed + l``)."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    return BlockStack([make_block(kind, cfg, variant, seed=seed * 100 + l, dtype=dtype) for l in range(depth)])
+    seeds = runtime.Streams(seed, runtime.LIBRARY_STREAMS).seeds("stack-blocks", depth)
+    return BlockStack([make_block(kind, cfg, variant, seed=s, dtype=dtype) for s in seeds])

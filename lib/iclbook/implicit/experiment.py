@@ -17,8 +17,10 @@ Per task and evaluation seed ``s``:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -473,3 +475,43 @@ def cue_moved(model: nn.Module, name: str, cfg: Config, seed: int) -> TaskRun:
     data = tuple(tasks.make_dataset(name, n, seed, split=split, cue_last=False)
                  for n, split in ((cfg.pool, "train"), (cfg.n_dev, "dev"), (cfg.n_test, "test")))
     return run_task(model, name, sparse_search(cfg, 4), seed, record=False, select_on_test=False, data=data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Momentum attention (the paper's section 6): the shipped models pretrained with and without it
+# ---------------------------------------------------------------------------------------------
+
+
+def momentum_study(folder: Path | str, held_out: torch.Tensor,
+                   pools: Mapping[str, tuple[tasks.Dataset, tasks.Dataset]], k: int,
+                   demo_generator: Callable[[], torch.Generator], ppl_lengths: Sequence[int]) -> list[dict[str, Any]]:
+    """Read every model shipped under ``folder`` (one subfolder per momentum and seed): its
+    perplexity on the ``held_out`` pretraining episodes (at the full length, and at each of
+    ``ppl_lengths``, the paper's Table 6 split), its label accuracy with 1-3 examples before the
+    label, its ICL accuracy over ``pools`` (``{task: (demonstration pool, test set)}``, ``k``
+    demonstrations drawn from one fresh ``demo_generator()`` per model, task after task), and
+    the pretraining step at which label accuracy with >= 9 examples first reached 0.8 (NaN if
+    never). One dict per model, with ``eta`` (the momentum), ``seed`` and the training record's
+    ``evals``."""
+    rows = []
+    full = held_out.shape[1] - 1
+    for sub in sorted(Path(folder).iterdir()):
+        m, rec = tinylm.load_shipped(sub)
+        ppl_at = tinylm.perplexity_by_length(m, held_out, tuple(ppl_lengths))
+        few = tinylm.label_accuracy_by_context(m, held_out)["acc_1_3"]
+        gdemo = demo_generator()
+        icl = np.mean([probe.accuracy(probe.predict(m, test, probe.demonstrations(pool, k, gdemo)), test)
+                       for pool, test in pools.values()])
+        cliff = next((e["step"] for e in rec["evals"] if e["acc_9_99"] >= 0.8), float("nan"))
+        rows.append({"eta": rec["model"]["momentum"], "seed": rec["pretrain"]["seed"], "ppl": ppl_at[full],
+                     "ppl_at": ppl_at, "few": few, "icl": float(icl), "cliff": cliff, "evals": rec["evals"]})
+    return rows
+
+
+def spread(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[float, float, float]:
+    """Mean, smallest and largest value of ``key`` over ``rows`` (e.g. the seeds of one setting)."""
+    v = np.array([r[key] for r in rows], dtype=float)
+    if v.size == 0:
+        raise ValueError(f"no rows to read {key!r} from")
+    return float(v.mean()), float(v.min()), float(v.max())
+

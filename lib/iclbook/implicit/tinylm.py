@@ -200,6 +200,15 @@ class Block(nn.Module):
 class TinyLM(nn.Module):
     """``tokens (batch, n) -> logits (batch, n, vocab)``."""
 
+    #: What :meth:`internals` returns (:mod:`iclbook.internals`), stacked over the layers.
+    INTERNALS = {
+        "x": "(layers, batch, n, d) what each attention layer's projections read (after its LayerNorm)",
+        "q": "(layers, batch, n, d) the queries, all heads side by side",
+        "k": "(layers, batch, n, d) the keys",
+        "out": "(layers, batch, n, d) the attention outputs, after the output projection",
+        "logits": "(batch, n, vocab) the model's output",
+    }
+
     def __init__(self, cfg: LMConfig = LMConfig()):
         super().__init__()
         self.cfg = cfg
@@ -215,6 +224,17 @@ class TinyLM(nn.Module):
     def forward(self, tokens: torch.Tensor, past: Past | None = None) -> torch.Tensor:
         """Logits of ``tokens (batch, n)``, which follow the cached prefix ``past`` if given."""
         return self.ln_f(self._trunk(tokens, past)[0]) @ self.embed.weight.T
+
+    @torch.no_grad()
+    def internals(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every activation of :data:`INTERNALS` on ``tokens (batch, n)``, from one pass (read
+        by :class:`iclbook.implicit.probe.Recorder`'s hooks, as for a Hugging Face model)."""
+        from iclbook.implicit.probe import Recorder  # noqa: PLC0415 (probe reads models, not the reverse)
+
+        with Recorder(self) as rec:
+            logits = self(tokens)
+        return {"x": torch.stack(rec.x), "q": torch.stack(rec.q), "k": torch.stack(rec.k),
+                "out": torch.stack(rec.out), "logits": logits}
 
     @torch.no_grad()
     def remember(self, tokens: torch.Tensor) -> Past:
