@@ -1,6 +1,8 @@
 """Unit tests of iclbook.contextual: the identities of Dherin et al. (2025) in float64, the data,
 the layers' fast paths against their definitions, shapes, and clear errors for bad input."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from iclbook import contextual as cx
 from iclbook import runtime
 
 TOL = 1e-12
-CFG = cx.replace(cx.CONFIGS["smoke"], N=12, width=16)
+CFG = replace(cx.CONFIGS["smoke"], N=12, width=16)
 KINDS = ["softmax", "window", "linear", "rnn", "gru", "ssm"]
 
 

@@ -3,6 +3,7 @@ against the word codec, the data set adapters on hand-made records, and a whole 
 random OPT. Nothing here downloads."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -141,7 +142,8 @@ def test_offline_run_on_a_tiny_opt(tmp_path, monkeypatch):
     for r in record["tasks"].values():
         assert set(r["acc"]) >= {"Z", "I", "F", "nonce"} and 0 <= r["acc"]["I"] <= 1
         assert r["demonstrations_in_context"]["min"] == hf.CONFIGS["smoke"].k
-        assert -1 <= r["stats"]["simaou"] <= 1 and -1 <= r["stats"]["kendall"] <= 1
+        # computed, not NaN: a NaN would be written as null and silently drop the task's row
+        assert all(isinstance(r["stats"][k], float) and math.isfinite(r["stats"][k]) for k in ("simaou", "kendall"))
 
 
 def test_run_survives_demonstration_counts_that_vary_per_query(monkeypatch):
@@ -153,7 +155,7 @@ def test_run_survives_demonstration_counts_that_vary_per_query(monkeypatch):
                  loader=hf.synthetic_loader, max_len=120)
     kept = res["cb"]["demonstrations_in_context"]
     assert (kept["min"], kept["max"]) == (4, 5)
-    assert -1 <= res["cb"]["stats"]["kendall"] <= 1 and -1 <= res["cb"]["stats"]["kendall_q_zero"] <= 1
+    assert all(math.isfinite(res["cb"]["stats"][k]) for k in ("kendall", "kendall_q_zero"))  # every prompt ranked
 
 
 def test_a_crash_keeps_finished_tasks_and_a_rerun_resumes(tmp_path, monkeypatch):

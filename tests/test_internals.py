@@ -17,7 +17,7 @@ from iclbook.implicit import probe, tasks, tinylm
 
 P_CFG = pt.CONFIGS["smoke"]
 I_CFG = replace(ih.CONFIGS["book"], K=64, L=8, N=4, D=15, Nmax=8, K_c=16, n_eval=20)
-C_CFG = cx.replace(cx.CONFIGS["smoke"], N=6, width=16)
+C_CFG = replace(cx.CONFIGS["smoke"], N=6, width=16)
 
 
 def _one_layer():
@@ -52,7 +52,13 @@ def _tiny_lm():
     return model, ids, "logits", {"q": (2, 3, 11, d), "out": (2, 3, 11, d)}
 
 
-CASES = {"OneLayerICL": _one_layer, "InductionNet": lambda: _induction(ih.InductionNet),
+def _small_gpt():
+    _, tokens, _, _ = _one_layer()
+    model = pt.SmallGPT(P_CFG, seed=0, layers=2, heads=2, width=16).eval()
+    return model, tokens, "output", {"blocks": (2, 5, 8, 16), "final": (5, 16)}
+
+
+CASES = {"OneLayerICL": _one_layer, "SmallGPT": _small_gpt, "InductionNet": lambda: _induction(ih.InductionNet),
          "MinimalNet": lambda: _induction(ih.MinimalNet), "ContextualBlock": _block, "TinyLM": _tiny_lm}
 
 

@@ -1,5 +1,7 @@
 """Unit tests of iclbook.runtime, iclbook.train and iclbook.plots (the ledger: test_ledger.py)."""
 
+import dataclasses
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -136,7 +138,7 @@ def test_ensemble_equals_separate_runs():
 
 
 def test_ensemble_of_blocks_equals_separate_runs():
-    cfg = cx.replace(cx.CONFIGS["smoke"], N=6, width=8, batch=4)
+    cfg = dataclasses.replace(cx.CONFIGS["smoke"], N=6, width=8, batch=4)
 
     def sample_prompts(g):
         return cx.sample_prompts(cfg.batch, N=cfg.N, d=cfg.d, generator=g)

@@ -9,6 +9,7 @@ dict with exactly those names (as TransformerLens's ``run_with_cache`` does for 
 
 =====================================  =========================================================
 ``patterns.OneLayerICL`` (chapter 1)    attention over the contexts, hidden pre-activations, F
+``patterns.SmallGPT`` (chapter 1)       the read-in, the stream after each block, the read-out
 ``induction.InductionNet`` (ch. 3, 5)   both layers' attention, the query state, the ReLU layers
 ``induction.MinimalNet`` (chapter 3)    the three scalars' attention, the query state, ReLU layers
 ``contextual.ContextualBlock`` (ch. 4)  the MLP's input A(C, x), the residual, pre-activation, out

@@ -657,6 +657,14 @@ class SmallGPT(nn.Module):
     a linear read-in, ``layers`` blocks of ``heads`` heads, a scalar read-out at the query.
     No positional encoding: the query is the last token and the contexts are exchangeable."""
 
+    #: What :meth:`internals` returns (:mod:`iclbook.internals`); ``T = l + 1`` tokens.
+    INTERNALS = {
+        "embedded": "(n, T, width) the read-in tokens",
+        "blocks": "(layers, n, T, width) the residual stream after each block",
+        "final": "(n, width) the normed stream at the query, what the read-out reads",
+        "output": "(n,) F, the prediction's margin",
+    }
+
     def __init__(self, cfg: Config, seed: int, layers: int | None = None, heads: int | None = None,
                  width: int | None = None):
         super().__init__()
@@ -675,6 +683,19 @@ class SmallGPT(nn.Module):
         mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1], dtype=h.dtype)
         h = self.blocks(h, mask=mask, is_causal=True)
         return self.read_out(self.norm(h[:, -1])).squeeze(-1)
+
+    def internals(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every activation of :data:`INTERNALS` on ``tokens``: the blocks run one by one (the
+        encoder's own loop, unrolled), the same function as :meth:`forward` to float rounding."""
+        h = embedded = self.read_in(tokens)
+        mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1], dtype=h.dtype)
+        states = []
+        for layer in self.blocks.layers:
+            h = layer(h, src_mask=mask, is_causal=True)
+            states.append(h)
+        final = self.norm(h[:, -1])
+        return {"embedded": embedded, "blocks": torch.stack(states), "final": final,
+                "output": self.read_out(final).squeeze(-1)}
 
 
 def train_gpt(cfg: Config, seeds: list[int], *, steps: int | None = None, lr: float = 1e-3,

@@ -143,7 +143,14 @@ class Streams:
     never through ``generator(SEED + 3)``: the table, kept in the chapter's library module, is the
     one place where the seeds live, so a reader sees what each draw is for and which draws share
     a stream. The offsets are those the book has always used (changing one would change every
-    number drawn from it)."""
+    number drawn from it).
+
+    A known weakness of those offsets: a chapter's data streams (``SEED + k``) and its model
+    seeds (``1000 * SEED + i``) are different families that can meet at one integer. At
+    ``ICLBOOK_SEED=0`` the draw at offset 1 and the initialisation of member 1 both start a torch
+    generator from seed 1, so they read the same random numbers, for objects of different shapes.
+    A scheme with disjoint blocks per seed would end this; it changes every number of the book,
+    so it waits for a run that re-validates every chapter at several seeds."""
 
     def __init__(self, base: int, table: dict[str, Stream]) -> None:
         self.base = int(base)

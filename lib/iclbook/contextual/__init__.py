@@ -27,7 +27,7 @@ Everything is re-exported here: ``from iclbook import contextual as cx; cx.make_
 """
 
 from iclbook.contextual.block import BlockStack, ContextualBlock, Variant, make_block, make_stack
-from iclbook.contextual.config import CONFIGS, STREAMS, Config, replace
+from iclbook.contextual.config import CONFIGS, STREAMS, Config
 from iclbook.contextual.data import join, sample_prompts, sample_tasks, split, with_queries
 from iclbook.contextual.experiments import (
     attention_reference_gap,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from iclbook import runtime
@@ -62,11 +61,6 @@ CONFIGS: dict[str, Config] = {
                     variant_steps=5000, n_tasks=1000, n_ft_tasks=2000, layer_steps=3000,
                     icl_ratio=0.1, conv_steps=2000, stack_steps=5000, untrained_seeds=10),
 }
-
-
-def replace(cfg: Config, **changes) -> Config:
-    """A copy of ``cfg`` with ``changes`` (``dataclasses.replace``, re-exported for chapters)."""
-    return dataclasses.replace(cfg, **changes)
 
 
 #: Chapter 4's named random streams (:class:`iclbook.runtime.Streams`), offsets from the chapter's
