@@ -103,6 +103,7 @@ def test_start_refuses_a_profile_without_a_config(monkeypatch):
 
 
 def test_finish_prints_the_time_and_fails_on_a_broken_identity(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("ICLBOOK_PROFILE", "book")
     monkeypatch.setenv("ICLBOOK_RECORDS", str(tmp_path))
     ch = chapter.start("07", "Nobody 2026", {"book": _Cfg()}, page="book/07_x", show_config=False)
     ch.ledger.identity("a holds", gap=0.0, tol=chapter.EXACT)
