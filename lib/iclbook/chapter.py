@@ -2,8 +2,8 @@
 
 The first code cell of a chapter is::
 
-    ch = chapter.start("03", "Reddy 2024", ih.CONFIGS, streams=ih.STREAMS)
-    cfg, SEED, LEDGER = ch.cfg, ch.seed, ch.ledger
+    ch = chapter.start("03", "Reddy 2024", ih.CONFIGS, page="book/03_induction_cliff", streams=ih.STREAMS)
+    PROFILE, SEED, cfg, LEDGER, SEEDS = ch.profile, ch.seed, ch.cfg, ch.ledger, ch.members
 
 which reads the profile and the seed from the environment (``ICLBOOK_PROFILE``,
 ``ICLBOOK_SEED``), seeds Python, NumPy and torch, sets the book's figure style, picks the
