@@ -505,16 +505,18 @@ class MinimalNet(nn.Module):
         logits = torch.cat([logits, torch.zeros_like(logits[..., :1])], dim=-1)
         return s1.expand(logits[..., :-1].shape), logits.softmax(-1)[..., :-1]
 
-    def query_state(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _read(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The previous-token strength, the query's attention to the labels and the query state."""
         _, labels, query = self._parts(tokens)
-        _, a = self.induction_attention(tokens)
-        return query + (a.unsqueeze(-2) @ labels).squeeze(-2)
+        prev, a = self.induction_attention(tokens)
+        return prev, a, query + (a.unsqueeze(-2) @ labels).squeeze(-2)
+
+    def query_state(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._read(tokens)[2]
 
     def internals(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every activation of :data:`INTERNALS` on ``tokens``, from one pass."""
-        _, labels, query = self._parts(tokens)
-        prev, a = self.induction_attention(tokens)
-        z = query + (a.unsqueeze(-2) @ labels).squeeze(-2)
+        prev, a, z = self._read(tokens)
         relu = self.mlp.hidden(z)
         return {"prev_token": prev, "att2": a, "query_state": z,
                 "relu1": relu[0], "relu2": relu[1], "relu3": relu[2], "logits": relu[2] @ self.mlp.readout.T}

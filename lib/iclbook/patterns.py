@@ -321,9 +321,12 @@ class OneLayerICL(nn.Module):
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pre-activations of the ``m`` neurons, ``(n, m)``: ``W_O W_V sum_i attn_i p_i`` (the
         attention-weighted sum of the tokens first, then the two matrices)."""
-        att = self.attention(tokens)
+        return self._read(tokens, self.attention(tokens))[1]
+
+    def _read(self, tokens: torch.Tensor, att: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention-weighted context ``(n, d)`` and the neurons' pre-activations ``(n, m)``."""
         mixed = torch.einsum("nl,nld->nd", att, tokens[:, :-1])
-        return (mixed @ self.W_V.T) @ self.W_O.T
+        return mixed, (mixed @ self.W_V.T) @ self.W_O.T
 
     def forward(self, tokens: torch.Tensor, neuron_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``F`` for each prompt, ``(n,)``; ``neuron_mask`` ``(m,)`` zeroes pruned neurons."""
@@ -334,8 +337,7 @@ class OneLayerICL(nn.Module):
     def internals(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every activation of :data:`INTERNALS` on ``tokens`` ``(n, l + 1, d)``, from one pass."""
         att = self.attention(tokens)
-        mixed = torch.einsum("nl,nld->nd", att, tokens[:, :-1])
-        hidden = (mixed @ self.W_V.T) @ self.W_O.T
+        mixed, hidden = self._read(tokens, att)
         active = torch.relu(hidden)
         return {"attention": att, "mixed": mixed, "hidden": hidden, "active": active, "output": active @ self.a}
 
