@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +74,19 @@ class Chapter:
     def np_rng(self, name: str, k: int = 0) -> np.random.Generator:
         """A fresh NumPy ``Generator`` of the stream ``name``."""
         return self.streams.numpy(name, k)
+
+    def table(self, header: Sequence[Any], rows: Iterable[Sequence[Any]], *,
+              align: Sequence[str] | None = None) -> str:
+        """Show a Markdown table in the chapter's output (:func:`iclbook.ledger.table`: pipes
+        escaped, row shapes checked) and return its text. Outside IPython it is printed."""
+        text = _ledger.table(header, rows, align=align)
+        try:
+            from IPython.display import Markdown, display  # noqa: PLC0415
+        except ImportError:  # a plain Python run (benchmarks/gpu.py without Jupyter)
+            print(text)
+        else:
+            display(Markdown(text))
+        return text
 
     def elapsed(self) -> float:
         """Seconds since :func:`start`."""

@@ -92,6 +92,16 @@ def threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def seeded(value: int, devices: list | None = None) -> Iterator[None]:
+    """Run a block with torch's global stream seeded to ``value``, then give the caller's stream
+    back untouched (``torch.random.fork_rng`` + ``manual_seed``): how a builder that initialises
+    with ``torch.nn`` defaults stays deterministic without resetting anyone else's draws."""
+    with torch.random.fork_rng(devices=[] if devices is None else devices):
+        torch.manual_seed(int(value))
+        yield
+
+
 def seed_everything(value: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices) and return a CPU ``torch.Generator`` seeded
     with the same value, for code that prefers explicit generators (the library does)."""
@@ -239,7 +249,14 @@ def _module_path(name: str) -> Path | None:
 def module_sources(*modules: str) -> list[Path]:
     """The source files of the library modules ``modules`` and of every library module they
     import, directly or through others (read from their ``import`` statements, not by importing
-    them), sorted. ``module_sources("iclbook.patterns")`` is what chapter 1's training code runs."""
+    them), sorted. ``module_sources("iclbook.patterns.training")`` is what chapter 1's training
+    code runs.
+
+    Two kinds of module stay out, because they cannot change a trained weight through their
+    source: a package's ``__init__`` that a submodule's import runs on the way (in this library
+    it only re-exports names; a module that imports *from* a package, ``from iclbook.x import y``,
+    still follows it), and a chapter's ``config`` module, whose values enter the cache key by value
+    (:func:`trained_part`), so that moving a threshold there retrains nothing."""
     import ast  # noqa: PLC0415
 
     seen: dict[str, Path] = {}
@@ -253,10 +270,10 @@ def module_sources(*modules: str) -> list[Path]:
             continue
         if name in seen:
             continue
+        if name.rpartition(".")[2] == "config" and name not in modules:
+            continue  # keyed by value, not by source
         seen[name] = path
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        if package != "iclbook":
-            todo.append(package)  # importing a submodule runs its package's __init__ first
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
                 todo += [a.name for a in node.names]
@@ -285,6 +302,49 @@ def source_digest(*modules: str) -> str:
     return h.hexdigest()[:16]
 
 
+# ---------------------------------------------------------------------------------------------
+# Configs: what is trained and what is checked
+# ---------------------------------------------------------------------------------------------
+
+#: The metadata mark of a config field that only a check reads (a threshold, the size of an
+#: evaluation run after training, a switch of a verdict): :func:`cache_key` leaves it out.
+CHECK = "check"
+
+
+def check(default: Any) -> Any:
+    """A config field that no trained weight depends on: a criterion's threshold, the number of
+    prompts a measurement draws after training, a grid of finetuning rates tried on frozen
+    weights. Declared as ``icl_ratio: float = runtime.check(0.15)``, it reads like any field
+    (``cfg.icl_ratio``) but stays out of the weight cache's key, so moving a threshold retrains
+    nothing. Every other field is a *trained* field: it keys the weights (sizes, steps, rates,
+    checkpoint schedules whose readings are stored with them)."""
+    return dataclasses.field(default=default, metadata={"role": CHECK})
+
+
+def check_fields(config: Any) -> tuple[str, ...]:
+    """The names of ``config``'s fields declared with :func:`check`."""
+    if not (dataclasses.is_dataclass(config) and not isinstance(config, type)):
+        return ()
+    return tuple(f.name for f in dataclasses.fields(config) if f.metadata.get("role") == CHECK)
+
+
+def trained_part(config: Any) -> Any:
+    """What of ``config`` the trained weights depend on: a dataclass config as a dict of its
+    trained fields (nested dataclasses likewise), anything else as it is. The weight cache hashes
+    this, never a check field."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        checks = set(check_fields(config))
+        part = {f.name: trained_part(getattr(config, f.name)) for f in dataclasses.fields(config)
+                if f.name not in checks}
+        # derived sizes (``cfg.d``) too: their formulas live in the config module, which the
+        # source digest leaves out
+        for name in dir(type(config)):
+            if not name.startswith("_") and isinstance(getattr(type(config), name), property):
+                part[f"@{name}"] = trained_part(getattr(config, name))
+        return part
+    return config
+
+
 def _plain(obj: Any) -> Any:
     """A JSON-able view of a config (dataclasses, tuples, torch dtypes...)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -299,13 +359,15 @@ def _plain(obj: Any) -> Any:
 
 
 def cache_key(chapter: str, name: str, config: Any, *, uses: str | None = None, **extra: Any) -> str:
-    """Hash of (chapter, name, config, profile, source, extra) naming a cache entry. ``uses`` is
-    the library module whose code trains the entry (its ``__name__``): the key hashes its source
-    and that of the modules it imports (:func:`source_digest`); without it, the whole library."""
+    """Hash of (chapter, name, config, profile, source, extra) naming a cache entry. Of the config
+    only its trained fields count (:func:`trained_part`): a threshold declared with :func:`check`
+    never retrains. ``uses`` is the library module whose code trains the entry (its
+    ``__name__``): the key hashes its source and that of the modules it imports
+    (:func:`source_digest`); without it, the whole library."""
     payload = {
         "chapter": chapter,
         "name": name,
-        "config": _plain(config),
+        "config": _plain(trained_part(config)),
         "profile": profile(),
         "library": source_digest(*([uses] if uses else [])),
         "extra": _plain(extra),

@@ -10,12 +10,13 @@ from torch import nn
 
 from iclbook import runtime
 from iclbook.contextual.config import Config
+from iclbook.internals import HookPoints
 from iclbook.contextual.layers import ContextualLayer, make_layer
 
 Variant = Literal["plain", "skip", "preln"]
 
 
-class ContextualBlock(nn.Module):
+class ContextualBlock(HookPoints, nn.Module):
     """A contextual layer followed by an MLP ``W2 gelu(W u + b) + b2``, read at the last token.
 
     ``variant``
@@ -27,7 +28,9 @@ class ContextualBlock(nn.Module):
     :meth:`mlp_input`, and :meth:`head` runs the rest of the block with an overridable first
     weight ``W`` (one per prompt allowed) and an optional output bias shift. ``forward`` is
     literally ``head(*mlp_input(seq))``, so a patched prediction runs the very same code.
-    The prediction of the regression task is the last coordinate of the output.
+    The prediction of the regression task is the last coordinate of the output. Every name of
+    :data:`INTERNALS` is a hook point of ``forward`` (:class:`iclbook.internals.HookPoints`): it
+    can be recorded, or overridden during a pass.
     """
 
     #: What :meth:`internals` returns (:mod:`iclbook.internals`), all at the last position.
@@ -70,12 +73,6 @@ class ContextualBlock(nn.Module):
             return a, seq[:, -1] + a
         return a, a.new_zeros(a.shape[0], self.d_model)
 
-    def internals(self, seq: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every activation of :data:`INTERNALS` on ``seq`` ``(B, T, n)``, from one pass."""
-        u, z = self.mlp_input(seq)
-        out = self.head(u, z)
-        return {"mlp_input": u, "residual": z, "pre": self.fc1(u), "output": out, "prediction": out[..., -1]}
-
     def head(self, u: torch.Tensor, z: torch.Tensor, W: torch.Tensor | None = None,
              bias_shift: torch.Tensor | None = None) -> torch.Tensor:
         """The block's output from its MLP input: ``z + W2 gelu(W u + b) + b2 (+ bias_shift)``.
@@ -83,7 +80,7 @@ class ContextualBlock(nn.Module):
         ``W`` is ``(h, m)`` or one matrix per prompt ``(..., h, m)``; ``u`` is ``(..., m)``.
         """
         W = self.fc1.weight if W is None else W
-        pre = torch.einsum("...hm,...m->...h", W, u) + self.fc1.bias
+        pre = self.hook("pre", torch.einsum("...hm,...m->...h", W, u) + self.fc1.bias)
         out = self.fc2(F.gelu(pre))
         if self.variant != "plain":
             out = out + z
@@ -120,23 +117,18 @@ class ContextualBlock(nn.Module):
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """Prediction ``(B,)``: the last coordinate of the block's output at the query."""
-        return self.head(*self.mlp_input(seq))[..., -1]
+        u, z = self.mlp_input(seq)
+        out = self.hook("output", self.head(self.hook("mlp_input", u), self.hook("residual", z)))
+        return self.hook("prediction", out[..., -1])
 
 
 def make_block(kind: str, cfg: Config, variant: Variant = "plain", *, seed: int,
                dtype=torch.float64) -> ContextualBlock:
     """A block with a ``kind`` layer (see :func:`make_layer`), initialised from ``seed``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with runtime.seeded(seed):
         block = ContextualBlock(make_layer(kind, cfg.d + 1, cfg), cfg.width, variant)
     return block.to(dtype)
 
-
-def mse(block: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Mean squared error of the block's prediction on ``(tokens, target)``: the training loss.
-    A model that ignores the context and predicts 0 scores ``E[<w, x_q>^2] = d``."""
-    tokens, target = batch
-    return ((block(tokens) - target) ** 2).mean()
 
 
 class BlockStack(nn.Module):
