@@ -76,9 +76,10 @@ class Chapter:
         return self.streams.numpy(name, k)
 
     def table(self, header: Sequence[Any], rows: Iterable[Sequence[Any]], *,
-              align: Sequence[str] | None = None) -> str:
+              align: Sequence[str] | None = None) -> None:
         """Show a Markdown table in the chapter's output (:func:`iclbook.ledger.table`: pipes
-        escaped, row shapes checked) and return its text. Outside IPython it is printed."""
+        escaped, row shapes checked). Outside IPython it is printed. Nothing is returned, so a
+        table as a cell's last line is shown once."""
         text = _ledger.table(header, rows, align=align)
         try:
             from IPython.display import Markdown, display  # noqa: PLC0415
@@ -86,7 +87,6 @@ class Chapter:
             print(text)
         else:
             display(Markdown(text))
-        return text
 
     def elapsed(self) -> float:
         """Seconds since :func:`start`."""
