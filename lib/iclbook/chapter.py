@@ -75,6 +75,20 @@ class Chapter:
         """A fresh NumPy ``Generator`` of the stream ``name``."""
         return self.streams.numpy(name, k)
 
+    @property
+    def judged(self) -> bool:
+        """Whether this profile's config trains long enough for learning-dependent claims to be
+        judged (its ``judged`` field, a check field; True where the config has none)."""
+        return bool(getattr(self.cfg, "judged", True))
+
+    def unjudged(self, why: str, judged: bool | None = None) -> str | None:
+        """The one smoke convention: a row that this profile cannot judge is still recorded, as
+        inconclusive with a reason, never dropped. Pass the result as the row's ``inconclusive=``:
+        ``None`` where the config is ``judged`` (or ``judged`` says so), else
+        ``"<profile> profile: <why>"``."""
+        ok = self.judged if judged is None else judged
+        return None if ok else f"{self.profile} profile: {why}"
+
     def table(self, header: Sequence[Any], rows: Iterable[Sequence[Any]], *,
               align: Sequence[str] | None = None) -> None:
         """Show a Markdown table in the chapter's output (:func:`iclbook.ledger.table`: pipes
