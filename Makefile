@@ -82,7 +82,7 @@ retrain: $(STAMP)
 ##   the reason for every changed verdict in the commit message.
 RECORDS ?= _build/test/records
 verdicts: $(STAMP)
-	$(BIN)/python -m iclbook.ledger verdicts --records $(RECORDS) --out tests/verdicts-book.json
+	$(BIN)/python -m iclbook.records verdicts --records $(RECORDS) --out tests/verdicts-book.json
 
 ## make seeds: every chapter at the book profile over SEEDS seeds (default 5; about an hour on two
 ##   CPU cores), gathered into book/records/seeds-book.json, which the claims page shows.

@@ -5,7 +5,7 @@
 
 Each (chapter, seed) executes the paired notebook in a fresh kernel with an empty weight cache
 (``benchmarks/chapter_times.run``), writing its ledger record into a folder of its own; the
-records are then gathered by ``iclbook.ledger.seed_table`` into
+records are then gathered by ``iclbook.records.seed_table`` into
 ``book/records/seeds-<profile>.json`` with the seeds, date, machine, library version and commit.
 The claims page of the book shows it: each claim's verdict per seed and the spread of our value.
 A chapter that fails at one seed is reported and left out of that seed's column.
@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chapter_times import ROOT, run  # noqa: E402
 
-from iclbook import __version__, ledger  # noqa: E402
+from iclbook import __version__, records  # noqa: E402
 
 
 def commit() -> str:
@@ -94,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 seconds.setdefault(nb.name[:2], {})[str(seed)] = round(t, 1)
                 print(f"{nb.stem:32s} seed {seed}: {t:7.1f} s", flush=True)
-            per_seed[seed] = ledger.load_records(folder, profile=args.profile)
+            per_seed[seed] = records.load_records(folder, profile=args.profile)
     about = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "library": __version__,
              "torch": torch.__version__, "commit": commit(), "seconds": seconds, "failures": failures,
              "wall_s": round(time.perf_counter() - start)}
-    table = ledger.seed_table(per_seed, profile=args.profile, about=about)
+    table = records.seed_table(per_seed, profile=args.profile, about=about)
     out = Path(args.out) if args.out else ROOT / "book" / "records" / f"seeds-{args.profile}.json"
     if args.chapters and out.exists():
         table = keep_other_chapters(table, json.loads(out.read_text()))

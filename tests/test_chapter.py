@@ -168,24 +168,95 @@ def _names(module: str) -> set[str]:
 
 
 def test_cache_key_hashes_the_training_module_and_what_it_imports():
-    ch1, ch3, ch4 = _names("iclbook.patterns"), _names("iclbook.induction"), _names("iclbook.contextual.training")
-    assert {"patterns.py", "runtime.py", "train.py"} <= ch1 and "induction.py" not in ch1
-    assert {"contextual/training.py", "contextual/block.py", "contextual/__init__.py",
-            "implicit/dual_form.py"} <= ch4  # the package's __init__ and what it imports
-    for names in (ch1, ch3, ch4):  # editing the Hugging Face path retrains nothing
-        assert "implicit/hf.py" not in names and "implicit/retrain.py" not in names
-    assert runtime.source_digest("iclbook.patterns") != runtime.source_digest("iclbook.induction")
-    assert runtime.source_digest("iclbook.patterns") == runtime.source_digest("iclbook.patterns")
-    assert runtime.source_digest() != runtime.source_digest("iclbook.patterns")  # all files
+    ch4 = _names("iclbook.contextual.training")
+    assert {"contextual/training.py", "contextual/block.py", "implicit/dual_form.py", "runtime.py",
+            "train.py"} <= ch4
+    # a package __init__ that only re-exports, and a config module (keyed by value), stay out
+    assert "contextual/__init__.py" not in ch4 and "contextual/config.py" not in ch4
+    for module in ("iclbook.patterns", "iclbook.induction", "iclbook.contextual.training"):
+        names = _names(_training_module(module))
+        assert "implicit/hf.py" not in names and "implicit/retrain.py" not in names  # HF edits retrain nothing
+        assert not any(n.endswith("config.py") or n in ("ledger.py", "records.py", "plots.py") for n in names), names
+    assert runtime.source_digest("iclbook.contextual.training") == runtime.source_digest("iclbook.contextual.training")
+    assert runtime.source_digest() != runtime.source_digest("iclbook.contextual.training")  # all files
     with pytest.raises(ValueError, match="not a module of the iclbook library"):
         runtime.module_sources("iclbook.nope")
 
 
+def _training_module(package: str) -> str:
+    """The module of ``package`` that trains (its ``training`` room where it has one)."""
+    import importlib.util  # noqa: PLC0415
+
+    return f"{package}.training" if importlib.util.find_spec(f"{package}.training") else package
+
+
 def test_cache_key_changes_with_the_source_it_uses(monkeypatch):
-    key = runtime.cache_key("01", "main", {"a": 1}, uses="iclbook.patterns")
-    assert key == runtime.cache_key("01", "main", {"a": 1}, uses="iclbook.patterns")
+    key = runtime.cache_key("01", "main", {"a": 1}, uses="iclbook.contextual.training")
+    assert key == runtime.cache_key("01", "main", {"a": 1}, uses="iclbook.contextual.training")
     monkeypatch.setattr(runtime, "source_digest", lambda *m: "edited")
-    assert runtime.cache_key("01", "main", {"a": 1}, uses="iclbook.patterns") != key
+    assert runtime.cache_key("01", "main", {"a": 1}, uses="iclbook.contextual.training") != key
+
+
+def _chapter_configs():
+    import importlib  # noqa: PLC0415
+
+    for number, row in chapter.CHAPTERS.items():
+        module = importlib.import_module(f"iclbook.{row['module']}")
+        for profile, cfg in getattr(module, "CONFIGS", {}).items():
+            yield f"{number}-{profile}", cfg
+
+
+def _moved(value):
+    """Another value of a config field's type: what an edit of that field would write."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "-edited"
+    if isinstance(value, tuple):
+        return value[:-1] if value else (1,)
+    return None
+
+
+@pytest.mark.parametrize("name,cfg", list(_chapter_configs()), ids=lambda x: x if isinstance(x, str) else "")
+def test_a_threshold_edit_keeps_the_cache_key_and_a_training_edit_changes_it(name, cfg):
+    """Every chapter's configs: editing a field declared with ``runtime.check`` (a threshold, the
+    size of a measurement made after training) leaves every cache key as it was, so it retrains
+    nothing; editing any other field changes the key. Configs without check fields fail here."""
+    import dataclasses  # noqa: PLC0415
+
+    checks = runtime.check_fields(cfg)
+    assert checks, f"config {name} declares no check field: its thresholds would retrain its models"
+    key = runtime.cache_key("00", "m", cfg, uses="iclbook.contextual.training", seeds=[0])
+    for f in dataclasses.fields(cfg):
+        edited = _moved(getattr(cfg, f.name))
+        if edited is None:
+            continue
+        other = runtime.cache_key("00", "m", dataclasses.replace(cfg, **{f.name: edited}),
+                                  uses="iclbook.contextual.training", seeds=[0])
+        if f.name in checks:
+            assert other == key, f"{name}: the check field {f.name} changes the cache key"
+        else:
+            assert other != key, f"{name}: the trained field {f.name} does not change the cache key"
+
+
+def test_trained_part_leaves_out_check_fields_and_keeps_derived_sizes():
+    import dataclasses  # noqa: PLC0415
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        width: int = 4
+        bar: float = runtime.check(0.5)
+
+        @property
+        def double(self) -> int:
+            return 2 * self.width
+
+    assert runtime.check_fields(Cfg()) == ("bar",)
+    assert runtime.trained_part(Cfg()) == {"width": 4, "@double": 8}
+    assert runtime.trained_part(Cfg(bar=0.9)) == runtime.trained_part(Cfg())
+    assert runtime.trained_part({"a": 1}) == {"a": 1}  # not a dataclass: as it is
 
 
 # --- the Markdown table helper -------------------------------------------------------------------

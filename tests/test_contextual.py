@@ -468,12 +468,16 @@ def test_train_blocks_cache_key_tells_runs_apart(monkeypatch, tmp_path):
     variant or seed trains anew (the key holds each of them)."""
     monkeypatch.setenv("ICLBOOK_CACHE", str(tmp_path))
     val = cx.sample_prompts(8, N=CFG.N, d=CFG.d, generator=torch.Generator().manual_seed(0))
-    first, h1 = cx.train_blocks(CFG, [0], steps=3, val=val)
-    again, h2 = cx.train_blocks(CFG, [0], steps=3, val=val)
+    first, h1 = cx.train_blocks(CFG, [0], steps=3, lr=CFG.lr, val=val)
+    again, h2 = cx.train_blocks(CFG, [0], steps=3, lr=CFG.lr, val=val)
     assert not h1["cached"] and h2["cached"]
     assert all(torch.equal(a, b) for a, b in zip(first[0].state_dict().values(), again[0].state_dict().values()))
     other_val = cx.sample_prompts(8, N=CFG.N, d=CFG.d, generator=torch.Generator().manual_seed(1))
     for kwargs in ({"steps": 3, "val": other_val}, {"steps": 4, "val": val}, {"steps": 3, "val": val, "variant": "skip"}):
-        assert not cx.train_blocks(CFG, [0], **kwargs)[1]["cached"], kwargs
-    assert not cx.train_blocks(CFG, [1], steps=3, val=val)[1]["cached"]
+        assert not cx.train_blocks(CFG, [0], lr=CFG.lr, **kwargs)[1]["cached"], kwargs
+    assert not cx.train_blocks(CFG, [1], steps=3, lr=CFG.lr, val=val)[1]["cached"]
     assert len(list(tmp_path.glob("04-*.pt"))) == 5
+    # a threshold or a measurement's size (check fields) loads the same weights: nothing retrains
+    moved = replace(CFG, icl_ratio=0.99, ft_lrs=(5.0,), n_ft_tasks=7)
+    assert cx.train_blocks(moved, [0], steps=3, lr=CFG.lr, val=val)[1]["cached"]
+    assert not cx.train_blocks(replace(CFG, width=CFG.width + 1), [0], steps=3, lr=CFG.lr, val=val)[1]["cached"]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from iclbook import ledger
+from iclbook import ledger, records
 
 
 def test_at_least_at_most_between_give_verdicts_from_numbers():
@@ -106,23 +106,23 @@ def test_record_round_trip_and_comparison(tmp_path, monkeypatch):
     rec = json.loads(path.read_text())  # strict JSON: NaN written as null
     assert rec["schema"] == ledger.SCHEMA and rec["rows"][1]["value"] is None
     assert rec["rows"][0]["interval"] == [0.9, 1.0] and rec["rows"][0]["section"] == "sec-x"
-    records = ledger.load_records(tmp_path, profile="book")
-    assert ledger.load_records(tmp_path, profile="smoke") == []
-    got = ledger.verdicts(records)
+    recs = records.load_records(tmp_path, profile="book")
+    assert records.load_records(tmp_path, profile="smoke") == []
+    got = records.verdicts(recs)
     assert got == {"07": {"c1": "reproduced", "c2": "inconclusive", "i1": "holds"}}
-    assert ledger.compare_verdicts(got, got) == []
+    assert records.compare_verdicts(got, got) == []
     expected = {"07": {"c1": "partly", "c3": "reproduced", "i1": "holds"}, "08": {"x": "reproduced"}}
-    diff = ledger.compare_verdicts(expected, got)
+    diff = records.compare_verdicts(expected, got)
     assert "chapter 07: 'c1': partly -> reproduced" in diff
     assert any("row removed: 'c3'" in d for d in diff) and any("new row: 'c2'" in d for d in diff)
     assert any(d.startswith("chapter 08: no record") for d in diff)
-    assert ledger.missing_chapters(records, ["07", "08"]) == ["08"]
+    assert records.missing_chapters(recs, ["07", "08"]) == ["08"]
 
 
 def test_a_foreign_json_is_not_a_record(tmp_path):
     (tmp_path / "ch01-book.json").write_text(json.dumps({"schema": "other"}))
     with pytest.raises(ValueError, match="not a ledger record"):
-        ledger.load_records(tmp_path)
+        records.load_records(tmp_path)
 
 
 def _record(chapter, seed, rows):
@@ -138,17 +138,17 @@ def _row(key, verdict, value, kind="claim"):
 def test_seed_table_and_dashboard_tables():
     per_seed = {s: [_record("01", s, [_row("a", "reproduced" if s else "partly", 0.1 * (s + 1)),
                                       _row("i", "holds", 1e-15, kind="identity")])] for s in range(3)}
-    table = ledger.seed_table(per_seed, profile="book", about={"commit": "abc"})
+    table = records.seed_table(per_seed, profile="book", about={"commit": "abc"})
     entry = table["chapters"]["01"]["a"]
     assert entry["verdicts"] == {"0": "partly", "1": "reproduced", "2": "reproduced"}
     assert entry["spread"] == pytest.approx([0.1, 0.3])
     assert "i" not in table["chapters"]["01"]  # identities are not in the seed table
-    claims = ledger.claims_table(per_seed[0], table)
+    claims = records.claims_table(per_seed[0], table)
     assert "2 R, 1 P" in claims and "0.1 to 0.3" in claims and "{doc}`§ </book/01_x>`" in claims
-    counts = ledger.verdict_counts(per_seed[0], {"01": "Chapter one"})
+    counts = records.verdict_counts(per_seed[0], {"01": "Chapter one"})
     assert "Chapter one" in counts and "| 1 (1e-15) |" in counts
-    assert "1.0e-15" in ledger.identity_table(per_seed[0])
-    assert "commit abc" in ledger.seed_run_summary(table)
+    assert "1.0e-15" in records.identity_table(per_seed[0])
+    assert "commit abc" in records.seed_run_summary(table)
 
 
 def test_cli_writes_and_diffs_expected_verdicts(tmp_path, monkeypatch, capsys):
@@ -157,19 +157,19 @@ def test_cli_writes_and_diffs_expected_verdicts(tmp_path, monkeypatch, capsys):
     led.claim("c", paper="p", ours="o", value=1, criterion=ledger.at_least(0.5))
     led.save(tmp_path)
     out = tmp_path / "expected.json"
-    assert ledger.main(["verdicts", "--records", str(tmp_path), "--out", str(out)]) == 0
+    assert records.main(["verdicts", "--records", str(tmp_path), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["chapters"] == {"05": {"c": "reproduced"}}
-    assert ledger.main(["diff", "--records", str(tmp_path), "--out", str(out)]) == 0
+    assert records.main(["diff", "--records", str(tmp_path), "--out", str(out)]) == 0
     assert "no verdict changed" in capsys.readouterr().out
 
 
 def test_seed_run_summary_names_kept_chapters():
     seeds = {"profile": "book", "seeds": [0, 1], "created": "2026-12-03T10:00+00:00", "commit": "abc",
              "kept": {"01": {"created": "2026-12-02T10:00+00:00", "commit": "old"}}}
-    text = ledger.seed_run_summary(seeds)
+    text = records.seed_run_summary(seeds)
     assert "chapter 01 from an earlier run (2026-12-02T10:00+00:00, commit old)" in text and "commit abc" in text
     seeds["dropped"] = {"03": "changed after this run"}
-    assert ledger.seed_run_summary(seeds).endswith("Chapter 03 is not in it: changed after this run.")
+    assert records.seed_run_summary(seeds).endswith("Chapter 03 is not in it: changed after this run.")
 
 
 def test_keep_other_chapters_merges_a_partial_seed_run():
@@ -193,10 +193,10 @@ def test_keep_other_chapters_merges_a_partial_seed_run():
 
 def test_runtime_line_reads_the_seed_run(tmp_path):
     path = tmp_path / "seeds-book.json"
-    assert "benchmarks/README.md" in ledger.runtime_line("02", path)          # no seed table here
+    assert "benchmarks/README.md" in records.runtime_line("02", path)          # no seed table here
     path.write_text(json.dumps({"profile": "book", "machine": "x86_64, 2 CPUs", "created": "2026-12-03T12:09",
                                 "seconds": {"02": {"0": 170.2, "1": 176.1, "2": 149.1, "3": 142.1}},
                                 "kept": {"01": {"created": "2026-11-30T10:00"}}}))
-    line = ledger.runtime_line("02", path)
+    line = records.runtime_line("02", path)
     assert "about 160 s at the book profile" in line and "median of 4 seeds" in line and "2026-12-03" in line
-    assert "not in the seed run" in ledger.runtime_line("04", path)
+    assert "not in the seed run" in records.runtime_line("04", path)

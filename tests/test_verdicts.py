@@ -15,22 +15,22 @@ from pathlib import Path
 
 import pytest
 
-from iclbook import ledger
+from iclbook import ledger, records
 
 EXPECTED = Path(__file__).with_name("verdicts-book.json")
 
 
 def test_fresh_verdicts_match_the_committed_record():
-    records = ledger.load_records(ledger.records_dir(), profile="book")
-    if not records:
+    recs = records.load_records(ledger.records_dir(), profile="book")
+    if not recs:
         if os.environ.get("ICLBOOK_REQUIRE_RECORDS") == "1":
             pytest.fail(f"no book-profile ledger records in {ledger.records_dir()}: the book build did not write them")
         pytest.skip("no book-profile ledger records: run the book build first (make test does)")
-    seeds = {r["seed"] for r in records}
+    seeds = {r["seed"] for r in recs}
     if seeds != {0}:
         pytest.skip(f"the records are of seed(s) {sorted(seeds)}; the expected verdicts are of seed 0")
     expected = json.loads(EXPECTED.read_text())
     assert expected["profile"] == "book" and expected["seed"] == 0
-    diff = ledger.compare_verdicts(expected["chapters"], ledger.verdicts(records))
+    diff = records.compare_verdicts(expected["chapters"], records.verdicts(recs))
     assert not diff, ("verdicts differ from tests/verdicts-book.json:\n  " + "\n  ".join(diff)
                       + "\nIf intended: `make verdicts` and give the reason in the commit message.")

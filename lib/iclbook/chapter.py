@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from iclbook import ledger as _ledger
-from iclbook import plots, runtime
+from iclbook import plots, records, runtime
 
 #: The layout rule, one row per chapter: ``book/NN_<slug>.md`` is the page, ``iclbook.<module>``
 #: its code, ``tests/test_<tests>.py`` that code's tests, and the page imports the module as
@@ -136,10 +136,10 @@ def start(number: str, source: str, configs: Mapping[str, Any], *, page: str,
     runtime.seed_everything(seed)
     plots.set_style()
     ch = Chapter(number=number, profile=prof, seed=seed, cfg=configs[prof],
-                 ledger=_ledger.Ledger(number, source, page=page), device=dev,
+                 ledger=_ledger.Ledger(number, source, page=page, profile=prof, seed=seed), device=dev,
                  streams=runtime.Streams(seed, table))
-    print(runtime.describe(), f"| this chapter uses {dev}" + (f" ({why_device})" if why_device else ""))
-    print(_ledger.runtime_line(number))
+    print(runtime.describe(prof, seed), f"| this chapter uses {dev}" + (f" ({why_device})" if why_device else ""))
+    print(records.runtime_line(number))
     if show_config:
         print(ch.cfg)
     return ch

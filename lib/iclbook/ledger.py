@@ -48,10 +48,10 @@ default ``<ICLBOOK_CACHE>/records``), schema :data:`SCHEMA`::
                "value": 0.42, "interval": [0.40, 0.45] | null, "criterion": "...",
                "verdict": "reproduced", "reason": "" , "section": "sec-ch4-finetune" | null}, ...]}
 
-``key`` identifies a row across builds (the claim text unless a chapter gives one). The book's
-"Claims at a glance" page (:func:`verdict_counts`, :func:`claims_table`, :func:`identity_table`) and the verdict regression test read these files;
-``benchmarks/seeds.py`` (``make seeds``) gathers them over seeds into a seed table
-(:func:`seed_table`).
+``key`` identifies a row across builds (the claim text unless a chapter gives one). What reads
+these files lives in :mod:`iclbook.records`: the book's "Claims at a glance" page, the verdict
+regression test, the seed table that ``benchmarks/seeds.py`` (``make seeds``) gathers over seeds,
+and the command line that refreshes the expected verdicts.
 """
 
 from __future__ import annotations
@@ -216,6 +216,8 @@ class Ledger:
     chapter: str
     source: str
     page: str | None = None
+    profile: str | None = None  # the profile and seed the chapter runs at (chapter.start passes
+    seed: int | None = None     # them; None reads the environment once, here)
     rows: list[Row] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
@@ -223,6 +225,11 @@ class Ledger:
         self.chapter = str(self.chapter)
         if not (len(self.chapter) == 2 and self.chapter.isdigit()):
             raise ValueError(f"chapter must be two digits such as '04', got {self.chapter!r}")
+        if self.profile is None or self.seed is None:
+            from iclbook import runtime  # noqa: PLC0415
+
+            self.profile = runtime.profile() if self.profile is None else self.profile
+            self.seed = runtime.seed() if self.seed is None else self.seed
 
     # -- recording ------------------------------------------------------------------------------
 
@@ -317,15 +324,14 @@ class Ledger:
         import torch  # noqa: PLC0415  (keeps the ledger importable without torch for tools)
 
         import iclbook
-        from iclbook import runtime
 
         return _clean({
             "schema": SCHEMA,
             "chapter": self.chapter,
             "source": self.source,
             "page": self.page,
-            "profile": runtime.profile(),
-            "seed": runtime.seed(),
+            "profile": self.profile,
+            "seed": self.seed,
             "library": iclbook.__version__,
             "torch": torch.__version__,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
@@ -364,11 +370,9 @@ class Ledger:
                                  "; ".join(r.claim for r in self.rows if r.failed))
         c = self.counts()
         n_checks = sum(r.kind not in EVIDENCE_KINDS for r in self.rows)
-        from iclbook import runtime  # noqa: PLC0415
-
         line = (f"{sum(c.values())} claims and controls: " + ", ".join(f"{n} {v}" for v, n in c.items() if n)
                 + f"; {n_checks} identities and sanity checks hold. Chapter executed in "
-                f"{time.perf_counter() - self.started:.0f} s at profile {runtime.profile()!r}, seed {runtime.seed()}.")
+                f"{time.perf_counter() - self.started:.0f} s at profile {self.profile!r}, seed {self.seed}.")
         print(line)
 
 
@@ -405,11 +409,6 @@ def _verdict_cell(r: Row | Mapping[str, Any]) -> str:
     return f"**{verdict}**" + (f" ({reason})" if reason else "")  # escaped by table()
 
 
-# ---------------------------------------------------------------------------------------------
-# Records: where they live, and what reads them
-# ---------------------------------------------------------------------------------------------
-
-
 def records_dir() -> Path:
     """Folder of the ledger records: ``ICLBOOK_RECORDS``, else ``<ICLBOOK_CACHE>/records``."""
     forced = os.environ.get("ICLBOOK_RECORDS", "").strip()
@@ -418,239 +417,3 @@ def records_dir() -> Path:
     from iclbook import runtime  # noqa: PLC0415
 
     return runtime.cache_dir() / "records"
-
-
-def load_records(folder: str | Path | None = None, profile: str | None = None) -> list[dict[str, Any]]:
-    """Every chapter record in ``folder`` (default :func:`records_dir`), sorted by chapter;
-    only those of ``profile`` when given. A file that is not a ledger record raises ValueError."""
-    folder = Path(folder) if folder is not None else records_dir()
-    out = []
-    for path in sorted(folder.glob("ch[0-9][0-9]-*.json")):
-        rec = json.loads(path.read_text())
-        if rec.get("schema") != SCHEMA:
-            raise ValueError(f"{path} is not a ledger record (schema {rec.get('schema')!r}, expected {SCHEMA!r})")
-        if profile is None or rec["profile"] == profile:
-            out.append(rec)
-    return sorted(out, key=lambda r: r["chapter"])
-
-
-def verdicts(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
-    """``{chapter: {row key: verdict}}`` of every row (identities and sanity checks included)."""
-    return {rec["chapter"]: {r["key"]: r["verdict"] for r in rec["rows"]} for rec in records}
-
-
-def compare_verdicts(expected: Mapping[str, Mapping[str, str]],
-                     actual: Mapping[str, Mapping[str, str]]) -> list[str]:
-    """The differences between two :func:`verdicts` maps, one readable line each (empty: same).
-
-    Only verdicts are compared: a number that moved within its criterion is not a difference."""
-    lines = []
-    for ch in sorted(set(expected) | set(actual)):
-        if ch not in actual:
-            lines.append(f"chapter {ch}: no record from this build (expected {len(expected[ch])} rows)")
-            continue
-        if ch not in expected:
-            lines.append(f"chapter {ch}: new chapter, {len(actual[ch])} rows not in the expected record")
-            continue
-        exp, act = expected[ch], actual[ch]
-        for key in exp:
-            if key not in act:
-                lines.append(f"chapter {ch}: row removed: {key!r} (was {exp[key]})")
-            elif exp[key] != act[key]:
-                lines.append(f"chapter {ch}: {key!r}: {exp[key]} -> {act[key]}")
-        for key in act:
-            if key not in exp:
-                lines.append(f"chapter {ch}: new row: {key!r} ({act[key]})")
-    return lines
-
-
-# ---------------------------------------------------------------------------------------------
-# The dashboard and the seed table
-# ---------------------------------------------------------------------------------------------
-
-
-def _link(rec: Mapping[str, Any], row: Mapping[str, Any]) -> str:
-    if row.get("section"):
-        return f"{{ref}}`§ <{row['section']}>`"
-    if rec.get("page"):
-        return f"{{doc}}`§ </{rec['page']}>`"
-    return ""
-
-
-def seed_table(per_seed: Mapping[int, Sequence[Mapping[str, Any]]], *, profile: str,
-               about: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Gather records of several seeds (``{seed: [records]}``) into one seed table: for each
-    chapter and claim/control row, the verdict per seed and the spread of our value."""
-    seeds = sorted(per_seed)
-    table: dict[str, dict[str, Any]] = {}
-    for s in seeds:
-        for rec in per_seed[s]:
-            ch = table.setdefault(rec["chapter"], {})
-            for r in rec["rows"]:
-                if r["kind"] not in EVIDENCE_KINDS:
-                    continue
-                entry = ch.setdefault(r["key"], {"kind": r["kind"], "claim": r["claim"], "verdicts": {},
-                                                  "values": {}})
-                entry["verdicts"][str(s)] = r["verdict"]
-                entry["values"][str(s)] = r["value"]
-    for ch in table.values():
-        for entry in ch.values():
-            vals = [v for v in entry["values"].values() if v is not None and math.isfinite(v)]
-            entry["spread"] = [min(vals), max(vals)] if vals else None
-    return _clean({"schema": SCHEMA + "/seeds", "profile": profile, "seeds": seeds, **(about or {}),
-                   "chapters": table})
-
-
-def _tally(verdict_list: Iterable[str]) -> str:
-    """``["reproduced", "reproduced", "partly"]`` -> ``"2 R, 1 P"``."""
-    short = {"reproduced": "R", "partly": "P", "not reproduced": "N", "inconclusive": "I"}
-    counts: dict[str, int] = {}
-    for v in verdict_list:
-        counts[v] = counts.get(v, 0) + 1
-    order = list(VERDICTS) + ["missing"]
-    return ", ".join(f"{n} {short.get(v, v)}" for v, n in sorted(counts.items(), key=lambda kv: order.index(kv[0])
-                                                                  if kv[0] in order else len(order)))
-
-
-def missing_chapters(records: Sequence[Mapping[str, Any]], chapters: Iterable[str]) -> list[str]:
-    """The chapter numbers in ``chapters`` that have no record among ``records``."""
-    have = {r["chapter"] for r in records}
-    return sorted(set(chapters) - have)
-
-
-def verdict_counts(records: Sequence[Mapping[str, Any]], titles: Mapping[str, str] | None = None) -> str:
-    """One Markdown row per chapter: how many claims and controls, their verdicts, and the
-    identities (how many, worst gap) and sanity checks."""
-    titles = titles or {}
-    out = []
-    for rec in records:
-        rows = rec["rows"]
-        ev = [r for r in rows if r["kind"] in EVIDENCE_KINDS]
-        ids = [r for r in rows if r["kind"] == "identity"]
-        gaps = [r["value"] for r in ids if r["value"] is not None]
-        name = titles.get(rec["chapter"], rec["chapter"])
-        link = f"{{doc}}`{name} </{rec['page']}>`" if rec.get("page") else name
-        ident = f"{len(ids)} ({max(gaps):.0e})" if gaps else f"{len(ids)}"
-        out.append([link, rec["source"], f"{rec['profile']}, {rec['seed']}", sum(r["kind"] == "claim" for r in rows),
-                    sum(r["kind"] == "control" for r in rows), *(sum(r["verdict"] == v for r in ev) for v in VERDICTS),
-                    ident, sum(r["kind"] == "sanity" for r in rows)])
-    return table(["chapter", "paper", "profile, seed", "claims", "controls", *VERDICTS, "identities (worst gap)",
-                  "sanity checks"], out)
-
-
-def claims_table(records: Sequence[Mapping[str, Any]], seeds: Mapping[str, Any] | None = None) -> str:
-    """Every claim and control of every chapter, one Markdown row each, linked to its section;
-    with a seed table, the verdicts over its seeds and the spread of our value."""
-    seed_chapters = (seeds or {}).get("chapters", {})
-    seed_list = (seeds or {}).get("seeds", [])
-    header = ["ch.", "kind", "claim", "paper", "ours", "criterion", "verdict"]
-    if seed_list:
-        header += ["over seeds", "spread of ours"]
-    out = []
-    for rec in records:
-        for r in rec["rows"]:
-            if r["kind"] not in EVIDENCE_KINDS:
-                continue
-            row = [f"{rec['chapter']} {_link(rec, r)}", r["kind"], r["claim"], r["paper"], _ours(r), r["criterion"],
-                   _verdict_cell(r)]
-            if seed_list:
-                entry = seed_chapters.get(rec["chapter"], {}).get(r["key"])
-                if entry is None:
-                    row += ["(not in the seed run)", ""]
-                else:
-                    per = [entry["verdicts"].get(str(s), "missing") for s in seed_list]
-                    spread = entry.get("spread")
-                    row += [_tally(per), f"{spread[0]:.3g} to {spread[1]:.3g}" if spread else ""]
-            out.append(row)
-    return table(header, out)
-
-
-def identity_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """The identities, summarised per chapter: how many, the worst gap against its tolerance."""
-    out = []
-    for rec in records:
-        ids = [r for r in rec["rows"] if r["kind"] == "identity" and r["value"] is not None]
-        if not ids:
-            out.append([rec["chapter"], 0, "", ""])
-            continue
-        worst = max(ids, key=lambda r: r["value"])
-        out.append([rec["chapter"], len(ids), f"{worst['value']:.1e} ({worst['criterion']})", worst["claim"]])
-    return table(["ch.", "identities", "worst gap", "its check"], out)
-
-
-def seed_run_summary(seeds: Mapping[str, Any]) -> str:
-    """One sentence on where a seed table comes from."""
-    keys = ("created", "machine", "library", "commit", "torch")
-    about = ", ".join(f"{k} {seeds[k]}" for k in keys if seeds.get(k))
-    kept = seeds.get("kept") or {}
-    earlier = "".join(f"; chapter {ch} from an earlier run ({v.get('created')}, commit {v.get('commit')})"
-                      for ch, v in sorted(kept.items()))
-    dropped = "".join(f" Chapter {ch} is not in it: {why}." for ch, why in sorted((seeds.get("dropped") or {}).items()))
-    return (f"Seed table: profile `{seeds['profile']}`, seeds {', '.join(str(s) for s in seeds['seeds'])}"
-            + (f"; {about}" if about else "") + earlier + "." + dropped)
-
-
-def runtime_line(chapter: str, path: str | Path = Path("records") / "seeds-book.json") -> str:
-    """One line for a chapter's opening: how long the whole chapter took in the committed seed
-    run (the median over its seeds, robust to a run slowed by other work on the machine). The seed table
-    lives beside the book, so outside a checkout (Colab) the line says where to look instead."""
-    path = Path(path)
-    if not path.exists():
-        return "Run time: see benchmarks/README.md of the book's repository."
-    seeds = json.loads(path.read_text())
-    secs = sorted((seeds.get("seconds") or {}).get(chapter, {}).values())
-    if not secs:
-        return f"Run time: chapter {chapter} is not in the seed run ({path}); see benchmarks/README.md."
-    created = ((seeds.get("kept") or {}).get(chapter) or {}).get("created") or seeds.get("created")
-    mid = secs[len(secs) // 2] if len(secs) % 2 else (secs[len(secs) // 2 - 1] + secs[len(secs) // 2]) / 2
-    return (f"Run time: about {mid:.0f} s at the {seeds['profile']} profile on {seeds.get('machine', 'this machine')} "
-            f"(median of {len(secs)} seeds in the seed run of {str(created)[:10]}); "
-            "the paper profile on a GPU: benchmarks/README.md.")
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line: refresh the committed record of expected verdicts
-# ---------------------------------------------------------------------------------------------
-
-
-def expected_record(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The committed record of expected verdicts made from a build's records."""
-    seeds = sorted({r["seed"] for r in records})
-    profiles = sorted({r["profile"] for r in records})
-    return {"schema": SCHEMA + "/verdicts", "profile": profiles[0] if len(profiles) == 1 else profiles,
-            "seed": seeds[0] if len(seeds) == 1 else seeds, "chapters": verdicts(records)}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m iclbook.ledger verdicts --records DIR --out FILE [--profile book]``: write the
-    expected verdicts of a build (``make verdicts``); ``diff`` prints what changed instead."""
-    import argparse  # noqa: PLC0415
-
-    parser = argparse.ArgumentParser(prog="python -m iclbook.ledger", description=main.__doc__)
-    parser.add_argument("command", choices=("verdicts", "diff"))
-    parser.add_argument("--records", required=True, help="folder of a build's ledger records")
-    parser.add_argument("--out", required=True, help="the expected-verdicts file (tests/verdicts-book.json)")
-    parser.add_argument("--profile", default="book")
-    args = parser.parse_args(argv)
-    records = load_records(args.records, profile=args.profile)
-    if not records:
-        print(f"no {args.profile!r} records in {args.records}")
-        return 2
-    out = Path(args.out)
-    if args.command == "diff":
-        if not out.exists():
-            print(f"{out} does not exist yet")
-            return 2
-        lines = compare_verdicts(json.loads(out.read_text())["chapters"], verdicts(records))
-        print("\n".join(lines) if lines else "no verdict changed")
-        return 1 if lines else 0
-    old = json.loads(out.read_text())["chapters"] if out.exists() else {}
-    for line in compare_verdicts(old, verdicts(records)):
-        print(line)
-    out.write_text(json.dumps(expected_record(records), indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {out} ({sum(len(r['rows']) for r in records)} rows, {len(records)} chapters)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -216,10 +216,13 @@ def progress_enabled() -> bool:
     return os.environ.get("ICLBOOK_PROGRESS", "1").strip() not in ("0", "false", "no")
 
 
-def describe() -> str:
-    """One line for a chapter's parameters cell: profile, seed, device, library and torch."""
+def describe(prof: str | None = None, seed_value: int | None = None) -> str:
+    """One line for a chapter's parameters cell: profile, seed, device, library and torch (the
+    profile and seed a chapter passes down; the environment's where none is given)."""
+    prof = profile() if prof is None else prof
+    seed_value = seed() if seed_value is None else seed_value
     return (
-        f"profile={profile()}  seed={seed()}  device={device()}  "
+        f"profile={prof}  seed={seed_value}  device={device()}  "
         f"iclbook={iclbook.__version__}  torch={torch.__version__}"
     )
 
@@ -359,16 +362,16 @@ def _plain(obj: Any) -> Any:
 
 
 def cache_key(chapter: str, name: str, config: Any, *, uses: str | None = None, **extra: Any) -> str:
-    """Hash of (chapter, name, config, profile, source, extra) naming a cache entry. Of the config
-    only its trained fields count (:func:`trained_part`): a threshold declared with :func:`check`
-    never retrains. ``uses`` is the library module whose code trains the entry (its
+    """Hash of (chapter, name, config, source, extra) naming a cache entry. Of the config only its
+    trained fields count (:func:`trained_part`): a threshold declared with :func:`check` never
+    retrains, and two profiles whose trained fields agree share their weights (the profile's name
+    changes no weight, so it is not in the key). ``uses`` is the library module whose code trains the entry (its
     ``__name__``): the key hashes its source and that of the modules it imports
     (:func:`source_digest`); without it, the whole library."""
     payload = {
         "chapter": chapter,
         "name": name,
         "config": _plain(trained_part(config)),
-        "profile": profile(),
         "library": source_digest(*([uses] if uses else [])),
         "extra": _plain(extra),
     }
@@ -389,7 +392,7 @@ def cached(
 
     ``build()`` trains and returns ``(state, history)``: a dict of tensors (a ``state_dict``, or
     several under prefixed keys) and a JSON-able history. The entry is keyed by
-    :func:`cache_key`, so a different config, profile, seed (pass it in ``extra``) or source
+    :func:`cache_key`, so a different trained config, seed (pass it in ``extra``) or source
     of the training code (``uses``, the module that trains) never reuses stale weights.
     ``ICLBOOK_RETRAIN=1`` trains again and overwrites.
 

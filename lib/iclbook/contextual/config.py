@@ -15,6 +15,11 @@ class Config:
     concatenated tokens). The paper does not give the architecture or the optimiser; the values
     below are the spec's recommendation (4 heads of key size 4, MLP 3->64->3 with GELU,
     Adam 1e-3, batch 64).
+
+    Fields declared with :func:`iclbook.runtime.check` are read only by measurements made after
+    training (finetuning on frozen blocks, the convergence control, thresholds): they stay out of
+    the weight cache's key, so editing one retrains nothing. Every other field shapes a trained
+    block or its stored history.
     """
 
     d: int = 2  # input dimension of the regression task; tokens have d + 1 entries
@@ -29,25 +34,25 @@ class Config:
     checkpoint_every: int = 100
     n_val: int = 512  # validation prompts at each checkpoint
     variant_steps: int = 1000  # training steps of the skip and pre-LN blocks
-    n_partial: int = 20  # |Y| in the partial-context experiment
-    n_tasks: int = 100  # prompts for the token-by-token and convergence experiments
-    untrained_seeds: int = 5  # untrained blocks of each kind in the convergence controls
+    n_partial: int = runtime.check(20)  # |Y| in the partial-context experiment
+    n_tasks: int = runtime.check(100)  # prompts for the token-by-token and convergence experiments
+    untrained_seeds: int = runtime.check(5)  # untrained blocks of each kind in the convergence controls
     # The finetuning comparison: a sweep of SGD learning rates and steps per context example,
     # on n_ft_tasks tasks split in two halves (one selects the best setting, the other reports it).
-    ft_lrs: tuple[float, ...] = (0.01, 0.1, 0.3, 1.0, 3.0)
-    ft_steps: tuple[int, ...] = (1, 10)
-    paper_ft_lr: float = 0.01  # the paper's learning rate
-    n_ft_tasks: int = 300
-    conv_steps: int = 500  # finetuning W alone on all N examples, full batch, to convergence
-    conv_lr: float = 3.0
-    n_fresh: int = 10  # fresh queries per task on which a query's patch is tried
+    ft_lrs: tuple[float, ...] = runtime.check((0.01, 0.1, 0.3, 1.0, 3.0))
+    ft_steps: tuple[int, ...] = runtime.check((1, 10))
+    paper_ft_lr: float = runtime.check(0.01)  # the paper's learning rate
+    n_ft_tasks: int = runtime.check(300)
+    conv_steps: int = runtime.check(500)  # finetuning W alone on all N examples, full batch, to convergence
+    conv_lr: float = runtime.check(3.0)
+    n_fresh: int = runtime.check(10)  # fresh queries per task on which a query's patch is tried
     layer_steps: int = 300  # brief training of the non-attention layers
     layer_lr: float = 3e-3
     stack_depth: int = 2  # blocks in the stacked model
     stack_steps: int = 300  # one seed's stack (stacks train ~10x slower than a block)
     # A pass criterion that depends on the profile: after training, the loss with the context must
     # be below this fraction of the loss on the query alone, for every seed (book: ~0.06 measured).
-    icl_ratio: float = 0.15
+    icl_ratio: float = runtime.check(0.15)
     rnn_hidden: int = 16
     window: int = 8  # sliding-window attention width
 

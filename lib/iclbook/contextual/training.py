@@ -20,7 +20,7 @@ def mse(block: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Ten
 
 
 def train_blocks(cfg: Config, seeds: list[int], *, kind: str = "softmax",
-                 variant: Variant = "plain", steps: int | None = None, lr: float | None = None,
+                 variant: Variant = "plain", steps: int, lr: float,
                  val: tuple[torch.Tensor, torch.Tensor] | None = None, depth: int = 1,
                  desc: str | None = None) -> tuple[list[ContextualBlock] | list[BlockStack], dict]:
     """Train one block (or, with ``depth > 1``, one stack of blocks) per seed on fresh
@@ -33,8 +33,6 @@ def train_blocks(cfg: Config, seeds: list[int], *, kind: str = "softmax",
     """
     if not seeds:
         raise ValueError("need at least one seed")
-    steps = cfg.steps if steps is None else steps
-    lr = cfg.lr if lr is None else lr
     if depth > 1 and val is not None:
         raise ValueError("checkpoint checks (val) are written for single blocks, not stacks")
     if depth > 1:
