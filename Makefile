@@ -6,6 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= book
+# The chapters execute JOBS at a time before the build reads them from its cache (.ci/execute.py),
+# each kernel with THREADS intra-op threads: the chapters' small models are bound by per-operation
+# cost, and one thread trains them about as fast as two (benchmarks/README.md).
+JOBS ?= 2
+THREADS ?= 1
 # jupyter-cache ignores environment variables: each profile builds into its own folder.
 OUT := $(if $(filter book,$(PROFILE)),.,_build/$(PROFILE))
 
@@ -23,28 +28,37 @@ install: $(STAMP)
 ##   make book PROFILE=paper  builds the paper profile into _build/paper/_build/html (needs a GPU).
 book: $(STAMP)
 	ICLBOOK_PROFILE=$(PROFILE) ICLBOOK_RECORDS=$(abspath $(OUT))/_build/records \
+		$(BIN)/python .ci/execute.py --path-output $(OUT) --jobs $(JOBS) --threads $(THREADS)
+	ICLBOOK_PROFILE=$(PROFILE) ICLBOOK_RECORDS=$(abspath $(OUT))/_build/records \
 		$(BIN)/jupyter-book build . -W -n --keep-going --path-output $(OUT)
 	@echo "The book is at $(OUT)/_build/html/index.html"
 
-## make test: every test CI runs, from a clean slate: a strict build of the book at the book
-## profile (every chapter executed, every claim asserted), the built pages opened from disk in
-## headless Chromium without a network (math typeset, local images, the claims tables; Debian's
-## chromium is installed if missing), then the library's unit tests and the
-## notebook sync test, then the Colab imitation (make colab): nbval on every paired notebook at
-## the smoke profile, in a bare Colab-like environment that installs the library's wheel through
-## each chapter's own install cell.
+## make test: every test CI runs, from a clean slate: the linter and formatter check (ruff, on the
+## library, tests, benchmarks, CI scripts and the chapters' code cells); a strict build of the
+## book at the book profile (every chapter executed, JOBS at a time, every claim asserted); the
+## built pages opened from disk in headless Chromium without a network (math typeset, local
+## images, the claims tables; Debian's chromium is installed if missing); the Colab imitation
+## (make colab): nbval on every paired notebook at the smoke profile, in a bare Colab-like
+## environment that installs the library's wheel through each chapter's own install cell; then
+## the library's unit tests, the notebook sync test, and the tests that read both builds' ledger
+## records (the expected verdicts; no row dropped at smoke).
 test: $(STAMP)
 	rm -rf _build/test
+	$(BIN)/ruff check lib tests benchmarks .ci book/*.ipynb
+	$(BIN)/ruff format --check lib tests benchmarks .ci
+	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
+		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
+		$(BIN)/python .ci/execute.py --path-output _build/test --jobs $(JOBS) --threads $(THREADS)
 	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
 		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
 		$(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/test
 	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
 	$(BIN)/python .ci/offline_check.py _build/test/_build/html
+	ICLBOOK_PROFILE=smoke ICLBOOK_CACHE=$(CURDIR)/_build/test/weights-smoke ICLBOOK_SEED=0 \
+		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records JOBS=$(JOBS) THREADS=$(THREADS) .ci/colab.sh
 	ICLBOOK_PROFILE=smoke ICLBOOK_SEED=0 ICLBOOK_RECORDS=$(CURDIR)/_build/test/records ICLBOOK_REQUIRE_RECORDS=1 \
 		$(BIN)/python -m pytest tests -p no:cacheprovider
-	ICLBOOK_PROFILE=smoke ICLBOOK_CACHE=$(CURDIR)/_build/test/weights-smoke ICLBOOK_SEED=0 \
-		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records .ci/colab.sh
 
 ## make colab: the Colab imitation alone (about 2 min of set-up, then the notebooks at smoke).
 colab: $(STAMP)

@@ -27,7 +27,13 @@ for absent in iclbook jupyter_book jupytext nbval; do
 done
 "$OUT/venv/bin/python" -m pip list --format=freeze > "$OUT/versions.txt"
 "$OUT/venv/bin/python" -m ipykernel install --prefix "$OUT/kernel" --name iclbook-colab >/dev/null
+# JOBS notebooks at a time (xdist; --dist loadscope keeps each notebook's cells on one worker),
+# each kernel with THREADS intra-op threads, as the book build runs them (.ci/execute.py)
+JOBS="${JOBS:-2}"
+THREADS="${THREADS:-1}"
 JUPYTER_PATH="$OUT/kernel/share/jupyter" ICLBOOK_INSTALL="$WHEEL" \
-  .venv/bin/python -m pytest book --nbval-lax --nbval-kernel-name iclbook-colab -p no:cacheprovider "$@"
+  OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS" \
+  .venv/bin/python -m pytest book --nbval-lax --nbval-kernel-name iclbook-colab -p no:cacheprovider \
+  -n "$JOBS" --dist loadscope "$@"
 # the cell really installed the wheel (not the book's editable copy)
 "$OUT/venv/bin/python" -c "import iclbook, sys; p = iclbook.__file__; print('iclbook from', p); sys.exit('.venv' in p or '/lib/iclbook' in p)"

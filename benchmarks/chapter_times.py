@@ -9,6 +9,11 @@ Jupyter Book uses), with ``ICLBOOK_PROFILE``/``ICLBOOK_SEED`` set and an empty w
 time includes training, exactly as CI and a first-time reader pay it. Runs are sequential: this is
 a 2-core machine, and a parallel run would time the contention. The time is that of the whole
 notebook, kernel start and imports included.
+
+Every time is also printed in *host units* (``benchmarks/host_unit.py``: a fixed small workload
+like the chapters', measured in the same run, before the first chapter and after the last), and
+the budgets are in host units: hosts of one kind differ by 2-3x in speed, and a chapter's time as
+a multiple of the unit is what stays put from one host to the next.
 """
 
 from __future__ import annotations
@@ -24,10 +29,23 @@ import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Budgets per chapter on the 2-core CPU (smoke, book) and on one H100 (paper); GUIDE section 5.
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import host_unit  # noqa: E402
+
+#: The host unit, in seconds, of the machine on which the seconds budgets below were set (the
+#: 2-core CPU box of GUIDE section 5, measured idle; benchmarks/README.md): budgets in host units
+#: are the seconds budgets divided by it.
+CALIBRATION_UNIT_S = 1.0
+#: Budgets per chapter in seconds on that machine (smoke, book) and on one H100 (paper); GUIDE
+#: section 5.
 BUDGET_S = {"smoke": 45, "book": 180, "paper": 1200}
 #: Tighter targets some chapters' issues set.
 CHAPTER_BUDGET_S = {("04", "smoke"): 30, ("04", "book"): 90, ("03", "book"): 200, ("05", "book"): 150}
+
+
+def budget_units(chapter: str, profile: str) -> float:
+    """A chapter's budget in host units (its seconds budget on the calibration host / that host's unit)."""
+    return CHAPTER_BUDGET_S.get((chapter, profile), BUDGET_S[profile]) / CALIBRATION_UNIT_S
 
 
 def run(notebook: Path, profile: str, seed: int, cache_dir: str | None = None,
@@ -76,15 +94,23 @@ def main(argv: list[str] | None = None) -> int:
     if not notebooks:
         print("no chapter notebooks matched", file=sys.stderr)
         return 2
-    print(f"{'chapter':32s} {'profile':8s} {'seconds':>8s} {'budget':>7s} {'ratio':>6s}")
-    over = 0
+    unit = host_unit.unit()
+    print(f"host unit before: {unit:.2f} s ({host_unit.__doc__.splitlines()[0]})", flush=True)
+    results = []
     for nb in notebooks:
         for profile in args.profiles:
-            seconds = run(nb, profile, args.seed, args.cache, args.keep)
-            budget = CHAPTER_BUDGET_S.get((nb.name[:2], profile), BUDGET_S[profile])
-            over += seconds > budget
-            print(f"{nb.stem:32s} {profile:8s} {seconds:8.1f} {budget:7d} {seconds / budget:6.2f}",
-                  flush=True)
+            results.append((nb, profile, run(nb, profile, args.seed, args.cache, args.keep)))
+            print(f"  {nb.stem} {profile}: {results[-1][2]:.1f} s", flush=True)
+    after = host_unit.unit()
+    unit = (unit + after) / 2  # the host's speed may drift during a long run: use the mean
+    print(f"host unit after: {after:.2f} s; the unit of this run: {unit:.2f} s\n")
+    print(f"{'chapter':32s} {'profile':8s} {'seconds':>8s} {'units':>7s} {'budget':>7s} {'ratio':>6s}")
+    over = 0
+    for nb, profile, seconds in results:
+        budget = budget_units(nb.name[:2], profile)
+        units = seconds / unit
+        over += units > budget
+        print(f"{nb.stem:32s} {profile:8s} {seconds:8.1f} {units:7.1f} {budget:7.1f} {units / budget:6.2f}")
     return 1 if over else 0
 
 

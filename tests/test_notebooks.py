@@ -92,6 +92,11 @@ def test_chapter_is_in_the_toc_starts_and_ends_through_the_library(md):
     assert f'ch = chapter.start("{md.stem[:2]}", ' in cells[2]  # the first cell after the Colab install
     for stale in ("runtime.seed_everything", "runtime.generator(SEED", "Ledger(", "CHAPTER_START"):
         assert stale not in text, f"{md.name} does by hand what chapter.start does: {stale}"
+    # the one smoke convention (ch.unjudged): no branch on the profile's name, no block of
+    # checks skipped at smoke (its rows are recorded inconclusive, with the reason)
+    for branch in ('PROFILE == "smoke"', 'PROFILE != "smoke"', "if cfg.checks", "if cfg.gpt_trend_checks",
+                   "display(Markdown(ledger.table"):
+        assert branch not in text, f"{md.name}: {branch!r} (use ch.unjudged / a config field / ch.table)"
 
 
 def test_every_chapter_follows_the_layout_rule():

@@ -111,7 +111,7 @@ def train(
     on_checkpoint: Callable[[int, list[nn.Module]], dict[str, Any]] | None = None,
     desc: str = "train",
     param_groups: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
+) -> History:
     """Train a model, or an ensemble of models as one batched model, in place.
 
     Parameters

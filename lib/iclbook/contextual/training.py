@@ -22,7 +22,7 @@ def mse(block: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Ten
 def train_blocks(cfg: Config, seeds: list[int], *, kind: str = "softmax",
                  variant: Variant = "plain", steps: int, lr: float,
                  val: tuple[torch.Tensor, torch.Tensor] | None = None, depth: int = 1,
-                 desc: str | None = None) -> tuple[list[ContextualBlock] | list[BlockStack], dict]:
+                 desc: str | None = None) -> tuple[list[ContextualBlock] | list[BlockStack], train.History]:
     """Train one block (or, with ``depth > 1``, one stack of blocks) per seed on fresh
     regression prompts, all seeds as one batched ensemble.
 
