@@ -24,11 +24,12 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from iclbook.implicit import tasks, tinylm  # noqa: E402
+from iclbook.implicit import data  # noqa: E402
+from iclbook.implicit.model import LMConfig, TinyLM  # noqa: E402
 
-CUES = torch.tensor(tasks.encode(tasks.CUES))
-LABELS = torch.tensor(tasks.encode(tasks.LABEL_POOL))
-MARKER = tasks.TOKEN_ID["Label:"]
+CUES = torch.tensor(data.encode(data.CUES))
+LABELS = torch.tensor(data.encode(data.LABEL_POOL))
+MARKER = data.TOKEN_ID["Label:"]
 
 
 def copy_batch(rows: int, length: int, classes: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +39,7 @@ def copy_batch(rows: int, length: int, classes: int, gen: torch.Generator) -> tu
     labels = torch.stack([LABELS[torch.randperm(len(LABELS), generator=gen)[:classes]] for _ in range(rows)])
     y = torch.randint(classes, (rows, n), generator=gen)
     body = torch.stack([cues.gather(1, y), torch.full((rows, n), MARKER), labels.gather(1, y)], 2).reshape(rows, -1)
-    seq = torch.cat([torch.full((rows, 1), tasks.TOKEN_ID[tasks.BOS]), body], 1)[:, : length + 1]
+    seq = torch.cat([torch.full((rows, 1), data.TOKEN_ID[data.BOS]), body], 1)[:, : length + 1]
     is_label = torch.zeros_like(seq, dtype=torch.bool)
     is_label[:, 3::3] = True
     return seq, is_label
@@ -47,7 +48,7 @@ def copy_batch(rows: int, length: int, classes: int, gen: torch.Generator) -> tu
 def run(positions: str, mix: int, steps: int, seed: int, length: int = 64, classes: int = 3,
         batch: int = 64, lr: float = 1e-3) -> tuple[list[tuple[int, float]], float]:
     torch.manual_seed(seed)
-    model = tinylm.TinyLM(tinylm.LMConfig(layers=2, positions=positions, mix=mix))
+    model = TinyLM(LMConfig(layers=2, positions=positions, mix=mix))
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     gen = torch.Generator().manual_seed(seed + 1)
     held, held_mask = copy_batch(256, length, classes, torch.Generator().manual_seed(99))

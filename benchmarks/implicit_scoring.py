@@ -22,24 +22,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 from iclbook.implicit import experiment as ex  # noqa: E402
-from iclbook.implicit import probe, tasks, tinylm  # noqa: E402
+from iclbook.implicit import data, pretrain, probe  # noqa: E402
 from timing import best_of  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["sst2", "cb"], choices=tasks.TASK_NAMES)
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "cb"], choices=data.TASK_NAMES)
     parser.add_argument("--n", type=int, default=500)
     args = parser.parse_args()
-    model, _ = tinylm.load_shipped()
+    model, _ = pretrain.load_shipped()
     cfg = ex.CONFIGS["book"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; shipped TinyLM, k={cfg.k}")
     for name in args.tasks:
         pool, _, test = ex.splits(name, cfg, 0)
-        test = tasks.Dataset(test.task, test.inputs[: args.n], test.classes[: args.n], test.cues)
+        test = data.Dataset(test.task, test.inputs[: args.n], test.classes[: args.n], test.cues)
         demos = probe.demonstrations(pool, cfg.k, ex.demo_generator(0, 1))
         prompts, _ = probe.build_prompts(test, demos, 256)
-        cand = tasks.encode(list(test.task.labels))
+        cand = data.encode(list(test.task.labels))
         shared = probe.shared_prefix(prompts)
         def score():
             return probe.label_logprobs(model, prompts, cand)

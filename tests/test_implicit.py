@@ -1,5 +1,6 @@
 """Tests of iclbook.implicit (Dai et al. 2023): exact identities in float64, metric sanity,
-the K/V name filter, the tiny LM, and clear errors for bad inputs."""
+the K/V name filter, the tiny LM, the readings that decide the ledger rows (known answers), and
+clear errors for bad inputs."""
 
 import math
 
@@ -7,7 +8,8 @@ import pytest
 import scipy.stats
 import torch
 
-from iclbook.implicit import dual_form, metrics, probe, tasks, tinylm
+from iclbook.implicit import data, dual_form, metrics, pretrain, probe
+from iclbook.implicit.model import LMConfig, TinyLM, momentum_matrix
 
 F64 = torch.float64
 ATOL = 1e-10
@@ -73,7 +75,7 @@ def test_momentum_three_ways():
     v = rand(9, 4)
     explicit = dual_form.momentum_explicit(v, 0.7)
     assert torch.allclose(explicit, dual_form.momentum_recurrent(v, 0.7), atol=ATOL, rtol=0)
-    m = tinylm.momentum_matrix(9, 0.7, F64)
+    m = momentum_matrix(9, 0.7, F64)
     assert torch.allclose(explicit, m @ v, atol=ATOL, rtol=0)
     assert float(m.diagonal().abs().max()) == 0.0
 
@@ -209,42 +211,42 @@ def test_bootstrap_ci_has_the_width_of_the_mean_s_standard_error():
     assert hi90 - lo90 == pytest.approx(2 * 1.645 * se, rel=0.15)
 
 
-# --- tasks, model, probe ------------------------------------------------------------------
+# --- data, model, pretraining, probe ------------------------------------------------------
 
 
 def test_tasks_and_prompts():
-    for name in tasks.TASK_NAMES:
-        data = tasks.make_dataset(name, 30, seed=0)
-        assert len(data) == 30 and int(data.classes.max()) < data.task.n_classes
-        ids, spans = tasks.icl_prompt(data.task, [(data.inputs[0], data.task.labels[0])],
-                                      data.inputs[1])
-        assert ids[0] == tasks.TOKEN_ID[tasks.BOS] and len(spans) == 1
-        assert tasks.decode(ids[spans[0][1]: spans[0][1] + 1]) == tasks.SEP
+    for name in data.TASK_NAMES:
+        dset = data.make_dataset(name, 30, seed=0)
+        assert len(dset) == 30 and int(dset.classes.max()) < dset.task.n_classes
+        ids, spans = data.icl_prompt(dset.task, [(dset.inputs[0], dset.task.labels[0])],
+                                      dset.inputs[1])
+        assert ids[0] == data.TOKEN_ID[data.BOS] and len(spans) == 1
+        assert data.decode(ids[spans[0][1]: spans[0][1] + 1]) == data.SEP
     # the cue words are a property of the data set, the same in every split
-    assert tasks.make_dataset("sst2", 5, 0).cues == tasks.make_dataset("sst2", 5, 9, split="dev").cues
+    assert data.make_dataset("sst2", 5, 0).cues == data.make_dataset("sst2", 5, 9, split="dev").cues
 
 
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="unknown task"):
-        tasks.make_dataset("imdb", 10, 0)
-    pool = tasks.make_dataset("sst2", 8, 0)
+        data.make_dataset("imdb", 10, 0)
+    pool = data.make_dataset("sst2", 8, 0)
     with pytest.raises(ValueError, match="pool of 8"):
         probe.demonstrations(pool, 9, torch.Generator())
-    model = tinylm.TinyLM(tinylm.LMConfig(layers=1))
+    model = TinyLM(LMConfig(layers=1))
     with pytest.raises(ValueError, match="no demonstrations"):
         probe.finetune_kv(model, [], lr=0.1)
     with pytest.raises(ValueError):
-        tasks.encode(["not-a-word"])
+        data.encode(["not-a-word"])
     with pytest.raises(ValueError):
-        tinylm.LMConfig(d_model=10, heads=4)
+        LMConfig(d_model=10, heads=4)
 
 
 def test_kv_filter_trains_only_keys_and_values():
     torch.manual_seed(0)
-    model = tinylm.TinyLM(tinylm.LMConfig(layers=2))
-    data = tasks.make_dataset("sst2", 4, 0)
-    ex = [tasks.ft_example(data.task, x, data.task.labels[int(y)])
-          for x, y in zip(data.inputs, data.classes)]
+    model = TinyLM(LMConfig(layers=2))
+    dset = data.make_dataset("sst2", 4, 0)
+    ex = [data.ft_example(dset.task, x, dset.task.labels[int(y)])
+          for x, y in zip(dset.inputs, dset.classes)]
     res = probe.finetune_kv(model, ex, lr=0.5, keep_queries=True)
     before, after = dict(model.named_parameters()), dict(res.model.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n])}
@@ -255,9 +257,9 @@ def test_kv_filter_trains_only_keys_and_values():
 
 def test_recorder_matches_model_and_right_padding():
     torch.manual_seed(0)
-    model = tinylm.TinyLM(tinylm.LMConfig(layers=2)).eval()
-    data = tasks.make_dataset("agnews", 3, 0)
-    prompts, _ = probe.build_prompts(data, [(data.inputs[0], "World")], max_len=256)
+    model = TinyLM(LMConfig(layers=2)).eval()
+    dset = data.make_dataset("agnews", 3, 0)
+    prompts, _ = probe.build_prompts(dset, [(dset.inputs[0], "World")], max_len=256)
     prompts[1] = prompts[1][:-3]          # different lengths: right padding must not matter
     rec = probe.record(model, prompts)
     for i, p in enumerate(prompts):
@@ -281,15 +283,15 @@ def test_recorder_matches_model_and_right_padding():
                                                       ("alibi", 3, 0.9)])
 def test_tinylm_is_causal(positions, mix, momentum):
     torch.manual_seed(0)
-    model = tinylm.TinyLM(tinylm.LMConfig(layers=2, positions=positions, mix=mix,
+    model = TinyLM(LMConfig(layers=2, positions=positions, mix=mix,
                                           momentum=momentum)).eval()
-    ids = torch.randint(len(tasks.VOCAB), (1, 30))
+    ids = torch.randint(len(data.VOCAB), (1, 30))
     changed = ids.clone()
-    changed[0, 20:] = torch.randint(len(tasks.VOCAB), (10,))
+    changed[0, 20:] = torch.randint(len(data.VOCAB), (10,))
     with torch.no_grad():
         assert torch.allclose(model(ids)[0, :20], model(changed)[0, :20], atol=1e-5)
     with pytest.raises(ValueError, match="positions"):
-        tinylm.LMConfig(positions="rotary")
+        LMConfig(positions="rotary")
 
 
 @pytest.mark.parametrize("positions, mix, momentum", [("alibi", 3, 0.0), ("sinusoidal", 0, 0.0),
@@ -298,8 +300,8 @@ def test_prefix_cache_equals_the_whole_pass(positions, mix, momentum):
     """model(suffix, past=remember(prefix)) = the suffix rows of model(prefix + suffix), also for
     prefixes shorter than the mixing window and for right-padded suffixes of several lengths."""
     torch.manual_seed(0)
-    model = tinylm.TinyLM(tinylm.LMConfig(positions=positions, mix=mix, momentum=momentum)).eval()
-    ids = torch.randint(len(tasks.VOCAB), (3, 40))
+    model = TinyLM(LMConfig(positions=positions, mix=mix, momentum=momentum)).eval()
+    ids = torch.randint(len(data.VOCAB), (3, 40))
     with torch.no_grad():
         for p in (1, 2, 3, 25):
             ids[:, :p] = ids[0, :p]
@@ -316,15 +318,15 @@ def test_scoring_with_a_shared_prefix_equals_the_plain_pass(monkeypatch):
     """label_logprobs runs shared demonstrations once; the scores must not change, also where
     long queries leave room for fewer demonstrations (the prefix is then the common part)."""
     torch.manual_seed(0)
-    model = tinylm.TinyLM(tinylm.LMConfig()).eval()
-    task = tasks.TASKS["cb"]
-    data = tasks.make_dataset("cb", 40, 0)
-    pool = tasks.make_dataset("cb", 30, 1, split="train")
+    model = TinyLM(LMConfig()).eval()
+    task = data.TASKS["cb"]
+    dset = data.make_dataset("cb", 40, 0)
+    pool = data.make_dataset("cb", 30, 1, split="train")
     demos = probe.demonstrations(pool, 12, torch.Generator().manual_seed(0))
     for max_len in (256, 120):
-        prompts, spans = probe.build_prompts(data, demos, max_len)
+        prompts, spans = probe.build_prompts(dset, demos, max_len)
         assert probe.shared_prefix(prompts) >= probe.MIN_SHARED
-        cand = tasks.encode(list(task.labels))
+        cand = data.encode(list(task.labels))
         fast = probe.label_logprobs(model, prompts, cand, batch=7)
         monkeypatch.setattr(probe, "MIN_SHARED", 10**9)
         slow = probe.label_logprobs(model, prompts, cand, batch=7)
@@ -342,18 +344,18 @@ def test_shared_prefix():
 
 def test_pretraining_lowers_the_loss():
     torch.manual_seed(0)
-    model = tinylm.TinyLM(tinylm.LMConfig(layers=1))
-    cfg = tinylm.PretrainConfig(steps=30, batch=8, seq_len=64, warmup=5)
-    hist = tinylm.pretrain(model, cfg, log_every=5)
+    model = TinyLM(LMConfig(layers=1))
+    cfg = pretrain.PretrainConfig(steps=30, batch=8, seq_len=64, warmup=5)
+    hist = pretrain.pretrain(model, cfg, log_every=5)
     assert hist["loss"][-1] < hist["loss"][0] - 0.5
 
 
 def test_momentum_model_runs_and_differs():
     torch.manual_seed(0)
-    base = tinylm.TinyLM(tinylm.LMConfig(layers=1))
-    mo = tinylm.TinyLM(tinylm.LMConfig(layers=1, momentum=0.5))
+    base = TinyLM(LMConfig(layers=1))
+    mo = TinyLM(LMConfig(layers=1, momentum=0.5))
     mo.load_state_dict(base.state_dict())
-    ids = torch.randint(len(tasks.VOCAB), (2, 20))
+    ids = torch.randint(len(data.VOCAB), (2, 20))
     a, b = base(ids), mo(ids)
     assert torch.allclose(a[:, 0], b[:, 0], atol=1e-6)      # no earlier token at position 0
     assert not torch.allclose(a[:, 5], b[:, 5])
@@ -363,7 +365,7 @@ def test_pipeline_runs_end_to_end_on_a_small_model():
     from iclbook.implicit import experiment as ex
 
     torch.manual_seed(0)
-    model = tinylm.TinyLM(tinylm.LMConfig(layers=2)).eval()
+    model = TinyLM(LMConfig(layers=2)).eval()
     cfg = ex.Config(n_test=12, n_dev=8, k=4, pool=16, demo_seeds=(1, 2), lr_grid=(0.01, 0.1),
                     eval_seeds=1, kendall_examples=5, permutations=2, names=("sst2", "cb"))
     g = torch.Generator().manual_seed(0)
@@ -405,8 +407,8 @@ def test_probes_work_on_a_hugging_face_model_offline():
     from iclbook.implicit import hf
 
     model = hf.tiny_opt(seed=0)
-    data = tasks.make_dataset("sst2", 3, 0)
-    prompts, _ = probe.build_prompts(data, [(data.inputs[0], "Positive")], max_len=256)
+    dset = data.make_dataset("sst2", 3, 0)
+    prompts, _ = probe.build_prompts(dset, [(dset.inputs[0], "Positive")], max_len=256)
     ids = torch.tensor([prompts[0]])
     with probe.Recorder(model) as rec:
         out = model(ids, output_attentions=True)
@@ -414,12 +416,12 @@ def test_probes_work_on_a_hugging_face_model_offline():
     for layer, attn in enumerate(out.attentions):
         ours = torch.softmax(rec.scores(layer, 0, pos), -1)
         assert torch.allclose(ours, attn[0, :, pos, : pos + 1], atol=1e-5)
-    ex = [tasks.ft_example(data.task, x, data.task.labels[int(y)]) for x, y in zip(data.inputs, data.classes)]
+    ex = [data.ft_example(dset.task, x, dset.task.labels[int(y)]) for x, y in zip(dset.inputs, dset.classes)]
     tuned = probe.finetune_kv(model, ex, lr=0.5).model
     before, after = dict(model.named_parameters()), dict(tuned.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == set(probe.kv_parameters(model)) and len(changed) == 8   # 2 layers x (W, b) x (K, V)
-    assert probe.label_logprobs(model, prompts, tasks.encode(data.task.labels)).shape == (3, 2)
+    assert probe.label_logprobs(model, prompts, data.encode(dset.task.labels)).shape == (3, 2)
 
 
 def test_shipped_weights_are_package_data():
@@ -429,14 +431,14 @@ def test_shipped_weights_are_package_data():
     from pathlib import Path
 
     tomllib = pytest.importorskip("tomllib")
-    lib = Path(tinylm.__file__).resolve().parents[2]
+    lib = Path(pretrain.__file__).resolve().parents[2]
     setup = tomllib.loads((lib / "pyproject.toml").read_text())["tool"]["setuptools"]
 
     def globs(rel: str, pattern: str) -> bool:      # setuptools' "*" stops at "/"
         parts, pats = rel.split("/"), pattern.split("/")
         return len(parts) == len(pats) and all(fnmatch.fnmatch(a, b) for a, b in zip(parts, pats))
 
-    files = [p for p in tinylm.WEIGHTS.rglob("*") if p.is_file() and p.suffix in (".pt", ".json")]
+    files = [p for p in pretrain.WEIGHTS.rglob("*") if p.is_file() and p.suffix in (".pt", ".json")]
     assert len(files) >= 2
     for f in files:
         owners = [pkg for pkg in setup["packages"] if f.is_relative_to(lib / pkg.replace(".", "/"))]
@@ -447,14 +449,14 @@ def test_shipped_weights_are_package_data():
 
 def test_perplexity_by_length_is_the_loss_of_cut_sequences():
     torch.manual_seed(0)
-    model = tinylm.TinyLM(tinylm.LMConfig(layers=1)).eval()
-    tokens = tasks.pretraining_batch(4, 30, torch.Generator().manual_seed(1))
-    by_length = tinylm.perplexity_by_length(model, tokens, (5, 12, 30))
+    model = TinyLM(LMConfig(layers=1)).eval()
+    tokens = data.pretraining_batch(4, 30, torch.Generator().manual_seed(1))
+    by_length = pretrain.perplexity_by_length(model, tokens, (5, 12, 30))
     with torch.no_grad():
         for L in (5, 12, 30):
-            assert by_length[L] == pytest.approx(float(torch.exp(tinylm.lm_loss(model, tokens[:, :L + 1]))), rel=1e-5)
+            assert by_length[L] == pytest.approx(float(torch.exp(pretrain.lm_loss(model, tokens[:, :L + 1]))), rel=1e-5)
     with pytest.raises(ValueError, match="lengths"):
-        tinylm.perplexity_by_length(model, tokens, (31,))
+        pretrain.perplexity_by_length(model, tokens, (31,))
 
 
 def test_pool_short_weights_rates_by_fixed_examples():
@@ -478,7 +480,7 @@ def test_seeded_builders_leave_the_callers_random_stream_alone():
     """untrained_like seeds its own initialisation (issue 20: no global reseeding in the library)."""
     from iclbook.implicit import experiment as ex
 
-    model = tinylm.TinyLM(tinylm.LMConfig(layers=1))
+    model = TinyLM(LMConfig(layers=1))
     torch.manual_seed(123)
     expected = torch.rand(4)
     torch.manual_seed(123)
@@ -489,8 +491,8 @@ def test_seeded_builders_leave_the_callers_random_stream_alone():
 
 
 def test_label_accuracy_by_context_counts_label_tokens_by_examples_seen():
-    batch = tasks.pretraining_batch(16, 96, torch.Generator().manual_seed(0), p_plain=0.0)
-    vocab = len(tasks.VOCAB)
+    batch = data.pretraining_batch(16, 96, torch.Generator().manual_seed(0), p_plain=0.0)
+    vocab = len(data.VOCAB)
 
     class Oracle(torch.nn.Module):          # predicts every next token right
         def forward(self, x):
@@ -500,7 +502,7 @@ def test_label_accuracy_by_context_counts_label_tokens_by_examples_seen():
         def forward(self, x):
             return torch.nn.functional.one_hot((batch[:, 1:] + 1) % vocab, vocab).double()
 
-    right, wrong = (tinylm.label_accuracy_by_context(m, batch) for m in (Oracle(), Wrong()))
+    right, wrong = (pretrain.label_accuracy_by_context(m, batch) for m in (Oracle(), Wrong()))
     assert set(right) == {"acc_0_0", "acc_1_3", "acc_4_8", "acc_9_99"}
     assert all(v == 1.0 for v in right.values() if v == v) and all(v == 0.0 for v in wrong.values() if v == v)
     assert right["acc_0_0"] == 1.0 and right["acc_1_3"] == 1.0  # both buckets have label tokens
@@ -510,15 +512,234 @@ def test_load_shipped_refuses_weights_that_are_not_the_recorded_ones(tmp_path):
     import shutil
 
     folder = tmp_path / "copy"
-    shutil.copytree(tinylm.WEIGHTS, folder, ignore=shutil.ignore_patterns("momentum"))
-    model, record = tinylm.load_shipped(folder)               # the intact copy loads
+    shutil.copytree(pretrain.WEIGHTS, folder, ignore=shutil.ignore_patterns("momentum"))
+    model, record = pretrain.load_shipped(folder)               # the intact copy loads
     assert sum(p.numel() for p in model.parameters()) > 0 and record["sha256"]
     blob = bytearray((folder / "tinylm.pt").read_bytes())
     blob[-100] ^= 0xFF                                        # one flipped byte in the weights
     (folder / "tinylm.pt").write_bytes(bytes(blob))
     with pytest.raises(RuntimeError, match="SHA-256"):
-        tinylm.load_shipped(folder)
+        pretrain.load_shipped(folder)
     (folder / "tinylm.json").unlink()
     with pytest.raises(FileNotFoundError, match="retrain"):
-        tinylm.load_shipped(folder)
+        pretrain.load_shipped(folder)
 
+
+
+# --- the chapter's config: every field is checked, none trained ---------------------------------
+
+
+def test_config_marks_every_field_as_a_check_and_keeps_the_profiles_values():
+    """Chapter 2 trains no weight of its own (the model ships pretrained): every field of its
+    config is read after training, so all are check fields and none keys a weight. The
+    profile-dependent thresholds that used to be branches on the profile's name keep their values."""
+    import dataclasses
+
+    from iclbook import runtime
+    from iclbook.implicit import config
+    from iclbook.implicit import experiment as ex
+
+    assert ex.CONFIGS is config.CONFIGS and ex.Config is config.Config and ex.STREAMS is config.STREAMS
+    for cfg in config.CONFIGS.values():
+        assert set(runtime.check_fields(cfg)) == {f.name for f in dataclasses.fields(cfg)}
+        assert runtime.trained_part(cfg) == {}
+    # what the shipped weights do depend on is trained, field by field
+    assert runtime.check_fields(pretrain.PretrainConfig()) == () and runtime.check_fields(LMConfig()) == ()
+    book, smoke, paper = (config.CONFIGS[p] for p in ("book", "smoke", "paper"))
+    assert (book.margin, book.min_nonce, book.lexicon_tasks, book.momentum_tasks, book.judged) == (0.15, 4, 5, 6, True)
+    assert (paper.margin, paper.min_nonce, paper.lexicon_tasks, paper.momentum_tasks, paper.judged) == (
+        0.15, 4, 5, 6, True)
+    assert (smoke.margin, smoke.min_nonce, smoke.lexicon_tasks, smoke.momentum_tasks, smoke.judged) == (
+        0.05, 2, 2, 3, False)
+    assert (book.n_test, book.n_dev, book.k, book.pool, book.eval_seeds) == (500, 200, 16, 64, 3)
+    assert book.demo_seeds == tuple(range(1, 8)) and len(book.lr_grid) == 36 and book.names == data.TASK_NAMES
+
+
+# --- the readings that decide the ledger rows: known answers ------------------------------------
+
+
+def _tiny_cfg(**kw):
+    from iclbook.implicit import experiment as ex
+
+    base = dict(n_test=12, n_dev=8, k=4, pool=16, demo_seeds=(1, 2, 3, 4), lr_grid=(0.01, 0.03, 0.1, 0.3),
+                eval_seeds=1, kendall_examples=5, permutations=2, names=("sst2", "cb"))
+    return ex.Config(**{**base, **kw})
+
+
+def test_task_mean_off_ceiling_and_gain_kept_on_hand_built_results():
+    from iclbook.implicit import experiment as ex
+
+    per = {"a": {"x": 1.0}, "b": {"x": float("nan")}, "c": {"x": 3.0}}
+    assert ex.task_mean(per, ["a", "b", "c"], "x") == 2.0          # a NaN task has no say
+    assert ex.task_mean(per, ["c"], "x") == 3.0
+    short = {"a": {"acc": {"I": 0.7}}, "b": {"acc": {"I": 0.99}}, "c": {"acc": {"I": 0.3}}, "d": {"acc": {"I": 0.5}}}
+    # a: off the ceiling; b: at it; c: within 10 points of its chance 0.25; d: chance 0.25, off
+    assert ex.off_ceiling(short, ["a", "b", "c", "d"], [0.5, 0.5, 0.25, 0.25]) == ["a", "d"]
+    assert ex.off_ceiling(short, ["d", "a"], [0.25, 0.5], above=0.3) == []
+    with pytest.raises(ValueError, match="chance levels"):
+        ex.off_ceiling(short, ["a", "b"], [0.5])
+    # two classes: chance 0.5. Seed 1 keeps none of the gain, seed 2 half of it
+    runs = [{"seen": 1.0, "unseen": 0.5}, {"seen": 1.0, "unseen": 0.75}]
+    assert ex.gain_kept(runs, 2) == 0.25
+    assert ex.gain_kept([{"seen": 0.75, "unseen": 0.125}], 4) == -0.25       # below chance
+    with pytest.raises(ValueError):
+        ex.gain_kept([], 2)
+
+
+def test_momentum_effects_compare_each_eta_with_the_seed_spread():
+    from iclbook.implicit import experiment as ex
+
+    rows = [{"eta": 0.0, "ppl": 10.0, "icl": 0.5}, {"eta": 0.0, "ppl": 12.0, "icl": 0.75},
+            {"eta": 0.5, "ppl": 8.0, "icl": 0.75}, {"eta": 0.5, "ppl": 9.0, "icl": 0.75},
+            {"eta": 0.9, "ppl": 11.0, "icl": 1.0}, {"eta": 0.9, "ppl": 11.0, "icl": 1.0}]
+    out = ex.momentum_effects(rows)
+    assert out["base"]["ppl"].tolist() == [10.0, 12.0]
+    assert out["spread"] == {"ppl": 2.0, "icl": 0.25}                 # the largest range within one eta
+    assert out["gain"] == {"ppl": {0.5: -2.5, 0.9: 0.0}, "icl": {0.5: 0.125, 0.9: 0.375}}
+    # eta 0.5 lowers perplexity by more than the spread; eta 0.9 raises ICL accuracy by more than it
+    assert out["beyond"] == {"ppl": [0.5], "icl": [0.9]}
+    # a rise in perplexity is no improvement, however large
+    worse = [dict(r, ppl=r["ppl"] + 10 * r["eta"]) for r in rows]
+    assert ex.momentum_effects(worse)["beyond"]["ppl"] == []
+    with pytest.raises(ValueError, match="eta = 0"):
+        ex.momentum_effects([r for r in rows if r["eta"] > 0])
+
+
+def test_momentum_study_reads_each_shipped_model(tmp_path):
+    """Two tiny checkpoints written as retrain writes them: each row carries the record's eta and
+    seed, the first step at which label accuracy with >= 9 examples reached 0.8 (NaN if never),
+    and the perplexities, label accuracy and ICL accuracy recomputed here from the same model."""
+    import dataclasses
+
+    from iclbook import runtime
+    from iclbook.implicit import experiment as ex
+    from iclbook.implicit import retrain
+
+    evals = {0.0: [{"step": 100, "acc_9_99": 0.5}, {"step": 200, "acc_9_99": 0.85}, {"step": 300, "acc_9_99": 0.9}],
+             0.5: [{"step": 100, "acc_9_99": 0.2}, {"step": 200, "acc_9_99": 0.79}]}
+    models = {}
+    for eta, seed in ((0.5, 2), (0.0, 1)):
+        with runtime.seeded(seed):
+            m = TinyLM(LMConfig(layers=1, momentum=eta)).eval()
+        history = {"model": dataclasses.asdict(m.cfg), "pretrain": dataclasses.asdict(pretrain.PretrainConfig(seed=seed)),
+                   "evals": evals[eta]}
+        retrain.save(m, history, tmp_path / f"eta{eta}_seed{seed}")
+        models[eta] = m
+    held_out = data.pretraining_batch(3, 40, torch.Generator().manual_seed(1), p_plain=0.0)
+    pools = {n: (data.make_dataset(n, 10, 0, split="train"), data.make_dataset(n, 6, 0)) for n in ("sst2", "cb")}
+    rows = ex.momentum_study(tmp_path, held_out, pools, 2, lambda: torch.Generator().manual_seed(3), (10, 40))
+    assert [(r["eta"], r["seed"]) for r in rows] == [(0.0, 1), (0.5, 2)]        # folder order
+    assert rows[0]["cliff"] == 200 and math.isnan(rows[1]["cliff"])
+    assert rows[0]["evals"] == evals[0.0]
+    for r in rows:
+        m = models[r["eta"]]
+        with torch.no_grad():
+            for L in (10, 40):
+                ppl = float(torch.exp(pretrain.lm_loss(m, held_out[:, : L + 1])))
+                assert r["ppl_at"][L] == pytest.approx(ppl, rel=1e-5)
+        assert r["ppl"] == r["ppl_at"][40]
+        assert r["few"] == pretrain.label_accuracy_by_context(m, held_out)["acc_1_3"]
+        g = torch.Generator().manual_seed(3)                          # one fresh draw per model
+        icl = [probe.accuracy(probe.predict(m, test, probe.demonstrations(pool, 2, g)), test)
+               for pool, test in pools.values()]
+        assert r["icl"] == pytest.approx(sum(icl) / 2, abs=1e-12)
+    assert rows[0]["ppl"] != rows[1]["ppl"]                           # two different models were read
+
+
+def test_short_context_reads_the_protocol_with_k_demonstrations(monkeypatch):
+    """short_context on a hand-built run of SST-5: which queries' classes the two demonstrations
+    cover, and Rec2FTP against its two nulls, worked out by hand."""
+    from iclbook.implicit import experiment as ex
+
+    task = data.TASKS["sst5"]
+    test = data.Dataset(task, [["dull"]] * 6, torch.tensor([0, 1, 2, 0, 3, 1]))
+    demos = [(["fine"], task.labels[1]), (["flat"], task.labels[0])]      # cover classes 0 and 1
+    masks = {"Z": [0, 0, 0, 0, 0, 1], "F": [1, 1, 1, 0, 1, 1], "I": [1, 1, 0, 1, 0, 1]}
+    right = {k: torch.tensor(v, dtype=torch.bool) for k, v in masks.items()}
+    seen = {}
+
+    def fake_run_task(model, name, cfg, seed, **kw):
+        seen.update(name=name, cfg=cfg, seed=seed, **kw)
+        return ex.TaskRun(name, test, demos, 1, 0.1, float("nan"), {"I": 4 / 6}, right)
+
+    def fake_flips(model, run, permutations, gen, n=200, max_len=256):
+        seen.update(permutations=permutations, n_order=n)
+        return {"ICL": 0.1, "SGD": 0.3, "GD": 0.0}
+
+    monkeypatch.setattr(ex, "run_task", fake_run_task)
+    monkeypatch.setattr(ex, "order_flips", fake_flips)
+    cfg = _tiny_cfg(permutations=3)
+    out = ex.short_context(None, "sst5", cfg, 7, k=2, n_order=50)
+    # the protocol: k demonstrations, three demonstration seeds, every other learning rate, no records
+    assert seen["cfg"].k == 2 and seen["cfg"].demo_seeds == (1, 2, 3) and seen["cfg"].lr_grid == (0.01, 0.1)
+    assert seen["record"] is False and seen["select_on_test"] is False and seen["seed"] == 7
+    assert seen["permutations"] == 3 and seen["n_order"] == 50
+    assert out["k"] == 2 and out["flips"] == {"ICL": 0.1, "SGD": 0.3, "GD": 0.0}
+    assert out["covered"] == pytest.approx(4 / 6)      # queries 0, 1, 3, 5 have a class the demos show
+    assert out["n_fixed"] == 4                         # Z wrong, F right: 0, 1, 2, 4
+    assert out["rec2ftp"] == pytest.approx(50.0)       # of them ICL right: 0, 1
+    assert out["null"] == pytest.approx(60.0)          # Z wrong: 0-4; ICL right: 0, 1, 3
+    # strata: covered (fixed 0, 1; ICL right on every Z-wrong covered query) and not (fixed 2, 4;
+    # ICL right on none): 1/2 * 100% + 1/2 * 0%
+    assert out["matched_null"] == pytest.approx(50.0)
+
+
+def _cue(words, cues):
+    found = [w for w in words if w in cues]
+    assert len(found) == 1, words
+    return found[0]
+
+
+def test_lookup_probe_splits_the_queries_by_whether_a_demonstration_shows_their_cue(monkeypatch):
+    """A reader that is right exactly when a demonstration shows the query's cue word scores 1 on
+    the seen queries and 0 on the unseen ones; a reader that is always right scores 1 on both."""
+    from iclbook.implicit import experiment as ex
+
+    cfg = _tiny_cfg(n_test=40, pool=16)
+    counted = {"unseen": 0, "calls": 0}
+
+    def lookup_reader(model, dset, demos=(), **kw):
+        cues = {w for c in dset.cues for w in c}
+        shown = {_cue(x, cues) for x, _ in demos}
+        hit = torch.tensor([_cue(x, cues) in shown for x in dset.inputs])
+        if demos:
+            counted["unseen"] += int((~hit).sum())
+            counted["calls"] += 1
+        return torch.where(hit, dset.classes, (dset.classes + 1) % dset.task.n_classes)
+
+    monkeypatch.setattr(probe, "predict", lookup_reader)
+    out = ex.lookup_probe(None, "agnews", cfg, 0, cues_per_class=3, k=4, draws=3)
+    assert counted["calls"] == 3 and out["n_unseen"] == counted["unseen"] > 0
+    assert out["seen"] == 1.0 and out["unseen"] == 0.0 and out["zero_unseen"] == 0.0
+
+    monkeypatch.setattr(probe, "predict", lambda model, dset, demos=(), **kw: dset.classes.clone())
+    out = ex.lookup_probe(None, "agnews", cfg, 0, cues_per_class=3, k=4, draws=3)
+    assert out["seen"] == out["unseen"] == out["zero_unseen"] == 1.0
+
+
+def test_cue_moved_runs_the_protocol_with_the_cue_never_last(monkeypatch):
+    """cue_moved hands run_task the three splits built with the cue word moved (one cue per input,
+    never its last word; the same classes as the ordinary data) and the cheaper selection."""
+    from iclbook.implicit import experiment as ex
+
+    cfg = _tiny_cfg()
+    captured = {}
+
+    def fake_run_task(model, name, c, seed, **kw):
+        captured.update(name=name, cfg=c, seed=seed, **kw)
+        return "run"
+
+    monkeypatch.setattr(ex, "run_task", fake_run_task)
+    assert ex.cue_moved(None, "mr", cfg, 4) == "run"
+    assert captured["cfg"] == ex.sparse_search(cfg, 4) and captured["cfg"].lr_grid == (0.01,)
+    assert captured["record"] is False and captured["select_on_test"] is False and captured["seed"] == 4
+    pool, dev, test = captured["data"]
+    for dset, n, split in ((pool, cfg.pool, "train"), (dev, cfg.n_dev, "dev"), (test, cfg.n_test, "test")):
+        assert len(dset) == n
+        cues = {w for c in dset.cues for w in c}
+        assert all(x[-1] not in cues and _cue(x, cues) for x in dset.inputs)
+        assert torch.equal(dset.classes, data.make_dataset("mr", n, 4, split=split).classes)
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    run = ex.cue_moved(TinyLM(LMConfig(layers=1)).eval(), "mr", cfg, 4)     # the real protocol runs
+    assert set(run.acc) >= {"Z", "I", "F", "nonce"} and run.lr == 0.01

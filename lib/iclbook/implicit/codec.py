@@ -3,7 +3,7 @@
 Every probe of the chapter builds its token ids through a *codec*:
 
 * :data:`WORDS` (a :class:`WordCodec`) reads the synthetic tasks' word lists with the chapter's
-  closed word-level vocabulary (:mod:`.tasks`); the tiny model was pretrained on it.
+  closed word-level vocabulary (:mod:`.data`); the tiny model was pretrained on it.
 * :class:`TextCodec` reads strings (the real data sets of :mod:`.hf`) with a Hugging Face
   tokenizer: each filled template is rendered as text (``"Sentence: a fine film Label: Positive"``)
   and cut into the model's own subword tokens.
@@ -18,9 +18,10 @@ verbalizer whose words share a first token (they could not be told apart).
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
-from iclbook.implicit import tasks
+from iclbook.implicit import data
 
 Demos = Sequence[tuple[object, str]]
 
@@ -31,10 +32,10 @@ class Codec(Protocol):
     pad_id: int
     nonce_pool: tuple[str, ...]
 
-    def prompt(self, task: tasks.Task, demos: Demos, x, max_len: int | None = None
+    def prompt(self, task: data.Task, demos: Demos, x, max_len: int | None = None
                ) -> tuple[list[int], list[tuple[int, int]]]: ...
 
-    def example(self, task: tasks.Task, x, label: str) -> list[int]: ...
+    def example(self, task: data.Task, x, label: str) -> list[int]: ...
 
     def label_ids(self, labels: Sequence[str]) -> list[int]: ...
 
@@ -46,19 +47,19 @@ def _check_distinct(labels: Sequence[str], ids: Sequence[int]) -> list[int]:
 
 
 class WordCodec:
-    """The synthetic tasks' word lists over the closed vocabulary of :mod:`.tasks`."""
+    """The synthetic tasks' word lists over the closed vocabulary of :mod:`.data`."""
 
-    pad_id = tasks.TOKEN_ID[tasks.PAD]
-    nonce_pool = tasks.NONCE_LABELS
+    pad_id = data.TOKEN_ID[data.PAD]
+    nonce_pool = data.NONCE_LABELS
 
     def prompt(self, task, demos, x, max_len=None):
-        return tasks.icl_prompt(task, demos, x, max_len=max_len)
+        return data.icl_prompt(task, demos, x, max_len=max_len)
 
     def example(self, task, x, label):
-        return tasks.ft_example(task, x, label)
+        return data.ft_example(task, x, label)
 
     def label_ids(self, labels):
-        return _check_distinct(labels, tasks.encode(labels))
+        return _check_distinct(labels, data.encode(labels))
 
 
 WORDS = WordCodec()
@@ -80,18 +81,18 @@ class TextCodec:
             raise ValueError("the tokenizer has no BOS or EOS token: pass bos_id and sep_id")
         pad = tokenizer.pad_token_id if pad_id is None else pad_id
         self.pad_id = self.sep_id if pad is None else pad
-        self.nonce_pool = self._distinct_first_tokens(tasks.NONCE_LABELS)
+        self.nonce_pool = self._distinct_first_tokens(data.NONCE_LABELS)
 
     def ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @staticmethod
-    def text(task: tasks.Task, x: str, label: str | None = None) -> str:
-        """One filled template as text: the word template of :func:`tasks.example_words` with the
+    def text(task: data.Task, x: str, label: str | None = None) -> str:
+        """One filled template as text: the word template of :func:`.data.example_words` with the
         whole input as one slot (``"Sentence: {x} Label: {label}"``)."""
         if not isinstance(x, str):
             raise ValueError(f"a TextCodec reads strings, got {type(x).__name__} (use WORDS for word lists)")
-        return " ".join(tasks.example_words(task, [x], label))
+        return " ".join(data.example_words(task, [x], label))
 
     def prompt(self, task, demos, x, max_len=None):
         query = self.ids(self.text(task, x))

@@ -23,8 +23,6 @@ about what a trained model does. The chapter tests the trained model separately.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 

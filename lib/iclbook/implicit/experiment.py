@@ -16,61 +16,22 @@ Per task and evaluation seed ``s``:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from iclbook import runtime
-from iclbook.implicit import dual_form, metrics, probe, tasks, tinylm
+from iclbook.implicit import dual_form, metrics, probe
 from iclbook.implicit.codec import WORDS, Codec
-
-LR_GRID = tuple(round(m * 10.0 ** e, 10) for e in (-1, -2, -3, -4) for m in range(1, 10))
-
-
-@dataclass(frozen=True)
-class Config:
-    """Sizes of the chapter per profile."""
-
-    n_test: int
-    n_dev: int
-    k: int = 16
-    pool: int = 64
-    demo_seeds: tuple[int, ...] = tuple(range(1, 8))
-    lr_grid: tuple[float, ...] = LR_GRID
-    eval_seeds: int = 3            # evaluation seeds for the accuracy table (s, s+1, ...)
-    kendall_examples: int = 100
-    control_examples: int = 200    # test examples per control run (the critics' controls)
-    permutations: int = 5
-    names: tuple[str, ...] = tasks.TASK_NAMES
-
-
-CONFIGS = {
-    "smoke": Config(n_test=100, n_dev=60, demo_seeds=(1, 2), lr_grid=LR_GRID[::4], eval_seeds=1,
-                    kendall_examples=30, control_examples=100, permutations=3),
-    "book": Config(n_test=500, n_dev=200),
-    "paper": Config(n_test=2000, n_dev=500, eval_seeds=5, control_examples=500),
-}
-
-
-#: Chapter 2's named random streams (:class:`iclbook.runtime.Streams`), offsets from the chapter's
-#: seed. Several cells start a fresh generator at the chapter's seed itself (offset 0), as the
-#: chapter always has: each draws different objects, so sharing the seed couples nothing they
-#: compare. The tasks' examples come from the library stream "task-split" of each evaluation seed.
-STREAMS = {
-    "dual-form": runtime.Stream(0),  # the random matrices of the exact dual-form check
-    "example": runtime.Stream(0),  # the pretraining sequence printed as an example
-    "statistics": runtime.Stream(0),  # the random baselines of SimAOU and Kendall
-    "momentum-demos": runtime.Stream(0),  # the demonstrations of the momentum study's ICL accuracy
-    "eval": runtime.Stream(0, width=100),  # the evaluation seeds: demonstrations, dev and test examples
-    "untrained-init": runtime.Stream(1),  # the untrained model of the critics' controls
-    "bootstrap": runtime.Stream(5),  # the bootstrap intervals of the statistics
-    "controls": runtime.Stream(17),  # the shuffled-label and permutation controls
-    "held-out": runtime.Stream(10**6),  # held-out pretraining text of the momentum study
-}
+from iclbook.implicit.config import CONFIGS, LR_GRID, STREAMS, Config  # noqa: F401 (the chapter reads them here)
+from iclbook.implicit.data import Dataset, Task, make_dataset
+from iclbook.implicit.model import TinyLM
+from iclbook.implicit.pretrain import label_accuracy_by_context, load_shipped, perplexity_by_length
 
 
 @dataclass
@@ -78,7 +39,7 @@ class TaskRun:
     """Everything one task and one evaluation seed produced."""
 
     name: str
-    test: tasks.Dataset
+    test: Dataset
     demos: list
     demo_seed: int
     lr: float
@@ -91,11 +52,11 @@ class TaskRun:
     codec: Codec = WORDS
 
 
-def splits(name: str, cfg: Config, seed: int) -> tuple[tasks.Dataset, tasks.Dataset, tasks.Dataset]:
+def splits(name: str, cfg: Config, seed: int) -> tuple[Dataset, Dataset, Dataset]:
     """(pool, dev, test) of task ``name`` for evaluation seed ``seed``."""
-    return (tasks.make_dataset(name, cfg.pool, seed, split="train"),
-            tasks.make_dataset(name, cfg.n_dev, seed, split="dev"),
-            tasks.make_dataset(name, cfg.n_test, seed, split="test"))
+    return (make_dataset(name, cfg.pool, seed, split="train"),
+            make_dataset(name, cfg.n_dev, seed, split="dev"),
+            make_dataset(name, cfg.n_test, seed, split="test"))
 
 
 def demo_generator(seed: int, demo_seed: int) -> torch.Generator:
@@ -103,13 +64,13 @@ def demo_generator(seed: int, demo_seed: int) -> torch.Generator:
     return runtime.stream("demos", seed, demo_seed)
 
 
-def ft_examples(task: tasks.Task, demos: Sequence[tuple[object, str]],
+def ft_examples(task: Task, demos: Sequence[tuple[object, str]],
                 codec: Codec = WORDS) -> list[list[int]]:
     return [codec.example(task, x, y) for x, y in demos]
 
 
-def lr_search(model: nn.Module, task: tasks.Task, demos, grid: Sequence[float],
-              datasets: Sequence[tasks.Dataset], max_len: int, codec: Codec = WORDS) -> list[list[float]]:
+def lr_search(model: nn.Module, task: Task, demos, grid: Sequence[float],
+              datasets: Sequence[Dataset], max_len: int, codec: Codec = WORDS) -> list[list[float]]:
     """Zero-shot accuracy on each of ``datasets`` of the model finetuned at each learning rate of
     ``grid`` (one finetuning per rate, however many data sets read it): ``acc[d][i]``."""
     examples = ft_examples(task, demos, codec)
@@ -132,7 +93,7 @@ def sparse_search(cfg: Config, every: int) -> Config:
     return replace(cfg, demo_seeds=cfg.demo_seeds[:3], lr_grid=cfg.lr_grid[::every])
 
 
-def evaluate_zif(model: nn.Module, tuned: nn.Module, test: tasks.Dataset, demos, record: bool,
+def evaluate_zif(model: nn.Module, tuned: nn.Module, test: Dataset, demos, record: bool,
                  max_len: int, codec: Codec = WORDS, full_rows: int | None = None
                  ) -> tuple[dict[str, torch.Tensor], dict[str, dict], list]:
     """Correctness masks of Z (``model``, no demonstrations), I (``model`` with ``demos``) and F
@@ -239,9 +200,9 @@ def kendall(run: TaskRun, n: int, gen: torch.Generator) -> dict[str, torch.Tenso
         idx = torch.cat([torch.arange(a, b) for a, b in spans])
         m_i = metrics.attention_softmax(scores[:, idx])
 
-        def ft_row(q: torch.Tensor) -> torch.Tensor:                 # (layers, d) -> (layers, tokens)
+        def ft_row(q: torch.Tensor, kept: int = len(spans)) -> torch.Tensor:   # (layers, d) -> (layers, tokens)
             return torch.stack([torch.cat([run.ft.queries[j][l].double() @ q[l].double()
-                                           for j in range(len(spans))]) for l in range(q.shape[0])])
+                                           for j in range(kept)]) for l in range(q.shape[0])])
 
         m_f = ft_row(run.records["F"]["q"][i])
         if m_f.shape != m_i.shape:
@@ -285,6 +246,13 @@ def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100) 
     }
 
 
+def task_mean(per_task: Mapping[str, Mapping[str, float]], names: Sequence[str], key: str) -> float:
+    """The mean of ``per_task[name][key]`` over the tasks ``names``, NaNs left out (Rec2FTP of a
+    task where finetuning fixes no example, a Kendall tau of tied rows): how a statistic of
+    :func:`statistics` is averaged over tasks."""
+    return float(np.nanmean([per_task[n][key] for n in names]))
+
+
 # ---------------------------------------------------------------------------------------------
 # Controls
 # ---------------------------------------------------------------------------------------------
@@ -306,12 +274,11 @@ def rerun(model: nn.Module, run: TaskRun, *, demos=None, lr: float | None = None
                    ft, recs, spans, run.codec)
 
 
-def untrained_like(model: tinylm.TinyLM, seed: int, keep_embeddings: bool = False) -> tinylm.TinyLM:
+def untrained_like(model: TinyLM, seed: int, keep_embeddings: bool = False) -> TinyLM:
     """A fresh random model of ``model``'s shape (Deutch et al.'s "No Training"), or with the
     pretrained embeddings and LayerNorms kept ("Trained Embeddings")."""
-    with torch.random.fork_rng(devices=[]):  # seeded here without touching the caller's stream
-        torch.manual_seed(seed)
-        fresh = tinylm.TinyLM(model.cfg)
+    with runtime.seeded(seed):  # without touching the caller's stream
+        fresh = TinyLM(model.cfg)
     if keep_embeddings:
         state = {n: p for n, p in model.state_dict().items()
                  if n.startswith("embed") or n.split(".")[-2].startswith("ln")}
@@ -441,6 +408,17 @@ def pool_short(results: Sequence[dict]) -> dict:
             "flips": {k: float(sum(r["flips"][k] for r in results) / len(results)) for k in results[0]["flips"]}}
 
 
+def off_ceiling(short: Mapping[str, Mapping[str, Any]], names: Sequence[str], chance: Sequence[float], *,
+                above: float = 0.1, ceiling: float = 0.95) -> list[str]:
+    """The tasks of ``names`` (in order) whose ICL accuracy in ``short`` (:func:`pool_short`
+    results, ``short[name]["acc"]["I"]``) lies between ``chance + above`` and ``ceiling``: off the
+    ceiling, so that Rec2FTP and the order check can tell something, and still far above chance.
+    ``chance[j]`` is the chance accuracy of ``names[j]``."""
+    if len(chance) != len(names):
+        raise ValueError(f"{len(names)} tasks but {len(chance)} chance levels")
+    return [n for j, n in enumerate(names) if chance[j] + above <= short[n]["acc"]["I"] <= ceiling]
+
+
 def lookup_probe(model: nn.Module, name: str, cfg: Config, seed: int, *, cues_per_class: int = 3,
                  k: int = 4, draws: int = 5) -> dict[str, float]:
     """Is ICL more than matching the query's cue word to a demonstration's? With
@@ -448,8 +426,8 @@ def lookup_probe(model: nn.Module, name: str, cfg: Config, seed: int, *, cues_pe
     demonstration shows; over ``draws`` random draws of demonstrations (no selection), ICL's
     accuracy on those queries (``unseen``) against those whose cue a demonstration shows
     (``seen``) and against zero-shot on the same unseen queries (``zero_unseen``)."""
-    pool = tasks.make_dataset(name, cfg.pool, seed, split="train", cues_per_class=cues_per_class)
-    test = tasks.make_dataset(name, cfg.n_test, seed, split="test", cues_per_class=cues_per_class)
+    pool = make_dataset(name, cfg.pool, seed, split="train", cues_per_class=cues_per_class)
+    test = make_dataset(name, cfg.n_test, seed, split="test", cues_per_class=cues_per_class)
     cue_words = {w for c in test.cues for w in c}
     cue_of = [next(w for w in x if w in cue_words) for x in test.inputs]
     zero = probe.predict(model, test) == test.classes
@@ -468,11 +446,22 @@ def lookup_probe(model: nn.Module, name: str, cfg: Config, seed: int, *, cues_pe
     return out
 
 
+def gain_kept(results: Sequence[Mapping[str, float]], n_classes: int) -> float:
+    """The share of ICL's gain over chance that it keeps on queries whose cue word no demonstration
+    shows, ``(unseen - 1/C) / (seen - 1/C)``, averaged over ``results`` (:func:`lookup_probe` of
+    one task at several evaluation seeds; ``C = n_classes``). 1: the cue's label is not needed;
+    0: unseen cues at chance, a pure lookup; below 0: worse than chance."""
+    if not results:
+        raise ValueError("no lookup_probe results to read")
+    chance = 1 / n_classes
+    return float(np.mean([(r["unseen"] - chance) / (r["seen"] - chance) for r in results]))
+
+
 def cue_moved(model: nn.Module, name: str, cfg: Config, seed: int) -> TaskRun:
     """The protocol (accuracies only) on task ``name`` with the cue word at a random position
     before the input's end, which pretraining never showed (three demonstration seeds, every
     fourth learning rate of the grid: the question is ICL's accuracy, FT's is context)."""
-    data = tuple(tasks.make_dataset(name, n, seed, split=split, cue_last=False)
+    data = tuple(make_dataset(name, n, seed, split=split, cue_last=False)
                  for n, split in ((cfg.pool, "train"), (cfg.n_dev, "dev"), (cfg.n_test, "test")))
     return run_task(model, name, sparse_search(cfg, 4), seed, record=False, select_on_test=False, data=data)
 
@@ -483,7 +472,7 @@ def cue_moved(model: nn.Module, name: str, cfg: Config, seed: int) -> TaskRun:
 
 
 def momentum_study(folder: Path | str, held_out: torch.Tensor,
-                   pools: Mapping[str, tuple[tasks.Dataset, tasks.Dataset]], k: int,
+                   pools: Mapping[str, tuple[Dataset, Dataset]], k: int,
                    demo_generator: Callable[[], torch.Generator], ppl_lengths: Sequence[int]) -> list[dict[str, Any]]:
     """Read every model shipped under ``folder`` (one subfolder per momentum and seed): its
     perplexity on the ``held_out`` pretraining episodes (at the full length, and at each of
@@ -496,9 +485,9 @@ def momentum_study(folder: Path | str, held_out: torch.Tensor,
     rows = []
     full = held_out.shape[1] - 1
     for sub in sorted(Path(folder).iterdir()):
-        m, rec = tinylm.load_shipped(sub)
-        ppl_at = tinylm.perplexity_by_length(m, held_out, tuple(ppl_lengths))
-        few = tinylm.label_accuracy_by_context(m, held_out)["acc_1_3"]
+        m, rec = load_shipped(sub)
+        ppl_at = perplexity_by_length(m, held_out, tuple(ppl_lengths))
+        few = label_accuracy_by_context(m, held_out)["acc_1_3"]
         gdemo = demo_generator()
         icl = np.mean([probe.accuracy(probe.predict(m, test, probe.demonstrations(pool, k, gdemo)), test)
                        for pool, test in pools.values()])
@@ -514,4 +503,25 @@ def spread(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[float, float, f
     if v.size == 0:
         raise ValueError(f"no rows to read {key!r} from")
     return float(v.mean()), float(v.min()), float(v.max())
+
+
+def momentum_effects(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("ppl", "icl"),
+                     lower_is_better: Sequence[str] = ("ppl",)) -> dict[str, dict]:
+    """What decides the momentum rows, from :func:`momentum_study`'s ``rows``: per ``key``,
+
+    * ``base``: the values of the models without momentum (``eta`` 0), an array over their seeds;
+    * ``spread``: the largest range between the seeds of one ``eta`` (over every ``eta``);
+    * ``gain``: ``{eta: mean over its seeds - mean of base}`` for every ``eta > 0``;
+    * ``beyond``: the ``eta`` whose gain improves on the baseline (lowers the keys of
+      ``lower_is_better``, raises the others) by more than ``spread``: an effect that the seeds
+      alone cannot explain."""
+    etas = sorted({r["eta"] for r in rows})
+    if 0.0 not in etas or len(etas) < 2:
+        raise ValueError(f"need models with eta = 0 and with some eta > 0, got eta in {etas}")
+    by_eta = {e: [r for r in rows if r["eta"] == e] for e in etas}
+    base = {k: np.array([r[k] for r in by_eta[0.0]], dtype=float) for k in keys}
+    spread = {k: max(np.ptp([r[k] for r in by_eta[e]]) for e in etas) for k in keys}
+    gain = {k: {e: float(np.mean([r[k] for r in by_eta[e]]) - base[k].mean()) for e in etas if e > 0} for k in keys}
+    beyond = {k: [e for e, g in gain[k].items() if (-g if k in lower_is_better else g) > spread[k]] for k in keys}
+    return {"base": base, "spread": spread, "gain": gain, "beyond": beyond}
 

@@ -23,10 +23,9 @@ does not need them (``pip install "iclbook[hf]"`` brings them).
 
 The JSON is rewritten as each task finishes, and a rerun with the same ``--out``, model, profile,
 seed and dtype resumes after the finished tasks. Memory: three copies of the weights at once (the
-model, the learning-rate search's copy, the finetuned copy), e.g. 14.5 GiB for a 1.3B model in
-float32 or 7.3 GiB with ``--dtype float16``, plus about 1.7 GiB of host memory for one task's records at
-the paper profile (score rows over the whole 2,048-token context are kept only for the Kendall
-statistic's 100 prompts); :func:`memory_estimate` prints the figure for the model at hand.
+model, the learning-rate search's copy, the finetuned copy), plus host memory for one task's
+records (score rows over the whole context are kept only for the Kendall statistic's prompts);
+:func:`memory_estimate` prints the figures for the model at hand.
 
 Templates: the prompts are the paper's Table 8 templates (AGNews ``News: ... Type:``), not the
 official code's, whose AGNews template differs (``Classify the news articles into the categories of
@@ -41,16 +40,18 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 from tqdm.std import tqdm
 
 from iclbook import runtime
-from iclbook.implicit import experiment, tasks
+from iclbook.implicit import experiment
 from iclbook.implicit.codec import TextCodec
+from iclbook.implicit.config import LR_GRID, Config
+from iclbook.implicit.data import BOS, PAD, SEP, TASK_NAMES, TOKEN_ID, VOCAB, Dataset, get_task, make_dataset
 
 # ---------------------------------------------------------------------------------------------
 # The real data sets
@@ -97,12 +98,12 @@ SOURCES: dict[str, Source] = {
 }
 
 
-def from_records(name: str, records: Sequence[Mapping]) -> tasks.Dataset:
-    """A :class:`.tasks.Dataset` of strings from raw records of task ``name``'s data set. The
+def from_records(name: str, records: Sequence[Mapping]) -> Dataset:
+    """A :class:`.data.Dataset` of strings from raw records of task ``name``'s data set. The
     data sets' label indices already follow the order of the paper's label words (SST-5: very
     negative ... very positive = terrible ... great; AGNews: World, Sports, Business, Sci/Tech;
     CB: entailment, contradiction, neutral = True, False, Neither)."""
-    task = tasks.get_task(name)
+    task = get_task(name)
     src = SOURCES[name]
     inputs, classes = [], []
     for r in records:
@@ -117,7 +118,7 @@ def from_records(name: str, records: Sequence[Mapping]) -> tasks.Dataset:
         classes.append(y)
     if not inputs:
         raise ValueError(f"{name}: no records")
-    return tasks.Dataset(task, inputs, torch.tensor(classes, dtype=torch.long))
+    return Dataset(task, inputs, torch.tensor(classes, dtype=torch.long))
 
 
 def load_split(src: Source, split: str):
@@ -127,16 +128,16 @@ def load_split(src: Source, split: str):
     return load_dataset(src.path, src.config, split=split, revision=src.revision)
 
 
-def splits(name: str, cfg: experiment.Config, seed: int, *,
+def splits(name: str, cfg: Config, seed: int, *,
            loader: Callable[[Source, str], Sequence[Mapping]] = load_split
-           ) -> tuple[tasks.Dataset, tasks.Dataset, tasks.Dataset]:
+           ) -> tuple[Dataset, Dataset, Dataset]:
     """``(pool, dev, test)`` of a real task, the counterpart of :func:`.experiment.splits`.
 
     The training split is shuffled with ``seed``: its first ``cfg.pool`` records are the
     demonstration pool, the next ``cfg.n_dev`` the dev split (the paper had none: it selected
     on the split it reported). The reported split is shuffled with seed 1 and capped at
     ``cfg.n_test``, as the paper's code did."""
-    src = SOURCES[tasks.get_task(name).name]
+    src = SOURCES[get_task(name).name]
     train, reported = loader(src, src.train), loader(src, src.eval)
     need = cfg.pool + cfg.n_dev
     if len(train) < need:
@@ -154,7 +155,7 @@ def synthetic_loader(src: Source, split: str, n: int = 400) -> list[dict]:
     and hypothesis). With :func:`word_tokenizer` it runs :func:`run` offline."""
     name = next(k for k, v in SOURCES.items() if v == src)
     role = "train" if split == src.train else "test"
-    data = tasks.make_dataset(name, n, seed=0, split=role)
+    data = make_dataset(name, n, seed=0, split=role)
     records = []
     for x, y in zip(data.inputs, data.classes.tolist()):
         if name == "cb":
@@ -169,20 +170,20 @@ def synthetic_loader(src: Source, split: str, n: int = 400) -> list[dict]:
     return records
 
 
-def as_text(data: tasks.Dataset) -> tasks.Dataset:
+def as_text(data: Dataset) -> Dataset:
     """A synthetic data set with each input's words joined into one string (what a
     :class:`.codec.TextCodec` reads)."""
-    return tasks.Dataset(data.task, [" ".join(x) for x in data.inputs], data.classes, data.cues)
+    return Dataset(data.task, [" ".join(x) for x in data.inputs], data.classes, data.cues)
 
 
 # Sizes for a real model. ``k`` = 32 as the paper (its contexts were cut at 2048 tokens, which
 # left 19 demonstrations for CB and 22 for AGNews); pool + dev must fit CB's 250 training records.
 CONFIGS = {
-    "smoke": experiment.Config(n_test=50, n_dev=20, k=8, pool=32, demo_seeds=(1,),
-                               lr_grid=experiment.LR_GRID[::6], eval_seeds=1, kendall_examples=20),
-    "book": experiment.Config(n_test=500, n_dev=100, k=32, pool=128, demo_seeds=(1, 2, 3),
-                              lr_grid=experiment.LR_GRID[::2], eval_seeds=1),
-    "paper": experiment.Config(n_test=2000, n_dev=120, k=32, pool=128, eval_seeds=1),
+    "smoke": Config(n_test=50, n_dev=20, k=8, pool=32, demo_seeds=(1,),
+                               lr_grid=LR_GRID[::6], eval_seeds=1, kendall_examples=20),
+    "book": Config(n_test=500, n_dev=100, k=32, pool=128, demo_seeds=(1, 2, 3),
+                              lr_grid=LR_GRID[::2], eval_seeds=1),
+    "paper": Config(n_test=2000, n_dev=120, k=32, pool=128, eval_seeds=1),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -209,15 +210,14 @@ def tiny_opt(seed: int = 0, layers: int = 2, d_model: int = 64, heads: int = 4):
     from transformers import OPTConfig, OPTForCausalLM
 
     config = OPTConfig(
-        vocab_size=len(tasks.VOCAB), hidden_size=d_model, num_hidden_layers=layers,
+        vocab_size=len(VOCAB), hidden_size=d_model, num_hidden_layers=layers,
         ffn_dim=4 * d_model, num_attention_heads=heads, max_position_embeddings=256,
         word_embed_proj_dim=d_model, do_layer_norm_before=True, dropout=0.0,
-        attention_dropout=0.0, pad_token_id=tasks.TOKEN_ID[tasks.PAD],
-        bos_token_id=tasks.TOKEN_ID[tasks.BOS], eos_token_id=tasks.TOKEN_ID[tasks.SEP],
+        attention_dropout=0.0, pad_token_id=TOKEN_ID[PAD],
+        bos_token_id=TOKEN_ID[BOS], eos_token_id=TOKEN_ID[SEP],
     )
     config._attn_implementation = "eager"
-    with torch.random.fork_rng(devices=[]):  # seeded here without touching the caller's stream
-        torch.manual_seed(seed)
+    with runtime.seeded(seed):  # without touching the caller's stream
         return OPTForCausalLM(config).eval()
 
 
@@ -229,12 +229,12 @@ def word_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.WordLevel(vocab=dict(tasks.TOKEN_ID), unk_token="<unk>"))
+    core = Tokenizer(models.WordLevel(vocab=dict(TOKEN_ID), unk_token="<unk>"))
     # white space, and a full stop cut off the word it ends (CB's "{hypothesis}.")
     core.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(".", behavior="isolated")])
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=tasks.BOS,
-                                   eos_token=tasks.SEP, pad_token=tasks.PAD)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS,
+                                   eos_token=SEP, pad_token=PAD)
 
 
 def pretrained(name: str = "facebook/opt-125m", device: str | None = None,
@@ -262,7 +262,7 @@ def context_length(model) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def run(model, tokenizer, names: Sequence[str] = tasks.TASK_NAMES, *, cfg: experiment.Config,
+def run(model, tokenizer, names: Sequence[str] = TASK_NAMES, *, cfg: Config,
         seed: int = 0, loader: Callable[[Source, str], Sequence[Mapping]] = load_split,
         max_len: int | None = None, progress: bool = True, done: Mapping[str, dict] | None = None,
         on_task: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
@@ -308,7 +308,7 @@ def _strict(obj):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def memory_estimate(n_params: int, dtype: torch.dtype, layers: int, heads: int, cfg: experiment.Config,
+def memory_estimate(n_params: int, dtype: torch.dtype, layers: int, heads: int, cfg: Config,
                     context: int = 2048) -> dict[str, float]:
     """Rough peak memory of :func:`run` in GiB: ``weights``, the model plus the finetuned copy and
     the copy being tuned during the learning-rate search (three copies; SGD keeps no optimiser
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run chapter 2's protocol on a pretrained model "
                                                  "and the six real data sets.")
     parser.add_argument("--model", default="facebook/opt-125m")
-    parser.add_argument("--tasks", nargs="+", default=list(tasks.TASK_NAMES), choices=tasks.TASK_NAMES)
+    parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), choices=TASK_NAMES)
     parser.add_argument("--profile", default="paper", choices=sorted(CONFIGS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)

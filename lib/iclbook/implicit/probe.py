@@ -2,7 +2,7 @@
 forward hooks that record each attention layer, and finetuning of the key and value projections.
 
 The hooks attach to modules by *name* (``q_proj``, ``k_proj``, ``out_proj`` inside an attention
-module), so the same code reads :class:`~iclbook.implicit.tinylm.TinyLM` and a Hugging Face model
+module), so the same code reads :class:`~iclbook.implicit.model.TinyLM` and a Hugging Face model
 with separate projections (OPT, XGLM). Token ids come from a :mod:`.codec` (the chapter's word
 vocabulary by default, a Hugging Face tokenizer for real text); token ids go to the model's device
 and everything recorded comes back to the CPU.
@@ -11,15 +11,15 @@ and everything recorded comes back to the CPU.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from iclbook.implicit import tasks
 from iclbook.implicit.codec import WORDS, Codec
+from iclbook.implicit.data import NONCE_LABELS, Dataset, Task
 
 # ---------------------------------------------------------------------------------------------
 # Prompts and scoring
@@ -86,7 +86,7 @@ def label_logprobs(model: nn.Module, prompts: Sequence[Sequence[int]], candidate
     Where the prompts share a prefix of at least :data:`MIN_SHARED` tokens (the same
     demonstrations before every query) and the model can cache one (our :class:`TinyLM`'s
     ``remember``), the prefix runs once and each query only continues it: the same numbers to
-    float rounding, a few times faster at the chapter's sizes."""
+    float rounding, at the cost of the queries alone."""
     out = []
     cand = torch.as_tensor(list(candidates))
     prompts = [list(p) for p in prompts]
@@ -102,7 +102,7 @@ def label_logprobs(model: nn.Module, prompts: Sequence[Sequence[int]], candidate
     return torch.cat(out)
 
 
-def demonstrations(pool: tasks.Dataset, k: int, gen: torch.Generator,
+def demonstrations(pool: Dataset, k: int, gen: torch.Generator,
                    labels: Sequence[str] | None = None) -> list[tuple[list[str], str]]:
     """``k`` demonstrations drawn without replacement from ``pool``, labelled with ``labels``
     (default: the task's canonical words)."""
@@ -117,8 +117,8 @@ def demonstrations(pool: tasks.Dataset, k: int, gen: torch.Generator,
     return [(pool.inputs[i], labels[int(pool.classes[i])]) for i in idx]
 
 
-def nonce_labels(task: tasks.Task, gen: torch.Generator,
-                 pool: Sequence[str] = tasks.NONCE_LABELS) -> tuple[str, ...]:
+def nonce_labels(task: Task, gen: torch.Generator,
+                 pool: Sequence[str] = NONCE_LABELS) -> tuple[str, ...]:
     """A random verbalizer of nonce words (``"dax"``, ``"wug"``...) for ``task``, drawn from
     ``pool`` (a codec's ``nonce_pool``)."""
     if len(pool) < task.n_classes:
@@ -127,14 +127,14 @@ def nonce_labels(task: tasks.Task, gen: torch.Generator,
     return tuple(pool[i] for i in idx)
 
 
-def build_prompts(data: tasks.Dataset, demos: Sequence[tuple[object, str]], max_len: int,
+def build_prompts(data: Dataset, demos: Sequence[tuple[object, str]], max_len: int,
                   codec: Codec = WORDS) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
     """ICL prompts (``demos`` then each input of ``data``) and their demonstration spans."""
     out = [codec.prompt(data.task, demos, x, max_len=max_len) for x in data.inputs]
     return [p for p, _ in out], [s for _, s in out]
 
 
-def predict(model: nn.Module, data: tasks.Dataset, demos: Sequence[tuple[object, str]] = (),
+def predict(model: nn.Module, data: Dataset, demos: Sequence[tuple[object, str]] = (),
             labels: Sequence[str] | None = None, max_len: int = 256,
             codec: Codec = WORDS) -> torch.Tensor:
     """``(n,)`` predicted classes of ``data`` with ``demos`` in context (none: zero-shot)."""
@@ -143,7 +143,7 @@ def predict(model: nn.Module, data: tasks.Dataset, demos: Sequence[tuple[object,
     return label_logprobs(model, prompts, codec.label_ids(labels), pad=codec.pad_id).argmax(-1)
 
 
-def accuracy(pred: torch.Tensor, data: tasks.Dataset) -> float:
+def accuracy(pred: torch.Tensor, data: Dataset) -> float:
     return float((pred == data.classes).float().mean())
 
 
@@ -204,7 +204,7 @@ class Recorder:
         self.x: list[torch.Tensor | None] = [None] * len(self.modules)
         self._handles: list = []
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         for i, (_, m) in enumerate(self.modules):
             for store, proj in ((self.q, m.q_proj), (self.k, m.k_proj), (self.out, m.out_proj)):
                 def hook(_mod, _inp, output, store=store, i=i):
