@@ -55,11 +55,11 @@ def layer2(model: ih.InductionNet, tokens: torch.Tensor) -> Layer2:
     """The pieces of :class:`Layer2` for ``tokens`` ``(n, T, d)``."""
     if not isinstance(model, ih.InductionNet):
         raise TypeError(f"the lenses read chapter 3's InductionNet, got {type(model).__name__}")
-    h, _ = model._layer1(tokens)
-    a_full, att2 = model._layer2_query(h)
-    a_red, _ = model._layer2_query(h[:, -1:])
-    h_alone, _ = model._layer1(tokens[:, -1:])
-    a_alone, _ = model._layer2_query(h_alone)
+    h, _ = model.layer1(tokens)
+    a_full, att2 = model.layer2_query(h)
+    a_red, _ = model.layer2_query(h[:, -1:])
+    h_alone, _ = model.layer1(tokens[:, -1:])
+    a_alone, _ = model.layer2_query(h_alone)
     return Layer2(h=h, att2=att2, a_full=a_full, a_red=a_red, a_alone=a_alone)
 
 
@@ -165,7 +165,7 @@ def dual_form_update(model: ih.InductionNet, seqs: ih.Sequences, n: int = 256, l
     # one finetuning step on the context pairs: per sequence dV2 = -lr sum_j g_j h_j^T
     N = seqs.classes.shape[1]
     items = tokens[:, 0:2 * N:2]                                       # (n, N, d) context items
-    h_items, _ = model._layer1(items.reshape(-1, 1, items.shape[-1]))  # each item alone
+    h_items, _ = model.layer1(items.reshape(-1, 1, items.shape[-1]))   # each item alone
     h_items = h_items[:, 0]
     with torch.enable_grad():
         a = (h_items + h_items @ model.v2.T).detach().requires_grad_(True)
