@@ -32,6 +32,7 @@ def readout(model: nn.Module, seqs: Sequences, chunk: int = EVAL_CHUNK) -> tuple
 
 
 def predict(model: nn.Module, seqs: Sequences, chunk: int = EVAL_CHUNK) -> torch.Tensor:
+    """``(n,)`` the predicted label of each sequence (the largest logit)."""
     return readout(model, seqs, chunk)[0].argmax(-1)
 
 

@@ -202,7 +202,9 @@ class MinimalNet(HookPoints, nn.Module):
         self.beta2 = nn.Parameter(torch.zeros(()))
         self.mlp = ReluClassifier(cfg.D, cfg.L, generator)
 
-    def _parts(self, tokens: torch.Tensor):
+    def _parts(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The vectors (position slots dropped) of the items ``(n, N, D)``, of the labels
+        ``(n, N, D)`` and of the query ``(n, D)``."""
         v = tokens[..., self.P :]
         return v[..., 0 : 2 * self.N : 2, :], v[..., 1 : 2 * self.N : 2, :], v[..., -1, :]
 
