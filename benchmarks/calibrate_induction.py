@@ -35,7 +35,7 @@ def calibrate(seed: int) -> dict:
         runs = ih.train_runs(cfg, seeds, lr=lr, steps=steps, eval_every=cfg.eval_every, desc=f"Adam {lr:g}")
         seconds = time.perf_counter() - start
         for r in runs:
-            tr = curves.transition(*r.curve("IC"), base)
+            tr = curves.transition(*r.series("IC"), base)
             rows.append({"lr": lr, "steps": steps, "seed": r.seed, **{k: tr[k] for k in (
                 "onset", "t_top", "rise_ratio", "linger", "plateau_fraction")},
                 **{k: r.final[k] for k in ("IC", "IC2", "IW")}})

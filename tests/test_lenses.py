@@ -151,3 +151,47 @@ def test_train_runs_keeps_weights_per_checkpoint(tmp_path, monkeypatch):
     assert plain[1].weights is None
     with pytest.raises(ValueError, match="keep_weights"):
         plain[1].at(0)
+
+
+# --- reading a run: the helpers that decide chapter 5's rows --------------------------------------
+
+
+def test_read_checkpoint_gathers_every_lens_on_the_same_model(setup):
+    model, ic = setup
+    m32 = copy.deepcopy(model).float()
+    ic32 = ic.map(lambda t: t)
+    ic32.tokens = ic.tokens.float()
+    row = lenses.read_checkpoint(m32, ic32, ic, [0.0, 0.5], dual_generator=gen(3), prune_generator=gen(4))
+    assert row["patch_identity_gap"] < 1e-12 and row["dual_identity_gap"] < 1e-12
+    assert row["same_class"] == pytest.approx(lenses.same_class_attention(m32, ic32))
+    assert row["prune_magnitude"] == lenses.pruning_curve(m32, ic32, [0.0, 0.5])
+    assert row["prune_random"] == lenses.pruning_curve(m32, ic32, [0.0, 0.5], how="random", generator=gen(4))
+    again = lenses.read_checkpoint(m32, ic32, ic, [0.0, 0.5], dual_generator=gen(3), prune_generator=gen(4))
+    assert again == row  # the same generators, the same numbers
+
+
+def test_pruning_drop_reads_the_curve_at_a_rate():
+    row = {"prune_magnitude": [0.9, 0.85, 0.5], "prune_random": [0.9, 0.6, 0.2]}
+    assert lenses.pruning_drop(row, [0.0, 0.3, 0.6], 0.3) == pytest.approx(0.05)
+    assert lenses.pruning_drop(row, [0.0, 0.3, 0.6], 0.6, "random") == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="start at rate 0"):
+        lenses.pruning_drop(row, [0.1, 0.3, 0.6], 0.3)
+    with pytest.raises(ValueError):
+        lenses.pruning_drop(row, [0.0, 0.3, 0.6], 0.4)  # not a rate of the curve
+
+
+def test_plateau_checkpoint_is_the_middle_of_the_flat_stretch_before_the_onset():
+    steps = [0, 50, 100, 150, 200, 250, 300]
+    ic = [0.20, 0.13, 0.12, 0.14, 0.40, 0.90, 0.99]  # B/N = 0.125; onset at 180
+    assert lenses.plateau_checkpoint(steps, ic, 180, 0.125) == 2  # of 1, 2, 3 (0.20 is off the band)
+    assert lenses.plateau_checkpoint(steps, ic, 120, 0.125) == 2  # of 1, 2
+    assert lenses.plateau_checkpoint(steps, [0.9] * 7, 180, 0.125) == 3  # no plateau: the middle
+    with pytest.raises(ValueError):
+        lenses.plateau_checkpoint(steps, ic[:-1], 180, 0.125)
+
+
+def test_half_change_finds_the_step_halfway_from_the_start_to_the_end():
+    x = [0, 10, 20, 30, 40]
+    assert lenses.half_change(x, [0.0, 0.1, 0.3, 0.6, 1.0], 0) == 30  # 0.6 is the first >= 0.5
+    assert lenses.half_change(x, [1.0, 0.9, 0.2, 0.1, 0.0], 1) == 20  # a fall counts the same way
+    assert lenses.half_change(x, [0.5] * 5, 0) != lenses.half_change(x, [0.5] * 5, 0)  # no change: NaN

@@ -2,7 +2,7 @@
 
 Every function takes plain arrays (NumPy arrays, lists, or CPU tensors), one curve at a time:
 ``steps`` are the logged steps, increasing, and ``values`` the measure at each. The chapters'
-histories give these arrays (:meth:`iclbook.train.History.curve`, ``Run.curve`` in chapter 3).
+histories give these arrays (:meth:`iclbook.train.History.curve`, ``Run.series`` in chapter 3).
 
 =====================  ==========================================================================
 ``first_crossing``     first step at which a curve reaches a level (an accuracy rising)

@@ -190,6 +190,11 @@ class Row:
     def failed(self) -> bool:
         return self.verdict == FAILS
 
+    def _repr_markdown_(self) -> str:
+        """How a check cell that ends with its ledger call shows the row: one line, the verdict."""
+        verdict = f"**{self.verdict}**" + (f" ({self.reason})" if self.reason else "")
+        return f"Ledger, {self.kind}: {_cell(self.claim)}: {_cell(self.ours)}. {verdict}"
+
 
 def _number(x: Any) -> float | None:
     """A plain float from a Python/NumPy/torch scalar (``None`` stays ``None``)."""

@@ -22,8 +22,12 @@ layers (no context anywhere).
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from iclbook import induction as ih
@@ -204,3 +208,54 @@ def pruning_curve(model: ih.InductionNet, seqs: ih.Sequences, rates: list[float]
         mask = patterns.pruning_mask(norms, rate, how, generator).to(z.dtype)
         out.append(_accuracy(model.mlp(z, mask1=mask), seqs.target))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run: every lens at every checkpoint, and the points the chapter compares
+# ---------------------------------------------------------------------------------------------
+
+
+def read_checkpoint(model: ih.InductionNet, seqs: ih.Sequences, seqs64: ih.Sequences, rates: list[float], *,
+                    dual_generator: torch.Generator, prune_generator: torch.Generator) -> dict:
+    """Every lens on one checkpoint: the patch and dual-form lenses in float64 on ``seqs64`` (a
+    float64 copy of the model reads them, so that their identities are checked exactly), the
+    attention and pruning lenses on ``seqs``. Keys: ``patch_*`` (:func:`contextual_patch`),
+    ``dual_*`` (:func:`dual_form_update`), ``same_class``, and the pruning curves
+    ``prune_magnitude`` and ``prune_random`` (one accuracy per rate of ``rates``)."""
+    m64 = copy.deepcopy(model).double()
+    row = {f"patch_{key}": v for key, v in contextual_patch(m64, seqs64).items()}
+    row.update({f"dual_{key}": v for key, v in dual_form_update(m64, seqs64, generator=dual_generator).items()})
+    row["same_class"] = same_class_attention(model, seqs)
+    row["prune_magnitude"] = pruning_curve(model, seqs, rates)
+    row["prune_random"] = pruning_curve(model, seqs, rates, how="random", generator=prune_generator)
+    return row
+
+
+def pruning_drop(row: Mapping[str, Any], rates: Sequence[float], rate: float, how: str = "magnitude") -> float:
+    """Accuracy lost when a share ``rate`` of the classifier's first-layer neurons is pruned: the
+    checkpoint's pruning curve ``row["prune_<how>"]`` (read at ``rates``, the first of which is 0)
+    at ``rate`` against its unpruned start."""
+    if rates[0] != 0:
+        raise ValueError(f"the pruning curve must start at rate 0 (no pruning), got rates {list(rates)}")
+    curve = row[f"prune_{how}"]
+    return curve[0] - curve[list(rates).index(rate)]
+
+
+def plateau_checkpoint(steps: Sequence[float], ic: Sequence[float], onset: float, base: float,
+                       band: float = 0.05) -> int:
+    """The index of the checkpoint that stands for the plateau: the middle one of those before IC
+    accuracy's onset whose accuracy lies within ``band`` of the random-context-label level
+    ``base`` (B/N); the middle checkpoint of the run when none does (a run without a plateau)."""
+    if len(steps) != len(ic) or not len(steps):
+        raise ValueError(f"need one IC accuracy per step, got {len(steps)} steps and {len(ic)} values")
+    on = [i for i, (s, a) in enumerate(zip(steps, ic)) if s < onset and abs(a - base) <= band]
+    return on[len(on) // 2] if on else len(steps) // 2
+
+
+def half_change(steps: Sequence[float], values: Sequence[float], start: int) -> float:
+    """The first step, from checkpoint ``start`` on, at which a measure has made half of its change
+    from its value there to its last value (NaN when it does not change)."""
+    x, v = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    first, end = v[start], v[-1]
+    moved = (v[start:] - first) * np.sign(end - first) >= 0.5 * abs(end - first)
+    return float(x[start:][np.argmax(moved)]) if abs(end - first) > 0 and moved.any() else float("nan")

@@ -75,12 +75,6 @@ class Run:
         (``curves.transition(*run.series("IC"), B / N)``)."""
         return self.steps, np.array([h[key] for h in self.history])
 
-    def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """The old name of :meth:`series` (``(steps, values)``, not ``History.curve``'s
-        ``(members, checkpoints)``), kept while chapter 5 and ``benchmarks/calibrate_induction.py``
-        still call it."""
-        return self.series(key)
-
     @property
     def final(self) -> dict[str, float]:
         """The measures of the last checkpoint."""
