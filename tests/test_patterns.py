@@ -3,11 +3,12 @@ model's shapes and observables, the hinge loss, pruning masks and bad inputs."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from iclbook import internals, runtime
 from iclbook import patterns as pt
-from iclbook import runtime
 
 CFG = pt.CONFIGS["smoke"]
 
@@ -103,11 +104,12 @@ def test_model_shapes_and_observables():
     assert model(p.tokens).shape == (9,)
     att = model.attention(p.tokens)
     assert att.shape == (9, 6) and torch.allclose(att.sum(-1), torch.ones(9))
-    assert model.hidden(p.tokens).shape == (9, CFG.m)
+    hidden = internals.read(model, p.tokens, "hidden")
+    assert hidden.shape == (9, CFG.m)
     assert model.neuron_rows().shape == (CFG.m, CFG.d)
     assert float(model.a.sum()) == 0.0 and torch.allclose(model.a.abs(), torch.full((CFG.m,), 1 / CFG.m))
     # the output is exactly a^T relu(hidden)
-    assert torch.allclose(model(p.tokens), torch.relu(model.hidden(p.tokens)) @ model.a)
+    assert torch.allclose(model(p.tokens), torch.relu(hidden) @ model.a)
 
 
 def test_hinge_loss():
@@ -262,9 +264,27 @@ def test_separation_auc_and_initial_activity():
         pt.separation_auc([1, 2], [True, True])
     p = big_batch(n=200)
     act = pt.initial_activity(CFG, 0, p)
-    assert act.shape == (CFG.m,) and float(act.min()) >= 0 and float(act.max()) <= 1
-    direct = (pt.OneLayerICL(CFG, seed=0).hidden(p.tokens) > 0).float().mean(0)
-    assert torch.equal(act, direct)
+    direct = (internals.read(pt.OneLayerICL(CFG, seed=0), p.tokens, "hidden") > 0).float().mean(0)
+    assert act.shape == (CFG.m,) and torch.equal(act, direct)
+
+
+def test_initial_activity_known_answers():
+    """Prompts whose every token is +e_0 (or -e_0): the attention output is that token, so neuron
+    i's pre-activation at initialisation (W_V = init_attn I) is ``+-init_attn W_O[i, 0]`` and its
+    activity the indicator of ``+-W_O[i, 0] > 0``: 1 or 0 per neuron, exactly 1/2 on a mix."""
+    W_O = pt.OneLayerICL(CFG, seed=0).W_O.detach()
+    e0 = torch.zeros(CFG.d)
+    e0[0] = 1.0
+
+    def prompts(signs):
+        n, l = len(signs), 5
+        tokens = torch.tensor(signs, dtype=torch.float32)[:, None, None] * e0.expand(n, l + 1, CFG.d)
+        return pt.Prompts(tokens, torch.ones(n), torch.ones(n, l, dtype=torch.bool), torch.ones(n, l, dtype=torch.long))
+
+    assert torch.equal(pt.initial_activity(CFG, 0, prompts([1.0] * 4)), (W_O[:, 0] > 0).float())
+    assert torch.equal(pt.initial_activity(CFG, 0, prompts([-1.0] * 4)), (W_O[:, 0] < 0).float())
+    assert torch.equal(pt.initial_activity(CFG, 0, prompts([1.0, -1.0] * 3)), torch.full((CFG.m,), 0.5))
+    assert torch.equal(pt.initial_activity(CFG, 0, prompts([0.0] * 3)), torch.zeros(CFG.m))  # relu(0) is off
 
 
 def test_forward_matches_the_papers_contraction_order():
@@ -280,4 +300,305 @@ def test_forward_matches_the_papers_contraction_order():
     att = torch.softmax(torch.einsum("nld,nd->nl", k, q), -1)
     hidden = torch.einsum("nl,nld->nd", att, p.tokens[:, :-1] @ model.W_V.T) @ model.W_O.T
     assert torch.allclose(model.attention(p.tokens), att, atol=1e-6)
-    assert torch.allclose(model.hidden(p.tokens), hidden, atol=1e-6)
+    assert torch.allclose(internals.read(model, p.tokens, "hidden"), hidden, atol=1e-6)
+
+
+# --- hook points: the internals are the forward pass's, and an override changes it ---------------
+
+
+def _perturbed_model(seed=1):
+    model = pt.OneLayerICL(CFG, seed=seed).double()
+    with torch.no_grad():
+        g = gen(seed + 100)
+        for W in (model.W_Q, model.W_K, model.W_V):
+            W.add_(0.3 * torch.randn(W.shape, generator=g, dtype=torch.float64))
+    return model
+
+
+def test_one_layer_internals_match_an_independent_computation():
+    """Each recorded activation against the paper's formulas written out here, in the paper's
+    contraction order: (W_K p_i)^T (W_Q p_q), then W_O sum_i (W_V p_i) attn_i."""
+    model = _perturbed_model()
+    p = big_batch(n=40, l=9)
+    tokens = p.tokens.double()
+    acts = model.internals(tokens)
+    assert list(acts) == list(pt.OneLayerICL.INTERNALS)  # recorded in the order of the forward pass
+    q, k, v = tokens[:, -1] @ model.W_Q.T, tokens[:, :-1] @ model.W_K.T, tokens[:, :-1] @ model.W_V.T
+    att = torch.softmax((k * q[:, None]).sum(-1), dim=-1)
+    mixed = (att[..., None] * tokens[:, :-1]).sum(1)
+    hidden = (att[..., None] * v).sum(1) @ model.W_O.T
+    active = torch.where(hidden > 0, hidden, torch.zeros_like(hidden))
+    output = (active * model.a).sum(-1)
+    for name, expected in {"attention": att, "mixed": mixed, "hidden": hidden, "active": active,
+                           "output": output}.items():
+        assert torch.allclose(acts[name], expected, rtol=0, atol=1e-12), name
+    with torch.no_grad():
+        assert torch.equal(acts["output"], model(tokens))  # the same pass, bit for bit
+
+
+def test_uniform_attention_override_gives_the_hand_computed_output():
+    """Clamping the attention to 1/l turns the model into a^T relu(W_O W_V mean_i p_i)."""
+    model = _perturbed_model(seed=2)
+    p = big_batch(n=30, l=7)
+    tokens = p.tokens.double()
+    uniform = torch.full((30, 7), 1 / 7, dtype=torch.float64)
+    with torch.no_grad(), internals.overriding(model, attention=uniform), internals.recording(model) as acts:
+        out = model(tokens)
+    by_hand = torch.relu(tokens[:, :-1].mean(1) @ (model.W_O @ model.W_V).T.detach()) @ model.a
+    assert torch.allclose(out, by_hand, rtol=0, atol=1e-12)
+    assert torch.equal(acts["attention"], uniform)
+    with torch.no_grad():
+        assert not torch.allclose(model(tokens), out)  # the override ends with its block
+        with internals.overriding(model, active=lambda a: torch.zeros_like(a)):
+            assert torch.equal(model(tokens), torch.zeros(30, dtype=torch.float64))
+    with pytest.raises(KeyError, match="no hook points"):
+        with internals.overriding(model, scores=0.0):
+            pass
+
+
+def test_small_gpt_internals_are_its_layers_run_by_hand():
+    model = pt.SmallGPT(CFG, seed=0, layers=2, heads=2, width=16)
+    p = big_batch(n=6, l=5)
+    acts = model.internals(p.tokens)
+    with torch.no_grad():
+        h = model.read_in(p.tokens)
+        T = p.tokens.shape[1]
+        causal = torch.triu(torch.full((T, T), float("-inf")), diagonal=1)
+        states = []
+        for layer in model.blocks.layers:
+            h = layer(h, src_mask=causal)
+            states.append(h)
+        final = model.norm(h[:, -1])
+        assert torch.allclose(acts["embedded"], model.read_in(p.tokens))
+        assert torch.allclose(acts["blocks"], torch.stack(states), atol=1e-6)
+        assert torch.allclose(acts["final"], final, atol=1e-6)
+        assert torch.allclose(acts["output"], model.read_out(final).squeeze(-1), atol=1e-6)
+        with internals.overriding(model, final=0.0):  # a zero stream leaves the read-out's bias
+            assert torch.equal(model(p.tokens), model.read_out.bias.expand(6))
+
+
+# --- decision code: known answers on constructed inputs -------------------------------------------
+
+
+class _MatchOracle(torch.nn.Module):
+    """Reads the query's label from the contexts whose relevant coordinates equal the query's (the
+    noise lives on the other coordinates), times ``||x_q's relevant part|| - threshold``: right on
+    every prompt whose pattern is longer than ``threshold`` and has a match, wrong on the others
+    (``F = 0`` counts as wrong). Records the batches it sees."""
+
+    def __init__(self, threshold=None):
+        super().__init__()
+        self.threshold, self.seen = threshold, []
+
+    def forward(self, tokens):
+        self.seen.append(tokens)
+        x = tokens[..., : CFG.M1]
+        match = torch.isclose(x[:, :-1], x[:, -1:], atol=1e-6).all(-1)
+        vote = torch.sign((match * tokens[:, :-1, CFG.d_X]).sum(-1))
+        return vote if self.threshold is None else vote * (x[:, -1].norm(dim=-1) - self.threshold)
+
+
+def test_ood_sweep_known_answers():
+    """The pair construction's patterns have norm S1/sqrt(2), the single one's S1: a reader that
+    needs a norm above 0.7 fails exactly on the short ones. Every S1 sees the same prompts."""
+    S1 = [0.5, 0.9, 1.1, 1.3]
+    streams = {"domain_generator": lambda: gen(10), "prompt_generator": lambda: gen(11)}
+    oracle = _MatchOracle(threshold=0.7)
+    pair = pt.ood_sweep([oracle, _MatchOracle()], CFG, S1, n=300, alpha=1.0, **streams)
+    assert pair.shape == (2, 4)
+    assert pair[0].tolist() == [1.0, 1.0, 0.0, 0.0]          # norms 0.35, 0.64, 0.78, 0.92
+    assert pair[1].tolist() == [0.0] * 4                      # without the norm: always right
+    assert all(t.shape == (300, CFG.l_train + 1, CFG.d) for t in oracle.seen)
+    labels = [t[:, :-1, CFG.d_X] for t in oracle.seen]        # the same draws at every S1
+    assert all(torch.equal(labels[0], x) for x in labels)
+    single = pt.ood_sweep([_MatchOracle(threshold=0.7)], CFG, S1, n=300, alpha=1.0, construction="single", **streams)
+    assert single[0].tolist() == [1.0, 0.0, 0.0, 0.0]        # norms 0.5, 0.9, 1.1, 1.3
+    unit = pt.ood_sweep([_MatchOracle(threshold=0.7)], CFG, S1, n=300, alpha=1.0, construction="unit", **streams)
+    assert unit[0].tolist() == [0.0] * 4                      # norm 1 at every S1
+    unmatched = pt.ood_sweep([_MatchOracle()], CFG, S1, n=300, alpha=0.0, **streams)
+    assert unmatched[0].tolist() == [1.0] * 4                 # alpha' = 0: no context carries the task's patterns
+
+
+def test_length_sweep_known_answers():
+    """Axes (alphas, models, lengths). At alpha = 0 no context carries the task's patterns: the
+    matching reader errs on every prompt. At alpha = 1 it errs only without a match, which
+    happens with probability 2^-l; a constant reader errs on half the prompts."""
+    class Plus(torch.nn.Module):
+        def forward(self, tokens):
+            return torch.ones(tokens.shape[0])
+
+    n, lengths = 4000, [1, 2, 4]
+    out = pt.length_sweep([_MatchOracle(), Plus()], pt.in_domain(CFG, "test"), CFG, [0.0, 1.0], lengths,
+                          n=n, prompt_generator=lambda: gen(12))
+    assert out.shape == (2, 2, 3)
+    assert out[0, 0].tolist() == [1.0, 1.0, 1.0]
+    se = lambda p: 4 * math.sqrt(p * (1 - p) / n)
+    for k, l in enumerate(lengths):
+        assert abs(out[1, 0, k] - 0.5**l) < se(0.5**l)
+        assert abs(out[:, 1, k] - 0.5).max() < se(0.5)
+
+
+def _label_reader(g):
+    """A one-layer model with uniform attention (W_Q = W_K = 0), W_V = I and neuron i reading the
+    label coordinate with gain g[i], every read-out +1/m: F = (sum of kept gains / m) max(ybar, 0),
+    where ybar is the mean context label."""
+    model = pt.OneLayerICL(CFG, seed=0)
+    with torch.no_grad():
+        model.W_Q.zero_()
+        model.W_K.zero_()
+        model.W_V.copy_(torch.eye(CFG.d))
+        model.W_O.zero_()
+        model.W_O[:, CFG.d_X] = g
+        model.a.fill_(1 / CFG.m)
+    return model
+
+
+def test_pruning_sweep_known_answers():
+    g = torch.arange(CFG.m, dtype=torch.float32) / 8        # distinct gains; neuron 0 reads nothing
+    model = _label_reader(g)
+    p = big_batch(n=500, l=5, seed=4)                       # odd l: the mean label is never 0
+    ybar = p.labels.float().mean(1)
+
+    def expected(kept):
+        F = float(kept.sum()) / CFG.m * torch.clamp(ybar, min=0)
+        return [float(torch.clamp(1 - p.target * F, min=0).mean()), float((torch.sign(F) != p.target).float().mean())]
+
+    rates = [0.0, 0.25, 0.5, 1.0]
+    out = pt.pruning_sweep([model, model], [g, g], p, rates, random_draws=3, mask_generator=lambda d: gen(40 + d))
+    assert set(out) == {"magnitude", "random", "largest"} and out["magnitude"].shape == (2, 2, 4)
+    for k, r in enumerate(rates):
+        drop = round(r * CFG.m)
+        assert out["magnitude"][:, 1, k] == pytest.approx(expected(g[drop:]), rel=1e-5)
+        assert out["largest"][:, 1, k] == pytest.approx(expected(g[: CFG.m - drop]), rel=1e-5)
+        draws = [expected(g * pt.pruning_mask(g, r, "random", gen(40 + d))) for d in range(3)]
+        assert out["random"][:, 1, k] == pytest.approx(np.mean(draws, axis=0), rel=1e-5)
+    assert out["largest"][:, 0, 3].tolist() == [1.0, 1.0]    # nothing left: F = 0, hinge 1, all wrong
+    with pytest.raises(ValueError, match="one set of row norms per model"):
+        pt.pruning_sweep([model], [g, g], p, rates)
+    with pytest.raises(ValueError, match="mask_generator"):
+        pt.pruning_sweep([model], [g], p, rates)
+
+
+def _geometry_model(flip=None, noisy=None):
+    """Rows of W_O W_V (W_V = I): a label part +-s on q (the sign of a_i) and a feature part s along
+    the mean relevant pattern; s = 10 for even neurons (the large ones), 1 for odd ones. ``flip``
+    turns one neuron's label part around; ``noisy`` gives one neuron's feature part a component
+    on an irrelevant pattern (3 along mu-bar, 4 off it: a share of 3/5 in span(mu))."""
+    model = pt.OneLayerICL(CFG, seed=0)
+    mu_bar = pt.in_domain(CFG, "all").relevant.mean(0)
+    mu_bar = mu_bar / mu_bar.norm()
+    with torch.no_grad():
+        model.W_V.copy_(torch.eye(CFG.d))
+        model.W_O.zero_()
+        for i in range(CFG.m):
+            s = 10.0 if i % 2 == 0 else 1.0
+            sign = 1.0 if model.a[i] > 0 else -1.0
+            model.W_O[i, CFG.d_X] = -sign * s if i == flip else sign * s
+            model.W_O[i, : CFG.d_X] = s * mu_bar
+            if i == noisy:
+                model.W_O[i, : CFG.d_X] = 3 * mu_bar * s / 5
+                model.W_O[i, CFG.M1] = 4 * s / 5
+    return model
+
+
+def test_neuron_geometry_known_answers():
+    model = _geometry_model(flip=3, noisy=2)
+    geo = pt.neuron_geometry(model, CFG)
+    pos = model.a > 0
+    expected_angle = torch.where(pos, 0.0, math.pi)
+    expected_angle[3] = math.pi - expected_angle[3]
+    assert torch.allclose(geo["label_angle"], expected_angle, atol=1e-3)
+    big = torch.tensor([10.0 if i % 2 == 0 else 1.0 for i in range(CFG.m)])
+    assert torch.allclose(geo["label_norm"], big) and torch.allclose(geo["feature_norm"], big, rtol=1e-6)
+    feature_angle = torch.zeros(CFG.m)
+    feature_angle[2] = math.acos(3 / 5)
+    assert torch.allclose(geo["feature_angle"], feature_angle, atol=1e-3)
+    assert torch.equal(geo["positive"], pos)
+    assert torch.allclose(geo["row_norm"], big * math.sqrt(2), rtol=1e-6)
+
+
+def test_feature_geometry_known_answers():
+    clean = _geometry_model()
+    label_ok, cosines, in_span = pt.feature_geometry([clean], CFG, [pt.neuron_geometry(clean, CFG)])
+    assert label_ok == [True] and cosines == pytest.approx([1.0], abs=1e-6) and in_span == pytest.approx([1.0])
+    models = [_geometry_model(flip=4), _geometry_model(flip=5), _geometry_model(noisy=6)]  # 4, 6 large; 5 small
+    label_ok, cosines, in_span = pt.feature_geometry(models, CFG, [pt.neuron_geometry(m, CFG) for m in models])
+    assert label_ok == [False, True, True]  # a flipped large neuron fails; a small one is not read
+    assert in_span == pytest.approx([1.0, 1.0, 0.6], rel=1e-5)
+    assert cosines == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)  # one noisy neuron of 32 leaves the median
+
+
+def test_first_below_known_answers():
+    lengths = np.arange(1, 8)
+    assert pt.first_below(lengths, [0.5, 0.2, 0.02, 0.009, 0.02, 0.001, 0.0]) == 4.0
+    assert pt.first_below(lengths, [0.5, 0.2, 0.02, 0.009, 0.02, 0.001, 0.0], level=0.1) == 3.0
+    assert math.isnan(pt.first_below(lengths, [0.5] * 7))
+    floor = [pt.no_match_floor(0.5, int(l)) for l in range(1, 40)]  # 0.5 * 0.75^l < 0.01 from l = 14
+    assert pt.first_below(range(1, 40), floor) == 14.0
+
+
+def test_pruning_checks_known_answers():
+    rates = np.array([0.0, 0.05, 0.1, 0.15, 0.2])
+    base = np.array([[1.0, 1.0, 1.05, 1.3, 2.0], [1.0, 1.2, 1.4, 1.6, 1.8]])  # per model
+    largest = np.array([[1.0, 1.6, 2.0, 2.5, 3.0],                              # rise / rate: 12, 10, 10, 10
+                        [1.0, 1.5, 2.0, 2.3, 2.5]])                             # 10, 10, 8.7, 7.5: sublinear
+    prune = {"magnitude": np.stack([base, base]), "random": np.stack([base + 0.1, base - 0.1]),
+             "largest": np.stack([largest, largest])}
+    checks = pt.pruning_checks(prune, rates, [0.1, 0.1])
+    assert checks["within"] == pytest.approx([1.05, 1.4])
+    assert checks["random_worse"] == [True, True]
+    assert checks["linear"] == [True, False]
+    prune["random"][0, 1] = base[1] - 0.1
+    assert pt.pruning_checks(prune, rates, [0.1, 0.1])["random_worse"] == [True, False]
+    assert pt.pruning_checks(prune, rates, [0.0, 0.2])["within"] == pytest.approx([1.0, 1.8])
+
+
+def test_large_group_and_the_baseline_ratio():
+    assert pt.large_group(torch.tensor([0.3, 0.1, 0.9, 0.2]), 2).tolist() == [True, False, True, False]
+    results = {4: {"1-NN": 0.2, "SVM": 0.1, "transformer (ICL)": 0.05, "no-match floor": 0.01},
+               8: {"1-NN": 0.1, "SVM": 0.2, "transformer (ICL)": 0.01, "no-match floor": 0.0}}
+    pooled = pt.pooled(results, [4, 8])
+    assert pooled == pytest.approx({"1-NN": 0.3, "SVM": 0.3, "transformer (ICL)": 0.06, "no-match floor": 0.01})
+    ratio, best = pt.icl_ratio({"1-NN": 0.3, "SVM": 0.2, "transformer (ICL)": 0.05}, ["1-NN", "SVM"])
+    assert best == "SVM" and ratio == pytest.approx(0.25)
+
+
+def test_sample_complexity_readings_known_answers():
+    alphas = [0.25, 0.5, 1.0]
+    steps = np.arange(0, 1001, 10)
+    # run (alpha, seed) drops from 0.5 to the floor at 200 / alpha steps (seed 1: 10% later)
+    runs = [(a, s) for a in alphas for s in range(2)]
+    errors = np.array([np.where(steps < round(200 / a * (1 + 0.1 * s)), 0.5, pt.no_match_floor(a, 20)) for a, s in runs])
+    floors = [pt.no_match_floor(a, 20) for a, _ in runs]
+    t = pt.times_to(steps, errors, floors, 0.01, len(alphas))
+    assert t.tolist() == [[800, 880], [400, 440], [200, 220]]
+    assert pt.median_slope(alphas, t) == pytest.approx(-1.0)
+    assert pt.times_to(steps, errors, [0.0] * 6, 0.001, 3)[0].tolist() == [np.inf, np.inf]  # never that low
+    lo, hi = pt.bootstrap_slope(alphas, t, np.random.default_rng(0), draws=300)
+    assert lo < -1.0 < hi and hi - lo < 0.2
+    flat = np.full((3, 4), 100.0)
+    assert pt.bootstrap_slope(alphas, flat, np.random.default_rng(0), draws=200) == pytest.approx((0.0, 0.0))
+    censored = np.array([[np.inf, np.inf], [400, 440], [200, 220]])
+    assert all(math.isnan(x) for x in pt.bootstrap_slope(alphas, censored, np.random.default_rng(0), draws=200))
+    times = np.array([400.0, 480.0, 100.0, 120.0])
+    assert pt.two_point_slope(times, [0.25, 0.25, 1.0, 1.0], [0.25, 1.0]) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="one floor per run"):
+        pt.times_to(steps, errors, floors[:5], 0.01, 3)
+
+
+def test_checks_stay_out_of_the_weight_cache_key():
+    """Thresholds, test sizes and switches are check fields: changing one keeps the key; a trained
+    size changes it. The training module's source key covers the measures its histories hold,
+    not the readings, baselines or plots."""
+    import dataclasses
+    from pathlib import Path
+
+    book = pt.CONFIGS["book"]
+    assert set(runtime.check_fields(book)) == {"n_test", "lr_control", "n_baseline", "gpt_judged"}
+    key = runtime.cache_key("01", "main", book, uses="iclbook.patterns.training")
+    for change in ({"n_test": 7}, {"n_baseline": 3}, {"lr_control": False}, {"gpt_judged": False}):
+        assert runtime.cache_key("01", "main", dataclasses.replace(book, **change), uses="iclbook.patterns.training") == key
+    assert runtime.cache_key("01", "main", dataclasses.replace(book, steps=7), uses="iclbook.patterns.training") != key
+    names = {Path(p).name for p in runtime.module_sources("iclbook.patterns.training")}
+    assert {"training.py", "model.py", "data.py", "measures.py", "train.py", "internals.py"} <= names
+    assert not names & {"complexity.py", "baselines.py", "curves.py", "plots.py", "config.py"}

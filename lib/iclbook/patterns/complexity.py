@@ -1,0 +1,54 @@
+"""Theorem 1's sample complexity read off the alpha sweep's learning curves: the step after which
+each run's error stays near the no-match floor, the log-log slope of those steps against alpha,
+its bootstrap interval over seeds, and the two-point slope of the step-size control.
+
+The one room of chapter 1 that reads :mod:`iclbook.curves`; nothing here trains, so the weight
+cache's key does not depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from iclbook import curves
+
+
+def times_to(steps: np.ndarray, errors: np.ndarray, floors: Sequence[float], level: float,
+             n_alphas: int) -> np.ndarray:
+    """``(alphas, seeds)`` steps until each run's error stays below its floor plus ``level``
+    (:func:`iclbook.curves.steps_to_threshold`; ``inf`` where it never does within the budget).
+    ``errors`` is ``(runs, checkpoints)`` at ``steps``, the runs ordered alpha by alpha, and
+    ``floors[r]`` run ``r``'s no-match floor."""
+    if len(errors) != len(floors) or len(errors) % n_alphas:
+        raise ValueError(f"need one floor per run and the same number of runs per alpha: {len(errors)} runs, "
+                         f"{len(floors)} floors, {n_alphas} alphas")
+    t = np.array([curves.steps_to_threshold(steps, e, f + level) for e, f in zip(errors, floors)])
+    return np.where(np.isnan(t), np.inf, t).reshape(n_alphas, -1)
+
+
+def median_slope(alphas: Sequence[float], times: np.ndarray) -> float:
+    """The log-log slope of the median time over seeds against alpha, ``times`` ``(alphas,
+    seeds)``. A censored run (``inf``) counts as longer than the budget; NaN if a median is
+    censored."""
+    med = np.median(times, axis=1)
+    return curves.loglog_slope(alphas, med)
+
+
+def bootstrap_slope(alphas: Sequence[float], times: np.ndarray, rng: np.random.Generator,
+                    draws: int = 2000) -> tuple[float, float]:
+    """The 95% percentile interval of :func:`median_slope` over ``draws`` resamplings of the seeds
+    of each alpha (with replacement, independently per alpha), from the finite slopes; ``(nan,
+    nan)`` when 100 or fewer of them are finite."""
+    boot = np.array([median_slope(alphas, np.take_along_axis(times, rng.integers(0, times.shape[1], times.shape), axis=1))
+                     for _ in range(draws)])
+    boot = boot[np.isfinite(boot)]
+    return tuple(np.percentile(boot, [2.5, 97.5])) if len(boot) > 100 else (np.nan, np.nan)
+
+
+def two_point_slope(times: np.ndarray, run_alphas: Sequence[float], ends: Sequence[float]) -> float:
+    """The log-log slope between the two alphas ``ends`` of the median time of the runs at each:
+    ``times[r]`` is run ``r``'s time, ``run_alphas[r]`` its alpha."""
+    medians = [np.median(times[[i for i, a in enumerate(run_alphas) if a == e]]) for e in ends]
+    return np.diff(np.log(medians))[0] / np.diff(np.log(ends))[0]
