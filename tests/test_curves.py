@@ -83,7 +83,9 @@ def test_half_rise_and_first_crossing():
     steps = np.array([0, 100, 200, 300, 400.0])
     assert curves.half_rise(steps, np.array([0.1, 0.1, 0.4, 0.9, 0.9])) == 300  # half of 0.1 -> 0.9 is 0.5
     assert curves.half_rise(steps, np.array([0.1, 0.5, 0.5, 0.5, 0.9])) == 100
-    assert math.isnan(curves.first_crossing(np.array([0.1, 0.2]), 0.5))
+    assert math.isnan(curves.first_crossing(None, np.array([0.1, 0.2]), 0.5))
+    assert curves.first_crossing(None, np.array([0.1, 0.6, 0.7]), 0.5) == 1  # indices as steps
+    assert curves.first_crossing(steps[:3], np.array([0.1, 0.6, 0.7]), 0.65) == 200
 
 
 def test_non_increasing_allows_two_standard_errors_and_no_more():

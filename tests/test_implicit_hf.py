@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
-from iclbook.implicit import codec, experiment, hf, probe, tasks, tinylm
+from iclbook.implicit import codec, experiment, hf, probe
+from iclbook.implicit import data as tasks
+from iclbook.implicit.model import LMConfig, TinyLM
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -43,7 +45,7 @@ def test_text_codec_gives_the_word_codecs_ids(text_codec, name):
 def test_text_path_reproduces_the_word_path_run(text_codec):
     """The same protocol through the text codec gives the same numbers, to the bit."""
     torch.manual_seed(0)
-    model = tinylm.TinyLM(tinylm.LMConfig(layers=1)).eval()
+    model = TinyLM(LMConfig(layers=1)).eval()
     cfg = experiment.Config(n_test=16, n_dev=8, k=4, pool=12, demo_seeds=(1, 2), lr_grid=(0.01, 0.1))
     words = experiment.run_task(model, "mr", cfg, seed=1)
     data = tuple(hf.as_text(d) for d in experiment.splits("mr", cfg, 1))
@@ -61,7 +63,7 @@ def test_codec_errors(text_codec):
         probe.nonce_labels(tasks.TASKS["sst5"], torch.Generator(), pool=("dax", "wug"))
     cfg = experiment.Config(n_test=4, n_dev=4, k=2, pool=4)
     with pytest.raises(ValueError, match="given for 'mr'"):
-        experiment.run_task(tinylm.TinyLM(tinylm.LMConfig(layers=1)), "mr", cfg, 0,
+        experiment.run_task(TinyLM(LMConfig(layers=1)), "mr", cfg, 0,
                             data=experiment.splits("sst2", cfg, 0))
 
 
@@ -202,7 +204,7 @@ def test_record_memory_bounds_keep_what_the_statistics_read():
     """Bounded records (candidate columns, score rows cut to the query for later prompts) hold
     the same numbers as full ones where they overlap."""
     torch.manual_seed(0)
-    model = tinylm.TinyLM(tinylm.LMConfig(layers=1)).eval()
+    model = TinyLM(LMConfig(layers=1)).eval()
     data = tasks.make_dataset("mr", 6, seed=2)
     demos = [(data.inputs[i], data.task.labels[int(data.classes[i])]) for i in range(3)]
     prompts, _ = probe.build_prompts(data, demos, 256)
@@ -233,7 +235,7 @@ def test_load_split_asks_datasets_for_the_source(monkeypatch):
 def test_batches_shrink_for_long_prompts_and_large_vocabularies():
     model = hf.tiny_opt(seed=0)
     assert probe.vocab_size(model) == len(tasks.VOCAB)
-    assert probe.vocab_size(tinylm.TinyLM(tinylm.LMConfig(layers=1))) == len(tasks.VOCAB)
+    assert probe.vocab_size(TinyLM(LMConfig(layers=1))) == len(tasks.VOCAB)
     assert probe.rows_per_batch(model, [[0] * 100], cap=256) == 256
     model.config.vocab_size = 50_272                          # OPT's vocabulary, 2,048 tokens
     assert probe.rows_per_batch(model, [[0] * 2048], cap=256) == 2**27 // (2048 * 50_272)

@@ -234,7 +234,7 @@ def test_pheno_loss_at_origin_is_uniform_and_bad_sizes_raise():
 
 def test_pheno_descent_crosses_in_nested_order():
     r = ind.pheno_descent(8, 32, steps=3000, lr=0.01)
-    order = [curves.first_crossing(r[k], 1.0) for k in ("xi", "alpha", "beta1")]
+    order = [curves.first_crossing(None, r[k], 1.0) for k in ("xi", "alpha", "beta1")]
     assert order[0] < order[1] < order[2]
     assert r["p_correct"][-1] > 0.5
 

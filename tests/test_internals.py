@@ -13,7 +13,8 @@ from iclbook import contextual as cx
 from iclbook import induction as ih
 from iclbook import internals, runtime
 from iclbook import patterns as pt
-from iclbook.implicit import probe, tasks, tinylm
+from iclbook.implicit import data, probe
+from iclbook.implicit.model import LMConfig, TinyLM
 
 P_CFG = pt.CONFIGS["smoke"]
 I_CFG = replace(ih.CONFIGS["book"], K=64, L=8, N=4, D=15, Nmax=8, K_c=16, n_eval=20)
@@ -46,8 +47,8 @@ def _block():
 def _tiny_lm():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = tinylm.TinyLM(tinylm.LMConfig(layers=2)).eval()
-    ids = torch.randint(len(tasks.VOCAB), (3, 11), generator=torch.Generator().manual_seed(0))
+        model = TinyLM(LMConfig(layers=2)).eval()
+    ids = torch.randint(len(data.VOCAB), (3, 11), generator=torch.Generator().manual_seed(0))
     d = model.cfg.d_model
     return model, ids, "logits", {"q": (2, 3, 11, d), "out": (2, 3, 11, d)}
 

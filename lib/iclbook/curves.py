@@ -27,9 +27,10 @@ def _array(x: Any) -> np.ndarray:
     return np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=float)
 
 
-def first_crossing(values: Any, level: float, steps: Any = None) -> float:
-    """First step at which ``values`` reaches ``level`` or more (NaN if never). ``steps``
-    defaults to the indices ``0, 1, ...``."""
+def first_crossing(steps: Any, values: Any, level: float) -> float:
+    """First step at which ``values`` reaches ``level`` or more (NaN if never). ``steps`` may be
+    ``None``: the indices ``0, 1, ...`` (a descent logged at every step). Like every reader here,
+    it takes ``(steps, values, ...)``."""
     values = _array(values)
     steps = np.arange(len(values)) if steps is None else _array(steps)
     hit = np.flatnonzero(values >= level)
@@ -48,7 +49,7 @@ def steps_to_threshold(steps: Any, values: Any, threshold: float) -> float:
 def half_rise(steps: Any, values: Any) -> float:
     """First step at which ``values`` passes halfway from its first to its last value."""
     values = _array(values)
-    return first_crossing(values, 0.5 * (values[0] + values[-1]), steps)
+    return first_crossing(steps, values, 0.5 * (values[0] + values[-1]))
 
 
 def transition(steps: Any, acc: Any, baseline: float, *, band: float = 0.05,
@@ -71,8 +72,8 @@ def transition(steps: Any, acc: Any, baseline: float, *, band: float = 0.05,
     if np.any(np.diff(steps) <= 0):
         raise ValueError("steps must increase")
     weight = np.diff(steps, append=2 * steps[-1] - steps[-2])  # each point stands until the next
-    onset = first_crossing(acc, baseline + 0.1, steps)
-    t_top = first_crossing(acc, top, steps)
+    onset = first_crossing(steps, acc, baseline + 0.1)
+    t_top = first_crossing(steps, acc, top)
     in_band = np.abs(acc - baseline) <= band
     straight = 2 * band / (top - acc[0]) * (t_top - steps[0])  # a constant-rate climb's time in the band
     return {

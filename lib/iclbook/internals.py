@@ -13,7 +13,7 @@ dict with exactly those names (as TransformerLens's ``run_with_cache`` does for 
 ``induction.InductionNet`` (ch. 3, 5)   both layers' attention, the query state, the ReLU layers
 ``induction.MinimalNet`` (chapter 3)    the three scalars' attention, the query state, ReLU layers
 ``contextual.ContextualBlock`` (ch. 4)  the MLP's input A(C, x), the residual, pre-activation, out
-``implicit.tinylm.TinyLM`` (chapter 2)  per layer: queries, keys, attention outputs and inputs
+``implicit.model.TinyLM`` (chapter 2)   per layer: queries, keys, attention outputs and inputs
 =====================================  =========================================================
 
 Hugging Face models (chapter 2's real-model path) are read with the hooks of

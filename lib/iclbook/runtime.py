@@ -257,8 +257,8 @@ def module_sources(*modules: str) -> list[Path]:
 
     Two kinds of module stay out, because they cannot change a trained weight through their
     source: a package's ``__init__`` that a submodule's import runs on the way (in this library
-    it only re-exports names; a module that imports *from* a package, ``from iclbook.x import y``,
-    still follows it), and a chapter's ``config`` module, whose values enter the cache key by value
+    it only re-exports names; a module that imports a *name* from a package's ``__init__``,
+    ``from iclbook.x import f``, still follows it), and a chapter's ``config`` module, whose values enter the cache key by value
     (:func:`trained_part`), so that moving a threshold there retrains nothing."""
     import ast  # noqa: PLC0415
 
@@ -287,8 +287,11 @@ def module_sources(*modules: str) -> list[Path]:
                     mod = ".".join(anchor + ([node.module] if node.module else []))
                 else:
                     mod = node.module or ""
-                todo.append(mod)
-                todo += [f"{mod}.{a.name}" for a in node.names]  # `from iclbook import train`
+                for a in node.names:
+                    # `from iclbook import train` runs the module train (and the package's
+                    # re-exporting __init__, left out); `from iclbook.x import f` runs x itself
+                    sub = f"{mod}.{a.name}"
+                    todo.append(sub if _module_path(sub) is not None else mod)
     return sorted(set(seen.values()))
 
 

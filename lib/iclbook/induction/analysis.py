@@ -85,7 +85,7 @@ def cliff_ratio(descent: Mapping[str, np.ndarray]) -> float:
     ``p_correct`` first reaches 0.1) of a descent (:func:`iclbook.induction.pheno.pheno_descent`);
     NaN if ``p_correct`` never reaches 0.1. A steady exponential decay scores a few; a cliff,
     tens or more."""
-    t = curves.first_crossing(descent["p_correct"], 0.1)
+    t = curves.first_crossing(None, descent["p_correct"], 0.1)
     loss = descent["loss"]
     return np.nan if not np.isfinite(t) else (-np.diff(loss)).max() / ((loss[0] - loss[int(t)]) / t)
 
