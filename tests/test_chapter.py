@@ -169,7 +169,7 @@ def _names(module: str) -> set[str]:
 
 def test_cache_key_hashes_the_training_module_and_what_it_imports():
     ch4 = _names("iclbook.contextual.training")
-    assert {"contextual/training.py", "contextual/block.py", "implicit/dual_form.py", "runtime.py",
+    assert {"contextual/training.py", "contextual/model.py", "implicit/dual_form.py", "runtime.py",
             "train.py"} <= ch4
     # a package __init__ that only re-exports, and a config module (keyed by value), stay out
     assert "contextual/__init__.py" not in ch4 and "contextual/config.py" not in ch4

@@ -116,4 +116,13 @@ def test_every_chapter_follows_the_layout_rule():
         parent, _, last = f"iclbook.{row['module']}".rpartition(".")
         imported = rf"from {re.escape(parent)} import [^\n]*\b{last}\b" + (rf" as {row['alias']}\b" if row["alias"] != last else "")
         assert re.search(imported, pages[number].read_text()), f"{pages[number].name} does not import {row['module']} as {row['alias']}"
-
+        package = row["package"]
+        if package is None:
+            continue
+        folder = Path(iclbook.__file__).parent / package
+        modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+        listed = {name.rpartition(".")[2] for name in chapter.rooms(number).values()}
+        assert modules == listed, (f"iclbook.{package}'s modules {sorted(modules)} are not the rooms "
+                                   f"chapter.CHAPTERS lists {sorted(listed)}")
+        for room in chapter.ROOMS:
+            importlib.import_module(chapter.rooms(number)[room])

@@ -27,14 +27,41 @@ from iclbook import plots, records, runtime
 
 #: The layout rule, one row per chapter: ``book/NN_<slug>.md`` is the page, ``iclbook.<module>``
 #: its code, ``tests/test_<tests>.py`` that code's tests, and the page imports the module as
-#: ``alias`` (``tests/test_notebooks.py`` checks every part).
+#: ``alias``. A chapter whose code is a package keeps it in rooms, one idea each: the standard
+#: rooms of :data:`ROOMS` (``rooms`` maps each to its module, where a chapter's own name fits its
+#: work better) and its own (``own``). ``tests/test_notebooks.py`` checks every part, and that the
+#: rooms listed are exactly the package's modules.
 CHAPTERS = {
-    "01": {"slug": "nonlinear_icl", "module": "patterns", "alias": "pt", "tests": "patterns"},
-    "02": {"slug": "implicit_finetuning", "module": "implicit.experiment", "alias": "ex", "tests": "implicit"},
-    "03": {"slug": "induction_cliff", "module": "induction", "alias": "ih", "tests": "induction"},
-    "04": {"slug": "contextual_blocks", "module": "contextual", "alias": "cx", "tests": "contextual"},
-    "05": {"slug": "four_lenses", "module": "lenses", "alias": "lenses", "tests": "lenses"},
+    "01": {"slug": "nonlinear_icl", "module": "patterns", "alias": "pt", "tests": "patterns",
+           "package": "patterns", "rooms": {}, "own": ("baselines", "complexity")},
+    "02": {"slug": "implicit_finetuning", "module": "implicit.experiment", "alias": "ex", "tests": "implicit",
+           "package": "implicit", "rooms": {"training": "pretrain", "measures": "experiment"},
+           "own": ("dual_form", "codec", "probe", "metrics", "hf", "retrain")},
+    "03": {"slug": "induction_cliff", "module": "induction", "alias": "ih", "tests": "induction",
+           "package": "induction", "rooms": {}, "own": ("pheno", "analysis")},
+    "04": {"slug": "contextual_blocks", "module": "contextual", "alias": "cx", "tests": "contextual",
+           "package": "contextual", "rooms": {}, "own": ("layers", "patches")},
+    # chapter 5 reads chapter 3's network through the other chapters' code: one module is enough
+    "05": {"slug": "four_lenses", "module": "lenses", "alias": "lenses", "tests": "lenses",
+           "package": None, "rooms": {}, "own": ()},
 }
+
+#: The rooms every chapter package has, by the question a newcomer asks: where are its sizes
+#: (``config``: one config per profile, trained fields apart from checked ones), its data, its
+#: model, what it measures on a trained model, and how it trains?
+ROOMS = ("config", "data", "model", "measures", "training")
+
+
+def rooms(number: str) -> dict[str, str]:
+    """Chapter ``number``'s rooms: ``{room: "iclbook.<package>.<module>"}``, the standard ones of
+    :data:`ROOMS` first, then its own (empty for a chapter that is one module)."""
+    row = CHAPTERS[number]
+    if row["package"] is None:
+        return {}
+    names = {room: row["rooms"].get(room, room) for room in ROOMS}
+    names.update({own: own for own in row["own"]})
+    return {room: f"iclbook.{row['package']}.{module}" for room, module in names.items()}
+
 
 #: "Exact" in float64: the tolerance of every identity the chapters check. Their rounding stays
 #: near 1e-15, so a real break shows orders of magnitude above it.

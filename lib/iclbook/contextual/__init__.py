@@ -16,9 +16,10 @@ The package, one idea per module:
 ``data``         in-context linear regression prompts with concatenated ``[x; y]`` tokens;
 ``layers``       contextual layers (softmax, sliding-window and linear attention, tanh RNN, GRU,
                  diagonal SSM), each with its prefix, suffix and causal outputs;
-``block``        the block in three variants (no skip, skip, GPT-style pre-LN) and stacks;
+``model``        the contextual block in three variants (no skip, skip, GPT-style pre-LN) and
+                 stacks of blocks, with their hook points (:mod:`iclbook.internals`);
 ``patches``      the paper's formulas: the rank-1 patch, Prop. 3.1, App. B, stacked patches;
-``experiments``  the chapter's measurements, as functions that return numbers;
+``measures``     the chapter's measurements, as functions that return numbers;
 ``training``     training blocks through the shared loop and the weight cache.
 
 Shapes: ``B`` prompts, ``N`` context tokens, ``n`` token size (``d + 1``), ``m`` the size of the
@@ -26,10 +27,10 @@ layer's output, ``h`` the MLP width. All identities are meant to be checked in f
 Everything is re-exported here: ``from iclbook import contextual as cx; cx.make_block(...)``.
 """
 
-from iclbook.contextual.block import BlockStack, ContextualBlock, Variant, make_block, make_stack
+from iclbook.contextual.model import BlockStack, ContextualBlock, Variant, make_block, make_stack
 from iclbook.contextual.config import CONFIGS, STREAMS, Config
 from iclbook.contextual.data import join, sample_prompts, sample_tasks, split, with_queries
-from iclbook.contextual.experiments import (
+from iclbook.contextual.measures import (
     attention_reference_gap,
     convergence_curve,
     dynamics_check,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from iclbook.contextual.block import BlockStack, ContextualBlock
+from iclbook.contextual.model import BlockStack, ContextualBlock
 
 
 def scaled_inverse(a: torch.Tensor, what: str = "A(x)") -> torch.Tensor:

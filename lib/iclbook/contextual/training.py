@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from iclbook import runtime, train
-from iclbook.contextual.block import BlockStack, ContextualBlock, Variant, make_block, make_stack
+from iclbook.contextual.model import BlockStack, ContextualBlock, Variant, make_block, make_stack
 from iclbook.contextual.config import Config
 from iclbook.contextual.data import sample_prompts
-from iclbook.contextual.experiments import theorem_check
+from iclbook.contextual.measures import theorem_check
 
 
 def mse(block: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

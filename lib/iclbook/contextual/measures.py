@@ -1,4 +1,4 @@
-"""The experiments of chapter 4, as functions that return numbers (the chapter draws the figures).
+"""The measurements of chapter 4, as functions that return numbers (the chapter draws the figures).
 
 Each takes trained or untrained blocks and prompts and returns a dict of floats or tensors:
 the paper's identities (Theorem 2.2, App. A, Prop. 3.1, App. B) checked on real inputs, the
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from iclbook.contextual.block import BlockStack, ContextualBlock
+from iclbook.contextual.model import BlockStack, ContextualBlock
 from iclbook.contextual.data import join, split, with_queries
 from iclbook.contextual.layers import LinearAttention, SoftmaxAttention
 from iclbook.contextual.patches import (
