@@ -126,3 +126,14 @@ def test_every_chapter_follows_the_layout_rule():
                                    f"chapter.CHAPTERS lists {sorted(listed)}")
         for room in chapter.ROOMS:
             importlib.import_module(chapter.rooms(number)[room])
+
+
+def test_the_wheel_ships_every_package_of_the_library():
+    """lib/pyproject.toml lists the packages explicitly (the weights folders are data): a new
+    chapter package missing from the list would import here and fail in Colab's wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "lib" / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    lib = ROOT / "lib"
+    found = {".".join(p.parent.relative_to(lib).parts) for p in (lib / "iclbook").rglob("__init__.py")}
+    assert found <= listed, f"packages missing from lib/pyproject.toml: {sorted(found - listed)}"
