@@ -89,8 +89,9 @@ def run_one(path: str, threads: int) -> tuple[str, object, float, str | None]:
     page = Path(path)
     nb = read(page)
     conf = execute_config()
-    result = single_nb_execution(nb, cwd=str(page.parent), allow_errors=conf["allow_errors"],
-                                 timeout=conf["timeout"], meta_override=True)
+    result = single_nb_execution(
+        nb, cwd=str(page.parent), allow_errors=conf["allow_errors"], timeout=conf["timeout"], meta_override=True
+    )
     return path, nb, result.time, (result.exc_string if result.err is not None else None)
 
 
@@ -129,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: FAILED after {seconds:.0f} s\n{err}", flush=True)
                 continue
             stage = cache.add_nb_to_project(path)
-            cache.cache_notebook_bundle(CacheBundleIn(nb, stage.uri, data={"execution_seconds": seconds}),
-                                        check_validity=False, overwrite=True)
+            cache.cache_notebook_bundle(
+                CacheBundleIn(nb, stage.uri, data={"execution_seconds": seconds}), check_validity=False, overwrite=True
+            )
             print(f"{name}: {seconds:.0f} s", flush=True)
     print(f"wall time {time.perf_counter() - start:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

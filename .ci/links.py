@@ -27,8 +27,13 @@ def settings(root: Path = ROOT) -> dict[str, str]:
     if not m:
         raise ValueError(f"repository.url must be https://github.com/<owner>/<name>, got {url!r}")
     version = re.search(r'__version__ = "([^"]+)"', (root / "lib/iclbook/__init__.py").read_text()).group(1)
-    return {"url": url, "slug": f"{m.group(1)}/{m.group(2)}", "branch": cfg["repository"].get("branch", "main"),
-            "colab": cfg["launch_buttons"]["colab_url"].rstrip("/"), "tag": f"v{version}"}
+    return {
+        "url": url,
+        "slug": f"{m.group(1)}/{m.group(2)}",
+        "branch": cfg["repository"].get("branch", "main"),
+        "colab": cfg["launch_buttons"]["colab_url"].rstrip("/"),
+        "tag": f"v{version}",
+    }
 
 
 def expected(md: Path, s: dict[str, str]) -> dict[str, str]:
@@ -62,8 +67,8 @@ def rewrite(root: Path = ROOT) -> None:
     s = settings(root)
     for md in sorted((root / "book").glob("[0-9][0-9]_*.md")):
         want = expected(md, s)
-        text = BADGE.sub(lambda _: want["badge"], md.read_text())
-        md.write_text(TARGET.sub(lambda _: want["target"], text))
+        text = BADGE.sub(lambda _, w=want: w["badge"], md.read_text())
+        md.write_text(TARGET.sub(lambda _, w=want: w["target"], text))
 
 
 if __name__ == "__main__":

@@ -19,10 +19,22 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-PAGES = ["book/01_nonlinear_icl", "book/02_implicit_finetuning", "book/03_induction_cliff",
-         "book/04_contextual_blocks", "book/05_four_lenses", "book/claims"]
-BROWSER_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
-                 "--virtual-time-budget=30000", "--dump-dom"]
+PAGES = [
+    "book/01_nonlinear_icl",
+    "book/02_implicit_finetuning",
+    "book/03_induction_cliff",
+    "book/04_contextual_blocks",
+    "book/05_four_lenses",
+    "book/claims",
+]
+BROWSER_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--virtual-time-budget=30000",
+    "--dump-dom",
+]
 
 
 def browser() -> str:
@@ -33,8 +45,9 @@ def browser() -> str:
 
 
 def rendered_dom(page: Path) -> str:
-    out = subprocess.run([browser(), *BROWSER_FLAGS, page.resolve().as_uri()], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [browser(), *BROWSER_FLAGS, page.resolve().as_uri()], capture_output=True, text=True, timeout=120
+    )
     if not out.stdout.strip():
         raise RuntimeError(f"{browser()} returned no DOM for {page}: {out.stderr[-500:]}")
     return out.stdout
@@ -43,8 +56,22 @@ def rendered_dom(page: Path) -> str:
 class Survey(HTMLParser):
     """Math elements and whether each holds a typeset container; images, scripts, tables."""
 
-    VOID = {"img", "br", "hr", "meta", "link", "input", "source", "wbr", "col", "area", "base", "embed", "param",
-            "track"}
+    VOID = {
+        "img",
+        "br",
+        "hr",
+        "meta",
+        "link",
+        "input",
+        "source",
+        "wbr",
+        "col",
+        "area",
+        "base",
+        "embed",
+        "param",
+        "track",
+    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -124,8 +151,10 @@ def main(argv: list[str]) -> int:
     for name in PAGES:
         problems = check_page(root, name)
         failed += bool(problems)
-        print(f"{name}: " + ("rendered offline: math typeset, local images, claims table" if not problems
-                             else "; ".join(problems)))
+        print(
+            f"{name}: "
+            + ("rendered offline: math typeset, local images, claims table" if not problems else "; ".join(problems))
+        )
     return 1 if failed else 0
 
 

@@ -36,21 +36,35 @@ def calibrate(seed: int) -> dict:
         seconds = time.perf_counter() - start
         for r in runs:
             tr = curves.transition(*r.series("IC"), base)
-            rows.append({"lr": lr, "steps": steps, "seed": r.seed, **{k: tr[k] for k in (
-                "onset", "t_top", "rise_ratio", "linger", "plateau_fraction")},
-                **{k: r.final[k] for k in ("IC", "IC2", "IW")}})
+            rows.append(
+                {
+                    "lr": lr,
+                    "steps": steps,
+                    "seed": r.seed,
+                    **{k: tr[k] for k in ("onset", "t_top", "rise_ratio", "linger", "plateau_fraction")},
+                    **{k: r.final[k] for k in ("IC", "IC2", "IW")},
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
         print(f"Adam {lr:g}: {seconds:.0f} s", flush=True)
-    return {"schema": "iclbook.calibration/1", "chapter": "03", "what": "Adam step sweep of the main run",
-            "eval_every": cfg.eval_every, "seed": seed, "library": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}
+    return {
+        "schema": "iclbook.calibration/1",
+        "chapter": "03",
+        "what": "Adam step sweep of the main run",
+        "eval_every": cfg.eval_every,
+        "seed": seed,
+        "library": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rows": rows,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1]
-                        / "book" / "records" / "calibration-ch03.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "book" / "records" / "calibration-ch03.json"
+    )
     args = parser.parse_args()
     runtime.seed_everything(args.seed)
     record = calibrate(args.seed)

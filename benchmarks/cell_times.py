@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, nb in sorted(found):
         total, cells = top_cells(nb, args.top)
         print(f"{name}: {total:.0f} s in code cells ({total / args.unit:.0f} units)")
-        print(f"| cell | seconds | units | share | first line |\n|--:|--:|--:|--:|---|")
+        print("| cell | seconds | units | share | first line |\n|--:|--:|--:|--:|---|")
         for i, secs, line in cells:
             print(f"| {i} | {secs:.1f} | {secs / args.unit:.1f} | {secs / total:.0%} | `{line}` |")
         print()

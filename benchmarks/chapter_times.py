@@ -48,22 +48,34 @@ def budget_units(chapter: str, profile: str) -> float:
     return CHAPTER_BUDGET_S.get((chapter, profile), BUDGET_S[profile]) / CALIBRATION_UNIT_S
 
 
-def run(notebook: Path, profile: str, seed: int, cache_dir: str | None = None,
-        keep: str | None = None, extra_env: dict[str, str] | None = None) -> float:
+def run(
+    notebook: Path,
+    profile: str,
+    seed: int,
+    cache_dir: str | None = None,
+    keep: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> float:
     """Execute ``notebook`` at ``profile`` and return its wall time in seconds. The weight cache
     is a fresh temporary folder unless ``cache_dir`` is given (to iterate on a chapter);
     ``extra_env`` sets more variables for the kernel (e.g. ``ICLBOOK_RECORDS``)."""
     nb = nbformat.read(notebook, as_version=4)
     with tempfile.TemporaryDirectory() as tmp:
         cache = cache_dir or tmp
-        env = {"ICLBOOK_PROFILE": profile, "ICLBOOK_SEED": str(seed), "ICLBOOK_CACHE": cache,
-               "ICLBOOK_PROGRESS": "0", **(extra_env or {})}
+        env = {
+            "ICLBOOK_PROFILE": profile,
+            "ICLBOOK_SEED": str(seed),
+            "ICLBOOK_CACHE": cache,
+            "ICLBOOK_PROGRESS": "0",
+            **(extra_env or {}),
+        }
         old = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
             start = time.perf_counter()
-            client = NotebookClient(nb, timeout=3600, kernel_name="python3",
-                                    resources={"metadata": {"path": str(notebook.parent)}})
+            client = NotebookClient(
+                nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+            )
             try:
                 client.execute()
             finally:

@@ -20,11 +20,11 @@ import argparse
 import os
 
 import torch
+from timing import best_of
 from torch.utils.flop_counter import FlopCounterMode
 
 from iclbook import contextual as cx
 from iclbook import runtime, train
-from timing import best_of
 
 
 def matmul_seconds_per_flop(n: int, dtype: torch.dtype) -> float:
@@ -45,20 +45,34 @@ def main() -> None:
     torch.set_default_dtype(dtype)
     cfg = cx.CONFIGS["book"]
     seeds = list(range(args.seeds))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, "
-          f"chapter 4 block (N={cfg.N}, batch {cfg.batch}, {cfg.heads} heads, width {cfg.width})")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, "
+        f"chapter 4 block (N={cfg.N}, batch {cfg.batch}, {cfg.heads} heads, width {cfg.width})"
+    )
 
     def sample(g):
         return cx.sample_prompts(cfg.batch, N=cfg.N, d=cfg.d, generator=g, dtype=dtype)
 
     def sequential():
         for s in seeds:
-            train.train(cx.make_block("softmax", cfg, seed=s, dtype=dtype), cx.mse, sample,
-                        steps=args.steps, lr=cfg.lr, generators=runtime.generator(s))
+            train.train(
+                cx.make_block("softmax", cfg, seed=s, dtype=dtype),
+                cx.mse,
+                sample,
+                steps=args.steps,
+                lr=cfg.lr,
+                generators=runtime.generator(s),
+            )
 
     def batched():
-        train.train([cx.make_block("softmax", cfg, seed=s, dtype=dtype) for s in seeds], cx.mse,
-                    sample, steps=args.steps, lr=cfg.lr, generators=[runtime.generator(s) for s in seeds])
+        train.train(
+            [cx.make_block("softmax", cfg, seed=s, dtype=dtype) for s in seeds],
+            cx.mse,
+            sample,
+            steps=args.steps,
+            lr=cfg.lr,
+            generators=[runtime.generator(s) for s in seeds],
+        )
 
     t_seq, t_bat = best_of(sequential), best_of(batched)
     print(f"\n1. ensemble of {args.seeds} seeds x {args.steps} steps")
@@ -83,16 +97,20 @@ def main() -> None:
     peak = 1 / matmul_seconds_per_flop(1024, dtype)
     print(f"\n2. one training step: {flops / 1e6:.2f} MFLOP (forward + backward), {t_step * 1e3:.2f} ms")
     print(f"   a {n_eq}x{n_eq} matmul of the same FLOPs: {t_eq * 1e3:.3f} ms  ->  step/matmul x{t_step / t_eq:.1f}")
-    print(f"   step throughput {flops / t_step / 1e9:.2f} GFLOP/s = {100 * flops / t_step / peak:.1f}% of a "
-          f"1024x1024 matmul ({peak / 1e9:.1f} GFLOP/s)")
+    print(
+        f"   step throughput {flops / t_step / 1e9:.2f} GFLOP/s = {100 * flops / t_step / peak:.1f}% of a "
+        f"1024x1024 matmul ({peak / 1e9:.1f} GFLOP/s)"
+    )
 
     tokens, _ = cx.sample_prompts(100, N=cfg.N, d=cfg.d, generator=runtime.generator(1), dtype=dtype)
     context, query = cx.split(tokens)
     with torch.no_grad():
         t_fast = best_of(lambda: [block.layer.prefixes(context, query) for _ in range(20)]) / 20
         t_loop = best_of(lambda: cx.ContextualLayer.prefixes(block.layer, context, query))
-    print(f"\n3. all {cfg.N + 1} prefix outputs for 100 prompts: one masked pass {t_fast * 1e3:.2f} ms, "
-          f"one pass per prefix {t_loop * 1e3:.1f} ms  ->  x{t_loop / t_fast:.0f}")
+    print(
+        f"\n3. all {cfg.N + 1} prefix outputs for 100 prompts: one masked pass {t_fast * 1e3:.2f} ms, "
+        f"one pass per prefix {t_loop * 1e3:.1f} ms  ->  x{t_loop / t_fast:.0f}"
+    )
 
 
 if __name__ == "__main__":

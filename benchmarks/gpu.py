@@ -39,6 +39,7 @@ PAPER_BUDGET_S = 480  # the paper-profile timings stop starting new chapters aft
 # running one chapter without Jupyter
 # ---------------------------------------------------------------------------------------------
 
+
 def code_cells(notebook: Path) -> list[str]:
     """The notebook's code cells as plain Python: the Colab install cell (tagged remove-cell,
     holding ``%pip``) and any other IPython magic line are dropped."""
@@ -58,6 +59,7 @@ def _display_stand_in() -> None:
     """``IPython.display.Markdown`` and ``display`` where IPython is not installed."""
     try:
         import IPython.display  # noqa: F401
+
         return
     except ImportError:
         pass
@@ -98,34 +100,71 @@ def run_chapter(chapter: str, *, device: str, profile: str, seed: int, out: Path
         raise ValueError(f"no chapter {chapter!r}; have {sorted(CHAPTERS)} (or give a notebook's path)")
     records, cache = out / "records", out / "cache"
     records.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "ICLBOOK_DEVICE": device, "ICLBOOK_PROFILE": profile, "ICLBOOK_SEED": str(seed),
-           "ICLBOOK_RECORDS": str(records), "ICLBOOK_CACHE": str(cache), "ICLBOOK_PROGRESS": "0",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "lib"), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "ICLBOOK_DEVICE": device,
+        "ICLBOOK_PROFILE": profile,
+        "ICLBOOK_SEED": str(seed),
+        "ICLBOOK_RECORDS": str(records),
+        "ICLBOOK_CACHE": str(cache),
+        "ICLBOOK_PROGRESS": "0",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "lib"), os.environ.get("PYTHONPATH")])),
+    }
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, __file__, "_exec", str(notebook.resolve())], env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, __file__, "_exec", str(notebook.resolve())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         ok, error = proc.returncode == 0, proc.stderr.strip().splitlines()[-1:] if proc.returncode else []
     except subprocess.TimeoutExpired:
         ok, error = False, [f"stopped after {timeout:.0f} s"]
-    return {"chapter": notebook.stem[:2], "device": device, "profile": profile, "seed": seed,
-            "seconds": round(time.perf_counter() - start, 1), "ok": ok, "error": " ".join(error)}
+    return {
+        "chapter": notebook.stem[:2],
+        "device": device,
+        "profile": profile,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start, 1),
+        "ok": ok,
+        "error": " ".join(error),
+    }
 
 
-def run_many(chapters: list[str], *, device: str, profile: str, seed: int, out: Path,
-             budget: float | None = None) -> list[dict]:
+def run_many(
+    chapters: list[str], *, device: str, profile: str, seed: int, out: Path, budget: float | None = None
+) -> list[dict]:
     results, spent = [], 0.0
     for ch in chapters:
         if budget is not None and spent >= budget:
-            results.append({"chapter": ch, "device": device, "profile": profile, "seed": seed, "seconds": None,
-                            "ok": False, "error": f"not started: {budget:.0f} s budget spent"})
+            results.append(
+                {
+                    "chapter": ch,
+                    "device": device,
+                    "profile": profile,
+                    "seed": seed,
+                    "seconds": None,
+                    "ok": False,
+                    "error": f"not started: {budget:.0f} s budget spent",
+                }
+            )
             continue
-        res = run_chapter(ch, device=device, profile=profile, seed=seed, out=out,
-                          timeout=None if budget is None else max(budget - spent, 1))
+        res = run_chapter(
+            ch,
+            device=device,
+            profile=profile,
+            seed=seed,
+            out=out,
+            timeout=None if budget is None else max(budget - spent, 1),
+        )
         spent += res["seconds"] or 0
         results.append(res)
-        print(f"  {ch} on {device} at {profile}: {res['seconds']} s {'ok' if res['ok'] else 'FAILED ' + res['error']}",
-              flush=True)
+        print(
+            f"  {ch} on {device} at {profile}: {res['seconds']} s {'ok' if res['ok'] else 'FAILED ' + res['error']}",
+            flush=True,
+        )
     (out / "runs.json").write_text(json.dumps(results, indent=1))
     return results
 
@@ -133,6 +172,7 @@ def run_many(chapters: list[str], *, device: str, profile: str, seed: int, out: 
 # ---------------------------------------------------------------------------------------------
 # parity
 # ---------------------------------------------------------------------------------------------
+
 
 def load_rows(folder: Path) -> dict[str, dict[str, dict]]:
     """``{chapter: {row key: row}}`` from a run's ledger records."""
@@ -161,8 +201,9 @@ def compare(first: Path, second: Path, *, rtol: float = 0.1, atol: float = 0.02)
     a, b = load_rows(first), load_rows(second)
     report: dict[str, list[str]] = {}
     for ch in sorted(set(a) & set(b)):
-        diffs = [f"{key}: only in the {'first' if key in a[ch] else 'second'} run"
-                 for key in sorted(set(a[ch]) ^ set(b[ch]))]
+        diffs = [
+            f"{key}: only in the {'first' if key in a[ch] else 'second'} run" for key in sorted(set(a[ch]) ^ set(b[ch]))
+        ]
         for key in sorted(set(a[ch]) & set(b[ch])):
             why = row_parity(a[ch][key], b[ch][key], rtol=rtol, atol=atol)
             if why:
@@ -174,17 +215,28 @@ def compare(first: Path, second: Path, *, rtol: float = 0.1, atol: float = 0.02)
 def table(runs: list[dict], parity: dict[str, list[str]] | None = None) -> str:
     lines = ["| chapter | device | profile | seconds | result | CPU/GPU parity |", "|---|---|---|---|---|---|"]
     for r in runs:
-        par = "" if parity is None or r["device"] == "cpu" or r["profile"] != "smoke" else (
-            "n/a" if r["chapter"] not in parity else "holds" if not parity[r["chapter"]]
-            else f"{len(parity[r['chapter']])} difference(s)")
-        lines.append(f"| {r['chapter']} | {r['device']} | {r['profile']} | {r['seconds']} | "
-                     f"{'ok' if r['ok'] else 'failed: ' + r['error']} | {par} |")
+        par = (
+            ""
+            if parity is None or r["device"] == "cpu" or r["profile"] != "smoke"
+            else (
+                "n/a"
+                if r["chapter"] not in parity
+                else "holds"
+                if not parity[r["chapter"]]
+                else f"{len(parity[r['chapter']])} difference(s)"
+            )
+        )
+        lines.append(
+            f"| {r['chapter']} | {r['device']} | {r['profile']} | {r['seconds']} | "
+            f"{'ok' if r['ok'] else 'failed: ' + r['error']} | {par} |"
+        )
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
+
 
 def pick_device(requested: str) -> str:
     """``auto``: cuda when torch sees a GPU, else cpu; an explicit ``cuda`` without one is an error."""
@@ -233,8 +285,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{ch}: " + ("parity holds" if not diffs else "\n  ".join([f"{len(diffs)} difference(s)"] + diffs)))
         return 0 if report and not any(report.values()) else 1
     if args.cmd == "run":
-        runs = run_many(args.chapters, device=pick_device(args.device), profile=args.profile, seed=args.seed,
-                        out=args.out, budget=args.budget)
+        runs = run_many(
+            args.chapters,
+            device=pick_device(args.device),
+            profile=args.profile,
+            seed=args.seed,
+            out=args.out,
+            budget=args.budget,
+        )
         print(table(runs))
         return 0 if all(r["ok"] for r in runs) else 1
     device = pick_device(args.device)
@@ -247,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     for ch, diffs in parity.items():
         print(f"parity {ch}: " + ("holds" if not diffs else "; ".join(diffs)))
     print(f"paper profile on {device} (at most {args.paper_budget:.0f} s in all):", flush=True)
-    paper = run_many(args.chapters, device=device, profile="paper", seed=0, out=out / "paper-gpu",
-                     budget=args.paper_budget)
+    paper = run_many(
+        args.chapters, device=device, profile="paper", seed=0, out=out / "paper-gpu", budget=args.paper_budget
+    )
     text = table(gpu + cpu + paper, parity)
     (out / "table.md").write_text(text + "\n")
     print(text)

@@ -45,14 +45,22 @@ def copy_batch(rows: int, length: int, classes: int, gen: torch.Generator) -> tu
     return seq, is_label
 
 
-def run(positions: str, mix: int, steps: int, seed: int, length: int = 64, classes: int = 3,
-        batch: int = 64, lr: float = 1e-3) -> tuple[list[tuple[int, float]], float]:
+def run(
+    positions: str,
+    mix: int,
+    steps: int,
+    seed: int,
+    length: int = 64,
+    classes: int = 3,
+    batch: int = 64,
+    lr: float = 1e-3,
+) -> tuple[list[tuple[int, float]], float]:
     torch.manual_seed(seed)
     model = TinyLM(LMConfig(layers=2, positions=positions, mix=mix))
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     gen = torch.Generator().manual_seed(seed + 1)
     held, held_mask = copy_batch(256, length, classes, torch.Generator().manual_seed(99))
-    held_mask[:, :19] = False                           # labels after the 6th example
+    held_mask[:, :19] = False  # labels after the 6th example
     curve = []
     start = time.perf_counter()
     for step in range(steps):

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-from iclbook.implicit import experiment as ex  # noqa: E402
-from iclbook.implicit import data, pretrain, probe  # noqa: E402
 from timing import best_of  # noqa: E402
+
+from iclbook.implicit import data, pretrain, probe  # noqa: E402
+from iclbook.implicit import experiment as ex  # noqa: E402
 
 
 def main() -> None:
@@ -41,21 +42,24 @@ def main() -> None:
         prompts, _ = probe.build_prompts(test, demos, 256)
         cand = data.encode(list(test.task.labels))
         shared = probe.shared_prefix(prompts)
-        def score():
+
+        def score(prompts=prompts, cand=cand):
             return probe.label_logprobs(model, prompts, cand)
 
         cached, cached_s = score(), best_of(score)
-        keep, probe.MIN_SHARED = probe.MIN_SHARED, 10**9          # switch the cache off
+        keep, probe.MIN_SHARED = probe.MIN_SHARED, 10**9  # switch the cache off
         try:
             plain, plain_s = score(), best_of(score)
         finally:
             probe.MIN_SHARED = keep
         mean_len = sum(map(len, prompts)) / len(prompts)
         same = bool((cached.argmax(-1) == plain.argmax(-1)).all())
-        print(f"{name}: {len(prompts)} prompts of {mean_len:.0f} tokens, {shared} shared: "
-              f"plain {plain_s:.3f} s, cached {cached_s:.3f} s: x{plain_s / cached_s:.1f}; "
-              f"max |diff| {float((cached - plain).abs().max()):.1e}, "
-              f"predictions {'identical' if same else 'DIFFER'}")
+        print(
+            f"{name}: {len(prompts)} prompts of {mean_len:.0f} tokens, {shared} shared: "
+            f"plain {plain_s:.3f} s, cached {cached_s:.3f} s: x{plain_s / cached_s:.1f}; "
+            f"max |diff| {float((cached - plain).abs().max()):.1e}, "
+            f"predictions {'identical' if same else 'DIFFER'}"
+        )
 
 
 if __name__ == "__main__":

@@ -18,11 +18,11 @@ import time
 from dataclasses import replace
 
 import torch
+from timing import best_of
 from torch import nn
 
 from iclbook import induction as ih
 from iclbook import runtime, train
-from timing import best_of
 
 
 class Direct(nn.Module):
@@ -80,21 +80,28 @@ def main() -> None:
 
     small = replace(book, Nmax=16, D=31)  # the spec's scaled-down model, d = 64
     for cfg in (book, small):
-        seq = sum(1 / steps_per_second(cfg, [ih.InductionNet(cfg, runtime.generator(s))], args.steps)
-                  for s in range(args.seeds))
-        ens = 1 / steps_per_second(cfg, [ih.InductionNet(cfg, runtime.generator(s)) for s in range(args.seeds)],
-                                   args.steps)
-        print(f"d={cfg.d}, {args.seeds} seeds: sequential {seq * 1e3:.1f} ms per step of all seeds, "
-              f"ensemble {ens * 1e3:.1f} ms: x{seq / ens:.2f}")
+        seq = sum(
+            1 / steps_per_second(cfg, [ih.InductionNet(cfg, runtime.generator(s))], args.steps)
+            for s in range(args.seeds)
+        )
+        ens = 1 / steps_per_second(
+            cfg, [ih.InductionNet(cfg, runtime.generator(s)) for s in range(args.seeds)], args.steps
+        )
+        print(
+            f"d={cfg.d}, {args.seeds} seeds: sequential {seq * 1e3:.1f} ms per step of all seeds, "
+            f"ensemble {ens * 1e3:.1f} ms: x{seq / ens:.2f}"
+        )
 
     task = ih.make_task(book, runtime.generator(1))
     sets = ih.eval_sets(task, book, runtime.generator(2))
     for net in (ih.InductionNet, ih.MinimalNet):
         model = net(book, runtime.generator(0))
-        one = best_of(lambda: ih.measure(model, sets))
-        each = best_of(lambda: measures_one_by_one(model, sets))
-        print(f"{net.__name__} checkpoint, 4 x {book.n_eval} sequences: one pass per set {one * 1e3:.0f} ms, "
-              f"each measure on its own {each * 1e3:.0f} ms: x{each / one:.2f}")
+        one = best_of(lambda m=model: ih.measure(m, sets))
+        each = best_of(lambda m=model: measures_one_by_one(m, sets))
+        print(
+            f"{net.__name__} checkpoint, 4 x {book.n_eval} sequences: one pass per set {one * 1e3:.0f} ms, "
+            f"each measure on its own {each * 1e3:.0f} ms: x{each / one:.2f}"
+        )
 
 
 if __name__ == "__main__":

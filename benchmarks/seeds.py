@@ -32,10 +32,12 @@ from iclbook import __version__, records  # noqa: E402
 
 def commit() -> str:
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "lib", "book"],
-                               capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "lib", "book"], capture_output=True, text=True
+        ).stdout.strip()
         return out + ("+changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -45,8 +47,11 @@ def keep_other_chapters(table: dict, old: dict) -> dict:
     """A run of some chapters merged into an existing table of the same profile and seeds: the
     chapters not rerun keep their columns, and ``kept`` says from which run they come."""
     if old.get("profile") != table["profile"] or old.get("seeds") != table["seeds"]:
-        print(f"the existing table has other seeds or profile ({old.get('seeds')}, {old.get('profile')}): "
-              "writing only the chapters just run", file=sys.stderr)
+        print(
+            f"the existing table has other seeds or profile ({old.get('seeds')}, {old.get('profile')}): "
+            "writing only the chapters just run",
+            file=sys.stderr,
+        )
         return table
     table = {**table, "chapters": dict(table["chapters"])}  # the caller's table stays as it was
     kept = sorted(set(old.get("chapters", {})) - set(table["chapters"]))
@@ -55,8 +60,9 @@ def keep_other_chapters(table: dict, old: dict) -> dict:
     table["seconds"] = {**{ch: old.get("seconds", {}).get(ch) for ch in kept}, **table.get("seconds", {})}
     if kept:
         earlier = old.get("kept", {})
-        table["kept"] = {ch: earlier.get(ch, {"created": old.get("created"), "commit": old.get("commit")})
-                         for ch in kept}
+        table["kept"] = {
+            ch: earlier.get(ch, {"created": old.get("created"), "commit": old.get("commit")}) for ch in kept
+        }
     return table
 
 
@@ -66,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="book")
     parser.add_argument("--chapters", nargs="+", default=None, help="chapter numbers, e.g. 04")
     parser.add_argument("--out", default=None, help="default book/records/seeds-<profile>.json")
-    parser.add_argument("--keep-records", default=None, metavar="DIR",
-                        help="keep each seed's ledger records in DIR/seed<N> (e.g. to regenerate "
-                             "tests/verdicts-book.json from seed 0 with `make verdicts`)")
+    parser.add_argument(
+        "--keep-records",
+        default=None,
+        metavar="DIR",
+        help="keep each seed's ledger records in DIR/seed<N> (e.g. to regenerate "
+        "tests/verdicts-book.json from seed 0 with `make verdicts`)",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
@@ -95,10 +105,16 @@ def main(argv: list[str] | None = None) -> int:
                 seconds.setdefault(nb.name[:2], {})[str(seed)] = round(t, 1)
                 print(f"{nb.stem:32s} seed {seed}: {t:7.1f} s", flush=True)
             per_seed[seed] = records.load_records(folder, profile=args.profile)
-    about = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
-             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "library": __version__,
-             "torch": torch.__version__, "commit": commit(), "seconds": seconds, "failures": failures,
-             "wall_s": round(time.perf_counter() - start)}
+    about = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "library": __version__,
+        "torch": torch.__version__,
+        "commit": commit(),
+        "seconds": seconds,
+        "failures": failures,
+        "wall_s": round(time.perf_counter() - start),
+    }
     table = records.seed_table(per_seed, profile=args.profile, about=about)
     out = Path(args.out) if args.out else ROOT / "book" / "records" / f"seeds-{args.profile}.json"
     if args.chapters and out.exists():

@@ -4,7 +4,7 @@ which puts this folder on the import path)."""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:

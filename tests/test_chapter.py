@@ -16,8 +16,11 @@ import iclbook
 from iclbook import chapter, ledger, runtime, train
 
 CHAPTER_STREAMS = {
-    "01": "iclbook.patterns", "02": "iclbook.implicit.experiment", "03": "iclbook.induction",
-    "04": "iclbook.contextual", "05": "iclbook.lenses",
+    "01": "iclbook.patterns",
+    "02": "iclbook.implicit.experiment",
+    "03": "iclbook.induction",
+    "04": "iclbook.contextual",
+    "05": "iclbook.lenses",
 }
 
 
@@ -49,8 +52,15 @@ def test_streams_refuse_unknown_names_indices_and_kinds():
 def test_the_library_streams_keep_the_seeds_the_book_was_computed_with():
     """Naming the streams changed no number: each name gives the seed its formula gave before."""
     s = 1002
-    old = {"batches": s + 7919, "gpt-batches": s + 104729, "task": 1_000_003 * s + 17,
-           "eval-sets": 1_000_003 * s + 29, "demos": 10_000 * s + 201, "stack-blocks": 100 * s + 2, "task-split": s * 7919 + 2 * 104729 + 3}
+    old = {
+        "batches": s + 7919,
+        "gpt-batches": s + 104729,
+        "task": 1_000_003 * s + 17,
+        "eval-sets": 1_000_003 * s + 29,
+        "demos": 10_000 * s + 201,
+        "stack-blocks": 100 * s + 2,
+        "task-split": s * 7919 + 2 * 104729 + 3,
+    }
     k = {"demos": 201, "task-split": 2 * 104729 + 3, "stack-blocks": 2}
     for name, seed in old.items():
         assert runtime.LIBRARY_STREAMS[name].seed(s, k.get(name, 0)) == seed, name
@@ -81,8 +91,15 @@ def test_start_reads_the_environment_and_seeds_everything(monkeypatch, capsys):
     monkeypatch.setenv("ICLBOOK_PROFILE", "smoke")
     monkeypatch.setenv("ICLBOOK_SEED", "2")
     before = torch.get_num_threads()
-    ch = chapter.start("07", "Nobody 2026", {"smoke": _Cfg(size=9), "book": _Cfg()}, page="book/07_x",
-                       streams={"data": runtime.Stream(5)}, device="cpu", why_device="tiny")
+    ch = chapter.start(
+        "07",
+        "Nobody 2026",
+        {"smoke": _Cfg(size=9), "book": _Cfg()},
+        page="book/07_x",
+        streams={"data": runtime.Stream(5)},
+        device="cpu",
+        why_device="tiny",
+    )
     try:
         assert (ch.profile, ch.seed, ch.cfg.size) == ("smoke", 2, 9)
         assert ch.members == [2000, 2001, 2002] and ch.streams.seed("data") == 7
@@ -127,9 +144,18 @@ def _history() -> train.History:
     def measure(step, members):
         return {"members": [{"w": float(m.weight.detach().sum()), "step_twice": 2 * step} for m in members]}
 
-    return train.train(models, loss, lambda g: (x,), steps=4, lr=0.1, optimizer="sgd",
-                       generators=[runtime.generator(0), runtime.generator(1)], log_every=2,
-                       checkpoint_every=2, on_checkpoint=measure)
+    return train.train(
+        models,
+        loss,
+        lambda g: (x,),
+        steps=4,
+        lr=0.1,
+        optimizer="sgd",
+        generators=[runtime.generator(0), runtime.generator(1)],
+        log_every=2,
+        checkpoint_every=2,
+        on_checkpoint=measure,
+    )
 
 
 def test_history_reads_measures_as_member_by_checkpoint_arrays():
@@ -169,8 +195,7 @@ def _names(module: str) -> set[str]:
 
 def test_cache_key_hashes_the_training_module_and_what_it_imports():
     ch4 = _names("iclbook.contextual.training")
-    assert {"contextual/training.py", "contextual/model.py", "implicit/dual_form.py", "runtime.py",
-            "train.py"} <= ch4
+    assert {"contextual/training.py", "contextual/model.py", "implicit/dual_form.py", "runtime.py", "train.py"} <= ch4
     # a package __init__ that only re-exports, and a config module (keyed by value), stay out
     assert "contextual/__init__.py" not in ch4 and "contextual/config.py" not in ch4
     for module in ("iclbook.patterns", "iclbook.induction", "iclbook.contextual"):
@@ -234,8 +259,9 @@ def test_a_threshold_edit_keeps_the_cache_key_and_a_training_edit_changes_it(nam
         edited = _moved(getattr(cfg, f.name))
         if edited is None:
             continue
-        other = runtime.cache_key("00", "m", dataclasses.replace(cfg, **{f.name: edited}),
-                                  uses="iclbook.contextual.training", seeds=[0])
+        other = runtime.cache_key(
+            "00", "m", dataclasses.replace(cfg, **{f.name: edited}), uses="iclbook.contextual.training", seeds=[0]
+        )
         if f.name in checks:
             assert other == key, f"{name}: the check field {f.name} changes the cache key"
         else:

@@ -53,8 +53,9 @@ def test_prompts_are_deterministic():
     assert not torch.equal(a[0], prompts(seed=4)[0])
 
 
-@pytest.mark.parametrize("args", [dict(n_prompts=0, N=3, d=2), dict(n_prompts=2, N=-1, d=2),
-                                  dict(n_prompts=2, N=3, d=0)])
+@pytest.mark.parametrize(
+    "args", [dict(n_prompts=0, N=3, d=2), dict(n_prompts=2, N=-1, d=2), dict(n_prompts=2, N=3, d=0)]
+)
 def test_prompts_bad_input(args):
     n = args.pop("n_prompts")
     with pytest.raises(ValueError):
@@ -227,8 +228,6 @@ def test_increments_equal_weight_differences():
     assert torch.allclose(inc, spectral, atol=1e-10) and torch.allclose(inc, frob, atol=1e-10)
 
 
-
-
 # --- fine-tuning comparison ----------------------------------------------------------------------
 
 
@@ -273,8 +272,10 @@ def test_configs_cover_profiles():
 # --- numerical robustness: stable prefixes, tiny and zero norms, clear errors --------------------
 
 
-@pytest.mark.parametrize("dtype,scale", [(torch.float64, 1.0), (torch.float64, 20.0), (torch.float64, 50.0),
-                                         (torch.float32, 8.0), (torch.float32, 20.0)])
+@pytest.mark.parametrize(
+    "dtype,scale",
+    [(torch.float64, 1.0), (torch.float64, 20.0), (torch.float64, 50.0), (torch.float32, 8.0), (torch.float32, 20.0)],
+)
 @pytest.mark.parametrize("window", [None, 5])
 def test_softmax_prefixes_stable_at_large_scales(dtype, scale, window):
     """Each prefix is normalised by its own maximum: no 0/0 where one early score is far below
@@ -296,7 +297,7 @@ def test_causal_pass_matches_prefix_runs(kind):
     block = cx.make_block(kind, CFG, seed=21)
     tokens, _ = prompts(n=3, seed=22)
     causal = block.layer.causal(tokens)
-    direct = torch.stack([block.layer(tokens[:, :t + 1]) for t in range(tokens.shape[1])], 1)
+    direct = torch.stack([block.layer(tokens[:, : t + 1]) for t in range(tokens.shape[1])], 1)
     assert torch.allclose(causal, direct, atol=TOL)
 
 
@@ -473,7 +474,11 @@ def test_train_blocks_cache_key_tells_runs_apart(monkeypatch, tmp_path):
     assert not h1["cached"] and h2["cached"]
     assert all(torch.equal(a, b) for a, b in zip(first[0].state_dict().values(), again[0].state_dict().values()))
     other_val = cx.sample_prompts(8, N=CFG.N, d=CFG.d, generator=torch.Generator().manual_seed(1))
-    for kwargs in ({"steps": 3, "val": other_val}, {"steps": 4, "val": val}, {"steps": 3, "val": val, "variant": "skip"}):
+    for kwargs in (
+        {"steps": 3, "val": other_val},
+        {"steps": 4, "val": val},
+        {"steps": 3, "val": val, "variant": "skip"},
+    ):
         assert not cx.train_blocks(CFG, [0], lr=CFG.lr, **kwargs)[1]["cached"], kwargs
     assert not cx.train_blocks(CFG, [1], steps=3, lr=CFG.lr, val=val)[1]["cached"]
     assert len(list(tmp_path.glob("04-*.pt"))) == 5

@@ -38,7 +38,7 @@ def test_loglog_fit_of_a_censored_curve_is_nan_and_bad_shapes_raise():
 def test_transition_of_a_plateau_then_a_jump():
     steps = np.arange(0, 2001, 50.0)
     acc = np.where(steps < 1000, 0.125, 0.99)
-    acc[:4] = [0.03, 0.06, 0.09, 0.12]          # a short climb from chance to the plateau
+    acc[:4] = [0.03, 0.06, 0.09, 0.12]  # a short climb from chance to the plateau
     acc[(steps >= 1000) & (steps < 1200)] = [0.3, 0.5, 0.7, 0.85]
     tr = curves.transition(steps, acc, 0.125)
     assert tr["onset"] == 1000 and tr["t_top"] == 1200
@@ -52,7 +52,7 @@ def test_transition_of_a_plateau_then_a_jump():
 
 def test_transition_of_a_straight_line_lingers_once_and_rises_slowly():
     steps = np.arange(0, 10_001, 10.0)
-    acc = 0.9 * steps / 9000                     # reaches 0.9 at step 9000
+    acc = 0.9 * steps / 9000  # reaches 0.9 at step 9000
     tr = curves.transition(steps, acc, 0.125)
     assert tr["linger"] == pytest.approx(1.0, abs=0.02)
     assert tr["rise_ratio"] == pytest.approx((9000 - 2250) / 2250, rel=0.01)  # 3: gradual
@@ -90,13 +90,12 @@ def test_half_rise_and_first_crossing():
 
 def test_non_increasing_allows_two_standard_errors_and_no_more():
     n = 1000
-    se = curves.binomial_se([0.1], n)[0]                       # 0.0095
-    gap = 2 * np.hypot(se, se)                                  # two s.e. of a difference of two rates
+    se = curves.binomial_se([0.1], n)[0]  # 0.0095
+    gap = 2 * np.hypot(se, se)  # two s.e. of a difference of two rates
     assert curves.non_increasing([0.3, 0.2, 0.1, 0.1], n)
-    assert curves.non_increasing([0.1, 0.1 + 0.9 * gap], n)     # a rise within the noise
+    assert curves.non_increasing([0.1, 0.1 + 0.9 * gap], n)  # a rise within the noise
     assert not curves.non_increasing([0.1, 0.1 + 1.2 * gap], n)
-    assert not curves.non_increasing([0.0, 0.005], n)           # 2.2 s.e. of the second rate
+    assert not curves.non_increasing([0.0, 0.005], n)  # 2.2 s.e. of the second rate
     assert curves.binomial_se([0.0], n, floor=1 / n)[0] == pytest.approx(1 / n)
     with pytest.raises(ValueError):
         curves.binomial_se([0.1], 0)
-

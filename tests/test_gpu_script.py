@@ -23,7 +23,7 @@ def test_arguments():
     c = gpu.parse(["compare", "a", "b", "--rtol", "0.2"])
     assert c.rtol == 0.2 and c.atol == 0.02
     with pytest.raises(SystemExit):
-        gpu.parse(["run", "--chapters", "09", "--out", "x"])    # no such chapter
+        gpu.parse(["run", "--chapters", "09", "--out", "x"])  # no such chapter
     with pytest.raises(SystemExit):
         gpu.parse(["run", "--profile", "huge", "--out", "x"])
 
@@ -48,7 +48,7 @@ def _notebook(path, value):
     """A two-cell chapter that writes a ledger record, as the real chapters do."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [
-        nbformat.v4.new_code_cell('%pip install nothing', metadata={"tags": ["remove-cell"]}),
+        nbformat.v4.new_code_cell("%pip install nothing", metadata={"tags": ["remove-cell"]}),
         nbformat.v4.new_code_cell(
             "from iclbook import ledger, runtime\n"
             "from IPython.display import Markdown, display\n"
@@ -58,7 +58,8 @@ def _notebook(path, value):
             f"L.identity('an identity', gap=0.0, tol=1e-9)\n"
             f"L.claim('a claim', paper='p', ours='o', value={value}, criterion=ledger.at_most(0.5))\n"
             "display(Markdown('device ' + str(runtime.device())))\n"
-            "L.finish()\n"),
+            "L.finish()\n"
+        ),
     ]
     nbformat.write(nb, path)
     return path
@@ -78,7 +79,7 @@ def test_two_cpu_runs_have_parity(tmp_path):
     assert third["ok"]
     report = gpu.compare(tmp_path / "a", tmp_path / "c")
     assert len(report["99"]) == 1 and "reproduced vs not reproduced" in report["99"][0]
-    assert gpu.compare(tmp_path / "a", tmp_path / "c", atol=1.0) == {"99": []}   # within tolerance
+    assert gpu.compare(tmp_path / "a", tmp_path / "c", atol=1.0) == {"99": []}  # within tolerance
 
 
 def test_parity_flags_a_broken_check(tmp_path):
@@ -101,7 +102,7 @@ def test_a_failing_chapter_is_reported(tmp_path):
 def test_display_stand_in_where_ipython_is_missing(monkeypatch, capsys):
     """The GPU image has no IPython: chapters' `display(Markdown(...))` must still run."""
     for name in ("IPython", "IPython.display"):
-        monkeypatch.setitem(sys.modules, name, None)              # `import IPython` now fails
+        monkeypatch.setitem(sys.modules, name, None)  # `import IPython` now fails
     gpu._display_stand_in()
     from IPython.display import Markdown, display
 

@@ -132,10 +132,10 @@ def test_kendall_tau_b_with_ties():
     a = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert float(metrics.kendall_tau(a, a)) == pytest.approx(1.0)
     assert float(metrics.kendall_tau(a, -a)) == pytest.approx(-1.0)
-    b = torch.tensor([1.0, 3.0, 2.0, 4.0])           # one discordant pair of six, no ties
+    b = torch.tensor([1.0, 3.0, 2.0, 4.0])  # one discordant pair of six, no ties
     assert float(metrics.kendall_tau(a, b)) == pytest.approx(4 / 6)
     g = torch.Generator().manual_seed(4)
-    x = torch.randint(0, 4, (3, 5, 30), generator=g).double()     # heavily tied rows
+    x = torch.randint(0, 4, (3, 5, 30), generator=g).double()  # heavily tied rows
     y = torch.randint(0, 3, (3, 5, 30), generator=g).double()
     tau = metrics.kendall_tau(x, y)
     assert tau.shape == (3, 5) and tau.dtype == torch.float64
@@ -157,8 +157,9 @@ def test_float32_softmax_creates_the_ties_float64_avoids():
     other = scores + 40 * torch.randn(2, 128, generator=g)
     assert float((torch.softmax(scores, -1) == 0).float().mean()) > 0.5
     exact = metrics.kendall_tau(scores, other)
-    assert torch.allclose(metrics.kendall_tau(metrics.attention_softmax(scores),
-                                              metrics.attention_softmax(other)), exact)
+    assert torch.allclose(
+        metrics.kendall_tau(metrics.attention_softmax(scores), metrics.attention_softmax(other)), exact
+    )
     assert (metrics.kendall_tau(torch.softmax(scores, -1), torch.softmax(other, -1)) < exact - 0.1).all()
 
 
@@ -204,7 +205,7 @@ def test_bootstrap_ci_has_the_width_of_the_mean_s_standard_error():
     g = torch.Generator().manual_seed(3)
     v = torch.randn(400, generator=g, dtype=F64)
     lo, hi = metrics.bootstrap_ci(v, g)
-    se = float(v.std() / 400 ** 0.5)
+    se = float(v.std() / 400**0.5)
     assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)
     assert abs((lo + hi) / 2 - float(v.mean())) < 0.25 * se
     lo90, hi90 = metrics.bootstrap_ci(v, g, level=0.9)
@@ -218,10 +219,9 @@ def test_tasks_and_prompts():
     for name in data.TASK_NAMES:
         dset = data.make_dataset(name, 30, seed=0)
         assert len(dset) == 30 and int(dset.classes.max()) < dset.task.n_classes
-        ids, spans = data.icl_prompt(dset.task, [(dset.inputs[0], dset.task.labels[0])],
-                                      dset.inputs[1])
+        ids, spans = data.icl_prompt(dset.task, [(dset.inputs[0], dset.task.labels[0])], dset.inputs[1])
         assert ids[0] == data.TOKEN_ID[data.BOS] and len(spans) == 1
-        assert data.decode(ids[spans[0][1]: spans[0][1] + 1]) == data.SEP
+        assert data.decode(ids[spans[0][1] : spans[0][1] + 1]) == data.SEP
     # the cue words are a property of the data set, the same in every split
     assert data.make_dataset("sst2", 5, 0).cues == data.make_dataset("sst2", 5, 9, split="dev").cues
 
@@ -245,8 +245,7 @@ def test_kv_filter_trains_only_keys_and_values():
     torch.manual_seed(0)
     model = TinyLM(LMConfig(layers=2))
     dset = data.make_dataset("sst2", 4, 0)
-    ex = [data.ft_example(dset.task, x, dset.task.labels[int(y)])
-          for x, y in zip(dset.inputs, dset.classes)]
+    ex = [data.ft_example(dset.task, x, dset.task.labels[int(y)]) for x, y in zip(dset.inputs, dset.classes)]
     res = probe.finetune_kv(model, ex, lr=0.5, keep_queries=True)
     before, after = dict(model.named_parameters()), dict(res.model.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n])}
@@ -260,7 +259,7 @@ def test_recorder_matches_model_and_right_padding():
     model = TinyLM(LMConfig(layers=2)).eval()
     dset = data.make_dataset("agnews", 3, 0)
     prompts, _ = probe.build_prompts(dset, [(dset.inputs[0], "World")], max_len=256)
-    prompts[1] = prompts[1][:-3]          # different lengths: right padding must not matter
+    prompts[1] = prompts[1][:-3]  # different lengths: right padding must not matter
     rec = probe.record(model, prompts)
     for i, p in enumerate(prompts):
         alone = probe.record(model, [p])
@@ -279,12 +278,10 @@ def test_recorder_matches_model_and_right_padding():
         assert torch.allclose(out, r.out[layer][0, n - 1], atol=1e-5)
 
 
-@pytest.mark.parametrize("positions, mix, momentum", [("alibi", 3, 0.0), ("sinusoidal", 0, 0.0),
-                                                      ("alibi", 3, 0.9)])
+@pytest.mark.parametrize("positions, mix, momentum", [("alibi", 3, 0.0), ("sinusoidal", 0, 0.0), ("alibi", 3, 0.9)])
 def test_tinylm_is_causal(positions, mix, momentum):
     torch.manual_seed(0)
-    model = TinyLM(LMConfig(layers=2, positions=positions, mix=mix,
-                                          momentum=momentum)).eval()
+    model = TinyLM(LMConfig(layers=2, positions=positions, mix=mix, momentum=momentum)).eval()
     ids = torch.randint(len(data.VOCAB), (1, 30))
     changed = ids.clone()
     changed[0, 20:] = torch.randint(len(data.VOCAB), (10,))
@@ -294,8 +291,9 @@ def test_tinylm_is_causal(positions, mix, momentum):
         LMConfig(positions="rotary")
 
 
-@pytest.mark.parametrize("positions, mix, momentum", [("alibi", 3, 0.0), ("sinusoidal", 0, 0.0),
-                                                      ("alibi", 3, 0.9), ("alibi", 5, 0.0)])
+@pytest.mark.parametrize(
+    "positions, mix, momentum", [("alibi", 3, 0.0), ("sinusoidal", 0, 0.0), ("alibi", 3, 0.9), ("alibi", 5, 0.0)]
+)
 def test_prefix_cache_equals_the_whole_pass(positions, mix, momentum):
     """model(suffix, past=remember(prefix)) = the suffix rows of model(prefix + suffix), also for
     prefixes shorter than the mixing window and for right-padded suffixes of several lengths."""
@@ -337,7 +335,7 @@ def test_scoring_with_a_shared_prefix_equals_the_plain_pass(monkeypatch):
 
 def test_shared_prefix():
     assert probe.shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
-    assert probe.shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2          # each keeps its last token
+    assert probe.shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # each keeps its last token
     assert probe.shared_prefix([[7], [7, 8]]) == 0
     assert probe.shared_prefix([]) == 0
 
@@ -357,7 +355,7 @@ def test_momentum_model_runs_and_differs():
     mo.load_state_dict(base.state_dict())
     ids = torch.randint(len(data.VOCAB), (2, 20))
     a, b = base(ids), mo(ids)
-    assert torch.allclose(a[:, 0], b[:, 0], atol=1e-6)      # no earlier token at position 0
+    assert torch.allclose(a[:, 0], b[:, 0], atol=1e-6)  # no earlier token at position 0
     assert not torch.allclose(a[:, 5], b[:, 5])
 
 
@@ -366,8 +364,18 @@ def test_pipeline_runs_end_to_end_on_a_small_model():
 
     torch.manual_seed(0)
     model = TinyLM(LMConfig(layers=2)).eval()
-    cfg = ex.Config(n_test=12, n_dev=8, k=4, pool=16, demo_seeds=(1, 2), lr_grid=(0.01, 0.1),
-                    eval_seeds=1, kendall_examples=5, permutations=2, names=("sst2", "cb"))
+    cfg = ex.Config(
+        n_test=12,
+        n_dev=8,
+        k=4,
+        pool=16,
+        demo_seeds=(1, 2),
+        lr_grid=(0.01, 0.1),
+        eval_seeds=1,
+        kendall_examples=5,
+        permutations=2,
+        names=("sst2", "cb"),
+    )
     g = torch.Generator().manual_seed(0)
     runs = {n: ex.run_task(model, n, cfg, seed=0) for n in cfg.names}
     for run in runs.values():
@@ -392,7 +400,7 @@ def test_pipeline_runs_end_to_end_on_a_small_model():
         by_hand = float(d_i @ d_f / (d_i.norm() * d_f.norm()))
         assert abs(float(per["simaou"][3, 1]) - by_hand) < 1e-12
     flips = ex.order_flips(model, runs["sst2"], 2, g, n=6)
-    assert set(flips) == {"ICL", "SGD", "GD"} and flips["GD"] < 1e-9     # full-batch GD ignores order
+    assert set(flips) == {"ICL", "SGD", "GD"} and flips["GD"] < 1e-9  # full-batch GD ignores order
     dw = ex.delta_w_cosines(model, runs["sst2"], runs["cb"], n=3)
     assert dw["cos"].shape == (3, 2, 4) and torch.isfinite(dw["cos"]).all()
     emb = ex.untrained_like(model, seed=1, keep_embeddings=True)
@@ -420,7 +428,7 @@ def test_probes_work_on_a_hugging_face_model_offline():
     tuned = probe.finetune_kv(model, ex, lr=0.5).model
     before, after = dict(model.named_parameters()), dict(tuned.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n])}
-    assert changed == set(probe.kv_parameters(model)) and len(changed) == 8   # 2 layers x (W, b) x (K, V)
+    assert changed == set(probe.kv_parameters(model)) and len(changed) == 8  # 2 layers x (W, b) x (K, V)
     assert probe.label_logprobs(model, prompts, data.encode(dset.task.labels)).shape == (3, 2)
 
 
@@ -434,7 +442,7 @@ def test_shipped_weights_are_package_data():
     lib = Path(pretrain.__file__).resolve().parents[2]
     setup = tomllib.loads((lib / "pyproject.toml").read_text())["tool"]["setuptools"]
 
-    def globs(rel: str, pattern: str) -> bool:      # setuptools' "*" stops at "/"
+    def globs(rel: str, pattern: str) -> bool:  # setuptools' "*" stops at "/"
         parts, pats = rel.split("/"), pattern.split("/")
         return len(parts) == len(pats) and all(fnmatch.fnmatch(a, b) for a, b in zip(parts, pats))
 
@@ -454,7 +462,9 @@ def test_perplexity_by_length_is_the_loss_of_cut_sequences():
     by_length = pretrain.perplexity_by_length(model, tokens, (5, 12, 30))
     with torch.no_grad():
         for L in (5, 12, 30):
-            assert by_length[L] == pytest.approx(float(torch.exp(pretrain.lm_loss(model, tokens[:, :L + 1]))), rel=1e-5)
+            assert by_length[L] == pytest.approx(
+                float(torch.exp(pretrain.lm_loss(model, tokens[:, : L + 1]))), rel=1e-5
+            )
     with pytest.raises(ValueError, match="lengths"):
         pretrain.perplexity_by_length(model, tokens, (31,))
 
@@ -462,15 +472,29 @@ def test_perplexity_by_length_is_the_loss_of_cut_sequences():
 def test_pool_short_weights_rates_by_fixed_examples():
     from iclbook.implicit import experiment as ex
 
-    a = {"k": 2, "n_fixed": 30, "acc": {"I": 0.8}, "rec2ftp": 90.0, "null": 60.0, "matched_null": 80.0,
-         "flips": {"ICL": 0.1, "SGD": 0.3}}
-    b = {"k": 2, "n_fixed": 10, "acc": {"I": 0.6}, "rec2ftp": 50.0, "null": 20.0, "matched_null": float("nan"),
-         "flips": {"ICL": 0.3, "SGD": 0.1}}
+    a = {
+        "k": 2,
+        "n_fixed": 30,
+        "acc": {"I": 0.8},
+        "rec2ftp": 90.0,
+        "null": 60.0,
+        "matched_null": 80.0,
+        "flips": {"ICL": 0.1, "SGD": 0.3},
+    }
+    b = {
+        "k": 2,
+        "n_fixed": 10,
+        "acc": {"I": 0.6},
+        "rec2ftp": 50.0,
+        "null": 20.0,
+        "matched_null": float("nan"),
+        "flips": {"ICL": 0.3, "SGD": 0.1},
+    }
     none = dict(b, n_fixed=0, rec2ftp=float("nan"))
     p = ex.pool_short([a, b, none])
     assert p["n_fixed"] == 40 and p["seeds"] == 3
     assert p["rec2ftp"] == pytest.approx((90 * 30 + 50 * 10) / 40)
-    assert p["matched_null"] == pytest.approx(80.0)           # a NaN seed has no say
+    assert p["matched_null"] == pytest.approx(80.0)  # a NaN seed has no say
     assert p["acc"]["I"] == pytest.approx(2 / 3) and p["flips"]["ICL"] == pytest.approx(0.7 / 3)
     with pytest.raises(ValueError):
         ex.pool_short([])
@@ -494,11 +518,13 @@ def test_label_accuracy_by_context_counts_label_tokens_by_examples_seen():
     batch = data.pretraining_batch(16, 96, torch.Generator().manual_seed(0), p_plain=0.0)
     vocab = len(data.VOCAB)
 
-    class Oracle(torch.nn.Module):          # predicts every next token right
+    class Oracle(torch.nn.Module):  # predicts every next token right
         def forward(self, x):
-            return torch.nn.functional.one_hot(batch[:, 1:], vocab).double() if x.shape[1] == batch.shape[1] - 1 else None
+            return (
+                torch.nn.functional.one_hot(batch[:, 1:], vocab).double() if x.shape[1] == batch.shape[1] - 1 else None
+            )
 
-    class Wrong(torch.nn.Module):           # predicts every next token wrong
+    class Wrong(torch.nn.Module):  # predicts every next token wrong
         def forward(self, x):
             return torch.nn.functional.one_hot((batch[:, 1:] + 1) % vocab, vocab).double()
 
@@ -513,17 +539,16 @@ def test_load_shipped_refuses_weights_that_are_not_the_recorded_ones(tmp_path):
 
     folder = tmp_path / "copy"
     shutil.copytree(pretrain.WEIGHTS, folder, ignore=shutil.ignore_patterns("momentum"))
-    model, record = pretrain.load_shipped(folder)               # the intact copy loads
+    model, record = pretrain.load_shipped(folder)  # the intact copy loads
     assert sum(p.numel() for p in model.parameters()) > 0 and record["sha256"]
     blob = bytearray((folder / "tinylm.pt").read_bytes())
-    blob[-100] ^= 0xFF                                        # one flipped byte in the weights
+    blob[-100] ^= 0xFF  # one flipped byte in the weights
     (folder / "tinylm.pt").write_bytes(bytes(blob))
     with pytest.raises(RuntimeError, match="SHA-256"):
         pretrain.load_shipped(folder)
     (folder / "tinylm.json").unlink()
     with pytest.raises(FileNotFoundError, match="retrain"):
         pretrain.load_shipped(folder)
-
 
 
 # --- the chapter's config: every field is checked, none trained ---------------------------------
@@ -548,9 +573,19 @@ def test_config_marks_every_field_as_a_check_and_keeps_the_profiles_values():
     book, smoke, paper = (config.CONFIGS[p] for p in ("book", "smoke", "paper"))
     assert (book.margin, book.min_nonce, book.lexicon_tasks, book.momentum_tasks, book.judged) == (0.15, 4, 5, 6, True)
     assert (paper.margin, paper.min_nonce, paper.lexicon_tasks, paper.momentum_tasks, paper.judged) == (
-        0.15, 4, 5, 6, True)
+        0.15,
+        4,
+        5,
+        6,
+        True,
+    )
     assert (smoke.margin, smoke.min_nonce, smoke.lexicon_tasks, smoke.momentum_tasks, smoke.judged) == (
-        0.05, 2, 2, 3, False)
+        0.05,
+        2,
+        2,
+        3,
+        False,
+    )
     assert (book.n_test, book.n_dev, book.k, book.pool, book.eval_seeds) == (500, 200, 16, 64, 3)
     assert book.demo_seeds == tuple(range(1, 8)) and len(book.lr_grid) == 36 and book.names == data.TASK_NAMES
 
@@ -561,8 +596,18 @@ def test_config_marks_every_field_as_a_check_and_keeps_the_profiles_values():
 def _tiny_cfg(**kw):
     from iclbook.implicit import experiment as ex
 
-    base = dict(n_test=12, n_dev=8, k=4, pool=16, demo_seeds=(1, 2, 3, 4), lr_grid=(0.01, 0.03, 0.1, 0.3),
-                eval_seeds=1, kendall_examples=5, permutations=2, names=("sst2", "cb"))
+    base = dict(
+        n_test=12,
+        n_dev=8,
+        k=4,
+        pool=16,
+        demo_seeds=(1, 2, 3, 4),
+        lr_grid=(0.01, 0.03, 0.1, 0.3),
+        eval_seeds=1,
+        kendall_examples=5,
+        permutations=2,
+        names=("sst2", "cb"),
+    )
     return ex.Config(**{**base, **kw})
 
 
@@ -570,7 +615,7 @@ def test_task_mean_off_ceiling_and_gain_kept_on_hand_built_results():
     from iclbook.implicit import experiment as ex
 
     per = {"a": {"x": 1.0}, "b": {"x": float("nan")}, "c": {"x": 3.0}}
-    assert ex.task_mean(per, ["a", "b", "c"], "x") == 2.0          # a NaN task has no say
+    assert ex.task_mean(per, ["a", "b", "c"], "x") == 2.0  # a NaN task has no say
     assert ex.task_mean(per, ["c"], "x") == 3.0
     short = {"a": {"acc": {"I": 0.7}}, "b": {"acc": {"I": 0.99}}, "c": {"acc": {"I": 0.3}}, "d": {"acc": {"I": 0.5}}}
     # a: off the ceiling; b: at it; c: within 10 points of its chance 0.25; d: chance 0.25, off
@@ -581,7 +626,7 @@ def test_task_mean_off_ceiling_and_gain_kept_on_hand_built_results():
     # two classes: chance 0.5. Seed 1 keeps none of the gain, seed 2 half of it
     runs = [{"seen": 1.0, "unseen": 0.5}, {"seen": 1.0, "unseen": 0.75}]
     assert ex.gain_kept(runs, 2) == 0.25
-    assert ex.gain_kept([{"seen": 0.75, "unseen": 0.125}], 4) == -0.25       # below chance
+    assert ex.gain_kept([{"seen": 0.75, "unseen": 0.125}], 4) == -0.25  # below chance
     with pytest.raises(ValueError):
         ex.gain_kept([], 2)
 
@@ -589,12 +634,17 @@ def test_task_mean_off_ceiling_and_gain_kept_on_hand_built_results():
 def test_momentum_effects_compare_each_eta_with_the_seed_spread():
     from iclbook.implicit import experiment as ex
 
-    rows = [{"eta": 0.0, "ppl": 10.0, "icl": 0.5}, {"eta": 0.0, "ppl": 12.0, "icl": 0.75},
-            {"eta": 0.5, "ppl": 8.0, "icl": 0.75}, {"eta": 0.5, "ppl": 9.0, "icl": 0.75},
-            {"eta": 0.9, "ppl": 11.0, "icl": 1.0}, {"eta": 0.9, "ppl": 11.0, "icl": 1.0}]
+    rows = [
+        {"eta": 0.0, "ppl": 10.0, "icl": 0.5},
+        {"eta": 0.0, "ppl": 12.0, "icl": 0.75},
+        {"eta": 0.5, "ppl": 8.0, "icl": 0.75},
+        {"eta": 0.5, "ppl": 9.0, "icl": 0.75},
+        {"eta": 0.9, "ppl": 11.0, "icl": 1.0},
+        {"eta": 0.9, "ppl": 11.0, "icl": 1.0},
+    ]
     out = ex.momentum_effects(rows)
     assert out["base"]["ppl"].tolist() == [10.0, 12.0]
-    assert out["spread"] == {"ppl": 2.0, "icl": 0.25}                 # the largest range within one eta
+    assert out["spread"] == {"ppl": 2.0, "icl": 0.25}  # the largest range within one eta
     assert out["gain"] == {"ppl": {0.5: -2.5, 0.9: 0.0}, "icl": {0.5: 0.125, 0.9: 0.375}}
     # eta 0.5 lowers perplexity by more than the spread; eta 0.9 raises ICL accuracy by more than it
     assert out["beyond"] == {"ppl": [0.5], "icl": [0.9]}
@@ -615,20 +665,25 @@ def test_momentum_study_reads_each_shipped_model(tmp_path):
     from iclbook.implicit import experiment as ex
     from iclbook.implicit import retrain
 
-    evals = {0.0: [{"step": 100, "acc_9_99": 0.5}, {"step": 200, "acc_9_99": 0.85}, {"step": 300, "acc_9_99": 0.9}],
-             0.5: [{"step": 100, "acc_9_99": 0.2}, {"step": 200, "acc_9_99": 0.79}]}
+    evals = {
+        0.0: [{"step": 100, "acc_9_99": 0.5}, {"step": 200, "acc_9_99": 0.85}, {"step": 300, "acc_9_99": 0.9}],
+        0.5: [{"step": 100, "acc_9_99": 0.2}, {"step": 200, "acc_9_99": 0.79}],
+    }
     models = {}
     for eta, seed in ((0.5, 2), (0.0, 1)):
         with runtime.seeded(seed):
             m = TinyLM(LMConfig(layers=1, momentum=eta)).eval()
-        history = {"model": dataclasses.asdict(m.cfg), "pretrain": dataclasses.asdict(pretrain.PretrainConfig(seed=seed)),
-                   "evals": evals[eta]}
+        history = {
+            "model": dataclasses.asdict(m.cfg),
+            "pretrain": dataclasses.asdict(pretrain.PretrainConfig(seed=seed)),
+            "evals": evals[eta],
+        }
         retrain.save(m, history, tmp_path / f"eta{eta}_seed{seed}")
         models[eta] = m
     held_out = data.pretraining_batch(3, 40, torch.Generator().manual_seed(1), p_plain=0.0)
     pools = {n: (data.make_dataset(n, 10, 0, split="train"), data.make_dataset(n, 6, 0)) for n in ("sst2", "cb")}
     rows = ex.momentum_study(tmp_path, held_out, pools, 2, lambda: torch.Generator().manual_seed(3), (10, 40))
-    assert [(r["eta"], r["seed"]) for r in rows] == [(0.0, 1), (0.5, 2)]        # folder order
+    assert [(r["eta"], r["seed"]) for r in rows] == [(0.0, 1), (0.5, 2)]  # folder order
     assert rows[0]["cliff"] == 200 and math.isnan(rows[1]["cliff"])
     assert rows[0]["evals"] == evals[0.0]
     for r in rows:
@@ -639,11 +694,13 @@ def test_momentum_study_reads_each_shipped_model(tmp_path):
                 assert r["ppl_at"][L] == pytest.approx(ppl, rel=1e-5)
         assert r["ppl"] == r["ppl_at"][40]
         assert r["few"] == pretrain.label_accuracy_by_context(m, held_out)["acc_1_3"]
-        g = torch.Generator().manual_seed(3)                          # one fresh draw per model
-        icl = [probe.accuracy(probe.predict(m, test, probe.demonstrations(pool, 2, g)), test)
-               for pool, test in pools.values()]
+        g = torch.Generator().manual_seed(3)  # one fresh draw per model
+        icl = [
+            probe.accuracy(probe.predict(m, test, probe.demonstrations(pool, 2, g)), test)
+            for pool, test in pools.values()
+        ]
         assert r["icl"] == pytest.approx(sum(icl) / 2, abs=1e-12)
-    assert rows[0]["ppl"] != rows[1]["ppl"]                           # two different models were read
+    assert rows[0]["ppl"] != rows[1]["ppl"]  # two different models were read
 
 
 def test_short_context_reads_the_protocol_with_k_demonstrations(monkeypatch):
@@ -653,7 +710,7 @@ def test_short_context_reads_the_protocol_with_k_demonstrations(monkeypatch):
 
     task = data.TASKS["sst5"]
     test = data.Dataset(task, [["dull"]] * 6, torch.tensor([0, 1, 2, 0, 3, 1]))
-    demos = [(["fine"], task.labels[1]), (["flat"], task.labels[0])]      # cover classes 0 and 1
+    demos = [(["fine"], task.labels[1]), (["flat"], task.labels[0])]  # cover classes 0 and 1
     masks = {"Z": [0, 0, 0, 0, 0, 1], "F": [1, 1, 1, 0, 1, 1], "I": [1, 1, 0, 1, 0, 1]}
     right = {k: torch.tensor(v, dtype=torch.bool) for k, v in masks.items()}
     seen = {}
@@ -675,10 +732,10 @@ def test_short_context_reads_the_protocol_with_k_demonstrations(monkeypatch):
     assert seen["record"] is False and seen["select_on_test"] is False and seen["seed"] == 7
     assert seen["permutations"] == 3 and seen["n_order"] == 50
     assert out["k"] == 2 and out["flips"] == {"ICL": 0.1, "SGD": 0.3, "GD": 0.0}
-    assert out["covered"] == pytest.approx(4 / 6)      # queries 0, 1, 3, 5 have a class the demos show
-    assert out["n_fixed"] == 4                         # Z wrong, F right: 0, 1, 2, 4
-    assert out["rec2ftp"] == pytest.approx(50.0)       # of them ICL right: 0, 1
-    assert out["null"] == pytest.approx(60.0)          # Z wrong: 0-4; ICL right: 0, 1, 3
+    assert out["covered"] == pytest.approx(4 / 6)  # queries 0, 1, 3, 5 have a class the demos show
+    assert out["n_fixed"] == 4  # Z wrong, F right: 0, 1, 2, 4
+    assert out["rec2ftp"] == pytest.approx(50.0)  # of them ICL right: 0, 1
+    assert out["null"] == pytest.approx(60.0)  # Z wrong: 0-4; ICL right: 0, 1, 3
     # strata: covered (fixed 0, 1; ICL right on every Z-wrong covered query) and not (fixed 2, 4;
     # ICL right on none): 1/2 * 100% + 1/2 * 0%
     assert out["matched_null"] == pytest.approx(50.0)
@@ -741,5 +798,5 @@ def test_cue_moved_runs_the_protocol_with_the_cue_never_last(monkeypatch):
         assert torch.equal(dset.classes, data.make_dataset("mr", n, 4, split=split).classes)
     monkeypatch.undo()
     torch.manual_seed(0)
-    run = ex.cue_moved(TinyLM(LMConfig(layers=1)).eval(), "mr", cfg, 4)     # the real protocol runs
+    run = ex.cue_moved(TinyLM(LMConfig(layers=1)).eval(), "mr", cfg, 4)  # the real protocol runs
     assert set(run.acc) >= {"Z", "I", "F", "nonce"} and run.lr == 0.01

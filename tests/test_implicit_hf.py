@@ -34,12 +34,13 @@ def test_text_codec_gives_the_word_codecs_ids(text_codec, name):
     demos = [(data.inputs[i], data.task.labels[int(data.classes[i])]) for i in range(8)]
     for max_len in (None, 60):
         for x, xt in zip(data.inputs[8:], text.inputs[8:]):
-            assert (text_codec.prompt(data.task, as_text_demos(demos), xt, max_len)
-                    == codec.WORDS.prompt(data.task, demos, x, max_len))
+            assert text_codec.prompt(data.task, as_text_demos(demos), xt, max_len) == codec.WORDS.prompt(
+                data.task, demos, x, max_len
+            )
     x, y = demos[0]
     assert text_codec.example(data.task, " ".join(x), y) == codec.WORDS.example(data.task, x, y)
     assert text_codec.label_ids(data.task.labels) == codec.WORDS.label_ids(data.task.labels)
-    assert text_codec.nonce_pool == tasks.NONCE_LABELS       # single tokens: all distinct
+    assert text_codec.nonce_pool == tasks.NONCE_LABELS  # single tokens: all distinct
 
 
 def test_text_path_reproduces_the_word_path_run(text_codec):
@@ -63,14 +64,14 @@ def test_codec_errors(text_codec):
         probe.nonce_labels(tasks.TASKS["sst5"], torch.Generator(), pool=("dax", "wug"))
     cfg = experiment.Config(n_test=4, n_dev=4, k=2, pool=4)
     with pytest.raises(ValueError, match="given for 'mr'"):
-        experiment.run_task(TinyLM(LMConfig(layers=1)), "mr", cfg, 0,
-                            data=experiment.splits("sst2", cfg, 0))
+        experiment.run_task(TinyLM(LMConfig(layers=1)), "mr", cfg, 0, data=experiment.splits("sst2", cfg, 0))
 
 
 def test_text_codec_on_a_subword_tokenizer():
     """Label words are scored by their first token; words whose first tokens collide are refused,
     and the nonce pool keeps only words with distinct first tokens."""
-    class Chars:                              # a character tokenizer: "dax" and "dog" collide
+
+    class Chars:  # a character tokenizer: "dax" and "dog" collide
         bos_token_id, eos_token_id, pad_token_id = 0, 1, None
 
         def __call__(self, text, add_special_tokens=False):
@@ -83,7 +84,7 @@ def test_text_codec_on_a_subword_tokenizer():
     firsts = [w[0] for w in c.nonce_pool]
     assert len(firsts) == len(set(firsts)) and len(c.nonce_pool) >= 5
     ids, spans = c.prompt(tasks.TASKS["sst2"], [("fine", "Positive")], "dull")
-    assert ids[0] == 0 and ids[spans[0][1]] == 1          # BOS, then SEP after the demonstration
+    assert ids[0] == 0 and ids[spans[0][1]] == 1  # BOS, then SEP after the demonstration
 
 
 # --- the real data sets, on hand-made records -----------------------------------------------
@@ -92,8 +93,10 @@ def test_text_codec_on_a_subword_tokenizer():
 def test_records_become_paper_prompts(text_codec):
     cb = hf.from_records("cb", [{"premise": "The cat sat.", "hypothesis": "A cat sat", "label": 2}])
     assert cb.inputs == ["The cat sat. Question: A cat sat."] and cb.classes.tolist() == [2]
-    assert (codec.TextCodec.text(cb.task, cb.inputs[0], "Neither")
-            == "The cat sat. Question: A cat sat. True, False, or Neither? Answer: Neither")
+    assert (
+        codec.TextCodec.text(cb.task, cb.inputs[0], "Neither")
+        == "The cat sat. Question: A cat sat. True, False, or Neither? Answer: Neither"
+    )
     sst2 = hf.from_records("sst2", [{"sentence": "a fine film ", "label": 1}])
     assert codec.TextCodec.text(sst2.task, sst2.inputs[0]) == "Sentence: a fine film Label:"
     agnews = hf.from_records("agnews", [{"text": "Stocks rose", "label": 2}])
@@ -102,7 +105,7 @@ def test_records_become_paper_prompts(text_codec):
 
 def test_record_errors():
     with pytest.raises(ValueError, match="outside"):
-        hf.from_records("sst2", [{"sentence": "x", "label": -1}])      # GLUE's unlabelled test split
+        hf.from_records("sst2", [{"sentence": "x", "label": -1}])  # GLUE's unlabelled test split
     with pytest.raises(ValueError, match="expected 'objective'"):
         hf.from_records("subj", [{"text": "x", "label": 0, "label_text": "subjective"}])
     # the same order in another case or with stray spaces is the same label
@@ -127,7 +130,7 @@ def test_splits_of_a_real_task():
     assert not set(pool.inputs) & set(dev.inputs) and all(x.startswith("train") for x in pool.inputs)
     assert all(x.startswith("validation") for x in test.inputs)
     other = hf.splits("mr", cfg, seed=4, loader=loader)
-    assert other[2].inputs == test.inputs and other[0].inputs != pool.inputs   # test fixed (seed 1)
+    assert other[2].inputs == test.inputs and other[0].inputs != pool.inputs  # test fixed (seed 1)
     with pytest.raises(ValueError, match="training records"):
         hf.splits("mr", experiment.Config(n_test=10, n_dev=30, pool=16), seed=0, loader=loader)
 
@@ -139,7 +142,7 @@ def test_offline_run_on_a_tiny_opt(tmp_path, monkeypatch):
     monkeypatch.setenv("ICLBOOK_PROGRESS", "0")
     out = tmp_path / "dry.json"
     hf.main(["--dry-run", "--profile", "smoke", "--tasks", "sst2", "cb", "--out", str(out)])
-    record = json.loads(out.read_text())           # strict JSON: NaN written as null
+    record = json.loads(out.read_text())  # strict JSON: NaN written as null
     assert set(record["tasks"]) == {"sst2", "cb"}
     for r in record["tasks"].values():
         assert set(r["acc"]) >= {"Z", "I", "F", "nonce"} and 0 <= r["acc"]["I"] <= 1
@@ -153,8 +156,9 @@ def test_run_survives_demonstration_counts_that_vary_per_query(monkeypatch):
     keeps 4 of them for some queries and 5 for others (as 2,048 tokens did for the paper's CB and
     AGNews): every statistic, Kendall included, must use each prompt's own demonstrations."""
     monkeypatch.setenv("ICLBOOK_PROGRESS", "0")
-    res = hf.run(hf.tiny_opt(0), hf.word_tokenizer(), ["cb"], cfg=hf.CONFIGS["smoke"],
-                 loader=hf.synthetic_loader, max_len=120)
+    res = hf.run(
+        hf.tiny_opt(0), hf.word_tokenizer(), ["cb"], cfg=hf.CONFIGS["smoke"], loader=hf.synthetic_loader, max_len=120
+    )
     kept = res["cb"]["demonstrations_in_context"]
     assert (kept["min"], kept["max"]) == (4, 5)
     assert all(math.isfinite(res["cb"]["stats"][k]) for k in ("kendall", "kendall_q_zero"))  # every prompt ranked
@@ -237,7 +241,7 @@ def test_batches_shrink_for_long_prompts_and_large_vocabularies():
     assert probe.vocab_size(model) == len(tasks.VOCAB)
     assert probe.vocab_size(TinyLM(LMConfig(layers=1))) == len(tasks.VOCAB)
     assert probe.rows_per_batch(model, [[0] * 100], cap=256) == 256
-    model.config.vocab_size = 50_272                          # OPT's vocabulary, 2,048 tokens
+    model.config.vocab_size = 50_272  # OPT's vocabulary, 2,048 tokens
     assert probe.rows_per_batch(model, [[0] * 2048], cap=256) == 2**27 // (2048 * 50_272)
     assert probe.rows_per_batch(model, [[0] * 10**6], cap=256) == 1
 

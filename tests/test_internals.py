@@ -22,8 +22,9 @@ C_CFG = replace(cx.CONFIGS["smoke"], N=6, width=16)
 
 
 def _one_layer():
-    prompts = pt.sample_prompts(pt.in_domain(P_CFG, "train"), 5, alpha=0.8, l=7, cfg=P_CFG,
-                                generator=runtime.generator(0))
+    prompts = pt.sample_prompts(
+        pt.in_domain(P_CFG, "train"), 5, alpha=0.8, l=7, cfg=P_CFG, generator=runtime.generator(0)
+    )
     return pt.OneLayerICL(P_CFG, seed=0), prompts.tokens, "output", {"attention": (5, 7), "hidden": (5, P_CFG.m)}
 
 
@@ -40,8 +41,12 @@ def _induction(net):
 def _block():
     tokens, _ = cx.sample_prompts(5, N=C_CFG.N, d=C_CFG.d, generator=torch.Generator().manual_seed(0))
     block = cx.make_block("softmax", C_CFG, "skip", seed=0)
-    return block, tokens, "prediction", {"mlp_input": (5, block.layer.d_out), "pre": (5, C_CFG.width),
-                                         "output": (5, block.d_model)}
+    return (
+        block,
+        tokens,
+        "prediction",
+        {"mlp_input": (5, block.layer.d_out), "pre": (5, C_CFG.width), "output": (5, block.d_model)},
+    )
 
 
 def _tiny_lm():
@@ -59,8 +64,14 @@ def _small_gpt():
     return model, tokens, "output", {"blocks": (2, 5, 8, 16), "final": (5, 16)}
 
 
-CASES = {"OneLayerICL": _one_layer, "SmallGPT": _small_gpt, "InductionNet": lambda: _induction(ih.InductionNet),
-         "MinimalNet": lambda: _induction(ih.MinimalNet), "ContextualBlock": _block, "TinyLM": _tiny_lm}
+CASES = {
+    "OneLayerICL": _one_layer,
+    "SmallGPT": _small_gpt,
+    "InductionNet": lambda: _induction(ih.InductionNet),
+    "MinimalNet": lambda: _induction(ih.MinimalNet),
+    "ContextualBlock": _block,
+    "TinyLM": _tiny_lm,
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -17,7 +17,12 @@ def test_at_least_at_most_between_give_verdicts_from_numbers():
     assert [c.verdict(v) for v in (0.0, 0.03, 0.2)] == ["reproduced", "partly", "not reproduced"]
     c = ledger.between(-0.9, -0.4, partly=(-1.5, -0.3))
     assert [c.verdict(v) for v in (-0.67, -1.2, -0.35, -2.0, 0.1)] == [
-        "reproduced", "partly", "partly", "not reproduced", "not reproduced"]
+        "reproduced",
+        "partly",
+        "partly",
+        "not reproduced",
+        "not reproduced",
+    ]
     assert ledger.at_least(1).verdict(0.5) == "not reproduced"  # no partly band
 
 
@@ -32,8 +37,15 @@ def test_holds_uses_the_computed_booleans():
     assert ledger.holds("x", False).verdict(None) == "not reproduced"
 
 
-@pytest.mark.parametrize("make", [lambda: ledger.at_least(0.5, partly=0.9), lambda: ledger.at_most(0.5, partly=0.1),
-                                  lambda: ledger.between(1, 0), lambda: ledger.between(0, 1, partly=(0.2, 2))])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ledger.at_least(0.5, partly=0.9),
+        lambda: ledger.at_most(0.5, partly=0.1),
+        lambda: ledger.between(1, 0),
+        lambda: ledger.between(0, 1, partly=(0.2, 2)),
+    ],
+)
 def test_inconsistent_criteria_are_refused(make):
     with pytest.raises(ValueError):
         make()
@@ -47,8 +59,7 @@ def test_claims_never_fail_identities_and_sanity_do():
     led = ledger.Ledger("09", "test")
     row = led.claim("c", paper="p", ours="o", value=0.1, criterion=ledger.at_least(0.9))
     assert row.verdict == "not reproduced" and led.all_passed
-    led.control("k", paper="p", ours="o", value=0.1, criterion=ledger.at_least(0.9),
-                inconclusive="at ceiling")
+    led.control("k", paper="p", ours="o", value=0.1, criterion=ledger.at_least(0.9), inconclusive="at ceiling")
     assert led.rows[-1].verdict == "inconclusive" and led.rows[-1].reason == "at ceiling"
     led.identity("i", gap=1e-15, tol=1e-10)
     assert led.all_passed
@@ -97,8 +108,9 @@ def test_record_round_trip_and_comparison(tmp_path, monkeypatch):
     monkeypatch.setenv("ICLBOOK_PROFILE", "book")
     monkeypatch.setenv("ICLBOOK_SEED", "0")
     led = ledger.Ledger("07", "Paper", page="book/07_x")
-    led.claim("c1", paper="p", ours="o", value=0.95, interval=(0.9, 1.0), criterion=ledger.at_least(0.9),
-              section="sec-x")
+    led.claim(
+        "c1", paper="p", ours="o", value=0.95, interval=(0.9, 1.0), criterion=ledger.at_least(0.9), section="sec-x"
+    )
     led.claim("c2", paper="p", ours="o", value=math.nan, criterion=ledger.at_least(0.9))
     led.identity("i1", gap=1e-16, tol=1e-10)
     path = led.save(tmp_path)
@@ -126,18 +138,43 @@ def test_a_foreign_json_is_not_a_record(tmp_path):
 
 
 def _record(chapter, seed, rows):
-    return {"chapter": chapter, "seed": seed, "profile": "book", "source": "S", "page": f"book/{chapter}_x",
-            "rows": rows}
+    return {
+        "chapter": chapter,
+        "seed": seed,
+        "profile": "book",
+        "source": "S",
+        "page": f"book/{chapter}_x",
+        "rows": rows,
+    }
 
 
 def _row(key, verdict, value, kind="claim"):
-    return {"key": key, "claim": key, "kind": kind, "verdict": verdict, "value": value, "paper": "p",
-            "ours": "o", "criterion": "c", "reason": "", "section": None, "interval": None}
+    return {
+        "key": key,
+        "claim": key,
+        "kind": kind,
+        "verdict": verdict,
+        "value": value,
+        "paper": "p",
+        "ours": "o",
+        "criterion": "c",
+        "reason": "",
+        "section": None,
+        "interval": None,
+    }
 
 
 def test_seed_table_and_dashboard_tables():
-    per_seed = {s: [_record("01", s, [_row("a", "reproduced" if s else "partly", 0.1 * (s + 1)),
-                                      _row("i", "holds", 1e-15, kind="identity")])] for s in range(3)}
+    per_seed = {
+        s: [
+            _record(
+                "01",
+                s,
+                [_row("a", "reproduced" if s else "partly", 0.1 * (s + 1)), _row("i", "holds", 1e-15, kind="identity")],
+            )
+        ]
+        for s in range(3)
+    }
     table = records.seed_table(per_seed, profile="book", about={"commit": "abc"})
     entry = table["chapters"]["01"]["a"]
     assert entry["verdicts"] == {"0": "partly", "1": "reproduced", "2": "reproduced"}
@@ -164,8 +201,13 @@ def test_cli_writes_and_diffs_expected_verdicts(tmp_path, monkeypatch, capsys):
 
 
 def test_seed_run_summary_names_kept_chapters():
-    seeds = {"profile": "book", "seeds": [0, 1], "created": "2026-12-03T10:00+00:00", "commit": "abc",
-             "kept": {"01": {"created": "2026-12-02T10:00+00:00", "commit": "old"}}}
+    seeds = {
+        "profile": "book",
+        "seeds": [0, 1],
+        "created": "2026-12-03T10:00+00:00",
+        "commit": "abc",
+        "kept": {"01": {"created": "2026-12-02T10:00+00:00", "commit": "old"}},
+    }
     text = records.seed_run_summary(seeds)
     assert "chapter 01 from an earlier run (2026-12-02T10:00+00:00, commit old)" in text and "commit abc" in text
     seeds["dropped"] = {"03": "changed after this run"}
@@ -179,10 +221,22 @@ def test_keep_other_chapters_merges_a_partial_seed_run():
     spec = importlib.util.spec_from_file_location("seeds", Path(__file__).parents[1] / "benchmarks" / "seeds.py")
     seeds = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seeds)
-    old = {"profile": "book", "seeds": [0, 1], "created": "t0", "commit": "c0", "seconds": {"01": {"0": 1.0}},
-           "chapters": {"01": {"a": {}}, "03": {"old": {}}}}
-    new = {"profile": "book", "seeds": [0, 1], "created": "t1", "commit": "c1", "seconds": {"03": {"0": 2.0}},
-           "chapters": {"03": {"new": {}}}}
+    old = {
+        "profile": "book",
+        "seeds": [0, 1],
+        "created": "t0",
+        "commit": "c0",
+        "seconds": {"01": {"0": 1.0}},
+        "chapters": {"01": {"a": {}}, "03": {"old": {}}},
+    }
+    new = {
+        "profile": "book",
+        "seeds": [0, 1],
+        "created": "t1",
+        "commit": "c1",
+        "seconds": {"03": {"0": 2.0}},
+        "chapters": {"03": {"new": {}}},
+    }
     merged = seeds.keep_other_chapters(new, old)
     assert merged["chapters"] == {"03": {"new": {}}, "01": {"a": {}}}
     assert merged["kept"] == {"01": {"created": "t0", "commit": "c0"}}
@@ -193,10 +247,18 @@ def test_keep_other_chapters_merges_a_partial_seed_run():
 
 def test_runtime_line_reads_the_seed_run(tmp_path):
     path = tmp_path / "seeds-book.json"
-    assert "benchmarks/README.md" in records.runtime_line("02", path)          # no seed table here
-    path.write_text(json.dumps({"profile": "book", "machine": "x86_64, 2 CPUs", "created": "2026-12-03T12:09",
-                                "seconds": {"02": {"0": 170.2, "1": 176.1, "2": 149.1, "3": 142.1}},
-                                "kept": {"01": {"created": "2026-11-30T10:00"}}}))
+    assert "benchmarks/README.md" in records.runtime_line("02", path)  # no seed table here
+    path.write_text(
+        json.dumps(
+            {
+                "profile": "book",
+                "machine": "x86_64, 2 CPUs",
+                "created": "2026-12-03T12:09",
+                "seconds": {"02": {"0": 170.2, "1": 176.1, "2": 149.1, "3": 142.1}},
+                "kept": {"01": {"created": "2026-11-30T10:00"}},
+            }
+        )
+    )
     line = records.runtime_line("02", path)
     assert "about 160 s at the book profile" in line and "median of 4 seeds" in line and "2026-12-03" in line
     assert "not in the seed run" in records.runtime_line("04", path)

@@ -35,7 +35,7 @@ def test_layer2_pieces_are_the_networks(setup):
     part = lenses.layer2(model, ic.tokens)
     assert torch.allclose(model.mlp(part.a_full), model(ic.tokens), atol=1e-12)
     q = part.h[:, -1]
-    assert torch.allclose(part.a_red, q + q @ model.v2.T, atol=1e-12)   # attention 1 on itself
+    assert torch.allclose(part.a_red, q + q @ model.v2.T, atol=1e-12)  # attention 1 on itself
     alone = model(ic.tokens[:, -1:])
     assert torch.allclose(model.mlp(part.a_alone), alone, atol=1e-12)
     with pytest.raises(TypeError, match="InductionNet"):
@@ -59,7 +59,7 @@ def test_repeat_query_puts_a_context_item_in_the_query_slot(setup):
     other = (match + 1) % N
     rows = torch.arange(len(ic))
     assert torch.equal(tokens[:, -1, P:], ic.tokens[rows, 2 * other, P:])
-    assert torch.equal(tokens[:, -1, :P].argmax(-1), ic.shift + 2 * N)   # the query's position slot
+    assert torch.equal(tokens[:, -1, :P].argmax(-1), ic.shift + 2 * N)  # the query's position slot
     assert torch.equal(tokens[:, -1, :P].sum(-1), torch.ones(len(ic), dtype=tokens.dtype))
     assert torch.equal(tokens[:, :-1], ic.tokens[:, :-1])
     assert torch.equal(target, ic.context_labels[rows, other])
@@ -73,16 +73,16 @@ def test_dual_form_identity_and_the_finetuning_step_by_autograd(setup):
     # brute force for sequence 0: one SGD step on V2 from its context pairs, each item alone
     m = copy.deepcopy(model)
     N = SMALL.N
-    items = ic.tokens[0, 0:2 * N:2].unsqueeze(1)                  # (N, 1, d)
+    items = ic.tokens[0, 0 : 2 * N : 2].unsqueeze(1)  # (N, 1, d)
     loss = torch.nn.functional.cross_entropy(m(items), ic.context_labels[0], reduction="sum")
     (gv2,) = torch.autograd.grad(loss, m.v2)
     part = lenses.layer2(model, ic.tokens[:1])
     hq = part.h[0, -1]
     ft_shift = -lr * gv2 @ hq
     from iclbook.implicit import metrics
+
     expected = metrics.simaou(part.a_full, part.a_red, part.a_red + ft_shift)
-    one = lenses.dual_form_update(model, ic.map(lambda t: t[:1]),
-                                  n=1, lr=lr)
+    one = lenses.dual_form_update(model, ic.map(lambda t: t[:1]), n=1, lr=lr)
     assert one["simaou"] == pytest.approx(float(expected[0]), abs=1e-10)
 
 
@@ -90,7 +90,7 @@ def test_same_class_attention_is_uniform_share_when_layer_two_is_blind(setup):
     model, ic = setup
     blind = copy.deepcopy(model)
     with torch.no_grad():
-        blind.q2.zero_()                                           # every layer-2 logit 0
+        blind.q2.zero_()  # every layer-2 logit 0
     share = lenses.same_class_attention(blind, ic)
     n_match = (ic.classes == ic.query_class[:, None]).sum(1).double()
     assert share == pytest.approx(float((2 * n_match / SMALL.T).mean()), abs=1e-12)
@@ -125,7 +125,10 @@ def test_relaxed_icl_batched_equals_one_prompt_at_a_time():
     g = gen(5)
     d, n_demo, n = 6, 4, 2
     w_k, w_v = torch.randn(d, d, generator=g, dtype=torch.float64), torch.randn(d, d, generator=g, dtype=torch.float64)
-    xd, x = torch.randn(3, d, n_demo, generator=g, dtype=torch.float64), torch.randn(3, d, n, generator=g, dtype=torch.float64)
+    xd, x = (
+        torch.randn(3, d, n_demo, generator=g, dtype=torch.float64),
+        torch.randn(3, d, n, generator=g, dtype=torch.float64),
+    )
     q = torch.randn(3, d, generator=g, dtype=torch.float64)
     batched = dual_form.relaxed_icl(w_k, w_v, xd, x, q)
     for b in range(3):

@@ -75,7 +75,7 @@ def test_links_check_catches_a_stale_badge(tmp_path):
     assert links.problems(tmp_path) == []
     cfg = (tmp_path / "_config.yml").read_text().replace("icl-mechanistically/icl-book", "someone/fork")
     (tmp_path / "_config.yml").write_text(cfg)
-    assert len(links.problems(tmp_path)) == 2                   # the badge and the install target
+    assert len(links.problems(tmp_path)) == 2  # the badge and the install target
     links.rewrite(tmp_path)
     assert links.problems(tmp_path) == []
     assert "someone/fork@v" in (tmp_path / "book" / CHAPTERS[0].name).read_text()
@@ -94,8 +94,13 @@ def test_chapter_is_in_the_toc_starts_and_ends_through_the_library(md):
         assert stale not in text, f"{md.name} does by hand what chapter.start does: {stale}"
     # the one smoke convention (ch.unjudged): no branch on the profile's name, no block of
     # checks skipped at smoke (its rows are recorded inconclusive, with the reason)
-    for branch in ('PROFILE == "smoke"', 'PROFILE != "smoke"', "if cfg.checks", "if cfg.gpt_trend_checks",
-                   "display(Markdown(ledger.table"):
+    for branch in (
+        'PROFILE == "smoke"',
+        'PROFILE != "smoke"',
+        "if cfg.checks",
+        "if cfg.gpt_trend_checks",
+        "display(Markdown(ledger.table",
+    ):
         assert branch not in text, f"{md.name}: {branch!r} (use ch.unjudged / a config field / ch.table)"
 
 
@@ -114,16 +119,21 @@ def test_every_chapter_follows_the_layout_rule():
         importlib.import_module(f"iclbook.{row['module']}")
         assert (ROOT / "tests" / f"test_{row['tests']}.py").exists()
         parent, _, last = f"iclbook.{row['module']}".rpartition(".")
-        imported = rf"from {re.escape(parent)} import [^\n]*\b{last}\b" + (rf" as {row['alias']}\b" if row["alias"] != last else "")
-        assert re.search(imported, pages[number].read_text()), f"{pages[number].name} does not import {row['module']} as {row['alias']}"
+        imported = rf"from {re.escape(parent)} import [^\n]*\b{last}\b" + (
+            rf" as {row['alias']}\b" if row["alias"] != last else ""
+        )
+        assert re.search(imported, pages[number].read_text()), (
+            f"{pages[number].name} does not import {row['module']} as {row['alias']}"
+        )
         package = row["package"]
         if package is None:
             continue
         folder = Path(iclbook.__file__).parent / package
         modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
         listed = {name.rpartition(".")[2] for name in chapter.rooms(number).values()}
-        assert modules == listed, (f"iclbook.{package}'s modules {sorted(modules)} are not the rooms "
-                                   f"chapter.CHAPTERS lists {sorted(listed)}")
+        assert modules == listed, (
+            f"iclbook.{package}'s modules {sorted(modules)} are not the rooms chapter.CHAPTERS lists {sorted(listed)}"
+        )
         for room in chapter.ROOMS:
             importlib.import_module(chapter.rooms(number)[room])
 

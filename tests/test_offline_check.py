@@ -38,10 +38,12 @@ def test_raw_tex_is_caught(tmp_path, monkeypatch):
 
 
 def test_remote_and_missing_images_and_no_table(tmp_path, monkeypatch):
-    bad = (GOOD.replace("_static/mathjax/tex-chtml.js", "https://cdn.jsdelivr.net/npm/mathjax@3/tex-chtml.js")
-               .replace("../_images/fig.png", "../_images/gone.png")
-               .replace("<th>verdict</th>", "<th>result</th>")
-           + '<img src="https://colab.research.google.com/assets/colab-badge.svg">')
+    bad = (
+        GOOD.replace("_static/mathjax/tex-chtml.js", "https://cdn.jsdelivr.net/npm/mathjax@3/tex-chtml.js")
+        .replace("../_images/fig.png", "../_images/gone.png")
+        .replace("<th>verdict</th>", "<th>result</th>")
+        + '<img src="https://colab.research.google.com/assets/colab-badge.svg">'
+    )
     problems = check(tmp_path, bad, monkeypatch)
     assert any("remote resource <script" in p for p in problems)
     assert any("remote resource <img" in p for p in problems)

@@ -43,7 +43,7 @@ def test_task_split_covers_every_pattern_both_ways():
 def test_prompt_shapes_and_query():
     p = big_batch(n=7, l=5)
     assert p.tokens.shape == (7, 6, CFG.d) and p.target.shape == (7,) and p.same.shape == (7, 5)
-    assert torch.all(p.tokens[:, -1, CFG.d_X:] == 0), "the query carries no label"
+    assert torch.all(p.tokens[:, -1, CFG.d_X :] == 0), "the query carries no label"
     assert set(p.target.tolist()) <= {-1.0, 1.0}
 
 
@@ -62,13 +62,13 @@ def test_alpha_fraction_and_label_balance(alpha):
 
 def test_labels_follow_the_task_and_the_embedding():
     p = big_batch(n=500, l=10)
-    label_part = p.tokens[:, :-1, CFG.d_X:]
+    label_part = p.tokens[:, :-1, CFG.d_X :]
     assert torch.allclose(label_part[..., 0], p.labels.float())
     assert torch.all(label_part[..., 1:] == 0)
     # inputs are mu_j + kappa nu_k with |kappa| <= K: the relevant part has norm beta exactly
     x = p.tokens[:, :-1, : CFG.M1]
     assert torch.allclose(x.norm(dim=-1), torch.full(x.shape[:2], CFG.beta))
-    noise = p.tokens[:, :-1, CFG.M1: CFG.d_X].norm(dim=-1)
+    noise = p.tokens[:, :-1, CFG.M1 : CFG.d_X].norm(dim=-1)
     assert float(noise.max()) <= CFG.kappa + 1e-6
 
 
@@ -146,12 +146,9 @@ def test_pruning_masks():
     assert ratio < 1.1  # one group: the split finds no real gap
 
 
-
-
 def test_short_training_lowers_the_hinge_loss():
     cfg = pt.Config(steps=60, checkpoint_every=30)
-    models, hist = pt.train_models(cfg, [0, 1], steps=60,
-                                   on_checkpoint=lambda step, ms: {"n": len(ms)})
+    models, hist = pt.train_models(cfg, [0, 1], steps=60, on_checkpoint=lambda step, ms: {"n": len(ms)})
     assert len(models) == 2 and [c["step"] for c in hist["checkpoints"]] == [0, 30, 60]
     first, last = hist["loss"][0], hist["loss"][-1]
     assert all(b < a for a, b in zip(first, last))
@@ -193,10 +190,10 @@ def test_training_splits():
     import collections
 
     balanced = pt.training_tasks(6)
-    assert len(balanced) == 18                                   # shifts 1, 2, 3 for every pattern
-    for column in (0, 1):                                        # every pattern 3x positive, 3x negative
+    assert len(balanced) == 18  # shifts 1, 2, 3 for every pattern
+    for column in (0, 1):  # every pattern 3x positive, 3x negative
         assert set(collections.Counter(balanced[:, column].tolist()).values()) == {3}
-    for M in range(4, 13):                                       # the balanced split meets the share for any M
+    for M in range(4, 13):  # the balanced split meets the share for any M
         assert len(pt.training_tasks(M)) / (M * (M - 1)) >= (M - 1) ** -0.5
     uneven = pt.training_tasks(6, "uneven")
     assert len(uneven) == 15 and collections.Counter(uneven[:, 0].tolist())[0] == 3
@@ -212,13 +209,14 @@ def test_training_splits():
 @pytest.mark.parametrize("construction", pt.CONSTRUCTIONS)
 def test_ood_constructions_keep_S1_and_set_the_norm(construction):
     base = pt.in_domain(CFG, "all").relevant
-    expected_norm = {"pair": 0.9 / math.sqrt(2), "single": 0.9, "unit": 1.0,
-                     "mixed": math.hypot(1.9, 1.0)}[construction]
+    expected_norm = {"pair": 0.9 / math.sqrt(2), "single": 0.9, "unit": 1.0, "mixed": math.hypot(1.9, 1.0)}[
+        construction
+    ]
     dom = pt.out_of_domain(CFG, 0.9, gen(1), construction)
     coef = dom.relevant @ base.T / CFG.beta**2
     assert torch.allclose(coef.sum(1), torch.full((CFG.n_ood_relevant,), 0.9), atol=1e-6)
     assert torch.allclose(dom.relevant.norm(dim=1), torch.full((CFG.n_ood_relevant,), expected_norm), atol=1e-6)
-    gram = dom.relevant @ dom.relevant.T                         # distinct ODR patterns stay orthogonal
+    gram = dom.relevant @ dom.relevant.T  # distinct ODR patterns stay orthogonal
     assert torch.allclose(gram - torch.diag(torch.diag(gram)), torch.zeros_like(gram), atol=1e-6)
 
 
@@ -242,7 +240,7 @@ def test_no_match_floor_matches_the_sampler():
 def test_vectorised_knn_matches_scikit_learn():
     from sklearn.neighbors import KNeighborsClassifier
 
-    cfg = pt.Config(kappa=1.5)                                   # noisy: the neighbours are not trivial
+    cfg = pt.Config(kappa=1.5)  # noisy: the neighbours are not trivial
     p = pt.sample_prompts(pt.out_of_domain(cfg, 1.1, gen(2)), 60, alpha=0.6, l=7, cfg=cfg, generator=gen(3))
     x, xq = p.tokens[:, :-1, : cfg.d_X].double().numpy(), p.tokens[:, -1, : cfg.d_X].double().numpy()
     y = p.labels.numpy()
@@ -250,7 +248,7 @@ def test_vectorised_knn_matches_scikit_learn():
         ours = pt.knn_predict(x, y, xq, k)
         for i in range(len(y)):
             if len(set(y[i].tolist())) > 1:
-                ref = KNeighborsClassifier(n_neighbors=k).fit(x[i], y[i]).predict(xq[i: i + 1])[0]
+                ref = KNeighborsClassifier(n_neighbors=k).fit(x[i], y[i]).predict(xq[i : i + 1])[0]
                 assert ours[i] == ref, (k, i)
     fast, slow = pt.classical_errors(p, cfg), pt.classical_errors(p, cfg, pt.classical_classifiers())
     assert fast == slow
@@ -329,8 +327,13 @@ def test_one_layer_internals_match_an_independent_computation():
     hidden = (att[..., None] * v).sum(1) @ model.W_O.T
     active = torch.where(hidden > 0, hidden, torch.zeros_like(hidden))
     output = (active * model.a).sum(-1)
-    for name, expected in {"attention": att, "mixed": mixed, "hidden": hidden, "active": active,
-                           "output": output}.items():
+    for name, expected in {
+        "attention": att,
+        "mixed": mixed,
+        "hidden": hidden,
+        "active": active,
+        "output": output,
+    }.items():
         assert torch.allclose(acts[name], expected, rtol=0, atol=1e-12), name
     with torch.no_grad():
         assert torch.equal(acts["output"], model(tokens))  # the same pass, bit for bit
@@ -406,33 +409,44 @@ def test_ood_sweep_known_answers():
     oracle = _MatchOracle(threshold=0.7)
     pair = pt.ood_sweep([oracle, _MatchOracle()], CFG, S1, n=300, alpha=1.0, **streams)
     assert pair.shape == (2, 4)
-    assert pair[0].tolist() == [1.0, 1.0, 0.0, 0.0]          # norms 0.35, 0.64, 0.78, 0.92
-    assert pair[1].tolist() == [0.0] * 4                      # without the norm: always right
+    assert pair[0].tolist() == [1.0, 1.0, 0.0, 0.0]  # norms 0.35, 0.64, 0.78, 0.92
+    assert pair[1].tolist() == [0.0] * 4  # without the norm: always right
     assert all(t.shape == (300, CFG.l_train + 1, CFG.d) for t in oracle.seen)
-    labels = [t[:, :-1, CFG.d_X] for t in oracle.seen]        # the same draws at every S1
+    labels = [t[:, :-1, CFG.d_X] for t in oracle.seen]  # the same draws at every S1
     assert all(torch.equal(labels[0], x) for x in labels)
     single = pt.ood_sweep([_MatchOracle(threshold=0.7)], CFG, S1, n=300, alpha=1.0, construction="single", **streams)
-    assert single[0].tolist() == [1.0, 0.0, 0.0, 0.0]        # norms 0.5, 0.9, 1.1, 1.3
+    assert single[0].tolist() == [1.0, 0.0, 0.0, 0.0]  # norms 0.5, 0.9, 1.1, 1.3
     unit = pt.ood_sweep([_MatchOracle(threshold=0.7)], CFG, S1, n=300, alpha=1.0, construction="unit", **streams)
-    assert unit[0].tolist() == [0.0] * 4                      # norm 1 at every S1
+    assert unit[0].tolist() == [0.0] * 4  # norm 1 at every S1
     unmatched = pt.ood_sweep([_MatchOracle()], CFG, S1, n=300, alpha=0.0, **streams)
-    assert unmatched[0].tolist() == [1.0] * 4                 # alpha' = 0: no context carries the task's patterns
+    assert unmatched[0].tolist() == [1.0] * 4  # alpha' = 0: no context carries the task's patterns
 
 
 def test_length_sweep_known_answers():
     """Axes (alphas, models, lengths). At alpha = 0 no context carries the task's patterns: the
     matching reader errs on every prompt. At alpha = 1 it errs only without a match, which
     happens with probability 2^-l; a constant reader errs on half the prompts."""
+
     class Plus(torch.nn.Module):
         def forward(self, tokens):
             return torch.ones(tokens.shape[0])
 
     n, lengths = 4000, [1, 2, 4]
-    out = pt.length_sweep([_MatchOracle(), Plus()], pt.in_domain(CFG, "test"), CFG, [0.0, 1.0], lengths,
-                          n=n, prompt_generator=lambda: gen(12))
+    out = pt.length_sweep(
+        [_MatchOracle(), Plus()],
+        pt.in_domain(CFG, "test"),
+        CFG,
+        [0.0, 1.0],
+        lengths,
+        n=n,
+        prompt_generator=lambda: gen(12),
+    )
     assert out.shape == (2, 2, 3)
     assert out[0, 0].tolist() == [1.0, 1.0, 1.0]
-    se = lambda p: 4 * math.sqrt(p * (1 - p) / n)
+
+    def se(p):
+        return 4 * math.sqrt(p * (1 - p) / n)
+
     for k, l in enumerate(lengths):
         assert abs(out[1, 0, k] - 0.5**l) < se(0.5**l)
         assert abs(out[:, 1, k] - 0.5).max() < se(0.5)
@@ -454,9 +468,9 @@ def _label_reader(g):
 
 
 def test_pruning_sweep_known_answers():
-    g = torch.arange(CFG.m, dtype=torch.float32) / 8        # distinct gains; neuron 0 reads nothing
+    g = torch.arange(CFG.m, dtype=torch.float32) / 8  # distinct gains; neuron 0 reads nothing
     model = _label_reader(g)
-    p = big_batch(n=500, l=5, seed=4)                       # odd l: the mean label is never 0
+    p = big_batch(n=500, l=5, seed=4)  # odd l: the mean label is never 0
     ybar = p.labels.float().mean(1)
 
     def expected(kept):
@@ -472,7 +486,7 @@ def test_pruning_sweep_known_answers():
         assert out["largest"][:, 1, k] == pytest.approx(expected(g[: CFG.m - drop]), rel=1e-5)
         draws = [expected(g * pt.pruning_mask(g, r, "random", gen(40 + d))) for d in range(3)]
         assert out["random"][:, 1, k] == pytest.approx(np.mean(draws, axis=0), rel=1e-5)
-    assert out["largest"][:, 0, 3].tolist() == [1.0, 1.0]    # nothing left: F = 0, hinge 1, all wrong
+    assert out["largest"][:, 0, 3].tolist() == [1.0, 1.0]  # nothing left: F = 0, hinge 1, all wrong
     with pytest.raises(ValueError, match="one set of row norms per model"):
         pt.pruning_sweep([model], [g, g], p, rates)
     with pytest.raises(ValueError, match="mask_generator"):
@@ -540,10 +554,17 @@ def test_first_below_known_answers():
 def test_pruning_checks_known_answers():
     rates = np.array([0.0, 0.05, 0.1, 0.15, 0.2])
     base = np.array([[1.0, 1.0, 1.05, 1.3, 2.0], [1.0, 1.2, 1.4, 1.6, 1.8]])  # per model
-    largest = np.array([[1.0, 1.6, 2.0, 2.5, 3.0],                              # rise / rate: 12, 10, 10, 10
-                        [1.0, 1.5, 2.0, 2.3, 2.5]])                             # 10, 10, 8.7, 7.5: sublinear
-    prune = {"magnitude": np.stack([base, base]), "random": np.stack([base + 0.1, base - 0.1]),
-             "largest": np.stack([largest, largest])}
+    largest = np.array(
+        [
+            [1.0, 1.6, 2.0, 2.5, 3.0],  # rise / rate: 12, 10, 10, 10
+            [1.0, 1.5, 2.0, 2.3, 2.5],
+        ]
+    )  # 10, 10, 8.7, 7.5: sublinear
+    prune = {
+        "magnitude": np.stack([base, base]),
+        "random": np.stack([base + 0.1, base - 0.1]),
+        "largest": np.stack([largest, largest]),
+    }
     checks = pt.pruning_checks(prune, rates, [0.1, 0.1])
     assert checks["within"] == pytest.approx([1.05, 1.4])
     assert checks["random_worse"] == [True, True]
@@ -555,8 +576,10 @@ def test_pruning_checks_known_answers():
 
 def test_large_group_and_the_baseline_ratio():
     assert pt.large_group(torch.tensor([0.3, 0.1, 0.9, 0.2]), 2).tolist() == [True, False, True, False]
-    results = {4: {"1-NN": 0.2, "SVM": 0.1, "transformer (ICL)": 0.05, "no-match floor": 0.01},
-               8: {"1-NN": 0.1, "SVM": 0.2, "transformer (ICL)": 0.01, "no-match floor": 0.0}}
+    results = {
+        4: {"1-NN": 0.2, "SVM": 0.1, "transformer (ICL)": 0.05, "no-match floor": 0.01},
+        8: {"1-NN": 0.1, "SVM": 0.2, "transformer (ICL)": 0.01, "no-match floor": 0.0},
+    }
     pooled = pt.pooled(results, [4, 8])
     assert pooled == pytest.approx({"1-NN": 0.3, "SVM": 0.3, "transformer (ICL)": 0.06, "no-match floor": 0.01})
     ratio, best = pt.icl_ratio({"1-NN": 0.3, "SVM": 0.2, "transformer (ICL)": 0.05}, ["1-NN", "SVM"])
@@ -568,7 +591,9 @@ def test_sample_complexity_readings_known_answers():
     steps = np.arange(0, 1001, 10)
     # run (alpha, seed) drops from 0.5 to the floor at 200 / alpha steps (seed 1: 10% later)
     runs = [(a, s) for a in alphas for s in range(2)]
-    errors = np.array([np.where(steps < round(200 / a * (1 + 0.1 * s)), 0.5, pt.no_match_floor(a, 20)) for a, s in runs])
+    errors = np.array(
+        [np.where(steps < round(200 / a * (1 + 0.1 * s)), 0.5, pt.no_match_floor(a, 20)) for a, s in runs]
+    )
     floors = [pt.no_match_floor(a, 20) for a, _ in runs]
     t = pt.times_to(steps, errors, floors, 0.01, len(alphas))
     assert t.tolist() == [[800, 880], [400, 440], [200, 220]]
@@ -597,7 +622,10 @@ def test_checks_stay_out_of_the_weight_cache_key():
     assert set(runtime.check_fields(book)) == {"n_test", "lr_control", "n_baseline", "gpt_judged"}
     key = runtime.cache_key("01", "main", book, uses="iclbook.patterns.training")
     for change in ({"n_test": 7}, {"n_baseline": 3}, {"lr_control": False}, {"gpt_judged": False}):
-        assert runtime.cache_key("01", "main", dataclasses.replace(book, **change), uses="iclbook.patterns.training") == key
+        assert (
+            runtime.cache_key("01", "main", dataclasses.replace(book, **change), uses="iclbook.patterns.training")
+            == key
+        )
     assert runtime.cache_key("01", "main", dataclasses.replace(book, steps=7), uses="iclbook.patterns.training") != key
     names = {Path(p).name for p in runtime.module_sources("iclbook.patterns.training")}
     assert {"training.py", "model.py", "data.py", "measures.py", "train.py", "internals.py"} <= names

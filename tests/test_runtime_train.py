@@ -76,11 +76,15 @@ def test_weight_cache_roundtrip(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_cache_key_depends_on_profile(monkeypatch):
+def test_cache_key_follows_the_trained_config_not_the_profile_name(monkeypatch):
+    """Two profiles whose trained fields differ key different weights; the profile's name alone
+    changes no weight, so it is not in the key (and a profile that trains the same as another
+    shares its weights)."""
     monkeypatch.setenv("ICLBOOK_PROFILE", "smoke")
     k1 = runtime.cache_key("04", "m", cx.CONFIGS["smoke"])
+    assert k1 != runtime.cache_key("04", "m", cx.CONFIGS["book"])
     monkeypatch.setenv("ICLBOOK_PROFILE", "book")
-    assert k1 != runtime.cache_key("04", "m", cx.CONFIGS["smoke"])
+    assert k1 == runtime.cache_key("04", "m", cx.CONFIGS["smoke"])
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -112,9 +116,17 @@ def loss_fn(model, batch):
 def test_train_single_model_learns_and_logs():
     model = Linear(0)
     seen = []
-    hist = train.train(model, loss_fn, sample, steps=200, lr=0.05, generators=runtime.generator(0),
-                       log_every=20, checkpoint_every=50,
-                       on_checkpoint=lambda step, ms: seen.append(step) or {"w0": ms[0].lin.weight[0, 0].item()})
+    hist = train.train(
+        model,
+        loss_fn,
+        sample,
+        steps=200,
+        lr=0.05,
+        generators=runtime.generator(0),
+        log_every=20,
+        checkpoint_every=50,
+        on_checkpoint=lambda step, ms: seen.append(step) or {"w0": ms[0].lin.weight[0, 0].item()},
+    )
     assert hist["step"] == list(range(20, 201, 20))
     assert hist["loss"][-1][0] < 1e-3 < hist["loss"][0][0]
     assert seen == [0, 50, 100, 150, 200]
@@ -130,8 +142,9 @@ def test_ensemble_equals_separate_runs():
         train.train(m, loss_fn, sample, steps=30, lr=0.01, generators=runtime.generator(10 + s))
         alone.append(m.lin.weight.detach().clone())
     members = [Linear(s) for s in seeds]
-    hist = train.train(members, loss_fn, sample, steps=30, lr=0.01,
-                       generators=[runtime.generator(10 + s) for s in seeds], log_every=5)
+    hist = train.train(
+        members, loss_fn, sample, steps=30, lr=0.01, generators=[runtime.generator(10 + s) for s in seeds], log_every=5
+    )
     for m, ref in zip(members, alone):
         assert torch.allclose(m.lin.weight, ref, atol=1e-10)
     assert len(hist["loss"][0]) == 3 and hist["members"] == 3
@@ -146,8 +159,7 @@ def test_ensemble_of_blocks_equals_separate_runs():
     single = cx.make_block("softmax", cfg, seed=1)
     train.train(single, cx.mse, sample_prompts, steps=5, lr=1e-2, generators=runtime.generator(5))
     pair = [cx.make_block("softmax", cfg, seed=1), cx.make_block("softmax", cfg, seed=2)]
-    train.train(pair, cx.mse, sample_prompts, steps=5, lr=1e-2,
-                generators=[runtime.generator(5), runtime.generator(6)])
+    train.train(pair, cx.mse, sample_prompts, steps=5, lr=1e-2, generators=[runtime.generator(5), runtime.generator(6)])
     for a, b in zip(single.parameters(), pair[0].parameters()):
         assert torch.allclose(a, b, atol=1e-10)
 
@@ -172,8 +184,14 @@ def test_train_bad_arguments():
     with pytest.raises(ValueError, match="steps"):
         train.train(m, loss_fn, sample, steps=-1, lr=0.1, generators=runtime.generator(0))
     with pytest.raises(ValueError, match="architecture"):
-        train.train([m, cx.make_block("softmax", cx.CONFIGS["smoke"], seed=0)], loss_fn, sample,
-                    steps=1, lr=0.1, generators=[runtime.generator(0)] * 2)
+        train.train(
+            [m, cx.make_block("softmax", cx.CONFIGS["smoke"], seed=0)],
+            loss_fn,
+            sample,
+            steps=1,
+            lr=0.1,
+            generators=[runtime.generator(0)] * 2,
+        )
 
 
 def test_train_stops_on_nan():
@@ -212,8 +230,9 @@ def test_plots_band_and_style():
 
 def test_cosine_schedule_and_bad_schedule():
     m = Linear(0)
-    hist = train.train(m, loss_fn, sample, steps=100, lr=0.05, generators=runtime.generator(0),
-                       schedule="cosine", log_every=50)
+    hist = train.train(
+        m, loss_fn, sample, steps=100, lr=0.05, generators=runtime.generator(0), schedule="cosine", log_every=50
+    )
     assert hist["loss"][-1][0] < hist["loss"][0][0]
 
     # the schedule itself: with a constant gradient, plain SGD moves a weight by the sum of the
@@ -230,8 +249,16 @@ def test_cosine_schedule_and_bad_schedule():
     moved = {}
     for schedule in ("constant", "cosine"):
         m = Slope()
-        train.train(m, linear, lambda g: (torch.zeros(1),), steps=T, lr=lr, optimizer="sgd",
-                    generators=runtime.generator(0), schedule=schedule)
+        train.train(
+            m,
+            linear,
+            lambda g: (torch.zeros(1),),
+            steps=T,
+            lr=lr,
+            optimizer="sgd",
+            generators=runtime.generator(0),
+            schedule=schedule,
+        )
         moved[schedule] = -float(m.w.detach())
     assert moved["constant"] == pytest.approx(lr * T, rel=1e-9)
     assert moved["cosine"] == pytest.approx(lr * (T + 1) / 2, rel=1e-9)
@@ -241,17 +268,25 @@ def test_cosine_schedule_and_bad_schedule():
 
 def test_per_member_samplers():
     """Members of one ensemble can draw from different distributions (a sweep of configs)."""
+
     def scaled(k):
         return lambda g: (lambda x, y: (x, k * y))(*sample(g))
 
     members = [Linear(0), Linear(0)]
-    train.train(members, loss_fn, [scaled(1.0), scaled(-1.0)], steps=300, lr=0.05,
-                generators=[runtime.generator(1), runtime.generator(2)])
+    train.train(
+        members,
+        loss_fn,
+        [scaled(1.0), scaled(-1.0)],
+        steps=300,
+        lr=0.05,
+        generators=[runtime.generator(1), runtime.generator(2)],
+    )
     w0, w1 = members[0].lin.weight.detach()[0], members[1].lin.weight.detach()[0]
     assert torch.allclose(w0, W_TRUE, atol=0.05) and torch.allclose(w1, -W_TRUE, atol=0.05)
     with pytest.raises(ValueError, match="sampler"):
-        train.train(members, loss_fn, [sample], steps=1, lr=0.1,
-                    generators=[runtime.generator(1), runtime.generator(2)])
+        train.train(
+            members, loss_fn, [sample], steps=1, lr=0.1, generators=[runtime.generator(1), runtime.generator(2)]
+        )
 
 
 def test_cached_training_loads_weights_on_a_hit(tmp_path, monkeypatch):
@@ -259,8 +294,9 @@ def test_cached_training_loads_weights_on_a_hit(tmp_path, monkeypatch):
     monkeypatch.delenv("ICLBOOK_RETRAIN", raising=False)
 
     def fit(models):
-        return lambda: train.train(models, loss_fn, sample, steps=20, lr=0.05,
-                                   generators=[runtime.generator(i) for i in range(len(models))])
+        return lambda: train.train(
+            models, loss_fn, sample, steps=20, lr=0.05, generators=[runtime.generator(i) for i in range(len(models))]
+        )
 
     first = [Linear(0), Linear(1)]
     h1 = train.cached_training("99", "toy", {"k": 1}, first, fit(first), steps=20)
@@ -291,9 +327,16 @@ def test_param_groups_use_their_own_optimizer(members):
         m.zero_grad()
         loss_fn(m, (x,)).backward()
         grads.append([p.grad.clone() for p in m.parameters()])
-    train.train(models if members > 1 else models[0], loss_fn, lambda g: (x,), steps=1, lr=0.1,
-                generators=[torch.Generator() for _ in models] if members > 1 else torch.Generator(),
-                optimizer="adam", param_groups={"1": {"optimizer": "sgd", "lr": 0.5}})
+    train.train(
+        models if members > 1 else models[0],
+        loss_fn,
+        lambda g: (x,),
+        steps=1,
+        lr=0.1,
+        generators=[torch.Generator() for _ in models] if members > 1 else torch.Generator(),
+        optimizer="adam",
+        param_groups={"1": {"optimizer": "sgd", "lr": 0.5}},
+    )
     for m, s0, g in zip(models, start, grads):
         ps = list(m.parameters())
         for k in (2, 3):  # the second layer: SGD at 0.5
@@ -305,11 +348,25 @@ def test_param_groups_use_their_own_optimizer(members):
 def test_param_groups_bad_names():
     model = nn.Linear(2, 1)
     with pytest.raises(ValueError, match="match no parameter"):
-        train.train(model, lambda m, b: m(b[0]).sum(), lambda g: (torch.ones(1, 2),), steps=1, lr=0.1,
-                    generators=torch.Generator(), param_groups={"mlp": {"lr": 1.0}})
+        train.train(
+            model,
+            lambda m, b: m(b[0]).sum(),
+            lambda g: (torch.ones(1, 2),),
+            steps=1,
+            lr=0.1,
+            generators=torch.Generator(),
+            param_groups={"mlp": {"lr": 1.0}},
+        )
     with pytest.raises(ValueError, match="unknown keys"):
-        train.train(model, lambda m, b: m(b[0]).sum(), lambda g: (torch.ones(1, 2),), steps=1, lr=0.1,
-                    generators=torch.Generator(), param_groups={"weight": {"rate": 1.0}})
+        train.train(
+            model,
+            lambda m, b: m(b[0]).sum(),
+            lambda g: (torch.ones(1, 2),),
+            steps=1,
+            lr=0.1,
+            generators=torch.Generator(),
+            param_groups={"weight": {"rate": 1.0}},
+        )
 
 
 def test_threads_context_restores_the_count():

@@ -32,8 +32,11 @@ def test_fresh_verdicts_match_the_committed_record():
     expected = json.loads(EXPECTED.read_text())
     assert expected["profile"] == "book" and expected["seed"] == 0
     diff = records.compare_verdicts(expected["chapters"], records.verdicts(recs))
-    assert not diff, ("verdicts differ from tests/verdicts-book.json:\n  " + "\n  ".join(diff)
-                      + "\nIf intended: `make verdicts` and give the reason in the commit message.")
+    assert not diff, (
+        "verdicts differ from tests/verdicts-book.json:\n  "
+        + "\n  ".join(diff)
+        + "\nIf intended: `make verdicts` and give the reason in the commit message."
+    )
 
 
 def test_the_smoke_profile_drops_no_row():
@@ -48,7 +51,6 @@ def test_the_smoke_profile_drops_no_row():
         if os.environ.get("ICLBOOK_REQUIRE_RECORDS") == "1":
             pytest.fail(f"no chapter has both a book and a smoke record in {ledger.records_dir()}")
         pytest.skip("no chapter has both a book and a smoke record: run make test")
-    dropped = {ch: sorted({r["key"] for r in book[ch]["rows"]} - {r["key"] for r in smoke[ch]["rows"]})
-               for ch in both}
+    dropped = {ch: sorted({r["key"] for r in book[ch]["rows"]} - {r["key"] for r in smoke[ch]["rows"]}) for ch in both}
     dropped = {ch: keys for ch, keys in dropped.items() if keys}
     assert not dropped, f"rows recorded at book but dropped at smoke: {dropped}"

@@ -16,8 +16,9 @@ time, then the ledger's table, record and summary line.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,18 +33,52 @@ from iclbook import plots, records, runtime
 #: work better) and its own (``own``). ``tests/test_notebooks.py`` checks every part, and that the
 #: rooms listed are exactly the package's modules.
 CHAPTERS = {
-    "01": {"slug": "nonlinear_icl", "module": "patterns", "alias": "pt", "tests": "patterns",
-           "package": "patterns", "rooms": {}, "own": ("baselines", "complexity")},
-    "02": {"slug": "implicit_finetuning", "module": "implicit.experiment", "alias": "ex", "tests": "implicit",
-           "package": "implicit", "rooms": {"training": "pretrain", "measures": "experiment"},
-           "own": ("dual_form", "codec", "probe", "metrics", "hf", "retrain")},
-    "03": {"slug": "induction_cliff", "module": "induction", "alias": "ih", "tests": "induction",
-           "package": "induction", "rooms": {}, "own": ("pheno", "analysis")},
-    "04": {"slug": "contextual_blocks", "module": "contextual", "alias": "cx", "tests": "contextual",
-           "package": "contextual", "rooms": {}, "own": ("layers", "patches")},
+    "01": {
+        "slug": "nonlinear_icl",
+        "module": "patterns",
+        "alias": "pt",
+        "tests": "patterns",
+        "package": "patterns",
+        "rooms": {},
+        "own": ("baselines", "complexity"),
+    },
+    "02": {
+        "slug": "implicit_finetuning",
+        "module": "implicit.experiment",
+        "alias": "ex",
+        "tests": "implicit",
+        "package": "implicit",
+        "rooms": {"training": "pretrain", "measures": "experiment"},
+        "own": ("dual_form", "codec", "probe", "metrics", "hf", "retrain"),
+    },
+    "03": {
+        "slug": "induction_cliff",
+        "module": "induction",
+        "alias": "ih",
+        "tests": "induction",
+        "package": "induction",
+        "rooms": {},
+        "own": ("pheno", "analysis"),
+    },
+    "04": {
+        "slug": "contextual_blocks",
+        "module": "contextual",
+        "alias": "cx",
+        "tests": "contextual",
+        "package": "contextual",
+        "rooms": {},
+        "own": ("layers", "patches"),
+    },
     # chapter 5 reads chapter 3's network through the other chapters' code: one module is enough
-    "05": {"slug": "four_lenses", "module": "lenses", "alias": "lenses", "tests": "lenses",
-           "package": None, "rooms": {}, "own": ()},
+    "05": {
+        "slug": "four_lenses",
+        "module": "lenses",
+        "alias": "lenses",
+        "tests": "lenses",
+        "package": None,
+        "rooms": {},
+        "own": (),
+    },
 }
 
 #: The rooms every chapter package has, by the question a newcomer asks: where are its sizes
@@ -116,8 +151,9 @@ class Chapter:
         ok = self.judged if judged is None else judged
         return None if ok else f"{self.profile} profile: {why}"
 
-    def table(self, header: Sequence[Any], rows: Iterable[Sequence[Any]], *,
-              align: Sequence[str] | None = None) -> None:
+    def table(
+        self, header: Sequence[Any], rows: Iterable[Sequence[Any]], *, align: Sequence[str] | None = None
+    ) -> None:
         """Show a Markdown table in the chapter's output (:func:`iclbook.ledger.table`: pipes
         escaped, row shapes checked). Outside IPython it is printed. Nothing is returned, so a
         table as a cell's last line is shown once."""
@@ -140,10 +176,19 @@ class Chapter:
         self.ledger.finish()
 
 
-def start(number: str, source: str, configs: Mapping[str, Any], *, page: str,
-          streams: Mapping[str, runtime.Stream] | None = None, device: torch.device | str | None = None,
-          why_device: str = "", dtype: torch.dtype | None = None, threads: int | None = None,
-          show_config: bool = True) -> Chapter:
+def start(
+    number: str,
+    source: str,
+    configs: Mapping[str, Any],
+    *,
+    page: str,
+    streams: Mapping[str, runtime.Stream] | None = None,
+    device: torch.device | str | None = None,
+    why_device: str = "",
+    dtype: torch.dtype | None = None,
+    threads: int | None = None,
+    show_config: bool = True,
+) -> Chapter:
     """Open a chapter: profile, seed, global seeding, figure style, config, ledger, streams.
 
     ``configs`` maps each profile to the chapter's config; ``streams`` is the chapter's table of
@@ -162,9 +207,15 @@ def start(number: str, source: str, configs: Mapping[str, Any], *, page: str,
         torch.set_default_dtype(dtype)
     runtime.seed_everything(seed)
     plots.set_style()
-    ch = Chapter(number=number, profile=prof, seed=seed, cfg=configs[prof],
-                 ledger=_ledger.Ledger(number, source, page=page, profile=prof, seed=seed), device=dev,
-                 streams=runtime.Streams(seed, table))
+    ch = Chapter(
+        number=number,
+        profile=prof,
+        seed=seed,
+        cfg=configs[prof],
+        ledger=_ledger.Ledger(number, source, page=page, profile=prof, seed=seed),
+        device=dev,
+        streams=runtime.Streams(seed, table),
+    )
     print(runtime.describe(prof, seed), f"| this chapter uses {dev}" + (f" ({why_device})" if why_device else ""))
     print(records.runtime_line(number))
     if show_config:

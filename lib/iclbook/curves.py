@@ -52,8 +52,7 @@ def half_rise(steps: Any, values: Any) -> float:
     return first_crossing(steps, values, 0.5 * (values[0] + values[-1]))
 
 
-def transition(steps: Any, acc: Any, baseline: float, *, band: float = 0.05,
-               top: float = 0.9) -> dict[str, float]:
+def transition(steps: Any, acc: Any, baseline: float, *, band: float = 0.05, top: float = 0.9) -> dict[str, float]:
     """Describe an accuracy curve that should plateau at ``baseline`` and then jump to ``top``.
 
     ``plateau_fraction``: share of the logged steps with ``|acc - baseline| <= band`` (it
@@ -122,4 +121,3 @@ def non_increasing(rates: Any, n: int, *, k: float = 2.0, floor: float = 0.0) ->
     r = _array(rates)
     se = binomial_se(r, n, floor=floor)
     return bool(np.all(r[1:] <= r[:-1] + k * np.hypot(se[:-1], se[1:])))
-

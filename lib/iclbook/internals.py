@@ -22,14 +22,15 @@ Hugging Face models (chapter 2's real-model path) are read with the hooks of
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Union
+from typing import Any
 
 import torch
 
 #: What an override puts in place of an activation: a tensor (broadcast to the activation's
 #: shape), or a function of the activation that returns its replacement.
-Override = Union[torch.Tensor, float, Callable[[torch.Tensor], torch.Tensor]]
+Override = torch.Tensor | float | Callable[[torch.Tensor], torch.Tensor]
 
 
 class HookPoints:
@@ -135,7 +136,8 @@ def read(model: Any, inputs: Any, *names: str) -> torch.Tensor | tuple[torch.Ten
         raise KeyError(f"{type(model).__name__} has no internals {unknown}; it has {list(documented)}")
     out = model.internals(inputs)
     if set(out) != set(documented):
-        raise RuntimeError(f"{type(model).__name__}.internals returned {sorted(out)}, "
-                           f"not the documented {sorted(documented)}")
+        raise RuntimeError(
+            f"{type(model).__name__}.internals returned {sorted(out)}, not the documented {sorted(documented)}"
+        )
     picked = tuple(out[n] for n in names)
     return picked[0] if len(picked) == 1 else picked

@@ -62,9 +62,10 @@ import math
 import os
 import platform
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 SCHEMA = "iclbook.ledger/1"
 KINDS = ("identity", "sanity", "claim", "control")
@@ -135,17 +136,18 @@ def at_most(bound: float, *, partly: float | None = None, what: str = "ours") ->
     return Criterion(text, "at_most", float(bound), None if partly is None else float(partly))
 
 
-def between(lo: float, hi: float, *, partly: tuple[float, float] | None = None,
-            what: str = "ours") -> Criterion:
+def between(lo: float, hi: float, *, partly: tuple[float, float] | None = None, what: str = "ours") -> Criterion:
     """Reproduced when ``lo <= value <= hi``; partly inside the wider band ``partly``."""
     if lo > hi:
         raise ValueError(f"empty band [{lo}, {hi}]")
     if partly is not None and not (partly[0] <= lo and hi <= partly[1]):
         raise ValueError(f"the partly band {partly} must contain [{lo}, {hi}]")
     text = f"{_fmt(lo)} ≤ {what} ≤ {_fmt(hi)}" + (
-        f" (partly in [{_fmt(partly[0])}, {_fmt(partly[1])}])" if partly is not None else "")
-    return Criterion(text, "between", (float(lo), float(hi)),
-                     None if partly is None else (float(partly[0]), float(partly[1])))
+        f" (partly in [{_fmt(partly[0])}, {_fmt(partly[1])}])" if partly is not None else ""
+    )
+    return Criterion(
+        text, "between", (float(lo), float(hi)), None if partly is None else (float(partly[0]), float(partly[1]))
+    )
 
 
 def holds(text: str, ok: bool, *, partly: bool = False) -> Criterion:
@@ -222,7 +224,7 @@ class Ledger:
     source: str
     page: str | None = None
     profile: str | None = None  # the profile and seed the chapter runs at (chapter.start passes
-    seed: int | None = None     # them; None reads the environment once, here)
+    seed: int | None = None  # them; None reads the environment once, here)
     rows: list[Row] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
@@ -244,52 +246,157 @@ class Ledger:
         self.rows.append(row)
         return row
 
-    def identity(self, claim: str, *, gap: float, tol: float, paper: str = "exact identity",
-                 ours: str = "", section: str | None = None, key: str = "") -> Row:
+    def identity(
+        self,
+        claim: str,
+        *,
+        gap: float,
+        tol: float,
+        paper: str = "exact identity",
+        ours: str = "",
+        section: str | None = None,
+        key: str = "",
+    ) -> Row:
         """An algebraic identity, checked as ``gap <= tol`` (a NaN gap fails). Fails the build."""
         gap_f = _number(gap)
         ok = gap_f is not None and math.isfinite(gap_f) and gap_f <= tol
         text = (ours + "; " if ours else "") + f"max gap {gap_f:.1e}"
-        row = self._add(Row("identity", claim, paper, text, f"gap ≤ {tol:.0e}", HOLDS if ok else FAILS,
-                            value=gap_f, section=section, key=key))
+        row = self._add(
+            Row(
+                "identity",
+                claim,
+                paper,
+                text,
+                f"gap ≤ {tol:.0e}",
+                HOLDS if ok else FAILS,
+                value=gap_f,
+                section=section,
+                key=key,
+            )
+        )
         if not ok:
             raise AssertionError(f"identity failed (a bug): {claim} (gap {gap_f}, tolerance {tol})")
         return row
 
-    def sanity(self, claim: str, *, ok: bool, ours: str, criterion: str, paper: str = "",
-               value: float | None = None, section: str | None = None, key: str = "") -> Row:
+    def sanity(
+        self,
+        claim: str,
+        *,
+        ok: bool,
+        ours: str,
+        criterion: str,
+        paper: str = "",
+        value: float | None = None,
+        section: str | None = None,
+        key: str = "",
+    ) -> Row:
         """Training converged, data as specified...: ``ok`` computed from numbers. Fails the build."""
-        row = self._add(Row("sanity", claim, paper, ours, criterion, HOLDS if ok else FAILS,
-                            value=_number(value), section=section, key=key))
+        row = self._add(
+            Row(
+                "sanity",
+                claim,
+                paper,
+                ours,
+                criterion,
+                HOLDS if ok else FAILS,
+                value=_number(value),
+                section=section,
+                key=key,
+            )
+        )
         if not ok:
             raise AssertionError(f"sanity check failed: {claim} (ours: {ours}; needed: {criterion})")
         return row
 
-    def _evidence(self, kind: str, claim: str, *, paper: str, ours: str, criterion: Criterion,
-                  value: float | None, interval: tuple[float, float] | None,
-                  inconclusive: str | None, section: str | None, key: str) -> Row:
+    def _evidence(
+        self,
+        kind: str,
+        claim: str,
+        *,
+        paper: str,
+        ours: str,
+        criterion: Criterion,
+        value: float | None,
+        interval: tuple[float, float] | None,
+        inconclusive: str | None,
+        section: str | None,
+        key: str,
+    ) -> Row:
         if not isinstance(criterion, Criterion):
             raise TypeError("criterion must be a ledger.Criterion (at_least, at_most, between, holds)")
         verdict = "inconclusive" if inconclusive else criterion.verdict(_number(value))
-        return self._add(Row(kind, claim, paper, ours, criterion.text, verdict, value=_number(value),
-                             interval=interval, reason=inconclusive or "", section=section, key=key))
+        return self._add(
+            Row(
+                kind,
+                claim,
+                paper,
+                ours,
+                criterion.text,
+                verdict,
+                value=_number(value),
+                interval=interval,
+                reason=inconclusive or "",
+                section=section,
+                key=key,
+            )
+        )
 
-    def claim(self, claim: str, *, paper: str, ours: str, criterion: Criterion,
-              value: float | None = None, interval: tuple[float, float] | None = None,
-              inconclusive: str | None = None, section: str | None = None, key: str = "") -> Row:
+    def claim(
+        self,
+        claim: str,
+        *,
+        paper: str,
+        ours: str,
+        criterion: Criterion,
+        value: float | None = None,
+        interval: tuple[float, float] | None = None,
+        inconclusive: str | None = None,
+        section: str | None = None,
+        key: str = "",
+    ) -> Row:
         """A claim of the paper; the verdict is ``criterion``'s on ``value``. Never fails.
 
         ``inconclusive``: a reason, computed in the chapter, why the measurement cannot decide
         (the verdict is then ``inconclusive`` whatever the number)."""
-        return self._evidence("claim", claim, paper=paper, ours=ours, criterion=criterion, value=value,
-                              interval=interval, inconclusive=inconclusive, section=section, key=key)
+        return self._evidence(
+            "claim",
+            claim,
+            paper=paper,
+            ours=ours,
+            criterion=criterion,
+            value=value,
+            interval=interval,
+            inconclusive=inconclusive,
+            section=section,
+            key=key,
+        )
 
-    def control(self, claim: str, *, paper: str, ours: str, criterion: Criterion,
-                value: float | None = None, interval: tuple[float, float] | None = None,
-                inconclusive: str | None = None, section: str | None = None, key: str = "") -> Row:
+    def control(
+        self,
+        claim: str,
+        *,
+        paper: str,
+        ours: str,
+        criterion: Criterion,
+        value: float | None = None,
+        interval: tuple[float, float] | None = None,
+        inconclusive: str | None = None,
+        section: str | None = None,
+        key: str = "",
+    ) -> Row:
         """A critique or negative control, stated as what it would show; computed like a claim."""
-        return self._evidence("control", claim, paper=paper, ours=ours, criterion=criterion, value=value,
-                              interval=interval, inconclusive=inconclusive, section=section, key=key)
+        return self._evidence(
+            "control",
+            claim,
+            paper=paper,
+            ours=ours,
+            criterion=criterion,
+            value=value,
+            interval=interval,
+            inconclusive=inconclusive,
+            section=section,
+            key=key,
+        )
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -313,15 +420,27 @@ class Ledger:
         checks = [r for r in self.rows if r.kind not in EVIDENCE_KINDS]
         out = []
         if evidence:
-            out.append(table(["#", "kind", "claim", "paper", "ours", "criterion", "verdict"],
-                             [[i, r.kind, r.claim, r.paper, _ours(r), r.criterion, _verdict_cell(r)]
-                              for i, r in enumerate(evidence, 1)]))
+            out.append(
+                table(
+                    ["#", "kind", "claim", "paper", "ours", "criterion", "verdict"],
+                    [
+                        [i, r.kind, r.claim, r.paper, _ours(r), r.criterion, _verdict_cell(r)]
+                        for i, r in enumerate(evidence, 1)
+                    ],
+                )
+            )
         if checks:
-            out += ["", "Identities (hold by algebra for any weights: a failure is a bug) and sanity checks "
-                    "(the experiment ran as designed). Both must hold, or the build fails; neither is "
-                    "evidence for the paper.", "",
-                    table(["#", "kind", "check", "ours", "criterion", "result"],
-                          [[i, r.kind, r.claim, r.ours, r.criterion, r.verdict] for i, r in enumerate(checks, 1)])]
+            out += [
+                "",
+                "Identities (hold by algebra for any weights: a failure is a bug) and sanity checks "
+                "(the experiment ran as designed). Both must hold, or the build fails; neither is "
+                "evidence for the paper.",
+                "",
+                table(
+                    ["#", "kind", "check", "ours", "criterion", "result"],
+                    [[i, r.kind, r.claim, r.ours, r.criterion, r.verdict] for i, r in enumerate(checks, 1)],
+                ),
+            ]
         return "\n".join(out)
 
     def record(self) -> dict[str, Any]:
@@ -330,20 +449,22 @@ class Ledger:
 
         import iclbook
 
-        return _clean({
-            "schema": SCHEMA,
-            "chapter": self.chapter,
-            "source": self.source,
-            "page": self.page,
-            "profile": self.profile,
-            "seed": self.seed,
-            "library": iclbook.__version__,
-            "torch": torch.__version__,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(time.perf_counter() - self.started, 1),
-            "rows": [asdict(r) for r in self.rows],
-        })
+        return _clean(
+            {
+                "schema": SCHEMA,
+                "chapter": self.chapter,
+                "source": self.source,
+                "page": self.page,
+                "profile": self.profile,
+                "seed": self.seed,
+                "library": iclbook.__version__,
+                "torch": torch.__version__,
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(time.perf_counter() - self.started, 1),
+                "rows": [asdict(r) for r in self.rows],
+            }
+        )
 
     def save(self, folder: str | Path | None = None) -> Path | None:
         """Write :meth:`record` to ``folder`` (default :func:`records_dir`); returns the path, or
@@ -371,13 +492,17 @@ class Ledger:
         display(Markdown(self.markdown()))
         self.save()
         if not self.all_passed:
-            raise AssertionError("an identity or sanity check failed: " +
-                                 "; ".join(r.claim for r in self.rows if r.failed))
+            raise AssertionError(
+                "an identity or sanity check failed: " + "; ".join(r.claim for r in self.rows if r.failed)
+            )
         c = self.counts()
         n_checks = sum(r.kind not in EVIDENCE_KINDS for r in self.rows)
-        line = (f"{sum(c.values())} claims and controls: " + ", ".join(f"{n} {v}" for v, n in c.items() if n)
-                + f"; {n_checks} identities and sanity checks hold. Chapter executed in "
-                f"{time.perf_counter() - self.started:.0f} s at profile {self.profile!r}, seed {self.seed}.")
+        line = (
+            f"{sum(c.values())} claims and controls: "
+            + ", ".join(f"{n} {v}" for v, n in c.items() if n)
+            + f"; {n_checks} identities and sanity checks hold. Chapter executed in "
+            f"{time.perf_counter() - self.started:.0f} s at profile {self.profile!r}, seed {self.seed}."
+        )
         print(line)
 
 

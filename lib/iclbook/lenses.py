@@ -47,10 +47,10 @@ STREAMS = {
 class Layer2:
     """Layer 2 of an :class:`InductionNet` at the query, with and without its context."""
 
-    h: torch.Tensor        # (n, T, d) residual stream after layer 1
-    att2: torch.Tensor     # (n, T) the query's layer-2 attention
-    a_full: torch.Tensor   # (n, d) A(C, x)
-    a_red: torch.Tensor    # (n, d) A(x): the query token alone through layer 2
+    h: torch.Tensor  # (n, T, d) residual stream after layer 1
+    att2: torch.Tensor  # (n, T) the query's layer-2 attention
+    a_full: torch.Tensor  # (n, d) A(C, x)
+    a_red: torch.Tensor  # (n, d) A(x): the query token alone through layer 2
     a_alone: torch.Tensor  # (n, d) the query token alone through both layers
 
 
@@ -81,9 +81,9 @@ def repeat_query(seqs: ih.Sequences, offset: int = 1) -> tuple[torch.Tensor, tor
     other = (match + offset) % N
     tokens = seqs.tokens.clone()
     rows = torch.arange(len(seqs))
-    item = tokens[rows, 2 * other].clone()                  # the item token, with its position slot
-    item[rows, seqs.shift + 2 * other] = 0.0                # drop the item's own position
-    item[rows, seqs.shift + tokens.shape[1] - 1] = 1.0      # and take the query's
+    item = tokens[rows, 2 * other].clone()  # the item token, with its position slot
+    item[rows, seqs.shift + 2 * other] = 0.0  # drop the item's own position
+    item[rows, seqs.shift + tokens.shape[1] - 1] = 1.0  # and take the query's
     tokens[:, -1] = item
     return tokens, seqs.context_labels[rows, other]
 
@@ -110,14 +110,14 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
     mlp = model.mlp
     part = layer2(model, seqs.tokens[:n_patch])
     target = seqs.target[:n_patch]
-    dW = rank_one_update(mlp.w1, part.a_full, part.a_red)             # (n, width, d)
+    dW = rank_one_update(mlp.w1, part.a_full, part.a_red)  # (n, width, d)
     full = mlp(part.a_full)
     patched = mlp(part.a_red, w1=mlp.w1 + dW)
     gap = float((patched - full).abs().max() / full.abs().max().clamp_min(1e-300))
 
-    shift = (part.a_full - part.a_red) @ mlp.w1.T                     # (n, width) = W1 dA
-    label_shift = (part.h[:, 1:-1:2] @ model.v2.T) @ mlp.w1.T          # (n, N, width) = W1 V2 h_label
-    cos = metrics.cosine(shift.unsqueeze(1), label_shift)              # (n, N)
+    shift = (part.a_full - part.a_red) @ mlp.w1.T  # (n, width) = W1 dA
+    label_shift = (part.h[:, 1:-1:2] @ model.v2.T) @ mlp.w1.T  # (n, N, width) = W1 V2 h_label
+    cos = metrics.cosine(shift.unsqueeze(1), label_shift)  # (n, N)
     match = (seqs.classes[:n_patch] == seqs.query_class[:n_patch, None]).to(cos.dtype)
     on = (cos * match).sum(1) / match.sum(1).clamp_min(1)
     off = (cos * (1 - match)).sum(1) / (1 - match).sum(1).clamp_min(1)
@@ -143,8 +143,9 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
 
 
 @torch.no_grad()
-def dual_form_update(model: ih.InductionNet, seqs: ih.Sequences, n: int = 256, lr: float = 1e-3,
-                     generator: torch.Generator | None = None) -> dict[str, float]:
+def dual_form_update(
+    model: ih.InductionNet, seqs: ih.Sequences, n: int = 256, lr: float = 1e-3, generator: torch.Generator | None = None
+) -> dict[str, float]:
     """Dai et al.'s lens on layer 2.
 
     ``identity_gap``: the linearised layer 2 (softmax dropped) equals ``W_ZSL q + dW_ICL q``
@@ -161,43 +162,52 @@ def dual_form_update(model: ih.InductionNet, seqs: ih.Sequences, n: int = 256, l
     tokens = seqs.tokens[:n]
     part = layer2(model, tokens)
     # the dual form of the linearised layer 2, one prompt per sequence
-    hT = part.h.transpose(-1, -2)                                      # (n, d, T)
-    q = part.h[:, -1] @ model.q2.T                                     # (n, d)
+    hT = part.h.transpose(-1, -2)  # (n, d, T)
+    q = part.h[:, -1] @ model.q2.T  # (n, d)
     dual = dual_form.relaxed_icl(model.k2, model.v2, hT[..., :-1], hT[..., -1:], q)
-    gap = float((dual["attention"] - dual["zsl"] - dual["update"]).abs().max()
-                / dual["attention"].abs().max().clamp_min(1e-300))
+    gap = float(
+        (dual["attention"] - dual["zsl"] - dual["update"]).abs().max() / dual["attention"].abs().max().clamp_min(1e-300)
+    )
     # one finetuning step on the context pairs: per sequence dV2 = -lr sum_j g_j h_j^T
     N = seqs.classes.shape[1]
-    items = tokens[:, 0:2 * N:2]                                       # (n, N, d) context items
-    h_items, _ = model.layer1(items.reshape(-1, 1, items.shape[-1]))   # each item alone
+    items = tokens[:, 0 : 2 * N : 2]  # (n, N, d) context items
+    h_items, _ = model.layer1(items.reshape(-1, 1, items.shape[-1]))  # each item alone
     h_items = h_items[:, 0]
     with torch.enable_grad():
         a = (h_items + h_items @ model.v2.T).detach().requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(model.mlp(a), seqs.context_labels[:n].reshape(-1),
-                                                 reduction="sum")
-        (g,) = torch.autograd.grad(loss, a)                            # dL/da = dL/d(V2 h) per pair
+        loss = torch.nn.functional.cross_entropy(model.mlp(a), seqs.context_labels[:n].reshape(-1), reduction="sum")
+        (g,) = torch.autograd.grad(loss, a)  # dL/da = dL/d(V2 h) per pair
     g, hi = g.reshape(len(tokens), N, -1), h_items.reshape(len(tokens), N, -1)
     hq = part.h[:, -1]
-    ft_shift = -lr * torch.einsum("njd,nje,ne->nd", g, hi, hq)          # dV2 h_q
+    ft_shift = -lr * torch.einsum("njd,nje,ne->nd", g, hi, hq)  # dV2 h_q
     sim = metrics.simaou(part.a_full, part.a_red, part.a_red + ft_shift)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     rand = metrics.simaou_random(part.a_full, part.a_red, gen)
-    return {"identity_gap": gap, "simaou": float(sim.mean()), "simaou_sem": float(sim.std() / len(sim) ** 0.5) if len(sim) > 1 else float("nan"),
-            "simaou_random": float(rand.mean())}
+    return {
+        "identity_gap": gap,
+        "simaou": float(sim.mean()),
+        "simaou_sem": float(sim.std() / len(sim) ** 0.5) if len(sim) > 1 else float("nan"),
+        "simaou_random": float(rand.mean()),
+    }
 
 
 @torch.no_grad()
 def same_class_attention(model: ih.InductionNet, seqs: ih.Sequences) -> float:
     """Li et al.'s attention lens: the share of the query's layer-2 attention on the context
     tokens (items and their labels) of its own class."""
-    att2 = layer2(model, seqs.tokens).att2[:, :-1]                     # (n, 2N): item, label, ...
+    att2 = layer2(model, seqs.tokens).att2[:, :-1]  # (n, 2N): item, label, ...
     match = (seqs.classes == seqs.query_class[:, None]).to(att2.dtype).repeat_interleave(2, dim=1)
     return float((att2 * match).sum(1).mean())
 
 
 @torch.no_grad()
-def pruning_curve(model: ih.InductionNet, seqs: ih.Sequences, rates: list[float], how: str = "magnitude",
-                  generator: torch.Generator | None = None) -> list[float]:
+def pruning_curve(
+    model: ih.InductionNet,
+    seqs: ih.Sequences,
+    rates: list[float],
+    how: str = "magnitude",
+    generator: torch.Generator | None = None,
+) -> list[float]:
     """Li et al.'s pruning lens: accuracy on ``seqs`` with a share ``rate`` of the classifier's
     first-layer neurons silenced, by the norm of their input weights (``"magnitude"``: smallest
     first, as Li et al. prune; ``"random"`` is the control)."""
@@ -215,8 +225,15 @@ def pruning_curve(model: ih.InductionNet, seqs: ih.Sequences, rates: list[float]
 # ---------------------------------------------------------------------------------------------
 
 
-def read_checkpoint(model: ih.InductionNet, seqs: ih.Sequences, seqs64: ih.Sequences, rates: list[float], *,
-                    dual_generator: torch.Generator, prune_generator: torch.Generator) -> dict:
+def read_checkpoint(
+    model: ih.InductionNet,
+    seqs: ih.Sequences,
+    seqs64: ih.Sequences,
+    rates: list[float],
+    *,
+    dual_generator: torch.Generator,
+    prune_generator: torch.Generator,
+) -> dict:
     """Every lens on one checkpoint: the patch and dual-form lenses in float64 on ``seqs64`` (a
     float64 copy of the model reads them, so that their identities are checked exactly), the
     attention and pruning lenses on ``seqs``. Keys: ``patch_*`` (:func:`contextual_patch`),
@@ -241,8 +258,9 @@ def pruning_drop(row: Mapping[str, Any], rates: Sequence[float], rate: float, ho
     return curve[0] - curve[list(rates).index(rate)]
 
 
-def plateau_checkpoint(steps: Sequence[float], ic: Sequence[float], onset: float, base: float,
-                       band: float = 0.05) -> int:
+def plateau_checkpoint(
+    steps: Sequence[float], ic: Sequence[float], onset: float, base: float, band: float = 0.05
+) -> int:
     """The index of the checkpoint that stands for the plateau: the middle one of those before IC
     accuracy's onset whose accuracy lies within ``band`` of the random-context-label level
     ``base`` (B/N); the middle checkpoint of the run when none does (a run without a plateau)."""

@@ -6,7 +6,8 @@ composes its own figure layout and keeps control of titles and captions.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -76,10 +77,17 @@ def attention_map(
 ) -> plt.Axes:
     """Heatmap of an attention matrix ``(queries, keys)``, rows summing to one."""
     weights = np.asarray(weights, dtype=float)
-    sns.heatmap(weights, ax=ax, cmap="viridis", vmin=0, vmax=max(weights.max(), 1e-12),
-                square=True, cbar_kws={"shrink": 0.7},
-                xticklabels=labels if labels is not None else False,
-                yticklabels=labels if labels is not None else False)
+    sns.heatmap(
+        weights,
+        ax=ax,
+        cmap="viridis",
+        vmin=0,
+        vmax=max(weights.max(), 1e-12),
+        square=True,
+        cbar_kws={"shrink": 0.7},
+        xticklabels=labels if labels is not None else False,
+        yticklabels=labels if labels is not None else False,
+    )
     ax.set_xlabel("key")
     ax.set_ylabel("query")
     if title:
@@ -101,16 +109,23 @@ def sequence_strip(ax: plt.Axes, sets: Mapping[str, Any], *, N: int, K: int, L: 
             true_label = (cls - K) % L if cls >= K else cls % L
             for k, (text, colour) in enumerate(((item_text, true_label), (f"ℓ{lab}", lab))):
                 x = 2 * j + k
-                ax.add_patch(plt.Rectangle((x, y - 0.4), 0.92, 0.8, color=palette(colour),
-                                           alpha=0.45 if k == 0 else 0.9))
+                ax.add_patch(
+                    plt.Rectangle((x, y - 0.4), 0.92, 0.8, color=palette(colour), alpha=0.45 if k == 0 else 0.9)
+                )
                 ax.text(x + 0.46, y, text, ha="center", va="center", fontsize=8)
         q = int(seqs.query_class[index])
         ax.add_patch(plt.Rectangle((2 * N, y - 0.4), 0.92, 0.8, fill=False, lw=1.5))
-        ax.text(2 * N + 0.46, y, f"{'n' + str(q - K) if q >= K else q}?", ha="center",
-                va="center", fontsize=8, weight="bold")
+        ax.text(
+            2 * N + 0.46,
+            y,
+            f"{'n' + str(q - K) if q >= K else q}?",
+            ha="center",
+            va="center",
+            fontsize=8,
+            weight="bold",
+        )
         ax.text(2 * N + 1.2, y, f"→ ℓ{int(seqs.target[index])}", va="center", fontsize=9)
         ax.text(-0.4, y, name, ha="right", va="center", fontsize=10, weight="bold")
     ax.set(xlim=(-2.2, 2 * N + 3), ylim=(-len(sets) + 0.4, 0.6))
     ax.axis("off")
     return ax
-

@@ -15,15 +15,27 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from iclbook.ledger import EVIDENCE_KINDS, SCHEMA, VERDICTS, _clean, _ours, _verdict_cell, records_dir, table
 
-
-__all__ = ["load_records", "verdicts", "compare_verdicts", "seed_table", "missing_chapters", "verdict_counts",
-           "claims_table", "identity_table", "seed_run_summary", "runtime_line", "expected_record", "main",
-           "records_dir"]
+__all__ = [
+    "load_records",
+    "verdicts",
+    "compare_verdicts",
+    "seed_table",
+    "missing_chapters",
+    "verdict_counts",
+    "claims_table",
+    "identity_table",
+    "seed_run_summary",
+    "runtime_line",
+    "expected_record",
+    "main",
+    "records_dir",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,8 +62,7 @@ def verdicts(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
     return {rec["chapter"]: {r["key"]: r["verdict"] for r in rec["rows"]} for rec in records}
 
 
-def compare_verdicts(expected: Mapping[str, Mapping[str, str]],
-                     actual: Mapping[str, Mapping[str, str]]) -> list[str]:
+def compare_verdicts(expected: Mapping[str, Mapping[str, str]], actual: Mapping[str, Mapping[str, str]]) -> list[str]:
     """The differences between two :func:`verdicts` maps, one readable line each (empty: same).
 
     Only verdicts are compared: a number that moved within its criterion is not a difference."""
@@ -88,8 +99,9 @@ def _link(rec: Mapping[str, Any], row: Mapping[str, Any]) -> str:
     return ""
 
 
-def seed_table(per_seed: Mapping[int, Sequence[Mapping[str, Any]]], *, profile: str,
-               about: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def seed_table(
+    per_seed: Mapping[int, Sequence[Mapping[str, Any]]], *, profile: str, about: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Gather records of several seeds (``{seed: [records]}``) into one seed table: for each
     chapter and claim/control row, the verdict per seed and the spread of our value."""
     seeds = sorted(per_seed)
@@ -100,16 +112,14 @@ def seed_table(per_seed: Mapping[int, Sequence[Mapping[str, Any]]], *, profile: 
             for r in rec["rows"]:
                 if r["kind"] not in EVIDENCE_KINDS:
                     continue
-                entry = ch.setdefault(r["key"], {"kind": r["kind"], "claim": r["claim"], "verdicts": {},
-                                                  "values": {}})
+                entry = ch.setdefault(r["key"], {"kind": r["kind"], "claim": r["claim"], "verdicts": {}, "values": {}})
                 entry["verdicts"][str(s)] = r["verdict"]
                 entry["values"][str(s)] = r["value"]
     for ch in table.values():
         for entry in ch.values():
             vals = [v for v in entry["values"].values() if v is not None and math.isfinite(v)]
             entry["spread"] = [min(vals), max(vals)] if vals else None
-    return _clean({"schema": SCHEMA + "/seeds", "profile": profile, "seeds": seeds, **(about or {}),
-                   "chapters": table})
+    return _clean({"schema": SCHEMA + "/seeds", "profile": profile, "seeds": seeds, **(about or {}), "chapters": table})
 
 
 def _tally(verdict_list: Iterable[str]) -> str:
@@ -119,8 +129,10 @@ def _tally(verdict_list: Iterable[str]) -> str:
     for v in verdict_list:
         counts[v] = counts.get(v, 0) + 1
     order = list(VERDICTS) + ["missing"]
-    return ", ".join(f"{n} {short.get(v, v)}" for v, n in sorted(counts.items(), key=lambda kv: order.index(kv[0])
-                                                                  if kv[0] in order else len(order)))
+    return ", ".join(
+        f"{n} {short.get(v, v)}"
+        for v, n in sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    )
 
 
 def missing_chapters(records: Sequence[Mapping[str, Any]], chapters: Iterable[str]) -> list[str]:
@@ -142,11 +154,31 @@ def verdict_counts(records: Sequence[Mapping[str, Any]], titles: Mapping[str, st
         name = titles.get(rec["chapter"], rec["chapter"])
         link = f"{{doc}}`{name} </{rec['page']}>`" if rec.get("page") else name
         ident = f"{len(ids)} ({max(gaps):.0e})" if gaps else f"{len(ids)}"
-        out.append([link, rec["source"], f"{rec['profile']}, {rec['seed']}", sum(r["kind"] == "claim" for r in rows),
-                    sum(r["kind"] == "control" for r in rows), *(sum(r["verdict"] == v for r in ev) for v in VERDICTS),
-                    ident, sum(r["kind"] == "sanity" for r in rows)])
-    return table(["chapter", "paper", "profile, seed", "claims", "controls", *VERDICTS, "identities (worst gap)",
-                  "sanity checks"], out)
+        out.append(
+            [
+                link,
+                rec["source"],
+                f"{rec['profile']}, {rec['seed']}",
+                sum(r["kind"] == "claim" for r in rows),
+                sum(r["kind"] == "control" for r in rows),
+                *(sum(r["verdict"] == v for r in ev) for v in VERDICTS),
+                ident,
+                sum(r["kind"] == "sanity" for r in rows),
+            ]
+        )
+    return table(
+        [
+            "chapter",
+            "paper",
+            "profile, seed",
+            "claims",
+            "controls",
+            *VERDICTS,
+            "identities (worst gap)",
+            "sanity checks",
+        ],
+        out,
+    )
 
 
 def claims_table(records: Sequence[Mapping[str, Any]], seeds: Mapping[str, Any] | None = None) -> str:
@@ -162,8 +194,15 @@ def claims_table(records: Sequence[Mapping[str, Any]], seeds: Mapping[str, Any] 
         for r in rec["rows"]:
             if r["kind"] not in EVIDENCE_KINDS:
                 continue
-            row = [f"{rec['chapter']} {_link(rec, r)}", r["kind"], r["claim"], r["paper"], _ours(r), r["criterion"],
-                   _verdict_cell(r)]
+            row = [
+                f"{rec['chapter']} {_link(rec, r)}",
+                r["kind"],
+                r["claim"],
+                r["paper"],
+                _ours(r),
+                r["criterion"],
+                _verdict_cell(r),
+            ]
             if seed_list:
                 entry = seed_chapters.get(rec["chapter"], {}).get(r["key"])
                 if entry is None:
@@ -194,11 +233,18 @@ def seed_run_summary(seeds: Mapping[str, Any]) -> str:
     keys = ("created", "machine", "library", "commit", "torch")
     about = ", ".join(f"{k} {seeds[k]}" for k in keys if seeds.get(k))
     kept = seeds.get("kept") or {}
-    earlier = "".join(f"; chapter {ch} from an earlier run ({v.get('created')}, commit {v.get('commit')})"
-                      for ch, v in sorted(kept.items()))
+    earlier = "".join(
+        f"; chapter {ch} from an earlier run ({v.get('created')}, commit {v.get('commit')})"
+        for ch, v in sorted(kept.items())
+    )
     dropped = "".join(f" Chapter {ch} is not in it: {why}." for ch, why in sorted((seeds.get("dropped") or {}).items()))
-    return (f"Seed table: profile `{seeds['profile']}`, seeds {', '.join(str(s) for s in seeds['seeds'])}"
-            + (f"; {about}" if about else "") + earlier + "." + dropped)
+    return (
+        f"Seed table: profile `{seeds['profile']}`, seeds {', '.join(str(s) for s in seeds['seeds'])}"
+        + (f"; {about}" if about else "")
+        + earlier
+        + "."
+        + dropped
+    )
 
 
 def runtime_line(chapter: str, path: str | Path = Path("records") / "seeds-book.json") -> str:
@@ -214,9 +260,11 @@ def runtime_line(chapter: str, path: str | Path = Path("records") / "seeds-book.
         return f"Run time: chapter {chapter} is not in the seed run ({path}); see benchmarks/README.md."
     created = ((seeds.get("kept") or {}).get(chapter) or {}).get("created") or seeds.get("created")
     mid = secs[len(secs) // 2] if len(secs) % 2 else (secs[len(secs) // 2 - 1] + secs[len(secs) // 2]) / 2
-    return (f"Run time: about {mid:.0f} s at the {seeds['profile']} profile on {seeds.get('machine', 'this machine')} "
-            f"(median of {len(secs)} seeds in the seed run of {str(created)[:10]}); "
-            "the paper profile on a GPU: benchmarks/README.md.")
+    return (
+        f"Run time: about {mid:.0f} s at the {seeds['profile']} profile on {seeds.get('machine', 'this machine')} "
+        f"(median of {len(secs)} seeds in the seed run of {str(created)[:10]}); "
+        "the paper profile on a GPU: benchmarks/README.md."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,8 +276,12 @@ def expected_record(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The committed record of expected verdicts made from a build's records."""
     seeds = sorted({r["seed"] for r in records})
     profiles = sorted({r["profile"] for r in records})
-    return {"schema": SCHEMA + "/verdicts", "profile": profiles[0] if len(profiles) == 1 else profiles,
-            "seed": seeds[0] if len(seeds) == 1 else seeds, "chapters": verdicts(records)}
+    return {
+        "schema": SCHEMA + "/verdicts",
+        "profile": profiles[0] if len(profiles) == 1 else profiles,
+        "seed": seeds[0] if len(seeds) == 1 else seeds,
+        "chapters": verdicts(records),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,9 +28,10 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -340,8 +341,9 @@ def trained_part(config: Any) -> Any:
     this, never a check field."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         checks = set(check_fields(config))
-        part = {f.name: trained_part(getattr(config, f.name)) for f in dataclasses.fields(config)
-                if f.name not in checks}
+        part = {
+            f.name: trained_part(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name not in checks
+        }
         # derived sizes (``cfg.d``) too: their formulas live in the config module, which the
         # source digest leaves out
         for name in dir(type(config)):

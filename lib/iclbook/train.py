@@ -20,7 +20,8 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +55,10 @@ class History(dict):
 
     def _members(self, c: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         if "members" not in c:
-            raise KeyError("this history's checkpoints have no per-member measures: its on_checkpoint "
-                           "must return {'members': [one dict per member]}")
+            raise KeyError(
+                "this history's checkpoints have no per-member measures: its on_checkpoint "
+                "must return {'members': [one dict per member]}"
+            )
         return c["members"]
 
     def curve(self, key: str) -> np.ndarray:
@@ -72,6 +75,8 @@ class History(dict):
     def loss_curve(self) -> np.ndarray:
         """``(members, logged steps)`` training loss; the steps are ``history["step"]``."""
         return np.array(self["loss"]).T
+
+
 LossFn = Callable[[Callable[..., torch.Tensor], Batch], torch.Tensor]
 
 
@@ -217,8 +222,12 @@ def train(
     if checkpoint_every is not None:
         checkpoint(0)
     bar = tqdm(
-        range(1, steps + 1), desc=desc, file=sys.stderr, mininterval=0.5,
-        disable=not runtime.progress_enabled(), leave=False,
+        range(1, steps + 1),
+        desc=desc,
+        file=sys.stderr,
+        mininterval=0.5,
+        disable=not runtime.progress_enabled(),
+        leave=False,
     )
     for step in bar:
         losses = batched_loss([sample(g) for sample, g in zip(samplers, gens)])
@@ -246,8 +255,13 @@ def train(
     return history
 
 
-def _optimizers(named: Sequence[tuple[str, torch.Tensor]], optimizer: str, lr: float, weight_decay: float,
-                groups: Mapping[str, Mapping[str, Any]]) -> list[torch.optim.Optimizer]:
+def _optimizers(
+    named: Sequence[tuple[str, torch.Tensor]],
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    groups: Mapping[str, Mapping[str, Any]],
+) -> list[torch.optim.Optimizer]:
     """One optimizer for the parameters no group claims, and one per group of ``groups``."""
     for key, spec in groups.items():
         unknown = set(spec) - {"optimizer", "lr", "weight_decay"}
@@ -265,8 +279,14 @@ def _optimizers(named: Sequence[tuple[str, torch.Tensor]], optimizer: str, lr: f
         raise ValueError(f"param_groups {empty} match no parameter; names are {[n for n, _ in named]}")
     opts = [make_optimizer(optimizer, rest, lr, weight_decay)] if rest else []
     for key, spec in groups.items():
-        opts.append(make_optimizer(spec.get("optimizer", optimizer), claimed[key], spec.get("lr", lr),
-                                   spec.get("weight_decay", weight_decay)))
+        opts.append(
+            make_optimizer(
+                spec.get("optimizer", optimizer),
+                claimed[key],
+                spec.get("lr", lr),
+                spec.get("weight_decay", weight_decay),
+            )
+        )
     return opts
 
 
@@ -279,13 +299,20 @@ def load_stacked(models: Sequence[nn.Module], state: dict[str, torch.Tensor]) ->
     """Inverse of :func:`stack_states`: load each member's weights in place."""
     for i, m in enumerate(models):
         prefix = f"{i}."
-        m.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        m.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
 
-def cached_training(chapter: str, name: str, config: Any, models: Sequence[nn.Module],
-                    run: Callable[[], History], *,
-                    extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
-                    uses: str | None = None, **extra: Any) -> History:
+def cached_training(
+    chapter: str,
+    name: str,
+    config: Any,
+    models: Sequence[nn.Module],
+    run: Callable[[], History],
+    *,
+    extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
+    uses: str | None = None,
+    **extra: Any,
+) -> History:
     """Train ``models`` through the trained-weight cache (:func:`iclbook.runtime.cached`).
 
     ``run()`` trains the models in place and returns the history. On a cache hit it is not
@@ -296,6 +323,7 @@ def cached_training(chapter: str, name: str, config: Any, models: Sequence[nn.Mo
     (e.g. snapshots at checkpoints); they come back, stored or loaded, as
     ``history["extra_state"]``.
     """
+
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         history = run()
         state = stack_states(models)
@@ -309,5 +337,5 @@ def cached_training(chapter: str, name: str, config: Any, models: Sequence[nn.Mo
         load_stacked(models, state)  # reads the "<member>." keys only
     history["cached"] = hit
     if extra_state is not None:
-        history["extra_state"] = {k[len("extra:"):]: v for k, v in state.items() if k.startswith("extra:")}
+        history["extra_state"] = {k[len("extra:") :]: v for k, v in state.items() if k.startswith("extra:")}
     return history

@@ -27,9 +27,18 @@ layer's output, ``h`` the MLP width. All identities are meant to be checked in f
 Everything is re-exported here: ``from iclbook import contextual as cx; cx.make_block(...)``.
 """
 
-from iclbook.contextual.model import BlockStack, ContextualBlock, Variant, make_block, make_stack
 from iclbook.contextual.config import CONFIGS, STREAMS, Config
 from iclbook.contextual.data import join, sample_prompts, sample_tasks, split, with_queries
+from iclbook.contextual.layers import (
+    GRU,
+    ContextualLayer,
+    DiagonalSSM,
+    LinearAttention,
+    Recurrent,
+    SoftmaxAttention,
+    TanhRNN,
+    make_layer,
+)
 from iclbook.contextual.measures import (
     attention_reference_gap,
     convergence_curve,
@@ -48,16 +57,7 @@ from iclbook.contextual.measures import (
     stack_check,
     theorem_check,
 )
-from iclbook.contextual.layers import (
-    GRU,
-    ContextualLayer,
-    DiagonalSSM,
-    LinearAttention,
-    Recurrent,
-    SoftmaxAttention,
-    TanhRNN,
-    make_layer,
-)
+from iclbook.contextual.model import BlockStack, ContextualBlock, Variant, make_block, make_stack
 from iclbook.contextual.patches import (
     Patch,
     appendix_b_weights,

@@ -58,13 +58,37 @@ class Config:
 
 
 CONFIGS: dict[str, Config] = {
-    "smoke": Config(steps=300, seeds=2, checkpoint_every=50, n_val=128, variant_steps=100,
-                    layer_steps=20, icl_ratio=0.5, n_tasks=40, untrained_seeds=2,
-                    ft_lrs=(0.01, 0.3, 1.0), n_ft_tasks=60, conv_steps=100, stack_steps=60),
+    "smoke": Config(
+        steps=300,
+        seeds=2,
+        checkpoint_every=50,
+        n_val=128,
+        variant_steps=100,
+        layer_steps=20,
+        icl_ratio=0.5,
+        n_tasks=40,
+        untrained_seeds=2,
+        ft_lrs=(0.01, 0.3, 1.0),
+        n_ft_tasks=60,
+        conv_steps=100,
+        stack_steps=60,
+    ),
     "book": Config(),
-    "paper": Config(steps=20000, batch=256, seeds=5, checkpoint_every=500, n_val=2048,
-                    variant_steps=5000, n_tasks=1000, n_ft_tasks=2000, layer_steps=3000,
-                    icl_ratio=0.1, conv_steps=2000, stack_steps=5000, untrained_seeds=10),
+    "paper": Config(
+        steps=20000,
+        batch=256,
+        seeds=5,
+        checkpoint_every=500,
+        n_val=2048,
+        variant_steps=5000,
+        n_tasks=1000,
+        n_ft_tasks=2000,
+        layer_steps=3000,
+        icl_ratio=0.1,
+        conv_steps=2000,
+        stack_steps=5000,
+        untrained_seeds=10,
+    ),
 }
 
 

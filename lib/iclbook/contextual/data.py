@@ -39,8 +39,9 @@ def sample_prompts(
     return tokens, target
 
 
-def with_queries(tokens: torch.Tensor, w: torch.Tensor, n_queries: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def with_queries(
+    tokens: torch.Tensor, w: torch.Tensor, n_queries: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same contexts with ``n_queries`` fresh queries of the same tasks.
 
     Returns query tokens ``(B, n_queries, d + 1)`` (label slot 0) and their targets

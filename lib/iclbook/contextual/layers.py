@@ -29,19 +29,15 @@ class ContextualLayer(nn.Module):
 
     def prefixes(self, context: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """``A(c_1..c_i, x)`` for ``i = 0..N`` as ``(B, N + 1, m)``; index 0 is ``A(x)``."""
-        return torch.stack(
-            [self(join(context[:, :i], query)) for i in range(context.shape[1] + 1)], dim=1
-        )
+        return torch.stack([self(join(context[:, :i], query)) for i in range(context.shape[1] + 1)], dim=1)
 
     def causal(self, seq: torch.Tensor) -> torch.Tensor:
         """The output at every position ``t`` after reading tokens ``1..t``: ``(B, T, m)``."""
-        return torch.stack([self(seq[:, :t + 1]) for t in range(seq.shape[1])], dim=1)
+        return torch.stack([self(seq[:, : t + 1]) for t in range(seq.shape[1])], dim=1)
 
     def suffixes(self, context: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """``A(c_i..c_N, x)`` for ``i = 1..N + 1`` as ``(B, N + 1, m)``; the last is ``A(x)``."""
-        return torch.stack(
-            [self(join(context[:, i:], query)) for i in range(context.shape[1] + 1)], dim=1
-        )
+        return torch.stack([self(join(context[:, i:], query)) for i in range(context.shape[1] + 1)], dim=1)
 
 
 class _Attention(ContextualLayer):
@@ -71,8 +67,7 @@ class SoftmaxAttention(_Attention):
     On the query alone the softmax has one key, so ``A(x) = W_O W_V x + b_O``.
     """
 
-    def __init__(self, d_in: int, heads: int = 4, d_k: int = 4, d_out: int | None = None,
-                 window: int | None = None):
+    def __init__(self, d_in: int, heads: int = 4, d_k: int = 4, d_out: int | None = None, window: int | None = None):
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         super().__init__(d_in, heads, d_k, d_out)
@@ -81,7 +76,7 @@ class SoftmaxAttention(_Attention):
     def weights(self, seq: torch.Tensor) -> torch.Tensor:
         """Attention of the last token over the (windowed) sequence: ``(B, H, T')``."""
         if self.window is not None:
-            seq = seq[:, -self.window:]
+            seq = seq[:, -self.window :]
         q = self._heads(self.q, seq[:, -1])  # (B, H, d_k)
         k = self._heads(self.k, seq)  # (B, T, H, d_k)
         return torch.softmax(torch.einsum("bhe,bthe->bht", q, k) / math.sqrt(self.d_k), dim=-1)
@@ -89,12 +84,11 @@ class SoftmaxAttention(_Attention):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         att = self.weights(seq)
         if self.window is not None:
-            seq = seq[:, -self.window:]
+            seq = seq[:, -self.window :]
         v = self._heads(self.v, seq)
         return self.o(torch.einsum("bht,bthe->bhe", att, v).flatten(-2))
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                allowed: torch.Tensor) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """Rows of queries ``q (B, R, H, e)`` attending to keys ``k, v (B, T, H, e)`` where
         ``allowed (R, T)`` is True; every row needs one allowed key. Returns ``(B, R, d_out)``.
         A masked softmax: each row is normalised by its own maximum, so no row underflows."""
@@ -129,8 +123,9 @@ class SoftmaxAttention(_Attention):
     def causal(self, seq: torch.Tensor) -> torch.Tensor:
         """The output at every position ``t``, attending to tokens ``1..t``: ``(B, T, d_out)``."""
         idx = torch.arange(seq.shape[1], device=seq.device)
-        return self._attend(self._heads(self.q, seq), self._heads(self.k, seq),
-                            self._heads(self.v, seq), self._window_mask(idx, idx))
+        return self._attend(
+            self._heads(self.q, seq), self._heads(self.k, seq), self._heads(self.v, seq), self._window_mask(idx, idx)
+        )
 
 
 class LinearAttention(_Attention):

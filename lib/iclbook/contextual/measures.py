@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from iclbook.contextual.model import BlockStack, ContextualBlock
 from iclbook.contextual.data import join, split, with_queries
 from iclbook.contextual.layers import LinearAttention, SoftmaxAttention
+from iclbook.contextual.model import BlockStack, ContextualBlock
 from iclbook.contextual.patches import (
     appendix_b_weights,
     implicit_patch,
@@ -51,8 +51,7 @@ def theorem_check(block: ContextualBlock, tokens: torch.Tensor, target: torch.Te
 
 
 @torch.no_grad()
-def partial_check(block: ContextualBlock, tokens: torch.Tensor, n_removed: int,
-                  generator: torch.Generator) -> dict:
+def partial_check(block: ContextualBlock, tokens: torch.Tensor, n_removed: int, generator: torch.Generator) -> dict:
     """Theorem 2.2 with ``Y`` a random subset of ``n_removed`` context tokens (order kept):
     ``T_W(C, x)`` against ``T_{W + dW(Y)}(C \\ Y, x)``."""
     N = tokens.shape[1] - 1
@@ -137,8 +136,13 @@ def convergence_curve(block: ContextualBlock, tokens: torch.Tensor) -> torch.Ten
     return update_increments(block.W, block.layer.prefixes(context, query))
 
 
-def finetune_comparison(block: ContextualBlock, tokens: torch.Tensor, target: torch.Tensor,
-                        lr: float | Sequence[float], steps_per_example: int = 1) -> dict:
+def finetune_comparison(
+    block: ContextualBlock,
+    tokens: torch.Tensor,
+    target: torch.Tensor,
+    lr: float | Sequence[float],
+    steps_per_example: int = 1,
+) -> dict:
     """The paper's Fig. 3: implicit ``dW`` against explicit finetuning, per prompt and example.
 
     *Implicit:* the test loss of ``T_W(c_1..c_i, x_q)`` (equal to ``T_{W + dW(c_1..c_i)}(x_q)``).
@@ -170,8 +174,9 @@ def finetune_comparison(block: ContextualBlock, tokens: torch.Tensor, target: to
         u0 = block.mlp_input(query.unsqueeze(1))[0].expand(L, B, -1)
         loss_dw = (block.head(pre, None)[..., -1] - target[:, None]) ** 2
         # the same losses through the patch, to show they coincide
-        loss_dw_patch = (block.head(u0[0].unsqueeze(1).expand_as(pre), None, W=W0 + dWs)[..., -1]
-                         - target[:, None]) ** 2
+        loss_dw_patch = (
+            block.head(u0[0].unsqueeze(1).expand_as(pre), None, W=W0 + dWs)[..., -1] - target[:, None]
+        ) ** 2
         u_ft = query_inputs(block, context)  # (B, N, m): the MLP inputs of [x_j; 0]
     W = W0.expand(L, B, *W0.shape).clone()
     rate = lrs[:, None, None, None]
@@ -190,8 +195,13 @@ def finetune_comparison(block: ContextualBlock, tokens: torch.Tensor, target: to
                 pred = block.head(u, None, W=W)[..., -1]
                 (grad,) = torch.autograd.grad(0.5 * ((pred - y) ** 2).sum(), W)  # per task
             W = (W - rate * grad).detach()
-    out = {"loss_dw": loss_dw, "loss_dw_patch": loss_dw_patch, "loss_ft": torch.stack(loss_ft, -1),
-           "cosine": torch.stack(cos, -1), "W_ft": W}
+    out = {
+        "loss_dw": loss_dw,
+        "loss_dw_patch": loss_dw_patch,
+        "loss_ft": torch.stack(loss_ft, -1),
+        "cosine": torch.stack(cos, -1),
+        "W_ft": W,
+    }
     if single:
         for key in ("loss_ft", "cosine", "W_ft"):
             out[key] = out[key][0]
@@ -215,8 +225,9 @@ def half_drop_index(curve: torch.Tensor) -> int | None:
     return int(below[0]) if len(below) else None
 
 
-def finetune_to_convergence(block: ContextualBlock, tokens: torch.Tensor, target: torch.Tensor,
-                            steps: int, lr: float) -> dict:
+def finetune_to_convergence(
+    block: ContextualBlock, tokens: torch.Tensor, target: torch.Tensor, steps: int, lr: float
+) -> dict:
     """Finetune ``W`` alone on all ``N`` context examples of each task at once (full-batch
     gradient descent on their mean squared error, ``steps`` steps at rate ``lr``), then test on
     the query: what finetuning the same weight can reach, whatever its speed.
@@ -254,9 +265,15 @@ def finetune_to_convergence(block: ContextualBlock, tokens: torch.Tensor, target
 
 
 @torch.no_grad()
-def patch_transfer(block: ContextualBlock, tokens: torch.Tensor, target: torch.Tensor,
-                   w: torch.Tensor, n_fresh: int, generator: torch.Generator,
-                   W_other: torch.Tensor | None = None) -> dict:
+def patch_transfer(
+    block: ContextualBlock,
+    tokens: torch.Tensor,
+    target: torch.Tensor,
+    w: torch.Tensor,
+    n_fresh: int,
+    generator: torch.Generator,
+    W_other: torch.Tensor | None = None,
+) -> dict:
     """Does the patch built for one query act as "learned weights" for its task?
 
     For each task, the patch ``dW`` of its prompt (built for its query ``x_q``) is applied to
@@ -370,11 +387,11 @@ def linear_dual_gap(layer: LinearAttention, tokens: torch.Tensor, n_prompts: int
     for b in range(context.shape[0]):
         heads = []
         for h in range(layer.heads):
-            wq, wk, wv = (p.weight[h * e:(h + 1) * e] for p in (layer.q, layer.k, layer.v))
+            wq, wk, wv = (p.weight[h * e : (h + 1) * e] for p in (layer.q, layer.k, layer.v))
             x = query[b].unsqueeze(1)  # (n, 1)
             parts = dual_form.relaxed_icl(wk, wv, context[b].T, x, wq @ query[b])
             heads.append(parts["zsl"] + parts["update"])
-        direct = layer(join(context[b:b + 1], query[b:b + 1]))[0]
+        direct = layer(join(context[b : b + 1], query[b : b + 1]))[0]
         worst = max(worst, float((layer.o(torch.cat(heads)) - direct).abs().max()))
     return worst
 

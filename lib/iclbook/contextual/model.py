@@ -10,8 +10,8 @@ from torch import nn
 
 from iclbook import runtime
 from iclbook.contextual.config import Config
-from iclbook.internals import HookPoints
 from iclbook.contextual.layers import ContextualLayer, make_layer
+from iclbook.internals import HookPoints
 
 Variant = Literal["plain", "skip", "preln"]
 
@@ -42,8 +42,7 @@ class ContextualBlock(HookPoints, nn.Module):
         "prediction": "(B,) its last coordinate: the regression prediction (what forward returns)",
     }
 
-    def __init__(self, layer: ContextualLayer, width: int = 64, variant: Variant = "plain",
-                 d_model: int | None = None):
+    def __init__(self, layer: ContextualLayer, width: int = 64, variant: Variant = "plain", d_model: int | None = None):
         super().__init__()
         if variant not in ("plain", "skip", "preln"):
             raise ValueError(f"variant must be 'plain', 'skip' or 'preln', got {variant!r}")
@@ -73,8 +72,9 @@ class ContextualBlock(HookPoints, nn.Module):
             return a, seq[:, -1] + a
         return a, a.new_zeros(a.shape[0], self.d_model)
 
-    def head(self, u: torch.Tensor, z: torch.Tensor, W: torch.Tensor | None = None,
-             bias_shift: torch.Tensor | None = None) -> torch.Tensor:
+    def head(
+        self, u: torch.Tensor, z: torch.Tensor, W: torch.Tensor | None = None, bias_shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The block's output from its MLP input: ``z + W2 gelu(W u + b) + b2 (+ bias_shift)``.
 
         ``W`` is ``(h, m)`` or one matrix per prompt ``(..., h, m)``; ``u`` is ``(..., m)``.
@@ -122,13 +122,13 @@ class ContextualBlock(HookPoints, nn.Module):
         return self.hook("prediction", out[..., -1])
 
 
-def make_block(kind: str, cfg: Config, variant: Variant = "plain", *, seed: int,
-               dtype=torch.float64) -> ContextualBlock:
+def make_block(
+    kind: str, cfg: Config, variant: Variant = "plain", *, seed: int, dtype=torch.float64
+) -> ContextualBlock:
     """A block with a ``kind`` layer (see :func:`make_layer`), initialised from ``seed``."""
     with runtime.seeded(seed):
         block = ContextualBlock(make_layer(kind, cfg.d + 1, cfg), cfg.width, variant)
     return block.to(dtype)
-
 
 
 class BlockStack(nn.Module):
@@ -159,8 +159,9 @@ class BlockStack(nn.Module):
         return self.blocks[-1](self.streams(seq)[-1])
 
 
-def make_stack(kind: str, cfg: Config, depth: int, variant: Variant = "plain", *, seed: int,
-               dtype=torch.float64) -> BlockStack:
+def make_stack(
+    kind: str, cfg: Config, depth: int, variant: Variant = "plain", *, seed: int, dtype=torch.float64
+) -> BlockStack:
     """A stack of ``depth`` blocks, block ``l`` initialised from the library stream "stack-blocks"
     of ``seed`` (seed ``100 * seed + l``)."""
     if depth < 1:

@@ -75,8 +75,7 @@ def implicit_patch(block: ContextualBlock, full: torch.Tensor, reduced: torch.Te
     return Patch(dW, None if block.variant == "plain" else z_full - z_red)
 
 
-def patched_output(block: ContextualBlock, reduced: torch.Tensor, patch: Patch,
-                   use_bias: bool = True) -> torch.Tensor:
+def patched_output(block: ContextualBlock, reduced: torch.Tensor, patch: Patch, use_bias: bool = True) -> torch.Tensor:
     """The block's output ``(B, d_model)`` on ``reduced`` with ``W + dW`` (and ``b' + db``)."""
     u, z = block.mlp_input(reduced)
     return block.head(u, z, W=block.W + patch.dW, bias_shift=patch.db if use_bias else None)

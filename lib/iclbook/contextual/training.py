@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from iclbook import runtime, train
-from iclbook.contextual.model import BlockStack, ContextualBlock, Variant, make_block, make_stack
 from iclbook.contextual.config import Config
 from iclbook.contextual.data import sample_prompts
 from iclbook.contextual.measures import theorem_check
+from iclbook.contextual.model import BlockStack, ContextualBlock, Variant, make_block, make_stack
 
 
 def mse(block: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -19,10 +19,18 @@ def mse(block: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Ten
     return ((block(tokens) - target) ** 2).mean()
 
 
-def train_blocks(cfg: Config, seeds: list[int], *, kind: str = "softmax",
-                 variant: Variant = "plain", steps: int, lr: float,
-                 val: tuple[torch.Tensor, torch.Tensor] | None = None, depth: int = 1,
-                 desc: str | None = None) -> tuple[list[ContextualBlock] | list[BlockStack], train.History]:
+def train_blocks(
+    cfg: Config,
+    seeds: list[int],
+    *,
+    kind: str = "softmax",
+    variant: Variant = "plain",
+    steps: int,
+    lr: float,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    depth: int = 1,
+    desc: str | None = None,
+) -> tuple[list[ContextualBlock] | list[BlockStack], train.History]:
     """Train one block (or, with ``depth > 1``, one stack of blocks) per seed on fresh
     regression prompts, all seeds as one batched ensemble.
 
@@ -48,7 +56,11 @@ def train_blocks(cfg: Config, seeds: list[int], *, kind: str = "softmax",
 
     def run() -> dict:
         return train.train(
-            models, mse, sample, steps=steps, lr=lr,
+            models,
+            mse,
+            sample,
+            steps=steps,
+            lr=lr,
             generators=[runtime.stream("batches", s) for s in seeds],
             checkpoint_every=cfg.checkpoint_every if val is not None else None,
             on_checkpoint=on_checkpoint if val is not None else None,
@@ -57,6 +69,7 @@ def train_blocks(cfg: Config, seeds: list[int], *, kind: str = "softmax",
 
     val_digest = None if val is None else float(val[0].sum() + val[1].sum())
     name = f"{kind}-{variant}" + (f"-x{depth}" if depth > 1 else "")
-    history = train.cached_training("04", name, cfg, models, run, uses=__name__, seeds=list(seeds),
-                                    steps=steps, lr=lr, val=val_digest)
+    history = train.cached_training(
+        "04", name, cfg, models, run, uses=__name__, seeds=list(seeds), steps=steps, lr=lr, val=val_digest
+    )
     return models, history

@@ -32,8 +32,9 @@ class Codec(Protocol):
     pad_id: int
     nonce_pool: tuple[str, ...]
 
-    def prompt(self, task: data.Task, demos: Demos, x, max_len: int | None = None
-               ) -> tuple[list[int], list[tuple[int, int]]]: ...
+    def prompt(
+        self, task: data.Task, demos: Demos, x, max_len: int | None = None
+    ) -> tuple[list[int], list[tuple[int, int]]]: ...
 
     def example(self, task: data.Task, x, label: str) -> list[int]: ...
 
@@ -72,8 +73,7 @@ class TextCodec:
     is both, as in fairseq); ``pad_id`` only fills the right end of a batch, which a causal
     model never reads, so any valid id will do."""
 
-    def __init__(self, tokenizer, *, bos_id: int | None = None, sep_id: int | None = None,
-                 pad_id: int | None = None):
+    def __init__(self, tokenizer, *, bos_id: int | None = None, sep_id: int | None = None, pad_id: int | None = None):
         self.tokenizer = tokenizer
         self.bos_id = tokenizer.bos_token_id if bos_id is None else bos_id
         self.sep_id = tokenizer.eos_token_id if sep_id is None else sep_id

@@ -19,7 +19,7 @@ from iclbook import runtime
 from iclbook.implicit.data import TASK_NAMES
 
 #: The paper's learning-rate grid: {1, ..., 9} x {1e-1, ..., 1e-4}.
-LR_GRID = tuple(round(m * 10.0 ** e, 10) for e in (-1, -2, -3, -4) for m in range(1, 10))
+LR_GRID = tuple(round(m * 10.0**e, 10) for e in (-1, -2, -3, -4) for m in range(1, 10))
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,21 @@ class Config:
 
 
 CONFIGS = {
-    "smoke": Config(n_test=100, n_dev=60, demo_seeds=(1, 2), lr_grid=LR_GRID[::4], eval_seeds=1,
-                    kendall_examples=30, control_examples=100, permutations=3,
-                    margin=0.05, min_nonce=2, lexicon_tasks=2, momentum_tasks=3, judged=False),
+    "smoke": Config(
+        n_test=100,
+        n_dev=60,
+        demo_seeds=(1, 2),
+        lr_grid=LR_GRID[::4],
+        eval_seeds=1,
+        kendall_examples=30,
+        control_examples=100,
+        permutations=3,
+        margin=0.05,
+        min_nonce=2,
+        lexicon_tasks=2,
+        momentum_tasks=3,
+        judged=False,
+    ),
     "book": Config(n_test=500, n_dev=200),
     "paper": Config(n_test=2000, n_dev=500, eval_seeds=5, control_examples=500),
 }

@@ -45,35 +45,113 @@ from iclbook import runtime
 PAD, BOS, SEP = "<pad>", "<s>", "</s>"
 SPECIALS = (PAD, BOS, SEP)
 
-FILLER = ("the", "a", "this", "it", "was", "and", "very", "quite", "so", "just", "story", "thing",
-          "one", "of", "all", "really")
+FILLER = (
+    "the",
+    "a",
+    "this",
+    "it",
+    "was",
+    "and",
+    "very",
+    "quite",
+    "so",
+    "just",
+    "story",
+    "thing",
+    "one",
+    "of",
+    "all",
+    "really",
+)
 
 # Prior (canonical) lexicons: a weak, fixed signal of the class.
 PRIOR = {
-    "sst2": (("awful", "dreadful", "dull", "bland", "weak", "messy"),
-             ("superb", "lovely", "brilliant", "fine", "warm", "sharp")),
-    "sst5": (("horrid", "painful"), ("tired", "flat"), ("plain", "average"),
-             ("pleasant", "decent"), ("stunning", "perfect")),
-    "mr": (("boring", "tedious", "clumsy", "silly", "hollow", "stale"),
-           ("gripping", "charming", "moving", "witty", "fresh", "clever")),
-    "subj": (("located", "founded", "released", "born", "built", "moved"),
-             ("feel", "love", "hate", "think", "believe", "wish")),
-    "agnews": (("war", "minister", "treaty", "election"), ("match", "coach", "goal", "team"),
-               ("market", "profit", "stocks", "bank"), ("software", "chip", "internet", "robot")),
+    "sst2": (
+        ("awful", "dreadful", "dull", "bland", "weak", "messy"),
+        ("superb", "lovely", "brilliant", "fine", "warm", "sharp"),
+    ),
+    "sst5": (
+        ("horrid", "painful"),
+        ("tired", "flat"),
+        ("plain", "average"),
+        ("pleasant", "decent"),
+        ("stunning", "perfect"),
+    ),
+    "mr": (
+        ("boring", "tedious", "clumsy", "silly", "hollow", "stale"),
+        ("gripping", "charming", "moving", "witty", "fresh", "clever"),
+    ),
+    "subj": (
+        ("located", "founded", "released", "born", "built", "moved"),
+        ("feel", "love", "hate", "think", "believe", "wish"),
+    ),
+    "agnews": (
+        ("war", "minister", "treaty", "election"),
+        ("match", "coach", "goal", "team"),
+        ("market", "profit", "stocks", "bank"),
+        ("software", "chip", "internet", "robot"),
+    ),
 }
 
 # Cue words: nonsense syllables whose class is fixed per data set (per pretraining episode).
-CUES = tuple(f"{c}{v}{e}" for c, v, e in (
-    ("z", "i", "b"), ("t", "o", "k"), ("m", "u", "r"), ("p", "e", "l"), ("g", "a", "x"),
-    ("v", "o", "n"), ("r", "i", "d"), ("s", "u", "m"), ("k", "e", "f"), ("l", "a", "p"),
-    ("n", "o", "g"), ("b", "i", "v"), ("d", "u", "t"), ("f", "e", "z"), ("h", "a", "m"),
-    ("j", "o", "b"), ("w", "i", "l"), ("y", "u", "p"), ("c", "e", "n"), ("q", "a", "d"),
-    ("x", "o", "s"), ("t", "i", "g"), ("m", "e", "v"), ("p", "u", "k"), ("g", "o", "l"),
-    ("v", "a", "b"), ("r", "u", "n"), ("s", "e", "d"), ("k", "i", "m"), ("l", "o", "t"),
-))
+CUES = tuple(
+    f"{c}{v}{e}"
+    for c, v, e in (
+        ("z", "i", "b"),
+        ("t", "o", "k"),
+        ("m", "u", "r"),
+        ("p", "e", "l"),
+        ("g", "a", "x"),
+        ("v", "o", "n"),
+        ("r", "i", "d"),
+        ("s", "u", "m"),
+        ("k", "e", "f"),
+        ("l", "a", "p"),
+        ("n", "o", "g"),
+        ("b", "i", "v"),
+        ("d", "u", "t"),
+        ("f", "e", "z"),
+        ("h", "a", "m"),
+        ("j", "o", "b"),
+        ("w", "i", "l"),
+        ("y", "u", "p"),
+        ("c", "e", "n"),
+        ("q", "a", "d"),
+        ("x", "o", "s"),
+        ("t", "i", "g"),
+        ("m", "e", "v"),
+        ("p", "u", "k"),
+        ("g", "o", "l"),
+        ("v", "a", "b"),
+        ("r", "u", "n"),
+        ("s", "e", "d"),
+        ("k", "i", "m"),
+        ("l", "o", "t"),
+    )
+)
 
-NONCE_LABELS = ("dax", "wug", "blicket", "fep", "toma", "kiki", "bouba", "lorp", "mipa", "tufa",
-                "snod", "plim", "yark", "neem", "jop", "vorn", "glim", "sarp", "quib", "teb")
+NONCE_LABELS = (
+    "dax",
+    "wug",
+    "blicket",
+    "fep",
+    "toma",
+    "kiki",
+    "bouba",
+    "lorp",
+    "mipa",
+    "tufa",
+    "snod",
+    "plim",
+    "yark",
+    "neem",
+    "jop",
+    "vorn",
+    "glim",
+    "sarp",
+    "quib",
+    "teb",
+)
 
 # CB: people, properties.
 PEOPLE = ("ana", "ben", "cy", "dee", "eli", "fay", "gus", "hal", "ivy", "jo")
@@ -85,8 +163,8 @@ class Task:
     """One task family: its template, its canonical label words, its class lexicons."""
 
     name: str
-    prefix: str          # the template word before the input ("Sentence:")
-    marker: str          # the template word before the label ("Label:")
+    prefix: str  # the template word before the input ("Sentence:")
+    marker: str  # the template word before the label ("Label:")
     labels: tuple[str, ...]
 
     @property
@@ -143,10 +221,10 @@ def get_task(name: str) -> Task:
 # Sentences
 # ---------------------------------------------------------------------------------------------
 
-PRIOR_WORDS = 2        # prior-lexicon words per sentence
-FILLER_WORDS = 2       # filler words per sentence
-PRIOR_STRENGTH = 0.6   # chance that a prior word belongs to the sentence's own class
-REPEAT_BLOCK = 3       # inputs per repeated block of an unlabelled pretraining row
+PRIOR_WORDS = 2  # prior-lexicon words per sentence
+FILLER_WORDS = 2  # filler words per sentence
+PRIOR_STRENGTH = 0.6  # chance that a prior word belongs to the sentence's own class
+REPEAT_BLOCK = 3  # inputs per repeated block of an unlabelled pretraining row
 
 
 def _pick(seq: Sequence, gen: torch.Generator):
@@ -156,12 +234,17 @@ def _pick(seq: Sequence, gen: torch.Generator):
 def draw_cues(task: Task, gen: torch.Generator, per_class: int = 1) -> tuple[tuple[str, ...], ...]:
     """A fresh assignment of cue words to classes: ``per_class`` distinct cues per class."""
     perm = torch.randperm(len(CUES), generator=gen)[: per_class * task.n_classes].tolist()
-    return tuple(tuple(CUES[perm[c * per_class + j]] for j in range(per_class))
-                 for c in range(task.n_classes))
+    return tuple(tuple(CUES[perm[c * per_class + j]] for j in range(per_class)) for c in range(task.n_classes))
 
 
-def sentence(task: Task, y: int, cues: tuple[tuple[str, ...], ...], gen: torch.Generator,
-             prior_strength: float = PRIOR_STRENGTH, cue_last: bool = True) -> list[str]:
+def sentence(
+    task: Task,
+    y: int,
+    cues: tuple[tuple[str, ...], ...],
+    gen: torch.Generator,
+    prior_strength: float = PRIOR_STRENGTH,
+    cue_last: bool = True,
+) -> list[str]:
     """The input words of one example of class ``y`` (no template); the cue word is the last
     word, or (``cue_last=False``) at a random position before it, which pretraining never showed."""
     if task.name == "cb":
@@ -216,8 +299,9 @@ def example_words(task: Task, x: Sequence[str], label: str | None = None) -> lis
     return words + ([label] if label is not None else [])
 
 
-def icl_prompt(task: Task, demos: Sequence[tuple[Sequence[str], str]], x: Sequence[str],
-               max_len: int | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+def icl_prompt(
+    task: Task, demos: Sequence[tuple[Sequence[str], str]], x: Sequence[str], max_len: int | None = None
+) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of ``BOS demo_1 SEP ... demo_k SEP query`` and the (start, stop) span of each
     demonstration's tokens (its ``</s>`` excluded). Demonstrations that do not fit ``max_len``
     are dropped from the front of the list's end, as the paper's code truncates the context."""
@@ -250,7 +334,7 @@ class Dataset:
 
     task: Task
     inputs: list[list[str]]
-    classes: torch.Tensor            # (n,) long
+    classes: torch.Tensor  # (n,) long
     cues: tuple[tuple[str, ...], ...] = field(default=())
 
     def __len__(self) -> int:
@@ -260,8 +344,9 @@ class Dataset:
         return Dataset(self.task, [self.inputs[i] for i in idx], self.classes[list(idx)], self.cues)
 
 
-def make_dataset(name: str, n: int, seed: int, *, split: str = "test", cues_per_class: int = 1,
-                 cue_last: bool = True) -> Dataset:
+def make_dataset(
+    name: str, n: int, seed: int, *, split: str = "test", cues_per_class: int = 1, cue_last: bool = True
+) -> Dataset:
     """``n`` balanced-in-expectation examples of task ``name``. The cue words are a property of
     the data set (fixed by the task name, the same in every split); ``seed`` and ``split`` choose
     the examples.
@@ -288,8 +373,9 @@ def make_dataset(name: str, n: int, seed: int, *, split: str = "test", cues_per_
     return Dataset(task, inputs, classes, cues)
 
 
-def pretraining_batch(batch: int, seq_len: int, gen: torch.Generator,
-                      p_canonical: float = 0.3, p_plain: float = 0.2) -> torch.Tensor:
+def pretraining_batch(
+    batch: int, seq_len: int, gen: torch.Generator, p_canonical: float = 0.3, p_plain: float = 0.2
+) -> torch.Tensor:
     """``(batch, seq_len + 1)`` token ids of pretraining episodes.
 
     An episode is one task with a fresh cue assignment and a verbalizer that is the canonical

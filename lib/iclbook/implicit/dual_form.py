@@ -49,8 +49,9 @@ def icl_update(w_k: torch.Tensor, w_v: torch.Tensor, x_demo: torch.Tensor) -> to
     return (w_v @ x_demo) @ (w_k @ x_demo).transpose(-1, -2)
 
 
-def relaxed_icl(w_k: torch.Tensor, w_v: torch.Tensor, x_demo: torch.Tensor, x: torch.Tensor,
-                q: torch.Tensor) -> dict[str, torch.Tensor]:
+def relaxed_icl(
+    w_k: torch.Tensor, w_v: torch.Tensor, x_demo: torch.Tensor, x: torch.Tensor, q: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Linear attention of ``q`` over ``[X'; X]`` and its two parts (Eq. 11-12).
 
     ``X'`` is ``(d, n')``, ``X`` ``(d, n)`` and ``q`` ``(d_k,)``, or batches of them with the
@@ -62,12 +63,18 @@ def relaxed_icl(w_k: torch.Tensor, w_v: torch.Tensor, x_demo: torch.Tensor, x: t
     col = q.unsqueeze(-1)
     direct = ((w_v @ both) @ ((w_k @ both).transpose(-1, -2) @ col)).squeeze(-1)
     w0, dw = zsl_weight(w_k, w_v, x), icl_update(w_k, w_v, x_demo)
-    return {"attention": direct, "zsl": (w0 @ col).squeeze(-1), "update": (dw @ col).squeeze(-1),
-            "W_ZSL": w0, "dW_ICL": dw}
+    return {
+        "attention": direct,
+        "zsl": (w0 @ col).squeeze(-1),
+        "update": (dw @ col).squeeze(-1),
+        "W_ZSL": w0,
+        "dW_ICL": dw,
+    }
 
 
-def ft_update(w_k: torch.Tensor, w_v: torch.Tensor, dw_k: torch.Tensor, dw_v: torch.Tensor,
-              x: torch.Tensor) -> dict[str, torch.Tensor]:
+def ft_update(
+    w_k: torch.Tensor, w_v: torch.Tensor, dw_k: torch.Tensor, dw_v: torch.Tensor, x: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Eq. 13: ``dW_FT = dW_V XX^T W_K^T + W_V XX^T dW_K^T + dW_V XX^T dW_K^T`` (its three terms
     and their sum) and, for comparison, ``(W_V + dW_V) XX^T (W_K + dW_K)^T - W_ZSL``."""
     xx = x @ x.T
@@ -76,8 +83,9 @@ def ft_update(w_k: torch.Tensor, w_v: torch.Tensor, dw_k: torch.Tensor, dw_v: to
     return {"terms": terms, "dW_FT": terms[0] + terms[1] + terms[2], "direct": direct}
 
 
-def sgd_dual_form(w0: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, lr: float,
-                  loss: str = "mse") -> dict[str, torch.Tensor]:
+def sgd_dual_form(
+    w0: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, lr: float, loss: str = "mse"
+) -> dict[str, torch.Tensor]:
     """Train the linear layer ``F(x) = W x`` by sequential SGD, one example per step.
 
     ``inputs (n, d_in)``, ``targets (n, d_out)`` (``"mse"``, loss ``0.5 ||Wx - y||^2``) or
@@ -107,8 +115,9 @@ def linear_attention(values: torch.Tensor, keys: torch.Tensor, q: torch.Tensor) 
     return values @ (keys.T @ q)
 
 
-def softmax_split(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                  demo: torch.Tensor, scale: float | None = None) -> dict[str, torch.Tensor]:
+def softmax_split(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, demo: torch.Tensor, scale: float | None = None
+) -> dict[str, torch.Tensor]:
     """Split exact softmax attention into its zero-shot and demonstration parts.
 
     ``keys (d_k, n)``, ``values (d_v, n)``, ``demo (n,)`` bool (True for demonstration tokens;
@@ -129,8 +138,9 @@ def softmax_split(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return {"h": h, "h_zsl": h_zsl, "h_demo": h_demo, "lam": z_demo / (z_demo + z_query)}
 
 
-def layerwise_residual(weights: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                       x_demo: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def layerwise_residual(
+    weights: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], x_demo: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
     """A stack of linear-attention layers with residual connections, ``h <- h + W_V H (W_K H)^T
     W_Q h`` over all tokens (causal). At every layer compare the in-context output at the last
     query token with ``(W_ZSL + dW_ICL) q`` where ``W_ZSL`` is built from the *zero-shot* pass's
@@ -146,7 +156,7 @@ def layerwise_residual(weights: list[tuple[torch.Tensor, torch.Tensor, torch.Ten
     def layer(h: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor) -> torch.Tensor:
         k, v, q = w_k @ h, w_v @ h, w_q @ h
         mask = torch.tril(torch.ones(h.shape[1], h.shape[1], dtype=torch.bool))
-        scores = (k.T @ q) * mask.T.to(h)           # scores[j, t] = k_j . q_t for j <= t
+        scores = (k.T @ q) * mask.T.to(h)  # scores[j, t] = k_j . q_t for j <= t
         return h + v @ scores
 
     for w_q, w_k, w_v in weights:

@@ -54,9 +54,11 @@ class TaskRun:
 
 def splits(name: str, cfg: Config, seed: int) -> tuple[Dataset, Dataset, Dataset]:
     """(pool, dev, test) of task ``name`` for evaluation seed ``seed``."""
-    return (make_dataset(name, cfg.pool, seed, split="train"),
-            make_dataset(name, cfg.n_dev, seed, split="dev"),
-            make_dataset(name, cfg.n_test, seed, split="test"))
+    return (
+        make_dataset(name, cfg.pool, seed, split="train"),
+        make_dataset(name, cfg.n_dev, seed, split="dev"),
+        make_dataset(name, cfg.n_test, seed, split="test"),
+    )
 
 
 def demo_generator(seed: int, demo_seed: int) -> torch.Generator:
@@ -64,13 +66,19 @@ def demo_generator(seed: int, demo_seed: int) -> torch.Generator:
     return runtime.stream("demos", seed, demo_seed)
 
 
-def ft_examples(task: Task, demos: Sequence[tuple[object, str]],
-                codec: Codec = WORDS) -> list[list[int]]:
+def ft_examples(task: Task, demos: Sequence[tuple[object, str]], codec: Codec = WORDS) -> list[list[int]]:
     return [codec.example(task, x, y) for x, y in demos]
 
 
-def lr_search(model: nn.Module, task: Task, demos, grid: Sequence[float],
-              datasets: Sequence[Dataset], max_len: int, codec: Codec = WORDS) -> list[list[float]]:
+def lr_search(
+    model: nn.Module,
+    task: Task,
+    demos,
+    grid: Sequence[float],
+    datasets: Sequence[Dataset],
+    max_len: int,
+    codec: Codec = WORDS,
+) -> list[list[float]]:
     """Zero-shot accuracy on each of ``datasets`` of the model finetuned at each learning rate of
     ``grid`` (one finetuning per rate, however many data sets read it): ``acc[d][i]``."""
     examples = ft_examples(task, demos, codec)
@@ -93,9 +101,16 @@ def sparse_search(cfg: Config, every: int) -> Config:
     return replace(cfg, demo_seeds=cfg.demo_seeds[:3], lr_grid=cfg.lr_grid[::every])
 
 
-def evaluate_zif(model: nn.Module, tuned: nn.Module, test: Dataset, demos, record: bool,
-                 max_len: int, codec: Codec = WORDS, full_rows: int | None = None
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, dict], list]:
+def evaluate_zif(
+    model: nn.Module,
+    tuned: nn.Module,
+    test: Dataset,
+    demos,
+    record: bool,
+    max_len: int,
+    codec: Codec = WORDS,
+    full_rows: int | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, dict], list]:
     """Correctness masks of Z (``model``, no demonstrations), I (``model`` with ``demos``) and F
     (``tuned``, no demonstrations) on ``test``; with ``record`` also their :func:`probe.record`
     outputs (log-probabilities of the candidate labels only; with ``full_rows``, ICL's score rows
@@ -118,9 +133,18 @@ def evaluate_zif(model: nn.Module, tuned: nn.Module, test: Dataset, demos, recor
     return right, recs, spans
 
 
-def run_task(model: nn.Module, name: str, cfg: Config, seed: int, *, record: bool = True,
-             select_on_test: bool = True, max_len: int = 256, data=None,
-             codec: Codec = WORDS) -> TaskRun:
+def run_task(
+    model: nn.Module,
+    name: str,
+    cfg: Config,
+    seed: int,
+    *,
+    record: bool = True,
+    select_on_test: bool = True,
+    max_len: int = 256,
+    data=None,
+    codec: Codec = WORDS,
+) -> TaskRun:
     """Steps 1-4 of the module docstring for one task (``record=False``: accuracies only;
     ``select_on_test=False`` skips the paper's selection on the reported split).
 
@@ -141,15 +165,14 @@ def run_task(model: nn.Module, name: str, cfg: Config, seed: int, *, record: boo
     # one finetuning per learning rate, read on dev (our choice) and on test (the paper's)
     accs = lr_search(model, task, demos, cfg.lr_grid, [dev, test] if select_on_test else [dev], max_len, codec)
     lr = best_lr(cfg.lr_grid, accs[0])
-    lr_test, test_accs = ((best_lr(cfg.lr_grid, accs[1]), accs[1]) if select_on_test
-                          else (float("nan"), [float("nan")]))
+    lr_test, test_accs = (best_lr(cfg.lr_grid, accs[1]), accs[1]) if select_on_test else (float("nan"), [float("nan")])
     ft = probe.finetune_kv(model, ft_examples(task, demos, codec), lr, keep_queries=record)
-    right, recs, spans = evaluate_zif(model, ft.model, test, demos, record, max_len, codec,
-                                      full_rows=cfg.kendall_examples)
+    right, recs, spans = evaluate_zif(
+        model, ft.model, test, demos, record, max_len, codec, full_rows=cfg.kendall_examples
+    )
     nonce = probe.nonce_labels(task, demo_generator(seed, 99), codec.nonce_pool)
     nonce_demos = [(x, nonce[task.labels.index(y)]) for x, y in demos]
-    right["nonce"] = probe.predict(model, test, nonce_demos, labels=nonce, max_len=max_len,
-                                   codec=codec) == test.classes
+    right["nonce"] = probe.predict(model, test, nonce_demos, labels=nonce, max_len=max_len, codec=codec) == test.classes
     acc = {k: float(v.float().mean()) for k, v in right.items()}
     acc["F_test_selected"] = max(test_accs)
     return TaskRun(name, test, demos, demo_seed, lr, lr_test, acc, right, ft, recs, spans, codec)
@@ -173,7 +196,7 @@ def prompt_rows(run: TaskRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     width = max(r.shape[-1] for r in rows["Z"])
 
     def pad(r: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(r, (width - r.shape[-1], 0))   # left pad, as the paper
+        return torch.nn.functional.pad(r, (width - r.shape[-1], 0))  # left pad, as the paper
 
     return tuple(torch.stack([pad(r) for r in rows[k]]) for k in ("Z", "I", "F"))
 
@@ -196,18 +219,24 @@ def kendall(run: TaskRun, n: int, gen: torch.Generator) -> dict[str, torch.Tenso
         spans = run.spans[i]
         if not spans:
             raise ValueError(f"test example {i} kept no demonstration in its context")
-        scores = run.records["I"]["scores"][i].double().sum(1)       # (layers, tokens)
+        scores = run.records["I"]["scores"][i].double().sum(1)  # (layers, tokens)
         idx = torch.cat([torch.arange(a, b) for a, b in spans])
         m_i = metrics.attention_softmax(scores[:, idx])
 
-        def ft_row(q: torch.Tensor, kept: int = len(spans)) -> torch.Tensor:   # (layers, d) -> (layers, tokens)
-            return torch.stack([torch.cat([run.ft.queries[j][l].double() @ q[l].double()
-                                           for j in range(kept)]) for l in range(q.shape[0])])
+        def ft_row(q: torch.Tensor, kept: int = len(spans)) -> torch.Tensor:  # (layers, d) -> (layers, tokens)
+            return torch.stack(
+                [
+                    torch.cat([run.ft.queries[j][l].double() @ q[l].double() for j in range(kept)])
+                    for l in range(q.shape[0])
+                ]
+            )
 
         m_f = ft_row(run.records["F"]["q"][i])
         if m_f.shape != m_i.shape:
-            raise ValueError(f"example {i}: {m_i.shape[-1]} demonstration tokens in context but "
-                             f"{m_f.shape[-1]} finetuning tokens for its {len(spans)} demonstrations")
+            raise ValueError(
+                f"example {i}: {m_i.shape[-1]} demonstration tokens in context but "
+                f"{m_f.shape[-1]} finetuning tokens for its {len(spans)} demonstrations"
+            )
         out["tau"].append(metrics.kendall_tau(m_i, metrics.attention_softmax(m_f)))
         out["q_zero"].append(metrics.kendall_tau(m_i, metrics.attention_softmax(ft_row(run.records["Z"]["q"][i]))))
         out["recency"].append(metrics.kendall_tau(m_i, torch.arange(m_i.shape[-1], dtype=torch.float64).expand_as(m_i)))
@@ -223,10 +252,14 @@ def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100) 
     m_z, m_i, m_f = (r.double() for r in prompt_rows(run))
     z, f, i = run.right["Z"], run.right["F"], run.right["I"]
     kt = kendall(run, kendall_examples, gen)
-    per_example = {"simaou": metrics.simaou(h["I"], h["Z"], h["F"]),
-                   "simam_before": metrics.simam(m_i, m_z), "simam_after": metrics.simam(m_i, m_f),
-                   "kendall": kt["tau"], "kendall_minus_q_zero": kt["tau"] - kt["q_zero"],
-                   "kendall_minus_recency": kt["tau"] - kt["recency"]}
+    per_example = {
+        "simaou": metrics.simaou(h["I"], h["Z"], h["F"]),
+        "simam_before": metrics.simam(m_i, m_z),
+        "simam_after": metrics.simam(m_i, m_f),
+        "kendall": kt["tau"],
+        "kendall_minus_q_zero": kt["tau"] - kt["q_zero"],
+        "kendall_minus_recency": kt["tau"] - kt["recency"],
+    }
     return {
         "rec2ftp": metrics.rec2ftp(z, f, i),
         "rec2ftp_null": metrics.rec2ftp_null(z, i),
@@ -258,8 +291,9 @@ def task_mean(per_task: Mapping[str, Mapping[str, float]], names: Sequence[str],
 # ---------------------------------------------------------------------------------------------
 
 
-def rerun(model: nn.Module, run: TaskRun, *, demos=None, lr: float | None = None,
-          max_len: int = 256, n: int | None = None) -> TaskRun:
+def rerun(
+    model: nn.Module, run: TaskRun, *, demos=None, lr: float | None = None, max_len: int = 256, n: int | None = None
+) -> TaskRun:
     """Z, I and F of ``model`` on ``run``'s test set (its first ``n`` examples if given) with
     ``run``'s demonstrations and learning rate (or the ones given): the same protocol, a
     different model or different demonstrations."""
@@ -270,8 +304,7 @@ def rerun(model: nn.Module, run: TaskRun, *, demos=None, lr: float | None = None
     ft = probe.finetune_kv(model, ft_examples(task, demos, run.codec), lr, keep_queries=True)
     right, recs, spans = evaluate_zif(model, ft.model, test, demos, True, max_len, run.codec)
     acc = {k: float(v.float().mean()) for k, v in right.items()}
-    return TaskRun(run.name, test, list(demos), run.demo_seed, lr, float("nan"), acc, right,
-                   ft, recs, spans, run.codec)
+    return TaskRun(run.name, test, list(demos), run.demo_seed, lr, float("nan"), acc, right, ft, recs, spans, run.codec)
 
 
 def untrained_like(model: TinyLM, seed: int, keep_embeddings: bool = False) -> TinyLM:
@@ -280,8 +313,9 @@ def untrained_like(model: TinyLM, seed: int, keep_embeddings: bool = False) -> T
     with runtime.seeded(seed):  # without touching the caller's stream
         fresh = TinyLM(model.cfg)
     if keep_embeddings:
-        state = {n: p for n, p in model.state_dict().items()
-                 if n.startswith("embed") or n.split(".")[-2].startswith("ln")}
+        state = {
+            n: p for n, p in model.state_dict().items() if n.startswith("embed") or n.split(".")[-2].startswith("ln")
+        }
         fresh.load_state_dict(state, strict=False)
     return fresh.eval()
 
@@ -292,8 +326,9 @@ def shuffled_demos(demos, gen: torch.Generator):
     return [(x, demos[p][1]) for (x, _), p in zip(demos, perm)]
 
 
-def order_flips(model: nn.Module, run: TaskRun, permutations: int, gen: torch.Generator,
-                n: int = 200, max_len: int = 256) -> dict[str, float]:
+def order_flips(
+    model: nn.Module, run: TaskRun, permutations: int, gen: torch.Generator, n: int = 200, max_len: int = 256
+) -> dict[str, float]:
     """Share of test predictions that change when the demonstrations are reordered, for ICL,
     sequential SGD (the paper's FT) and one full-batch gradient step (blind to order)."""
     test = run.test.subset(range(min(n, len(run.test))))
@@ -314,16 +349,18 @@ def order_flips(model: nn.Module, run: TaskRun, permutations: int, gen: torch.Ge
 
 def head_slices(w: torch.Tensor, heads: int) -> list[torch.Tensor]:
     d = w.shape[0] // heads
-    return [w[h * d:(h + 1) * d] for h in range(heads)]
+    return [w[h * d : (h + 1) * d] for h in range(heads)]
 
 
 @torch.no_grad()
-def delta_w_cosines(model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100,
-                    max_len: int = 256) -> dict[str, torch.Tensor]:
+def delta_w_cosines(
+    model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100, max_len: int = 256
+) -> dict[str, torch.Tensor]:
     """Per (example, layer, head) Frobenius cosine between the relaxed ``dW_ICL`` of the
     demonstrations (Eq. 12, from the in-context pass's layer inputs) and ``dW_FT`` of finetuning
     (Eq. 13, from the weight changes and the zero-shot pass's layer inputs), and the same with
     ``dW_ICL`` of another task's demonstrations (``other``) as a null."""
+
     def dw_icl(r: TaskRun) -> list[list[torch.Tensor]]:
         prompt, spans = r.codec.prompt(r.test.task, r.demos, r.test.inputs[0], max_len=max_len)
         idx = torch.cat([torch.arange(a, b) for a, b in spans])
@@ -331,9 +368,15 @@ def delta_w_cosines(model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100
             probe.logits_of(model, torch.tensor([prompt]))
         out = []
         for (_, m), x, h in zip(probe.attention_modules(model), rec.x, rec.heads):
-            x_demo = x[0, idx].double().T                       # (d, demonstration tokens)
-            out.append([dual_form.icl_update(wk, wv, x_demo) for wk, wv in
-                        zip(head_slices(m.k_proj.weight.double(), h), head_slices(m.v_proj.weight.double(), h))])
+            x_demo = x[0, idx].double().T  # (d, demonstration tokens)
+            out.append(
+                [
+                    dual_form.icl_update(wk, wv, x_demo)
+                    for wk, wv in zip(
+                        head_slices(m.k_proj.weight.double(), h), head_slices(m.v_proj.weight.double(), h)
+                    )
+                ]
+            )
         return out
 
     own, null = dw_icl(run), dw_icl(other)
@@ -347,7 +390,7 @@ def delta_w_cosines(model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100
         per_layer, per_layer_null = [], []
         for l, ((_, m), (_, mt)) in enumerate(zip(base, tuned)):
             h = rec.heads[l]
-            x = rec.x[l][0].double().T                          # (d, tokens)
+            x = rec.x[l][0].double().T  # (d, tokens)
             wk, wv = head_slices(m.k_proj.weight.double(), h), head_slices(m.v_proj.weight.double(), h)
             dk = head_slices((mt.k_proj.weight - m.k_proj.weight).double(), h)
             dv = head_slices((mt.v_proj.weight - m.v_proj.weight).double(), h)
@@ -368,8 +411,7 @@ def delta_w_cosines(model: nn.Module, run: TaskRun, other: TaskRun, n: int = 100
 # ---------------------------------------------------------------------------------------------
 
 
-def short_context(model: nn.Module, name: str, cfg: Config, seed: int, k: int = 2,
-                  n_order: int = 200) -> dict:
+def short_context(model: nn.Module, name: str, cfg: Config, seed: int, k: int = 2, n_order: int = 200) -> dict:
     """The protocol with only ``k`` demonstrations, where ICL on the multi-class tasks is off its
     ceiling, so that Rec2FTP and the order check can tell something: accuracies only (a sparser
     learning-rate grid and three demonstration seeds), then
@@ -384,10 +426,16 @@ def short_context(model: nn.Module, name: str, cfg: Config, seed: int, k: int = 
     shown = {y for _, y in run.demos}
     covered = torch.tensor([run.test.task.labels[int(c)] in shown for c in run.test.classes])
     flips = order_flips(model, run, cfg.permutations, demo_generator(seed, 77), n=n_order)
-    return {"k": k, "acc": run.acc, "n_fixed": int((~z & f).sum()),
-            "rec2ftp": metrics.rec2ftp(z, f, i), "null": metrics.rec2ftp_null(z, i),
-            "matched_null": metrics.rec2ftp_matched_null(z, f, i, covered.long()),
-            "covered": float(covered.float().mean()), "flips": flips}
+    return {
+        "k": k,
+        "acc": run.acc,
+        "n_fixed": int((~z & f).sum()),
+        "rec2ftp": metrics.rec2ftp(z, f, i),
+        "null": metrics.rec2ftp_null(z, i),
+        "matched_null": metrics.rec2ftp_matched_null(z, f, i, covered.long()),
+        "covered": float(covered.float().mean()),
+        "flips": flips,
+    }
 
 
 def pool_short(results: Sequence[dict]) -> dict:
@@ -402,14 +450,24 @@ def pool_short(results: Sequence[dict]) -> dict:
         pairs = [(r[key], n) for r, n in zip(results, w) if n > 0 and r[key] == r[key]]
         return float(sum(v * n for v, n in pairs) / sum(n for _, n in pairs)) if pairs else float("nan")
 
-    return {"k": results[0]["k"], "seeds": len(results), "n_fixed": sum(w),
-            "acc": {"I": float(sum(r["acc"]["I"] for r in results) / len(results))},
-            **{key: weighted(key) for key in ("rec2ftp", "null", "matched_null")},
-            "flips": {k: float(sum(r["flips"][k] for r in results) / len(results)) for k in results[0]["flips"]}}
+    return {
+        "k": results[0]["k"],
+        "seeds": len(results),
+        "n_fixed": sum(w),
+        "acc": {"I": float(sum(r["acc"]["I"] for r in results) / len(results))},
+        **{key: weighted(key) for key in ("rec2ftp", "null", "matched_null")},
+        "flips": {k: float(sum(r["flips"][k] for r in results) / len(results)) for k in results[0]["flips"]},
+    }
 
 
-def off_ceiling(short: Mapping[str, Mapping[str, Any]], names: Sequence[str], chance: Sequence[float], *,
-                above: float = 0.1, ceiling: float = 0.95) -> list[str]:
+def off_ceiling(
+    short: Mapping[str, Mapping[str, Any]],
+    names: Sequence[str],
+    chance: Sequence[float],
+    *,
+    above: float = 0.1,
+    ceiling: float = 0.95,
+) -> list[str]:
     """The tasks of ``names`` (in order) whose ICL accuracy in ``short`` (:func:`pool_short`
     results, ``short[name]["acc"]["I"]``) lies between ``chance + above`` and ``ceiling``: off the
     ceiling, so that Rec2FTP and the order check can tell something, and still far above chance.
@@ -419,8 +477,9 @@ def off_ceiling(short: Mapping[str, Mapping[str, Any]], names: Sequence[str], ch
     return [n for j, n in enumerate(names) if chance[j] + above <= short[n]["acc"]["I"] <= ceiling]
 
 
-def lookup_probe(model: nn.Module, name: str, cfg: Config, seed: int, *, cues_per_class: int = 3,
-                 k: int = 4, draws: int = 5) -> dict[str, float]:
+def lookup_probe(
+    model: nn.Module, name: str, cfg: Config, seed: int, *, cues_per_class: int = 3, k: int = 4, draws: int = 5
+) -> dict[str, float]:
     """Is ICL more than matching the query's cue word to a demonstration's? With
     ``cues_per_class`` cues per class and ``k`` demonstrations, many queries carry a cue that no
     demonstration shows; over ``draws`` random draws of demonstrations (no selection), ICL's
@@ -440,8 +499,9 @@ def lookup_probe(model: nn.Module, name: str, cfg: Config, seed: int, *, cues_pe
         right["seen"].append(icl[seen])
         right["unseen"].append(icl[~seen])
         right["zero_unseen"].append(zero[~seen])
-    out = {key: float(torch.cat(v).float().mean()) if torch.cat(v).numel() else float("nan")
-           for key, v in right.items()}
+    out = {
+        key: float(torch.cat(v).float().mean()) if torch.cat(v).numel() else float("nan") for key, v in right.items()
+    }
     out["n_unseen"] = int(sum(v.numel() for v in right["unseen"]))
     return out
 
@@ -461,8 +521,10 @@ def cue_moved(model: nn.Module, name: str, cfg: Config, seed: int) -> TaskRun:
     """The protocol (accuracies only) on task ``name`` with the cue word at a random position
     before the input's end, which pretraining never showed (three demonstration seeds, every
     fourth learning rate of the grid: the question is ICL's accuracy, FT's is context)."""
-    data = tuple(make_dataset(name, n, seed, split=split, cue_last=False)
-                 for n, split in ((cfg.pool, "train"), (cfg.n_dev, "dev"), (cfg.n_test, "test")))
+    data = tuple(
+        make_dataset(name, n, seed, split=split, cue_last=False)
+        for n, split in ((cfg.pool, "train"), (cfg.n_dev, "dev"), (cfg.n_test, "test"))
+    )
     return run_task(model, name, sparse_search(cfg, 4), seed, record=False, select_on_test=False, data=data)
 
 
@@ -471,9 +533,14 @@ def cue_moved(model: nn.Module, name: str, cfg: Config, seed: int) -> TaskRun:
 # ---------------------------------------------------------------------------------------------
 
 
-def momentum_study(folder: Path | str, held_out: torch.Tensor,
-                   pools: Mapping[str, tuple[Dataset, Dataset]], k: int,
-                   demo_generator: Callable[[], torch.Generator], ppl_lengths: Sequence[int]) -> list[dict[str, Any]]:
+def momentum_study(
+    folder: Path | str,
+    held_out: torch.Tensor,
+    pools: Mapping[str, tuple[Dataset, Dataset]],
+    k: int,
+    demo_generator: Callable[[], torch.Generator],
+    ppl_lengths: Sequence[int],
+) -> list[dict[str, Any]]:
     """Read every model shipped under ``folder`` (one subfolder per momentum and seed): its
     perplexity on the ``held_out`` pretraining episodes (at the full length, and at each of
     ``ppl_lengths``, the paper's Table 6 split), its label accuracy with 1-3 examples before the
@@ -489,11 +556,25 @@ def momentum_study(folder: Path | str, held_out: torch.Tensor,
         ppl_at = perplexity_by_length(m, held_out, tuple(ppl_lengths))
         few = label_accuracy_by_context(m, held_out)["acc_1_3"]
         gdemo = demo_generator()
-        icl = np.mean([probe.accuracy(probe.predict(m, test, probe.demonstrations(pool, k, gdemo)), test)
-                       for pool, test in pools.values()])
+        icl = np.mean(
+            [
+                probe.accuracy(probe.predict(m, test, probe.demonstrations(pool, k, gdemo)), test)
+                for pool, test in pools.values()
+            ]
+        )
         cliff = next((e["step"] for e in rec["evals"] if e["acc_9_99"] >= 0.8), float("nan"))
-        rows.append({"eta": rec["model"]["momentum"], "seed": rec["pretrain"]["seed"], "ppl": ppl_at[full],
-                     "ppl_at": ppl_at, "few": few, "icl": float(icl), "cliff": cliff, "evals": rec["evals"]})
+        rows.append(
+            {
+                "eta": rec["model"]["momentum"],
+                "seed": rec["pretrain"]["seed"],
+                "ppl": ppl_at[full],
+                "ppl_at": ppl_at,
+                "few": few,
+                "icl": float(icl),
+                "cliff": cliff,
+                "evals": rec["evals"],
+            }
+        )
     return rows
 
 
@@ -505,8 +586,9 @@ def spread(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[float, float, f
     return float(v.mean()), float(v.min()), float(v.max())
 
 
-def momentum_effects(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("ppl", "icl"),
-                     lower_is_better: Sequence[str] = ("ppl",)) -> dict[str, dict]:
+def momentum_effects(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("ppl", "icl"), lower_is_better: Sequence[str] = ("ppl",)
+) -> dict[str, dict]:
     """What decides the momentum rows, from :func:`momentum_study`'s ``rows``: per ``key``,
 
     * ``base``: the values of the models without momentum (``eta`` 0), an array over their seeds;
@@ -524,4 +606,3 @@ def momentum_effects(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("
     gain = {k: {e: float(np.mean([r[k] for r in by_eta[e]]) - base[k].mean()) for e in etas if e > 0} for k in keys}
     beyond = {k: [e for e, g in gain[k].items() if (-g if k in lower_is_better else g) > spread[k]] for k in keys}
     return {"base": base, "spread": spread, "gain": gain, "beyond": beyond}
-

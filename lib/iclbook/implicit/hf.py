@@ -70,7 +70,7 @@ class Source:
     path: str
     config: str | None
     train: str
-    eval: str                       # the split the paper reported (its "validation" set)
+    eval: str  # the split the paper reported (its "validation" set)
     fields: tuple[str, ...]
     label_text: tuple[str, ...] | None = None
     revision: str | None = None
@@ -79,7 +79,7 @@ class Source:
         missing = [f for f in self.fields if f not in record]
         if missing:
             raise ValueError(f"{self.path} record lacks field(s) {missing}; it has {sorted(record)}")
-        if self.fields == ("premise", "hypothesis"):          # CB, with the paper's template
+        if self.fields == ("premise", "hypothesis"):  # CB, with the paper's template
             return f"{record['premise'].strip()} Question: {record['hypothesis'].strip()}."
         return str(record[self.fields[0]]).strip()
 
@@ -89,8 +89,14 @@ class Source:
 # named by their Parquet copies, which recent ``datasets`` releases need.
 SOURCES: dict[str, Source] = {
     "sst2": Source("nyu-mll/glue", "sst2", "train", "validation", ("sentence",)),
-    "sst5": Source("SetFit/sst5", None, "train", "validation", ("text",),
-                   ("very negative", "negative", "neutral", "positive", "very positive")),
+    "sst5": Source(
+        "SetFit/sst5",
+        None,
+        "train",
+        "validation",
+        ("text",),
+        ("very negative", "negative", "neutral", "positive", "very positive"),
+    ),
     "mr": Source("cornell-movie-review-data/rotten_tomatoes", None, "train", "validation", ("text",)),
     "subj": Source("SetFit/subj", None, "train", "test", ("text",), ("objective", "subjective")),
     "agnews": Source("fancyzhx/ag_news", None, "train", "test", ("text",)),
@@ -110,10 +116,12 @@ def from_records(name: str, records: Sequence[Mapping]) -> Dataset:
         y = int(r["label"])
         if not 0 <= y < task.n_classes:
             raise ValueError(f"{name}: label {y} outside 0..{task.n_classes - 1} (an unlabelled split?)")
-        if (src.label_text is not None and "label_text" in r
-                and str(r["label_text"]).strip().lower() != src.label_text[y]):
-            raise ValueError(f"{name}: label {y} is {r['label_text']!r} in the data, "
-                             f"expected {src.label_text[y]!r}")
+        if (
+            src.label_text is not None
+            and "label_text" in r
+            and str(r["label_text"]).strip().lower() != src.label_text[y]
+        ):
+            raise ValueError(f"{name}: label {y} is {r['label_text']!r} in the data, expected {src.label_text[y]!r}")
         inputs.append(src.render(r))
         classes.append(y)
     if not inputs:
@@ -128,9 +136,9 @@ def load_split(src: Source, split: str):
     return load_dataset(src.path, src.config, split=split, revision=src.revision)
 
 
-def splits(name: str, cfg: Config, seed: int, *,
-           loader: Callable[[Source, str], Sequence[Mapping]] = load_split
-           ) -> tuple[Dataset, Dataset, Dataset]:
+def splits(
+    name: str, cfg: Config, seed: int, *, loader: Callable[[Source, str], Sequence[Mapping]] = load_split
+) -> tuple[Dataset, Dataset, Dataset]:
     """``(pool, dev, test)`` of a real task, the counterpart of :func:`.experiment.splits`.
 
     The training split is shuffled with ``seed``: its first ``cfg.pool`` records are the
@@ -144,9 +152,11 @@ def splits(name: str, cfg: Config, seed: int, *,
         raise ValueError(f"{name}: pool {cfg.pool} + dev {cfg.n_dev} > {len(train)} training records")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
     test_order = torch.randperm(len(reported), generator=torch.Generator().manual_seed(1)).tolist()
-    return (from_records(name, [train[i] for i in order[: cfg.pool]]),
-            from_records(name, [train[i] for i in order[cfg.pool: need]]),
-            from_records(name, [reported[i] for i in test_order[: cfg.n_test]]))
+    return (
+        from_records(name, [train[i] for i in order[: cfg.pool]]),
+        from_records(name, [train[i] for i in order[cfg.pool : need]]),
+        from_records(name, [reported[i] for i in test_order[: cfg.n_test]]),
+    )
 
 
 def synthetic_loader(src: Source, split: str, n: int = 400) -> list[dict]:
@@ -160,7 +170,7 @@ def synthetic_loader(src: Source, split: str, n: int = 400) -> list[dict]:
     for x, y in zip(data.inputs, data.classes.tolist()):
         if name == "cb":
             q = x.index("Question:")
-            r = {"premise": " ".join(x[:q]), "hypothesis": " ".join(x[q + 1: -1])}
+            r = {"premise": " ".join(x[:q]), "hypothesis": " ".join(x[q + 1 : -1])}
         else:
             r = {src.fields[0]: " ".join(x)}
         r["label"] = y
@@ -179,10 +189,10 @@ def as_text(data: Dataset) -> Dataset:
 # Sizes for a real model. ``k`` = 32 as the paper (its contexts were cut at 2048 tokens, which
 # left 19 demonstrations for CB and 22 for AGNews); pool + dev must fit CB's 250 training records.
 CONFIGS = {
-    "smoke": Config(n_test=50, n_dev=20, k=8, pool=32, demo_seeds=(1,),
-                               lr_grid=LR_GRID[::6], eval_seeds=1, kendall_examples=20),
-    "book": Config(n_test=500, n_dev=100, k=32, pool=128, demo_seeds=(1, 2, 3),
-                              lr_grid=LR_GRID[::2], eval_seeds=1),
+    "smoke": Config(
+        n_test=50, n_dev=20, k=8, pool=32, demo_seeds=(1,), lr_grid=LR_GRID[::6], eval_seeds=1, kendall_examples=20
+    ),
+    "book": Config(n_test=500, n_dev=100, k=32, pool=128, demo_seeds=(1, 2, 3), lr_grid=LR_GRID[::2], eval_seeds=1),
     "paper": Config(n_test=2000, n_dev=120, k=32, pool=128, eval_seeds=1),
 }
 
@@ -210,11 +220,19 @@ def tiny_opt(seed: int = 0, layers: int = 2, d_model: int = 64, heads: int = 4):
     from transformers import OPTConfig, OPTForCausalLM
 
     config = OPTConfig(
-        vocab_size=len(VOCAB), hidden_size=d_model, num_hidden_layers=layers,
-        ffn_dim=4 * d_model, num_attention_heads=heads, max_position_embeddings=256,
-        word_embed_proj_dim=d_model, do_layer_norm_before=True, dropout=0.0,
-        attention_dropout=0.0, pad_token_id=TOKEN_ID[PAD],
-        bos_token_id=TOKEN_ID[BOS], eos_token_id=TOKEN_ID[SEP],
+        vocab_size=len(VOCAB),
+        hidden_size=d_model,
+        num_hidden_layers=layers,
+        ffn_dim=4 * d_model,
+        num_attention_heads=heads,
+        max_position_embeddings=256,
+        word_embed_proj_dim=d_model,
+        do_layer_norm_before=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        pad_token_id=TOKEN_ID[PAD],
+        bos_token_id=TOKEN_ID[BOS],
+        eos_token_id=TOKEN_ID[SEP],
     )
     config._attn_implementation = "eager"
     with runtime.seeded(seed):  # without touching the caller's stream
@@ -231,14 +249,13 @@ def word_tokenizer():
 
     core = Tokenizer(models.WordLevel(vocab=dict(TOKEN_ID), unk_token="<unk>"))
     # white space, and a full stop cut off the word it ends (CB's "{hypothesis}.")
-    core.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(".", behavior="isolated")])
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS,
-                                   eos_token=SEP, pad_token=PAD)
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(".", behavior="isolated")]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=SEP, pad_token=PAD)
 
 
-def pretrained(name: str = "facebook/opt-125m", device: str | None = None,
-               dtype: torch.dtype = torch.float32):
+def pretrained(name: str = "facebook/opt-125m", device: str | None = None, dtype: torch.dtype = torch.float32):
     """A pretrained causal LM (eager attention, eval mode, on ``device``) and its tokenizer. Needs
     the network once; for Colab or a GPU machine, never CI. OPT and XGLM (e.g.
     ``KoboldAI/fairseq-dense-1.3B``, the paper's 1.3B model in the XGLM class) have the
@@ -257,15 +274,25 @@ def context_length(model) -> int:
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     return min(2048, int(limit)) if limit else 2048
 
+
 # ---------------------------------------------------------------------------------------------
 # A whole run
 # ---------------------------------------------------------------------------------------------
 
 
-def run(model, tokenizer, names: Sequence[str] = TASK_NAMES, *, cfg: Config,
-        seed: int = 0, loader: Callable[[Source, str], Sequence[Mapping]] = load_split,
-        max_len: int | None = None, progress: bool = True, done: Mapping[str, dict] | None = None,
-        on_task: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+def run(
+    model,
+    tokenizer,
+    names: Sequence[str] = TASK_NAMES,
+    *,
+    cfg: Config,
+    seed: int = 0,
+    loader: Callable[[Source, str], Sequence[Mapping]] = load_split,
+    max_len: int | None = None,
+    progress: bool = True,
+    done: Mapping[str, dict] | None = None,
+    on_task: Callable[[str, dict], None] | None = None,
+) -> dict[str, dict]:
     """The chapter's protocol on ``model`` for each task of ``names``: accuracies (Z, I, F,
     nonce, F with the learning rate chosen on test), the chosen demonstration seed and learning
     rate, how many demonstrations each prompt kept, and the four statistics with their controls.
@@ -285,11 +312,16 @@ def run(model, tokenizer, names: Sequence[str] = TASK_NAMES, *, cfg: Config,
         stats = experiment.statistics(r, torch.Generator().manual_seed(seed), cfg.kendall_examples)
         stats.pop("per_example")
         kept = [len(s) for s in r.spans]
-        out[name] = {"acc": r.acc, "demo_seed": r.demo_seed, "lr": r.lr, "lr_on_test": r.lr_on_test,
-                     "demonstrations": len(r.demos),
-                     "demonstrations_in_context": {"min": min(kept), "max": max(kept),
-                                                   "mean": sum(kept) / len(kept)},
-                     "stats": stats, "seconds": round(time.perf_counter() - t0, 1)}
+        out[name] = {
+            "acc": r.acc,
+            "demo_seed": r.demo_seed,
+            "lr": r.lr,
+            "lr_on_test": r.lr_on_test,
+            "demonstrations": len(r.demos),
+            "demonstrations_in_context": {"min": min(kept), "max": max(kept), "mean": sum(kept) / len(kept)},
+            "stats": stats,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         if on_task is not None:
             on_task(name, out[name])
     return {n: out[n] for n in names if n in out}
@@ -308,8 +340,9 @@ def _strict(obj):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def memory_estimate(n_params: int, dtype: torch.dtype, layers: int, heads: int, cfg: Config,
-                    context: int = 2048) -> dict[str, float]:
+def memory_estimate(
+    n_params: int, dtype: torch.dtype, layers: int, heads: int, cfg: Config, context: int = 2048
+) -> dict[str, float]:
     """Rough peak memory of :func:`run` in GiB: ``weights``, the model plus the finetuned copy and
     the copy being tuned during the learning-rate search (three copies; SGD keeps no optimiser
     state); ``records``, the host memory of one task's records (float32 score rows: whole rows
@@ -329,29 +362,38 @@ def load_done(path: Path, header: Mapping) -> dict[str, dict]:
     old = json.loads(path.read_text())
     clash = {k: (old.get(k), v) for k, v in header.items() if old.get(k) != v}
     if clash:
-        raise SystemExit(f"{path} holds another run ({clash}): pass --fresh to overwrite it or "
-                         f"choose another --out")
+        raise SystemExit(f"{path} holds another run ({clash}): pass --fresh to overwrite it or choose another --out")
     return dict(old.get("tasks", {}))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run chapter 2's protocol on a pretrained model "
-                                                 "and the six real data sets.")
+    parser = argparse.ArgumentParser(
+        description="Run chapter 2's protocol on a pretrained model and the six real data sets."
+    )
     parser.add_argument("--model", default="facebook/opt-125m")
     parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), choices=TASK_NAMES)
     parser.add_argument("--profile", default="paper", choices=sorted(CONFIGS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
-                        help="weights' dtype (the paper finetuned in fp16); float32 by default")
-    parser.add_argument("--max-len", type=int, default=None,
-                        help="longest prompt in tokens (default: 2048, or the model's limit)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=sorted(DTYPES),
+        help="weights' dtype (the paper finetuned in fp16); float32 by default",
+    )
+    parser.add_argument(
+        "--max-len", type=int, default=None, help="longest prompt in tokens (default: 2048, or the model's limit)"
+    )
     parser.add_argument("--out", type=Path, default=Path("real-model.json"))
-    parser.add_argument("--fresh", action="store_true",
-                        help="ignore the finished tasks in --out instead of resuming from them")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="offline: a random tiny OPT, the word tokenizer and the synthetic "
-                             "stand-ins of the data sets (checks the pipeline, says nothing of ICL)")
+    parser.add_argument(
+        "--fresh", action="store_true", help="ignore the finished tasks in --out instead of resuming from them"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="offline: a random tiny OPT, the word tokenizer and the synthetic "
+        "stand-ins of the data sets (checks the pipeline, says nothing of ICL)",
+    )
     args = parser.parse_args(argv)
     dtype = DTYPES[args.dtype]
     if args.dry_run:
@@ -364,11 +406,19 @@ def main(argv: list[str] | None = None) -> None:
     done = {} if args.fresh else load_done(args.out, header)
     conf = getattr(model, "config", None)
     if conf is not None and hasattr(conf, "num_hidden_layers"):
-        mem = memory_estimate(sum(p.numel() for p in model.parameters()), dtype,
-                              conf.num_hidden_layers, conf.num_attention_heads, cfg,
-                              args.max_len or context_length(model))
-        print(f"memory, roughly: {mem['weights']} GiB for three copies of the weights, "
-              f"{mem['records']} GiB of host memory for one task's records", file=sys.stderr)
+        mem = memory_estimate(
+            sum(p.numel() for p in model.parameters()),
+            dtype,
+            conf.num_hidden_layers,
+            conf.num_attention_heads,
+            cfg,
+            args.max_len or context_length(model),
+        )
+        print(
+            f"memory, roughly: {mem['weights']} GiB for three copies of the weights, "
+            f"{mem['records']} GiB of host memory for one task's records",
+            file=sys.stderr,
+        )
     if done:
         print(f"resuming: {', '.join(done)} already in {args.out}", file=sys.stderr)
     results = dict(done)
@@ -378,15 +428,26 @@ def main(argv: list[str] | None = None) -> None:
         record = {**header, "torch": torch.__version__, "tasks": results}
         tmp = args.out.with_name(args.out.name + ".tmp")
         tmp.write_text(json.dumps(_strict(record), indent=1))
-        tmp.replace(args.out)                          # never a half-written file
+        tmp.replace(args.out)  # never a half-written file
 
-    result = run(model, tokenizer, args.tasks, cfg=cfg, seed=args.seed, loader=loader,
-                 max_len=args.max_len, done=done, on_task=write)
+    result = run(
+        model,
+        tokenizer,
+        args.tasks,
+        cfg=cfg,
+        seed=args.seed,
+        loader=loader,
+        max_len=args.max_len,
+        done=done,
+        on_task=write,
+    )
     for name, r in result.items():
         a, s = r["acc"], r["stats"]
-        print(f"{name:7s} ZSL {a['Z']:.3f} ICL {a['I']:.3f} FT {a['F']:.3f} nonce {a['nonce']:.3f} | "
-              f"Rec2FTP {s['rec2ftp']:.1f} (null {s['rec2ftp_null']:.1f}) SimAOU {s['simaou']:.3f} "
-              f"SimAM {s['simam_before']:.3f}->{s['simam_after']:.3f} Kendall {s['kendall']:.3f}")
+        print(
+            f"{name:7s} ZSL {a['Z']:.3f} ICL {a['I']:.3f} FT {a['F']:.3f} nonce {a['nonce']:.3f} | "
+            f"Rec2FTP {s['rec2ftp']:.1f} (null {s['rec2ftp_null']:.1f}) SimAOU {s['simaou']:.3f} "
+            f"SimAM {s['simam_before']:.3f}->{s['simam_after']:.3f} Kendall {s['kendall']:.3f}"
+        )
     print(f"wrote {args.out}")
 
 

@@ -50,8 +50,7 @@ def rec2ftp_null(z_right, i_right) -> float:
     return float("nan") if n == 0 else 100.0 * int((~z & i).sum()) / n
 
 
-def simaou(h_i: torch.Tensor, h_z: torch.Tensor, h_f: torch.Tensor,
-           normalize: bool = True) -> torch.Tensor:
+def simaou(h_i: torch.Tensor, h_z: torch.Tensor, h_f: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """``(...,)`` SimAOU of attention outputs ``(..., d)`` (e.g. ``(examples, layers, d)``)."""
     if not (h_i.shape == h_z.shape == h_f.shape):
         raise ValueError(f"shapes differ: {h_i.shape}, {h_z.shape}, {h_f.shape}")
@@ -60,8 +59,7 @@ def simaou(h_i: torch.Tensor, h_z: torch.Tensor, h_f: torch.Tensor,
     return cosine(h_i - h_z, h_f - h_z)
 
 
-def simaou_random(h_i: torch.Tensor, h_z: torch.Tensor, gen: torch.Generator,
-                  normalize: bool = True) -> torch.Tensor:
+def simaou_random(h_i: torch.Tensor, h_z: torch.Tensor, gen: torch.Generator, normalize: bool = True) -> torch.Tensor:
     """The paper's "Random Delta" baseline, ``cos(h_I - h_Z, u)`` with ``u ~ U[0, 1)^d``."""
     if normalize:
         h_i, h_z = (h / h.norm(dim=-1, keepdim=True) for h in (h_i, h_z))
@@ -103,8 +101,8 @@ def kendall_tau(a, b) -> torch.Tensor:
     ra = a.detach().double().reshape(-1, a.shape[-1]).cpu().numpy()
     rb = b.detach().double().reshape(-1, b.shape[-1]).cpu().numpy()
     try:
-        taus = kendalltau(ra, rb, axis=-1).statistic                # one call, row by row
-    except TypeError:                                               # a SciPy without axis=
+        taus = kendalltau(ra, rb, axis=-1).statistic  # one call, row by row
+    except TypeError:  # a SciPy without axis=
         taus = [kendalltau(x, y).statistic for x, y in zip(ra, rb)]
     return torch.as_tensor(taus, dtype=torch.float64).reshape(a.shape[:-1])
 
@@ -143,8 +141,9 @@ def mismatched(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x[partner]
 
 
-def bootstrap_ci(values: torch.Tensor, gen: torch.Generator, n_boot: int = 2000,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: torch.Tensor, gen: torch.Generator, n_boot: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (first axis = examples; other
     axes are averaged first)."""
     v = torch.as_tensor(values, dtype=torch.float64)

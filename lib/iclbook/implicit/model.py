@@ -49,9 +49,9 @@ class LMConfig:
     layers: int = 2
     d_ff: int = 256
     max_len: int = 256
-    momentum: float = 0.0      # eta of momentum attention; 0 = ordinary attention
-    positions: str = "alibi"   # "alibi" (score bias) or "sinusoidal" (added to the input)
-    mix: int = 3               # width of the causal token-mixing convolution; 0 = none
+    momentum: float = 0.0  # eta of momentum attention; 0 = ordinary attention
+    positions: str = "alibi"  # "alibi" (score bias) or "sinusoidal" (added to the input)
+    mix: int = 3  # width of the causal token-mixing convolution; 0 = none
 
     def __post_init__(self) -> None:
         if self.d_model % self.heads:
@@ -84,8 +84,7 @@ def _gaps(n: int, start: int, dtype: torch.dtype, device: torch.device | None = 
     return (t[:, None] - torch.arange(start + n, device=device)[None, :]).to(dtype)
 
 
-def score_bias(slopes: torch.Tensor, n: int, dtype: torch.dtype = torch.float32,
-               start: int = 0) -> torch.Tensor:
+def score_bias(slopes: torch.Tensor, n: int, dtype: torch.dtype = torch.float32, start: int = 0) -> torch.Tensor:
     """``(heads, n, start + n)`` additive causal ALiBi bias: ``-m_h (t - i)`` for ``i <= t``,
     ``-inf`` above the diagonal, for queries at positions ``start .. start + n - 1`` (``start``:
     the length of a cached prefix) over keys ``0 .. start + n - 1``."""
@@ -94,8 +93,7 @@ def score_bias(slopes: torch.Tensor, n: int, dtype: torch.dtype = torch.float32,
     return bias.masked_fill(gap < 0, float("-inf"))
 
 
-def momentum_matrix(n: int, eta: float, dtype: torch.dtype = torch.float32,
-                    start: int = 0) -> torch.Tensor:
+def momentum_matrix(n: int, eta: float, dtype: torch.dtype = torch.float32, start: int = 0) -> torch.Tensor:
     """``(n, start + n)`` strictly lower-triangular Toeplitz matrix with entries ``eta^(t-i)``
     for i < t: ``M @ V`` is the momentum term of Eq. 15 for every position at once (rows
     ``start ..``, as :func:`score_bias`)."""
@@ -141,8 +139,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attend(x)[0]
 
-    def attend(self, x: torch.Tensor, past: tuple[torch.Tensor, ...] | None = None
-               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def attend(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, ...] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The attention's output on ``x (b, n, d)``, positions following a cached prefix
         ``past`` (one layer of a :class:`Past`, or None), and this layer's state after ``x``
         (for :meth:`TinyLM.remember`)."""
@@ -150,10 +149,10 @@ class Attention(nn.Module):
         h = self.heads
         start = 0 if past is None else past[1].shape[2]
         raw = x if past is None else torch.cat([past[0].expand(b, -1, -1), x], 1)
-        x = self.mixed(raw)[:, raw.shape[1] - n:]
+        x = self.mixed(raw)[:, raw.shape[1] - n :]
 
         def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, h, d // h).transpose(1, 2)          # (b, h, n, d_h)
+            return t.view(b, n, h, d // h).transpose(1, 2)  # (b, h, n, d_h)
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         if past is not None:
@@ -170,7 +169,7 @@ class Attention(nn.Module):
         if self.momentum > 0:
             out = out + momentum_matrix(n, self.momentum, x.dtype, start).to(x.device) @ v
         width = self.mix.kernel_size[0] if self.mix is not None else 1
-        tail = raw[:, raw.shape[1] - min(width - 1, raw.shape[1]):]
+        tail = raw[:, raw.shape[1] - min(width - 1, raw.shape[1]) :]
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), (tail, k, v)
 
 
@@ -181,8 +180,9 @@ class Block(nn.Module):
         self.self_attn = Attention(cfg)
         self.fc1, self.fc2 = nn.Linear(cfg.d_model, cfg.d_ff), nn.Linear(cfg.d_ff, cfg.d_model)
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, ...] | None = None
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def forward(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, ...] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         a, state = self.self_attn.attend(self.ln1(x), past)
         x = x + a
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x)))), state
@@ -204,12 +204,15 @@ class TinyLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab, cfg.d_model)
-        pos = (sinusoidal_positions(cfg.max_len, cfg.d_model) if cfg.positions == "sinusoidal"
-               else torch.zeros(cfg.max_len, cfg.d_model))
+        pos = (
+            sinusoidal_positions(cfg.max_len, cfg.d_model)
+            if cfg.positions == "sinusoidal"
+            else torch.zeros(cfg.max_len, cfg.d_model)
+        )
         self.register_buffer("positions", pos, persistent=False)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
-        nn.init.normal_(self.embed.weight, std=cfg.d_model ** -0.5)
+        nn.init.normal_(self.embed.weight, std=cfg.d_model**-0.5)
         self.scale = math.sqrt(cfg.d_model)
 
     def forward(self, tokens: torch.Tensor, past: Past | None = None) -> torch.Tensor:
@@ -224,8 +227,13 @@ class TinyLM(nn.Module):
 
         with Recorder(self) as rec:
             logits = self(tokens)
-        return {"x": torch.stack(rec.x), "q": torch.stack(rec.q), "k": torch.stack(rec.k),
-                "out": torch.stack(rec.out), "logits": logits}
+        return {
+            "x": torch.stack(rec.x),
+            "q": torch.stack(rec.q),
+            "k": torch.stack(rec.k),
+            "out": torch.stack(rec.out),
+            "logits": logits,
+        }
 
     @torch.no_grad()
     def remember(self, tokens: torch.Tensor) -> Past:
@@ -239,7 +247,7 @@ class TinyLM(nn.Module):
         n = tokens.shape[-1]
         if start + n > self.cfg.max_len:
             raise ValueError(f"sequence of {start + n} tokens is longer than max_len={self.cfg.max_len}")
-        x = self.embed(tokens) * self.scale + self.positions[start: start + n]
+        x = self.embed(tokens) * self.scale + self.positions[start : start + n]
         states = []
         for i, block in enumerate(self.layers):
             x, state = block(x, None if past is None else past.layers[i])

@@ -61,8 +61,7 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor, label_weight: float = 1.0) -
     ``label_weight`` times (1 = the plain language-model loss)."""
     logits = model(tokens[:, :-1])
     target = tokens[:, 1:]
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                          reduction="none").view_as(target)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none").view_as(target)
     weight = (target != data.TOKEN_ID[data.PAD]).float()
     if label_weight != 1.0:
         is_label = torch.isin(tokens[:, :-1], MARKERS)
@@ -80,8 +79,7 @@ def perplexity_by_length(model: nn.Module, tokens: torch.Tensor, lengths) -> dic
     target = tokens[:, 1:]
     if max(lengths) > target.shape[1] or min(lengths) < 1:
         raise ValueError(f"lengths must lie in 1..{target.shape[1]}, got {tuple(lengths)}")
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                          reduction="none").view_as(target)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none").view_as(target)
     weight = (target != data.TOKEN_ID[data.PAD]).float()
     return {int(L): float(torch.exp((nll[:, :L] * weight[:, :L]).sum() / weight[:, :L].sum())) for L in lengths}
 
@@ -107,9 +105,15 @@ class PretrainConfig:
     seed: int = 0
 
 
-def pretrain(model: TinyLM, cfg: PretrainConfig, *, log_every: int = 50,
-             evaluate: Any = None, eval_every: int | None = None,
-             on_eval: Any = None) -> dict[str, Any]:
+def pretrain(
+    model: TinyLM,
+    cfg: PretrainConfig,
+    *,
+    log_every: int = 50,
+    evaluate: Any = None,
+    eval_every: int | None = None,
+    on_eval: Any = None,
+) -> dict[str, Any]:
     """Pretrain ``model`` in place on :func:`.data.pretraining_batch` episodes.
 
     ``evaluate(model) -> dict`` (optional) runs every ``eval_every`` steps; its values join the
@@ -126,12 +130,12 @@ def pretrain(model: TinyLM, cfg: PretrainConfig, *, log_every: int = 50,
         frac = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
 
-    history: dict[str, Any] = {"step": [], "loss": [], "evals": [],
-                               "model": asdict(model.cfg), "pretrain": asdict(cfg)}
+    history: dict[str, Any] = {"step": [], "loss": [], "evals": [], "model": asdict(model.cfg), "pretrain": asdict(cfg)}
 
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="pretrain", file=sys.stderr, mininterval=1.0,
-               disable=not runtime.progress_enabled())
+    bar = tqdm(
+        range(cfg.steps), desc="pretrain", file=sys.stderr, mininterval=1.0, disable=not runtime.progress_enabled()
+    )
     model.train()
     for step in bar:
         for group in opt.param_groups:

@@ -64,7 +64,7 @@ def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
     token (the position that predicts the label)."""
     if not prompts:
         return 0
-    lo, hi = min(prompts), max(prompts)         # the lexicographic extremes bound the prefix
+    lo, hi = min(prompts), max(prompts)  # the lexicographic extremes bound the prefix
     n = 0
     for a, b in zip(lo, hi):
         if a != b:
@@ -79,8 +79,13 @@ MIN_SHARED = 16
 
 
 @torch.no_grad()
-def label_logprobs(model: nn.Module, prompts: Sequence[Sequence[int]], candidates: Sequence[int],
-                   batch: int = 256, pad: int = WORDS.pad_id) -> torch.Tensor:
+def label_logprobs(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    candidates: Sequence[int],
+    batch: int = 256,
+    pad: int = WORDS.pad_id,
+) -> torch.Tensor:
     """``(n, C)`` log-probabilities (on the CPU) of each candidate label token after each prompt.
 
     Where the prompts share a prefix of at least :data:`MIN_SHARED` tokens (the same
@@ -96,14 +101,15 @@ def label_logprobs(model: nn.Module, prompts: Sequence[Sequence[int]], candidate
         prompts = [p[start:] for p in prompts]
     batch = rows_per_batch(model, prompts, batch)
     for i in range(0, len(prompts), batch):
-        ids, last = pad_right(prompts[i: i + batch], pad)
+        ids, last = pad_right(prompts[i : i + batch], pad)
         logits = logits_of(model, ids, past)[torch.arange(len(last)), last].float().cpu()
         out.append(F.log_softmax(logits, dim=-1)[:, cand])
     return torch.cat(out)
 
 
-def demonstrations(pool: Dataset, k: int, gen: torch.Generator,
-                   labels: Sequence[str] | None = None) -> list[tuple[list[str], str]]:
+def demonstrations(
+    pool: Dataset, k: int, gen: torch.Generator, labels: Sequence[str] | None = None
+) -> list[tuple[list[str], str]]:
     """``k`` demonstrations drawn without replacement from ``pool``, labelled with ``labels``
     (default: the task's canonical words)."""
     if k < 0:
@@ -117,8 +123,7 @@ def demonstrations(pool: Dataset, k: int, gen: torch.Generator,
     return [(pool.inputs[i], labels[int(pool.classes[i])]) for i in idx]
 
 
-def nonce_labels(task: Task, gen: torch.Generator,
-                 pool: Sequence[str] = NONCE_LABELS) -> tuple[str, ...]:
+def nonce_labels(task: Task, gen: torch.Generator, pool: Sequence[str] = NONCE_LABELS) -> tuple[str, ...]:
     """A random verbalizer of nonce words (``"dax"``, ``"wug"``...) for ``task``, drawn from
     ``pool`` (a codec's ``nonce_pool``)."""
     if len(pool) < task.n_classes:
@@ -127,16 +132,22 @@ def nonce_labels(task: Task, gen: torch.Generator,
     return tuple(pool[i] for i in idx)
 
 
-def build_prompts(data: Dataset, demos: Sequence[tuple[object, str]], max_len: int,
-                  codec: Codec = WORDS) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+def build_prompts(
+    data: Dataset, demos: Sequence[tuple[object, str]], max_len: int, codec: Codec = WORDS
+) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
     """ICL prompts (``demos`` then each input of ``data``) and their demonstration spans."""
     out = [codec.prompt(data.task, demos, x, max_len=max_len) for x in data.inputs]
     return [p for p, _ in out], [s for _, s in out]
 
 
-def predict(model: nn.Module, data: Dataset, demos: Sequence[tuple[object, str]] = (),
-            labels: Sequence[str] | None = None, max_len: int = 256,
-            codec: Codec = WORDS) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    data: Dataset,
+    demos: Sequence[tuple[object, str]] = (),
+    labels: Sequence[str] | None = None,
+    max_len: int = 256,
+    codec: Codec = WORDS,
+) -> torch.Tensor:
     """``(n,)`` predicted classes of ``data`` with ``demos`` in context (none: zero-shot)."""
     labels = tuple(labels) if labels is not None else data.task.labels
     prompts, _ = build_prompts(data, demos, max_len, codec)
@@ -167,9 +178,11 @@ def logits_of(model: nn.Module, ids: torch.Tensor, past=None) -> torch.Tensor:
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The attention modules of ``model`` in depth order: every module that owns children named
     ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` (our TinyLM, OPT, XGLM...)."""
-    found = [(name, m) for name, m in model.named_modules()
-             if all(isinstance(getattr(m, p, None), nn.Linear)
-                    for p in ("q_proj", "k_proj", "v_proj", "out_proj"))]
+    found = [
+        (name, m)
+        for name, m in model.named_modules()
+        if all(isinstance(getattr(m, p, None), nn.Linear) for p in ("q_proj", "k_proj", "v_proj", "out_proj"))
+    ]
     if not found:
         raise ValueError("no attention module with q_proj/k_proj/v_proj/out_proj children found")
     return found
@@ -207,12 +220,15 @@ class Recorder:
     def __enter__(self) -> Recorder:
         for i, (_, m) in enumerate(self.modules):
             for store, proj in ((self.q, m.q_proj), (self.k, m.k_proj), (self.out, m.out_proj)):
+
                 def hook(_mod, _inp, output, store=store, i=i):
                     store[i] = output.detach()
+
                 self._handles.append(proj.register_forward_hook(hook))
 
             def keep_input(_mod, inp, _out, i=i):
                 self.x[i] = inp[0].detach()
+
             self._handles.append(m.q_proj.register_forward_hook(keep_input))
         return self
 
@@ -229,7 +245,7 @@ class Recorder:
         d = q.shape[-1] // h
         qh = q[position].view(h, d)
         kh = k[: position + 1].view(position + 1, h, d)
-        s = torch.einsum("hd,nhd->hn", qh, kh) / d ** 0.5
+        s = torch.einsum("hd,nhd->hn", qh, kh) / d**0.5
         slopes = getattr(self.modules[layer][1], "alibi", None)
         if isinstance(slopes, torch.Tensor):
             gap = position - torch.arange(position + 1, dtype=s.dtype, device=s.device)
@@ -238,9 +254,17 @@ class Recorder:
 
 
 @torch.no_grad()
-def record(model: nn.Module, prompts: Sequence[Sequence[int]], *, offset: int = 0,
-           batch: int = 128, pad: int = WORDS.pad_id, columns: Sequence[int] | None = None,
-           full_rows: int | None = None, tail: int | None = None) -> dict:
+def record(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    offset: int = 0,
+    batch: int = 128,
+    pad: int = WORDS.pad_id,
+    columns: Sequence[int] | None = None,
+    full_rows: int | None = None,
+    tail: int | None = None,
+) -> dict:
     """Run ``prompts`` and keep, per prompt, at the predicting position (the last prompt token,
     or ``offset`` tokens later if the prompts carry extra tokens, as the paper's code did):
 
@@ -258,7 +282,7 @@ def record(model: nn.Module, prompts: Sequence[Sequence[int]], *, offset: int = 
     outs, qs, scores, logps = [], [], [], []
     batch = rows_per_batch(model, prompts, batch)
     for s in range(0, len(prompts), batch):
-        ids, last = pad_right(prompts[s: s + batch], pad)
+        ids, last = pad_right(prompts[s : s + batch], pad)
         last = last - offset
         with Recorder(model) as rec:
             logits = logits_of(model, ids)
@@ -274,8 +298,7 @@ def record(model: nn.Module, prompts: Sequence[Sequence[int]], *, offset: int = 
             if full_rows is not None and s + r >= full_rows:
                 row = row[..., -tail:]
             scores.append(row.cpu())
-    return {"out": torch.cat(outs), "q": torch.cat(qs), "scores": scores,
-            "logprobs": torch.cat(logps)}
+    return {"out": torch.cat(outs), "q": torch.cat(qs), "scores": scores, "logprobs": torch.cat(logps)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +323,7 @@ def sequence_nll(model: nn.Module, ids: Sequence[int]) -> torch.Tensor:
     t = torch.as_tensor(list(ids), dtype=torch.long, device=device_of(model))[None]
     if t.shape[1] < 2:
         raise ValueError("a finetuning example needs at least two tokens")
-    logits = logits_of(model, t)          # the whole example, so every token has a query
+    logits = logits_of(model, t)  # the whole example, so every token has a query
     return F.cross_entropy(logits[0, :-1].float(), t[0, 1:])
 
 
@@ -308,12 +331,18 @@ def sequence_nll(model: nn.Module, ids: Sequence[int]) -> torch.Tensor:
 class FinetuneResult:
     model: nn.Module
     losses: list[float]
-    queries: list[list[torch.Tensor]]     # per example, per layer: (tokens, d) queries seen
+    queries: list[list[torch.Tensor]]  # per example, per layer: (tokens, d) queries seen
 
 
-def finetune_kv(model: nn.Module, examples: Sequence[Sequence[int]], lr: float, *,
-                mode: str = "sequential", filters: Sequence[str] = KV_FILTER,
-                keep_queries: bool = False) -> FinetuneResult:
+def finetune_kv(
+    model: nn.Module,
+    examples: Sequence[Sequence[int]],
+    lr: float,
+    *,
+    mode: str = "sequential",
+    filters: Sequence[str] = KV_FILTER,
+    keep_queries: bool = False,
+) -> FinetuneResult:
     """Finetune a copy of ``model`` on ``examples`` (token ids of ``BOS template(x, y)``) with
     plain SGD on the K/V parameters only.
 
@@ -344,7 +373,7 @@ def finetune_kv(model: nn.Module, examples: Sequence[Sequence[int]], lr: float, 
             if keep_queries:
                 with Recorder(tuned) as rec:
                     loss = sequence_nll(tuned, ex)
-                queries.append([q[0, 1:].cpu() for q in rec.q])     # drop BOS: tokens of x, y
+                queries.append([q[0, 1:].cpu() for q in rec.q])  # drop BOS: tokens of x, y
             else:
                 loss = sequence_nll(tuned, ex)
             losses.append(float(loss.detach()))

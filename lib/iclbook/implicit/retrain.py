@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     def evaluate(m: TinyLM) -> dict:
         return label_accuracy_by_context(m, probe_batch)
 
-    history = pretrain.pretrain(model, cfg, evaluate=evaluate, eval_every=args.save_every,
-                              on_eval=lambda m, h: save(m, h, args.out))
+    history = pretrain.pretrain(
+        model, cfg, evaluate=evaluate, eval_every=args.save_every, on_eval=lambda m, h: save(m, h, args.out)
+    )
     print("sha256", save(model, history, args.out))
 
 

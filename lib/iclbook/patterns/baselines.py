@@ -58,12 +58,13 @@ def _fit_predict(make, x: np.ndarray, y: np.ndarray, xq: np.ndarray) -> np.ndarr
         clf = make()
         if hasattr(clf, "n_neighbors"):
             clf.set_params(n_neighbors=min(clf.n_neighbors, len(y[i])))
-        pred[i] = clf.fit(x[i], y[i]).predict(xq[i: i + 1])[0]
+        pred[i] = clf.fit(x[i], y[i]).predict(xq[i : i + 1])[0]
     return pred
 
 
-def classical_errors(prompts: Prompts, cfg: Config, classifiers: dict | None = None, n_jobs: int = 2
-                     ) -> dict[str, float]:
+def classical_errors(
+    prompts: Prompts, cfg: Config, classifiers: dict | None = None, n_jobs: int = 2
+) -> dict[str, float]:
     """Error of each classifier fitted per prompt on the context pairs ``(x_i, label_i)`` and
     applied to the query. A context with one label class only predicts that class; k-NN with
     fewer than k examples uses all of them. The default 1-NN and 3-NN run vectorised over the
@@ -92,8 +93,17 @@ def classical_errors(prompts: Prompts, cfg: Config, classifiers: dict | None = N
     return errors
 
 
-def compare(models: Sequence[torch.nn.Module], domain: Domain, cfg: Config, *, kappa: float, alpha: float,
-            l: int, n: int, generator: torch.Generator) -> dict[str, float]:
+def compare(
+    models: Sequence[torch.nn.Module],
+    domain: Domain,
+    cfg: Config,
+    *,
+    kappa: float,
+    alpha: float,
+    l: int,
+    n: int,
+    generator: torch.Generator,
+) -> dict[str, float]:
     """Errors on ``n`` prompts of ``domain`` with noise bound ``kappa``, ``alpha`` and ``l``
     contexts: each classical classifier's (:func:`classical_errors`), the trained ``models``'
     mean (``"transformer (ICL)"``), and the no-match floor of this very sample (``"no-match

@@ -15,15 +15,16 @@ import numpy as np
 from iclbook import curves
 
 
-def times_to(steps: np.ndarray, errors: np.ndarray, floors: Sequence[float], level: float,
-             n_alphas: int) -> np.ndarray:
+def times_to(steps: np.ndarray, errors: np.ndarray, floors: Sequence[float], level: float, n_alphas: int) -> np.ndarray:
     """``(alphas, seeds)`` steps until each run's error stays below its floor plus ``level``
     (:func:`iclbook.curves.steps_to_threshold`; ``inf`` where it never does within the budget).
     ``errors`` is ``(runs, checkpoints)`` at ``steps``, the runs ordered alpha by alpha, and
     ``floors[r]`` run ``r``'s no-match floor."""
     if len(errors) != len(floors) or len(errors) % n_alphas:
-        raise ValueError(f"need one floor per run and the same number of runs per alpha: {len(errors)} runs, "
-                         f"{len(floors)} floors, {n_alphas} alphas")
+        raise ValueError(
+            f"need one floor per run and the same number of runs per alpha: {len(errors)} runs, "
+            f"{len(floors)} floors, {n_alphas} alphas"
+        )
     t = np.array([curves.steps_to_threshold(steps, e, f + level) for e, f in zip(errors, floors)])
     return np.where(np.isnan(t), np.inf, t).reshape(n_alphas, -1)
 
@@ -36,13 +37,18 @@ def median_slope(alphas: Sequence[float], times: np.ndarray) -> float:
     return curves.loglog_slope(alphas, med)
 
 
-def bootstrap_slope(alphas: Sequence[float], times: np.ndarray, rng: np.random.Generator,
-                    draws: int = 2000) -> tuple[float, float]:
+def bootstrap_slope(
+    alphas: Sequence[float], times: np.ndarray, rng: np.random.Generator, draws: int = 2000
+) -> tuple[float, float]:
     """The 95% percentile interval of :func:`median_slope` over ``draws`` resamplings of the seeds
     of each alpha (with replacement, independently per alpha), from the finite slopes; ``(nan,
     nan)`` when 100 or fewer of them are finite."""
-    boot = np.array([median_slope(alphas, np.take_along_axis(times, rng.integers(0, times.shape[1], times.shape), axis=1))
-                     for _ in range(draws)])
+    boot = np.array(
+        [
+            median_slope(alphas, np.take_along_axis(times, rng.integers(0, times.shape[1], times.shape), axis=1))
+            for _ in range(draws)
+        ]
+    )
     boot = boot[np.isfinite(boot)]
     return tuple(np.percentile(boot, [2.5, 97.5])) if len(boot) > 100 else (np.nan, np.nan)
 

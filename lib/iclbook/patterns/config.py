@@ -62,12 +62,32 @@ class Config:
 
 
 CONFIGS: dict[str, Config] = {
-    "smoke": Config(steps=1100, n_test=1000, seeds=2, sweep_seeds=2, sweep_steps=2000, sweep_alphas=(0.4, 1.0),
-                    n_baseline=40, lr_control=False,
-                    gpt_steps=300, gpt_width=32, gpt_judged=False),
+    "smoke": Config(
+        steps=1100,
+        n_test=1000,
+        seeds=2,
+        sweep_seeds=2,
+        sweep_steps=2000,
+        sweep_alphas=(0.4, 1.0),
+        n_baseline=40,
+        lr_control=False,
+        gpt_steps=300,
+        gpt_width=32,
+        gpt_judged=False,
+    ),
     "book": Config(),
-    "paper": Config(steps=4000, n_test=20000, seeds=5, sweep_seeds=8, sweep_steps=3000, n_baseline=1000,
-                    gpt_steps=20000, gpt_layers=3, gpt_heads=2, gpt_width=128),
+    "paper": Config(
+        steps=4000,
+        n_test=20000,
+        seeds=5,
+        sweep_seeds=8,
+        sweep_steps=3000,
+        n_baseline=1000,
+        gpt_steps=20000,
+        gpt_layers=3,
+        gpt_heads=2,
+        gpt_width=128,
+    ),
 }
 
 

@@ -59,8 +59,10 @@ def training_tasks(M: int, kind: str = "balanced") -> torch.Tensor:
     chosen = sorted(set(pairs))
     share, need = len(chosen) / (M * (M - 1)), (M - 1) ** -0.5
     if share < need:
-        raise ValueError(f"the training split covers {len(chosen)} of {M * (M - 1)} tasks ({share:.2f}), "
-                         f"below the theorems' (M1 - 1)^(-1/2) = {need:.2f} for M1 = {M}")
+        raise ValueError(
+            f"the training split covers {len(chosen)} of {M * (M - 1)} tasks ({share:.2f}), "
+            f"below the theorems' (M1 - 1)^(-1/2) = {need:.2f} for M1 = {M}"
+        )
     return torch.tensor(chosen)
 
 
@@ -77,7 +79,7 @@ def in_domain(cfg: Config, split: str = "train") -> Domain:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
         tasks = tasks[torch.tensor(keep)]
-    return Domain(cfg.beta * eye[: cfg.M1], eye[cfg.M1:], tasks)
+    return Domain(cfg.beta * eye[: cfg.M1], eye[cfg.M1 :], tasks)
 
 
 CONSTRUCTIONS = ("pair", "single", "unit", "mixed")
@@ -147,8 +149,7 @@ class Prompts:
         return self.tokens, self.target
 
 
-def sample_prompts(domain: Domain, n: int, *, alpha: float, l: int, cfg: Config,
-                   generator: torch.Generator) -> Prompts:
+def sample_prompts(domain: Domain, n: int, *, alpha: float, l: int, cfg: Config, generator: torch.Generator) -> Prompts:
     """``n`` prompts of ``l`` contexts from ``domain``'s tasks (uniformly), as in the paper."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")

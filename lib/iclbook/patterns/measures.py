@@ -43,9 +43,17 @@ def evaluate(model: OneLayerICL, prompts: Prompts, neuron_mask: torch.Tensor | N
     }
 
 
-def ood_sweep(models: Sequence[torch.nn.Module], cfg: Config, S1_values: Sequence[float], *,
-              domain_generator: Callable[[], torch.Generator], prompt_generator: Callable[[], torch.Generator],
-              n: int, construction: str = "pair", alpha: float = 0.8) -> np.ndarray:
+def ood_sweep(
+    models: Sequence[torch.nn.Module],
+    cfg: Config,
+    S1_values: Sequence[float],
+    *,
+    domain_generator: Callable[[], torch.Generator],
+    prompt_generator: Callable[[], torch.Generator],
+    n: int,
+    construction: str = "pair",
+    alpha: float = 0.8,
+) -> np.ndarray:
     """``(models, S1)`` error on out-of-domain prompts (Theorem 2): for each ``S1``, patterns of
     that construction, then ``n`` prompts at ``alpha`` and the training length.
     ``domain_generator()`` and ``prompt_generator()`` return fresh generators, so every ``S1``
@@ -58,9 +66,16 @@ def ood_sweep(models: Sequence[torch.nn.Module], cfg: Config, S1_values: Sequenc
     return out
 
 
-def length_sweep(models: Sequence[torch.nn.Module], domain: Domain, cfg: Config, alphas: Sequence[float],
-                 lengths: Sequence[int], *, n: int, prompt_generator: Callable[[], torch.Generator]
-                 ) -> np.ndarray:
+def length_sweep(
+    models: Sequence[torch.nn.Module],
+    domain: Domain,
+    cfg: Config,
+    alphas: Sequence[float],
+    lengths: Sequence[int],
+    *,
+    n: int,
+    prompt_generator: Callable[[], torch.Generator],
+) -> np.ndarray:
     """``(alphas, models, lengths)`` error against the context length ``l`` (Theorems 1-2's
     ``l = Omega(1 / alpha')``): ``n`` prompts of ``domain`` per point, each from a fresh
     ``prompt_generator()``."""
@@ -117,8 +132,12 @@ def qk_gains(model: OneLayerICL, cfg: Config) -> dict:
         embedded = torch.cat([vectors, pad.expand(len(vectors), -1)], dim=1)
         return float(((embedded @ W.T).norm(dim=1) / vectors.norm(dim=1)).mean())
 
-    return {"q_gain_pattern": gain(model.W_Q, dom.relevant), "q_gain_noise": gain(model.W_Q, dom.irrelevant),
-            "k_gain_pattern": gain(model.W_K, dom.relevant), "k_gain_noise": gain(model.W_K, dom.irrelevant)}
+    return {
+        "q_gain_pattern": gain(model.W_Q, dom.relevant),
+        "q_gain_noise": gain(model.W_Q, dom.irrelevant),
+        "k_gain_pattern": gain(model.W_K, dom.relevant),
+        "k_gain_noise": gain(model.W_K, dom.irrelevant),
+    }
 
 
 def angle(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -132,19 +151,23 @@ def neuron_geometry(model: OneLayerICL, cfg: Config) -> dict:
     """Prop. 2: for each row of ``W_O W_V``, the magnitude and angle of its label part to ``q``
     and of its feature part to the mean IDR pattern, with the sign of its read-out ``a_i``."""
     rows = model.neuron_rows()
-    feat, lab = rows[:, : cfg.d_X], rows[:, cfg.d_X:]
+    feat, lab = rows[:, : cfg.d_X], rows[:, cfg.d_X :]
     q = torch.zeros(cfg.d_Y)
     q[0] = 1.0
     mu_bar = in_domain(cfg, "all").relevant.mean(0)
     return {
-        "label_norm": lab.norm(dim=-1), "label_angle": angle(lab, q),
-        "feature_norm": feat.norm(dim=-1), "feature_angle": angle(feat, mu_bar),
-        "positive": model.a > 0, "row_norm": model.W_O.norm(dim=-1),
+        "label_norm": lab.norm(dim=-1),
+        "label_angle": angle(lab, q),
+        "feature_norm": feat.norm(dim=-1),
+        "feature_angle": angle(feat, mu_bar),
+        "positive": model.a > 0,
+        "row_norm": model.W_O.norm(dim=-1),
     }
 
 
-def feature_geometry(models: Sequence[OneLayerICL], cfg: Config, geometries: Sequence[dict]
-                     ) -> tuple[list[bool], np.ndarray, np.ndarray]:
+def feature_geometry(
+    models: Sequence[OneLayerICL], cfg: Config, geometries: Sequence[dict]
+) -> tuple[list[bool], np.ndarray, np.ndarray]:
     """Proposition 2's three readings per model, on its large neurons (row norm of ``W_O`` above
     the median), from :func:`neuron_geometry`'s ``geometries``: whether every positive neuron's
     label part is within ``pi/4`` of ``q`` and every negative one's beyond ``3 pi/4``; the median
@@ -154,7 +177,9 @@ def feature_geometry(models: Sequence[OneLayerICL], cfg: Config, geometries: Seq
     for m, g in zip(models, geometries):
         big = g["row_norm"] > g["row_norm"].median()
         pos, neg = big & g["positive"], big & ~g["positive"]
-        label_ok.append(bool((g["label_angle"][pos] < np.pi / 4).all() and (g["label_angle"][neg] > 3 * np.pi / 4).all()))
+        label_ok.append(
+            bool((g["label_angle"][pos] < np.pi / 4).all() and (g["label_angle"][neg] > 3 * np.pi / 4).all())
+        )
         cosines.append(float(torch.cos(g["feature_angle"][big]).median()))
         rows = m.neuron_rows().detach()[big, : cfg.d_X]
         in_span.append(float((rows[:, : cfg.M1].norm(dim=1) / rows.norm(dim=1)).min()))
@@ -162,14 +187,18 @@ def feature_geometry(models: Sequence[OneLayerICL], cfg: Config, geometries: Seq
 
 
 @torch.no_grad()
-def progress_measures(model: OneLayerICL, cfg: Config, id_val: Prompts, ood_val: Prompts,
-                      ood_domain: Domain) -> dict:
+def progress_measures(model: OneLayerICL, cfg: Config, id_val: Prompts, ood_val: Prompts, ood_domain: Domain) -> dict:
     """Everything the chapter follows during training, as JSON-able values: in-domain error and
     attention on unseen tasks, OOD attention, the Q/K projections, and each neuron's geometry."""
     ev, ood = evaluate(model, id_val), evaluate(model, ood_val)
     geo = neuron_geometry(model, cfg)
-    out = {"id_error": ev["error"], "id_hinge": ev["hinge"], "id_attention": ev["same_attention"],
-           "ood_error": ood["error"], "ood_attention": ood["same_attention"]}
+    out = {
+        "id_error": ev["error"],
+        "id_hinge": ev["hinge"],
+        "id_attention": ev["same_attention"],
+        "ood_error": ood["error"],
+        "ood_attention": ood["same_attention"],
+    }
     out.update(qk_projections(model, ood_val, ood_domain, cfg))
     out.update(qk_gains(model, cfg))
     out.update({k: v.tolist() for k, v in geo.items() if k != "positive"})
@@ -181,8 +210,9 @@ def progress_measures(model: OneLayerICL, cfg: Config, id_val: Prompts, ood_val:
 # ---------------------------------------------------------------------------------------------
 
 
-def pruning_mask(row_norms: torch.Tensor, rate: float, how: str, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
+def pruning_mask(
+    row_norms: torch.Tensor, rate: float, how: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Mask ``(m,)`` keeping ``1 - rate`` of the neurons: ``how`` is ``"magnitude"`` (drop the
     smallest rows of ``W_O``), ``"largest"`` (drop the largest first) or ``"random"``."""
     if not 0.0 <= rate <= 1.0:
@@ -205,10 +235,16 @@ def pruning_mask(row_norms: torch.Tensor, rate: float, how: str, generator: torc
 
 
 @torch.no_grad()
-def pruning_sweep(models: Sequence[OneLayerICL], row_norms: Sequence[torch.Tensor], prompts: Prompts,
-                  rates: Sequence[float], *, hows: Sequence[str] = ("magnitude", "random", "largest"),
-                  random_draws: int = 5, mask_generator: Callable[[int], torch.Generator] | None = None
-                  ) -> dict[str, np.ndarray]:
+def pruning_sweep(
+    models: Sequence[OneLayerICL],
+    row_norms: Sequence[torch.Tensor],
+    prompts: Prompts,
+    rates: Sequence[float],
+    *,
+    hows: Sequence[str] = ("magnitude", "random", "largest"),
+    random_draws: int = 5,
+    mask_generator: Callable[[int], torch.Generator] | None = None,
+) -> dict[str, np.ndarray]:
     """Hinge loss and error after pruning each model's neurons at each rate (Theorem 3, Fig. 23):
     ``{how: (2, models, rates)}``, index 0 the hinge loss, 1 the error. ``row_norms[s]`` are model
     ``s``'s row norms of ``W_O``; ``"random"`` averages ``random_draws`` masks, draw ``d`` from
@@ -222,8 +258,10 @@ def pruning_sweep(models: Sequence[OneLayerICL], row_norms: Sequence[torch.Tenso
         for k, r in enumerate(rates):
             for how in hows:
                 draws = random_draws if how == "random" else 1
-                res = [evaluate(m, prompts, pruning_mask(norms, r, how, mask_generator(d) if how == "random" else None))
-                       for d in range(draws)]
+                res = [
+                    evaluate(m, prompts, pruning_mask(norms, r, how, mask_generator(d) if how == "random" else None))
+                    for d in range(draws)
+                ]
                 out[how][0, s, k] = np.mean([x["hinge"] for x in res])
                 out[how][1, s, k] = np.mean([x["error"] for x in res])
     return out

@@ -96,14 +96,22 @@ class SmallGPT(HookPoints, nn.Module):
         "output": "(n,) F, the prediction's margin",
     }
 
-    def __init__(self, cfg: Config, seed: int, layers: int | None = None, heads: int | None = None,
-                 width: int | None = None):
+    def __init__(
+        self, cfg: Config, seed: int, layers: int | None = None, heads: int | None = None, width: int | None = None
+    ):
         super().__init__()
         layers, heads, width = layers or cfg.gpt_layers, heads or cfg.gpt_heads, width or cfg.gpt_width
         with runtime.seeded(seed):
             self.read_in = nn.Linear(cfg.d, width)
-            block = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
-                                               activation="gelu", batch_first=True, norm_first=True)
+            block = nn.TransformerEncoderLayer(
+                width,
+                heads,
+                dim_feedforward=4 * width,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
             self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
             self.norm = nn.LayerNorm(width)
             self.read_out = nn.Linear(width, 1)

@@ -42,9 +42,16 @@ def error_checkpoints(prompts: Sequence[Prompts]) -> Checkpoint:
     return measure
 
 
-def train_models(cfg: Config, seeds: list[int], alphas: list[float] | None = None, *, steps: int,
-                 on_checkpoint: Checkpoint | None = None, cache_name: str | None = None,
-                 desc: str = "one-layer ICL") -> tuple[list[OneLayerICL], dict]:
+def train_models(
+    cfg: Config,
+    seeds: list[int],
+    alphas: list[float] | None = None,
+    *,
+    steps: int,
+    on_checkpoint: Checkpoint | None = None,
+    cache_name: str | None = None,
+    desc: str = "one-layer ICL",
+) -> tuple[list[OneLayerICL], dict]:
     """Train one model per (seed, alpha) on the training tasks for ``steps`` SGD steps at
     ``cfg.lr``, as one batched ensemble.
 
@@ -60,27 +67,35 @@ def train_models(cfg: Config, seeds: list[int], alphas: list[float] | None = Non
     models = [OneLayerICL(cfg, seed=s) for s in seeds]
 
     def sampler(alpha: float):
-        return lambda g: sample_prompts(domain, cfg.batch, alpha=alpha, l=cfg.l_train, cfg=cfg,
-                                        generator=g).batch()
+        return lambda g: sample_prompts(domain, cfg.batch, alpha=alpha, l=cfg.l_train, cfg=cfg, generator=g).batch()
 
     def run() -> dict:
         return train.train(
-            models, hinge, [sampler(a) for a in alphas], steps=steps, lr=cfg.lr, optimizer="sgd",
+            models,
+            hinge,
+            [sampler(a) for a in alphas],
+            steps=steps,
+            lr=cfg.lr,
+            optimizer="sgd",
             generators=[runtime.stream("batches", s) for s in seeds],
             checkpoint_every=cfg.checkpoint_every if on_checkpoint is not None else None,
-            on_checkpoint=on_checkpoint, desc=desc)
+            on_checkpoint=on_checkpoint,
+            desc=desc,
+        )
 
     if cache_name is None:
         history = run()
         history["cached"] = False
         return models, history
-    history = train.cached_training("01", cache_name, cfg, models, run, uses=__name__, seeds=list(seeds),
-                                    alphas=list(alphas), steps=steps)
+    history = train.cached_training(
+        "01", cache_name, cfg, models, run, uses=__name__, seeds=list(seeds), alphas=list(alphas), steps=steps
+    )
     return models, history
 
 
-def train_gpt(cfg: Config, seeds: list[int], *, lr: float = 1e-3,
-              desc: str = "multi-layer") -> tuple[list[SmallGPT], dict]:
+def train_gpt(
+    cfg: Config, seeds: list[int], *, lr: float = 1e-3, desc: str = "multi-layer"
+) -> tuple[list[SmallGPT], dict]:
     """Train :class:`SmallGPT` models (``cfg.gpt_layers`` layers, ``cfg.gpt_heads`` heads, width
     ``cfg.gpt_width``; one per seed, as one ensemble) for ``cfg.gpt_steps`` Adam steps on hinge
     loss with a cosine learning-rate decay, on the same training tasks and prompts as the
@@ -93,9 +108,19 @@ def train_gpt(cfg: Config, seeds: list[int], *, lr: float = 1e-3,
         return sample_prompts(domain, cfg.batch, alpha=cfg.alpha, l=cfg.l_train, cfg=cfg, generator=g).batch()
 
     def run() -> dict:
-        return train.train(models, hinge, sample, steps=cfg.gpt_steps, lr=lr, optimizer="adam", schedule="cosine",
-                           generators=[runtime.stream("gpt-batches", s) for s in seeds], desc=desc)
+        return train.train(
+            models,
+            hinge,
+            sample,
+            steps=cfg.gpt_steps,
+            lr=lr,
+            optimizer="adam",
+            schedule="cosine",
+            generators=[runtime.stream("gpt-batches", s) for s in seeds],
+            desc=desc,
+        )
 
-    history = train.cached_training("01", "gpt", cfg, models, run, uses=__name__, seeds=list(seeds),
-                                    steps=cfg.gpt_steps, lr=lr)
+    history = train.cached_training(
+        "01", "gpt", cfg, models, run, uses=__name__, seeds=list(seeds), steps=cfg.gpt_steps, lr=lr
+    )
     return models, history
