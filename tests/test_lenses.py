@@ -47,7 +47,15 @@ def test_contextual_patch_identity_and_ranges(setup):
     out = lenses.contextual_patch(model, ic, n_patch=32)
     assert out["identity_gap"] < 1e-12
     assert out["patch_norm"] > 0
-    assert -2 <= out["selectivity"] <= 2
+    # selectivity recomputed here: cosine of the patch's hidden shift W1 dA with each label token's
+    # W1 V2 h_j, matching class minus the others
+    part = lenses.layer2(model, ic.tokens[:32])
+    shift = (part.a_full - part.a_red) @ model.mlp.w1.T
+    label = (part.h[:, 1:-1:2] @ model.v2.T) @ model.mlp.w1.T
+    cos = torch.nn.functional.cosine_similarity(shift[:, None], label, dim=-1)
+    match = ic.classes[:32] == ic.query_class[:32, None]
+    want = torch.stack([cos[i][match[i]].mean() - cos[i][~match[i]].mean() for i in range(32)]).mean()
+    assert out["selectivity"] == pytest.approx(float(want), abs=1e-9)
     assert out["full"] == pytest.approx(float((model(ic.tokens[:32]).argmax(-1) == ic.target[:32]).double().mean()))
 
 

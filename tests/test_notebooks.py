@@ -19,7 +19,9 @@ CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.md"))
 
 
 def test_there_are_chapters():
-    assert CHAPTERS, "no chapters found under book/"
+    from iclbook import chapter
+
+    assert [p.stem[:2] for p in CHAPTERS] == sorted(chapter.CHAPTERS), "the pages under book/ are not the chapters"
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)

@@ -217,15 +217,23 @@ def test_plots_band_and_style():
     plots.set_style()
     fig, ax = plt.subplots()
     x = np.arange(5)
+    ys = np.random.default_rng(0).normal(size=(3, 5))
+    half = {"se": ys.std(0, ddof=1) / np.sqrt(3), "sd": ys.std(0, ddof=1)}
     for spread in ("se", "sd", "minmax"):
-        plots.band(ax, x, np.random.default_rng(0).normal(size=(3, 5)), spread=spread, label=spread)
+        plots.band(ax, x, ys, spread=spread, label=spread)
+        assert np.allclose(ax.lines[-1].get_ydata(), ys.mean(0))  # the line is the mean over runs
+        band_y = ax.collections[-1].get_paths()[0].vertices[:, 1]
+        lo, hi = (
+            (ys.min(0), ys.max(0)) if spread == "minmax" else (ys.mean(0) - half[spread], ys.mean(0) + half[spread])
+        )
+        assert np.isclose(band_y.min(), lo.min()) and np.isclose(band_y.max(), hi.max())
     with pytest.raises(ValueError):
         plots.band(ax, x, np.zeros((2, 4)))
     with pytest.raises(ValueError):
         plots.band(ax, x, np.zeros((2, 5)), spread="iqr")
     plots.attention_map(ax, np.eye(3) / 1.0)
     plt.close(fig)
-    assert len(plots.colors(4)) == 4
+    assert len(set(plots.colors(4))) == 4  # four distinct colours
 
 
 def test_cosine_schedule_and_bad_schedule():
