@@ -19,6 +19,9 @@ the cache and executes nothing again. It does exactly what myst-nb does for one 
 * a failing cell fails this command (exit 1, the traceback printed) and nothing is cached for that
   chapter, so the strict build that follows executes it again and fails too.
 
+Each executed notebook is also written, with the kernel's per-cell timestamps, to
+``<path-output>/_build/executed/`` (``benchmarks/cell_times.py`` reads them: where the time goes).
+
 The longest chapters start first (times from the committed seed run), so two workers finish close
 together. Pages whose ``mystnb.execution_mode`` is ``force`` (the claims page, which reads the
 records the chapters write) are left to the build, which runs them after the chapters.
@@ -34,6 +37,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +100,12 @@ def run_one(path: str, threads: int) -> tuple[str, object, float, str | None]:
     nb = read(page)
     conf = execute_config()
     result = single_nb_execution(
-        nb, cwd=str(page.parent), allow_errors=conf["allow_errors"], timeout=conf["timeout"], meta_override=True
+        nb,
+        cwd=str(page.parent),
+        allow_errors=conf["allow_errors"],
+        timeout=conf["timeout"],
+        meta_override=True,
+        record_timing=True,  # per-cell times, for benchmarks/cell_times.py
     )
     return path, nb, result.time, (result.exc_string if result.err is not None else None)
 
@@ -117,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     pages = [Path(p).resolve() for p in args.pages] if args.pages else toc_pages()
     pages = sorted((p for p in pages if not forced(p)), key=expected_seconds, reverse=True)
     cache = get_cache(str((Path(args.path_output) / "_build" / ".jupyter_cache").resolve()))
+    executed = (Path(args.path_output) / "_build" / "executed").resolve()
     todo = []
     for page in pages:
         try:
@@ -135,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(str(name))
                 print(f"{name}: FAILED after {seconds:.0f} s\n{err}", flush=True)
                 continue
+            executed.mkdir(parents=True, exist_ok=True)  # with per-cell times (the cache keeps outputs only)
+            nbformat.write(nb, executed / f"{Path(path).stem}.ipynb")
             stage = cache.add_nb_to_project(path)
             cache.cache_notebook_bundle(
                 CacheBundleIn(nb, stage.uri, data={"execution_seconds": seconds}), check_validity=False, overwrite=True

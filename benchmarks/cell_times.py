@@ -1,14 +1,15 @@
 """Where a chapter's time goes: its most expensive cells, from an executed notebook's timings.
 
     python benchmarks/cell_times.py NOTEBOOK.ipynb [...] [--top 5] [--unit SECONDS]
-    python benchmarks/cell_times.py --cache _build/test/_build/.jupyter_cache   # the build's own runs
+    python benchmarks/cell_times.py _build/test/_build/executed/*.ipynb        # the build's own runs
 
 Every executed notebook carries, per code cell, the kernel's timestamps (``execution`` metadata
 that nbclient writes: ``iopub.execute_input`` to ``shell.execute_reply``). This prints each
 notebook's ``--top`` most expensive cells: seconds, host units (``--unit``, the host unit of the
 same run, ``benchmarks/host_unit.py``; measured here when not given), share of the notebook and
-the cell's first code line. ``--cache`` reads the executed notebooks of a book build's
-jupyter-cache (``.ci/execute.py`` and ``jupyter-book build`` store them there).
+the cell's first code line. A book build keeps its executed notebooks, timings included, in
+``<path-output>/_build/executed/`` (``.ci/execute.py`` writes them); ``chapter_times.py --keep
+DIR`` keeps those of its runs.
 """
 
 from __future__ import annotations
@@ -50,30 +51,15 @@ def top_cells(nb, n: int) -> tuple[float, list[tuple[int, float, str]]]:
     return sum(t for _, t, _ in timed), sorted(timed, key=lambda r: -r[1])[:n]
 
 
-def cached_notebooks(cache: Path) -> list[tuple[str, nbformat.NotebookNode]]:
-    """The executed notebooks stored in a jupyter-cache folder, with the page each came from."""
-    from jupyter_cache import get_cache  # noqa: PLC0415
-
-    jc = get_cache(str(cache))
-    out = []
-    for record in jc.list_cache_records():
-        bundle = jc.get_cache_bundle(record.pk)
-        out.append((Path(record.uri).name if record.uri else f"record {record.pk}", bundle.nb))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*")
-    parser.add_argument("--cache", default=None, help="a jupyter-cache folder to read executed notebooks from")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--unit", type=float, default=None, help="the host unit in seconds (default: measure it)")
     args = parser.parse_args(argv)
     found = [(Path(p).name, nbformat.read(p, as_version=4)) for p in args.notebooks]
-    if args.cache:
-        found += cached_notebooks(Path(args.cache))
     if not found:
-        parser.error("give executed notebooks or --cache")
+        parser.error("give executed notebooks")
     if args.unit is None:
         import host_unit  # noqa: PLC0415
 
