@@ -14,7 +14,7 @@ THREADS ?= 1
 # jupyter-cache ignores environment variables: each profile builds into its own folder.
 OUT := $(if $(filter book,$(PROFILE)),.,_build/$(PROFILE))
 
-.PHONY: install book test colab unit notebooks sync bench retrain verdicts seeds clean
+.PHONY: install book test test-execute test-colab-setup colab unit notebooks sync bench retrain verdicts seeds clean
 
 $(STAMP): requirements.txt lib/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,9 +46,7 @@ test: $(STAMP)
 	rm -rf _build/test
 	$(BIN)/ruff check lib tests benchmarks .ci book/*.ipynb
 	$(BIN)/ruff format --check lib tests benchmarks .ci
-	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
-		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
-		$(BIN)/python .ci/execute.py --path-output _build/test --jobs $(JOBS) --threads $(THREADS)
+	$(MAKE) --no-print-directory -j2 test-execute test-colab-setup
 	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
 		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
 		$(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/test
@@ -56,9 +54,18 @@ test: $(STAMP)
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
 	$(BIN)/python .ci/offline_check.py _build/test/_build/html
 	ICLBOOK_PROFILE=smoke ICLBOOK_CACHE=$(CURDIR)/_build/test/weights-smoke ICLBOOK_SEED=0 \
-		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records JOBS=$(JOBS) THREADS=$(THREADS) .ci/colab.sh
+		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records JOBS=$(JOBS) THREADS=$(THREADS) .ci/colab.sh run
 	ICLBOOK_PROFILE=smoke ICLBOOK_SEED=0 ICLBOOK_RECORDS=$(CURDIR)/_build/test/records ICLBOOK_REQUIRE_RECORDS=1 \
-		$(BIN)/python -m pytest tests -p no:cacheprovider
+		$(BIN)/python -m pytest tests -p no:cacheprovider -n $(JOBS)
+
+# make test's two independent first steps, run at once: the chapters execute (CPU) while the
+# Colab-like environment installs (mostly disk and network)
+test-execute: $(STAMP)
+	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
+		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
+		$(BIN)/python .ci/execute.py --path-output _build/test --jobs $(JOBS) --threads $(THREADS)
+test-colab-setup: $(STAMP)
+	.ci/colab.sh setup
 
 ## make colab: the Colab imitation alone (about 2 min of set-up, then the notebooks at smoke).
 colab: $(STAMP)

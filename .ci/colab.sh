@@ -9,24 +9,36 @@
 #      environment, with ICLBOOK_INSTALL pointing each chapter's own install cell at the wheel:
 #      the cell's logic runs, and the library and its declared dependencies must be enough.
 # nbval itself runs from the book's environment (.venv) and only drives the kernel.
+#
+# `colab.sh setup` does steps 1-2 only and `colab.sh run` step 3 only, so that make test can build
+# the environment while the book's chapters execute; plain `colab.sh` does all three.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="$PWD/_build/colab"
 PY="${PYTHON:-python3}"
-rm -rf "$OUT"
-mkdir -p "$OUT"
-.venv/bin/python -m pip wheel -q --no-deps -w "$OUT/wheel" ./lib
+PHASE="all"
+if [[ "${1:-}" == "setup" || "${1:-}" == "run" ]]; then PHASE="$1"; shift; fi
+if [[ "$PHASE" != "run" ]]; then
+  rm -rf "$OUT"
+  mkdir -p "$OUT"
+  .venv/bin/python -m pip wheel -q --no-deps -w "$OUT/wheel" ./lib
+  "$PY" -m venv "$OUT/venv"
+  "$OUT/venv/bin/python" -m pip install -q --upgrade pip
+  "$OUT/venv/bin/python" -m pip install -q torch==2.13.0 numpy scipy matplotlib seaborn scikit-learn tqdm ipykernel transformers
+  for absent in iclbook jupyter_book jupytext nbval; do
+    if "$OUT/venv/bin/python" -c "import $absent" 2>/dev/null; then
+      echo "the Colab-like environment must not have $absent" >&2; exit 1
+    fi
+  done
+  "$OUT/venv/bin/python" -m pip list --format=freeze > "$OUT/versions.txt"
+  "$OUT/venv/bin/python" -m ipykernel install --prefix "$OUT/kernel" --name iclbook-colab >/dev/null
+  touch "$OUT/.ready"
+fi
+if [[ "$PHASE" == "setup" ]]; then exit 0; fi
+if [[ ! -f "$OUT/.ready" ]]; then
+  echo "no Colab-like environment in $OUT: run .ci/colab.sh setup first" >&2; exit 1
+fi
 WHEEL="$(ls "$OUT"/wheel/iclbook-*.whl)"
-"$PY" -m venv "$OUT/venv"
-"$OUT/venv/bin/python" -m pip install -q --upgrade pip
-"$OUT/venv/bin/python" -m pip install -q torch==2.13.0 numpy scipy matplotlib seaborn scikit-learn tqdm ipykernel transformers
-for absent in iclbook jupyter_book jupytext nbval; do
-  if "$OUT/venv/bin/python" -c "import $absent" 2>/dev/null; then
-    echo "the Colab-like environment must not have $absent" >&2; exit 1
-  fi
-done
-"$OUT/venv/bin/python" -m pip list --format=freeze > "$OUT/versions.txt"
-"$OUT/venv/bin/python" -m ipykernel install --prefix "$OUT/kernel" --name iclbook-colab >/dev/null
 # JOBS notebooks at a time (xdist; --dist loadscope keeps each notebook's cells on one worker),
 # each kernel with THREADS intra-op threads, as the book build runs them (.ci/execute.py)
 JOBS="${JOBS:-2}"

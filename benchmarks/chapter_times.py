@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import host_unit  # noqa: E402
 
-#: The host unit, in seconds, of the machine on which the seconds budgets below were set (the
-#: 2-core CPU box of GUIDE section 5, measured idle; benchmarks/README.md): budgets in host units
-#: are the seconds budgets divided by it.
-CALIBRATION_UNIT_S = 1.0
+#: The host unit, in seconds, of the host on which the seconds budgets below were turned into
+#: units (a 2-core CPU box of the project's kind, idle, 2026-12-06; benchmarks/README.md): budgets
+#: in host units are the seconds budgets divided by it.
+CALIBRATION_UNIT_S = 2.05
 #: Budgets per chapter in seconds on that machine (smoke, book) and on one H100 (paper); GUIDE
 #: section 5.
 BUDGET_S = {"smoke": 45, "book": 180, "paper": 1200}
