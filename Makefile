@@ -56,7 +56,7 @@ test: $(STAMP)
 	ICLBOOK_PROFILE=smoke ICLBOOK_CACHE=$(CURDIR)/_build/test/weights-smoke ICLBOOK_SEED=0 \
 		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records JOBS=$(JOBS) THREADS=$(THREADS) .ci/colab.sh run
 	ICLBOOK_PROFILE=smoke ICLBOOK_SEED=0 ICLBOOK_RECORDS=$(CURDIR)/_build/test/records ICLBOOK_REQUIRE_RECORDS=1 \
-		$(BIN)/python -m pytest tests -p no:cacheprovider -n $(JOBS)
+		$(BIN)/python -m pytest tests -p no:cacheprovider
 
 # make test's two independent first steps, run at once: the chapters execute (CPU) while the
 # Colab-like environment installs (mostly disk and network)
