@@ -149,3 +149,20 @@ def test_the_wheel_ships_every_package_of_the_library():
     lib = ROOT / "lib"
     found = {".".join(p.parent.relative_to(lib).parts) for p in (lib / "iclbook").rglob("__init__.py")}
     assert found <= listed, f"packages missing from lib/pyproject.toml: {sorted(found - listed)}"
+
+
+def test_the_claims_page_has_no_colab_button_and_chapters_keep_theirs():
+    """book/claims.md is executed by the build only (it reads the chapters' records) and has no
+    paired notebook: its launch button would open nothing, so the book's extension removes it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ext", ROOT / "book" / "_ext" / "claims_always_fresh.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    buttons = [{"label": "launch-buttons"}, {"label": "download-buttons"}]
+    claims, chapter_page = {"header_buttons": list(buttons)}, {"header_buttons": list(buttons)}
+    ext._no_launch_button(None, ext.PAGE, "page.html", claims, None)
+    ext._no_launch_button(None, "book/01_nonlinear_icl", "page.html", chapter_page, None)
+    assert claims["header_buttons"] == [{"label": "download-buttons"}]
+    assert chapter_page["header_buttons"] == buttons
+    assert not (ROOT / "book" / "claims.ipynb").exists()
