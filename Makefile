@@ -14,7 +14,7 @@ THREADS ?= 1
 # jupyter-cache ignores environment variables: each profile builds into its own folder.
 OUT := $(if $(filter book,$(PROFILE)),.,_build/$(PROFILE))
 
-.PHONY: install book test test-execute test-colab-setup colab unit notebooks sync bench retrain verdicts seeds clean
+.PHONY: install book test test-execute test-colab-setup test-build test-colab-run test-unit colab unit notebooks sync bench retrain verdicts seeds clean
 
 $(STAMP): requirements.txt lib/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,25 +47,34 @@ test: $(STAMP)
 	$(BIN)/ruff check lib tests benchmarks .ci book/*.ipynb
 	$(BIN)/ruff format --check lib tests benchmarks .ci
 	$(MAKE) --no-print-directory -j2 test-execute test-colab-setup
-	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
-		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
-		$(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/test
-	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
-		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
-	$(BIN)/python .ci/offline_check.py _build/test/_build/html
-	ICLBOOK_PROFILE=smoke ICLBOOK_CACHE=$(CURDIR)/_build/test/weights-smoke ICLBOOK_SEED=0 \
-		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records JOBS=$(JOBS) THREADS=$(THREADS) .ci/colab.sh run
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-build test-colab-run test-unit
 	ICLBOOK_PROFILE=smoke ICLBOOK_SEED=0 ICLBOOK_RECORDS=$(CURDIR)/_build/test/records ICLBOOK_REQUIRE_RECORDS=1 \
-		$(BIN)/python -m pytest tests -p no:cacheprovider
+		$(BIN)/python -m pytest tests/test_verdicts.py -p no:cacheprovider -q
 
-# make test's two independent first steps, run at once: the chapters execute (CPU) while the
-# Colab-like environment installs (mostly disk and network)
+# make test's steps. First, at once: the chapters execute (CPU) while the Colab-like environment
+# installs (mostly disk and network). Then, at once: the strict build reads the executed chapters
+# from the cache and renders (one core), the Colab imitation runs, and the unit tests run; last,
+# the tests that read both builds' ledger records.
 test-execute: $(STAMP)
 	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
 		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
 		$(BIN)/python .ci/execute.py --path-output _build/test --jobs $(JOBS) --threads $(THREADS)
 test-colab-setup: $(STAMP)
 	.ci/colab.sh setup
+test-build: $(STAMP)
+	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
+		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
+		$(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/test
+	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+	$(BIN)/python .ci/offline_check.py _build/test/_build/html
+test-colab-run: $(STAMP)
+	ICLBOOK_PROFILE=smoke ICLBOOK_CACHE=$(CURDIR)/_build/test/weights-smoke ICLBOOK_SEED=0 \
+		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records JOBS=$(JOBS) THREADS=$(THREADS) .ci/colab.sh run
+test-unit: $(STAMP)
+	ICLBOOK_PROFILE=smoke ICLBOOK_SEED=0 ICLBOOK_CACHE=$(CURDIR)/_build/test/unit-cache \
+		ICLBOOK_RECORDS=$(CURDIR)/_build/test/unit-records $(BIN)/python -m pytest tests -p no:cacheprovider \
+		--ignore tests/test_verdicts.py
 
 ## make colab: the Colab imitation alone (about 2 min of set-up, then the notebooks at smoke).
 colab: $(STAMP)
