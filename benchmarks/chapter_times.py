@@ -3,6 +3,7 @@
     python benchmarks/chapter_times.py                      # every chapter, smoke and book
     python benchmarks/chapter_times.py --profiles paper     # the paper profile (on a GPU)
     python benchmarks/chapter_times.py --chapters 04 --seed 3
+    ICLBOOK_SEED=3 python benchmarks/chapter_times.py --chapters 04    # the same: flags default to the environment
 
 Each run executes the paired notebook ``book/NN_*.ipynb`` in a fresh kernel (nbclient, the engine
 Jupyter Book uses), with ``ICLBOOK_PROFILE``/``ICLBOOK_SEED`` set and an empty weight cache, so the
@@ -95,8 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", nargs="+", default=["smoke", "book"], choices=list(BUDGET_S))
     parser.add_argument("--chapters", nargs="+", default=None, help="chapter numbers, e.g. 04")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", default=None, help="reuse this weight cache (times then exclude training)")
+    # the flags default to the environment, so that ICLBOOK_SEED=3 python benchmarks/chapter_times.py
+    # runs seed 3 (it used to run seed 0 whatever the environment said)
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("ICLBOOK_SEED", "0") or 0))
+    parser.add_argument(
+        "--cache",
+        default=os.environ.get("ICLBOOK_CACHE") or None,
+        help="reuse this weight cache (times then exclude training); default ICLBOOK_CACHE, else a fresh one",
+    )
     parser.add_argument("--keep", default=None, help="write the executed notebooks into this folder")
     args = parser.parse_args(argv)
 

@@ -4,9 +4,11 @@
     python benchmarks/seeds.py --seeds 3 --chapters 04
 
 Each (chapter, seed) executes the paired notebook in a fresh kernel with an empty weight cache
-(``benchmarks/chapter_times.run``), writing its ledger record into a folder of its own; the
-records are then gathered by ``iclbook.records.seed_table`` into
-``book/records/seeds-<profile>.json`` with the seeds, date, machine, library version and commit.
+(``benchmarks/chapter_times.run``), two at a time with one thread each (``--jobs``,
+``--threads``: the build's way), writing its ledger record into a folder of its own; the records
+are then gathered by ``iclbook.records.seed_table`` into ``book/records/seeds-<profile>.json``,
+each chapter with its own seeds, date, machine, library version and commit. A run of some
+chapters is merged into the existing table (``records.merge_seed_tables``): no chapter is lost.
 The claims page of the book shows it: each claim's verdict per seed and the spread of our value.
 A chapter that fails at one seed is reported and left out of that seed's column.
 """
@@ -22,10 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chapter_times import ROOT, run  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / ".ci"))
+from execute import TYPICAL_SECONDS  # noqa: E402
 
 from iclbook import __version__, records  # noqa: E402
 
@@ -43,27 +49,17 @@ def commit() -> str:
         return "unknown"
 
 
-def keep_other_chapters(table: dict, old: dict) -> dict:
-    """A run of some chapters merged into an existing table of the same profile and seeds: the
-    chapters not rerun keep their columns, and ``kept`` says from which run they come."""
-    if old.get("profile") != table["profile"] or old.get("seeds") != table["seeds"]:
-        print(
-            f"the existing table has other seeds or profile ({old.get('seeds')}, {old.get('profile')}): "
-            "writing only the chapters just run",
-            file=sys.stderr,
-        )
-        return table
-    table = {**table, "chapters": dict(table["chapters"])}  # the caller's table stays as it was
-    kept = sorted(set(old.get("chapters", {})) - set(table["chapters"]))
-    for ch in kept:
-        table["chapters"][ch] = old["chapters"][ch]
-    table["seconds"] = {**{ch: old.get("seconds", {}).get(ch) for ch in kept}, **table.get("seconds", {})}
-    if kept:
-        earlier = old.get("kept", {})
-        table["kept"] = {
-            ch: earlier.get(ch, {"created": old.get("created"), "commit": old.get("commit")}) for ch in kept
-        }
-    return table
+def _run_one(job: tuple[str, str, int, str, int]) -> tuple[str, int, float | None, str]:
+    """One (chapter, seed) in this worker process: (notebook stem, seed, seconds or None, error)."""
+    notebook, profile, seed, folder, threads = job
+    env = {"ICLBOOK_RECORDS": folder, **{v: str(threads) for v in THREAD_VARS}}
+    try:
+        return Path(notebook).stem, seed, run(Path(notebook), profile, seed, extra_env=env), ""
+    except Exception as err:  # noqa: BLE001  (a failed chapter is a finding, not a crash)
+        return Path(notebook).stem, seed, None, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="book")
     parser.add_argument("--chapters", nargs="+", default=None, help="chapter numbers, e.g. 04")
     parser.add_argument("--out", default=None, help="default book/records/seeds-<profile>.json")
+    parser.add_argument("--jobs", type=int, default=2, help="chapters run at a time (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per chapter (default 1)")
     parser.add_argument(
         "--keep-records",
         default=None,
@@ -93,18 +91,25 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     per_seed, seconds, failures = {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.seeds):
-            folder = Path(args.keep_records or tmp) / f"seed{seed}"
-            for nb in notebooks:
-                try:
-                    t = run(nb, args.profile, seed, extra_env={"ICLBOOK_RECORDS": str(folder)})
-                except Exception as err:  # noqa: BLE001  (a failed chapter is a finding, not a crash)
-                    failures.append(f"{nb.stem} seed {seed}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        base = Path(args.keep_records or tmp)
+        jobs = [
+            (str(nb), args.profile, seed, str(base / f"seed{seed}"), args.threads)
+            for seed in range(args.seeds)
+            for nb in notebooks
+        ]
+        # JOBS chapters at a time, each in its own process and kernel with THREADS threads (the
+        # build's way, .ci/execute.py); the slowest first, so the last to finish is a short one
+        jobs.sort(key=lambda j: -TYPICAL_SECONDS.get(Path(j[0]).name[:2], 0))
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for stem, seed, t, err in pool.map(_run_one, jobs):
+                if t is None:
+                    failures.append(f"{stem[:2]} ({stem}) seed {seed}: {err}")
                     print("FAILED", failures[-1], flush=True)
                     continue
-                seconds.setdefault(nb.name[:2], {})[str(seed)] = round(t, 1)
-                print(f"{nb.stem:32s} seed {seed}: {t:7.1f} s", flush=True)
-            per_seed[seed] = records.load_records(folder, profile=args.profile)
+                seconds.setdefault(stem[:2], {})[str(seed)] = round(t, 1)
+                print(f"{stem:32s} seed {seed}: {t:7.1f} s", flush=True)
+        for seed in range(args.seeds):
+            per_seed[seed] = records.load_records(base / f"seed{seed}", profile=args.profile)
     about = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
@@ -113,16 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit(),
         "seconds": seconds,
         "failures": failures,
+        "jobs": f"{args.jobs} at a time, {args.threads} thread(s) each",
         "wall_s": round(time.perf_counter() - start),
     }
     table = records.seed_table(per_seed, profile=args.profile, about=about)
     out = Path(args.out) if args.out else ROOT / "book" / "records" / f"seeds-{args.profile}.json"
-    if args.chapters and out.exists():
-        table = keep_other_chapters(table, json.loads(out.read_text()))
+    if out.exists():  # the chapters not run keep their entries; a table of another profile is refused
+        table = records.merge_seed_tables(json.loads(out.read_text()), table)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")
-    for ch, rows in table["chapters"].items():
-        for key, entry in rows.items():
+    for ch, entry_ch in table["chapters"].items():
+        for key, entry in entry_ch["rows"].items():
             verdicts = sorted(set(entry["verdicts"].values()))
             if len(verdicts) > 1:
                 print(f"chapter {ch}: verdict depends on the seed: {key[:70]!r} {entry['verdicts']}")

@@ -28,42 +28,57 @@ CHAPTER_STREAMS = {
 
 
 def test_a_stream_is_its_seed_and_repeats_its_draws():
-    streams = runtime.Streams(3, {"data": runtime.Stream(7), "family": runtime.Stream(100, width=5, scale=1000)})
-    assert streams.seed("data") == 10 and streams.seeds("family", 3) == [3100, 3101, 3102]
+    streams = runtime.Streams(3, {"data": runtime.Stream(), "family": runtime.Stream(width=5)})
+    seed = streams.seed("data")
+    assert seed == runtime.stream_seed("data", 3) and 0 <= seed < 2**63
+    assert streams.seeds("family", 3) == [runtime.stream_seed("family", 3, k) for k in range(3)]
     a = torch.rand(4, generator=streams.generator("data"))
     assert torch.equal(a, torch.rand(4, generator=streams.generator("data")))  # fresh each time
-    assert torch.equal(a, torch.rand(4, generator=runtime.generator(10)))
+    assert torch.equal(a, torch.rand(4, generator=runtime.generator(seed)))
     assert not torch.equal(a, torch.rand(4, generator=streams.generator("family")))
+    # the seed of a name is fixed: a change to the derivation would move every number of the book
+    assert runtime.stream_seed("members", 0, 0) == STREAM_SEED_MEMBERS_0
+
+
+#: runtime.stream_seed("members", 0, 0), as the book's records were computed with it
+STREAM_SEED_MEMBERS_0 = 7071087052971507844
 
 
 def test_streams_refuse_unknown_names_indices_and_kinds():
-    streams = runtime.Streams(0, {"data": runtime.Stream(1, width=2), "boot": runtime.Stream(0, kind="numpy")})
+    streams = runtime.Streams(0, {"data": runtime.Stream(width=2), "boot": runtime.Stream(kind="numpy")})
     with pytest.raises(KeyError, match="no random stream named 'dtaa'"):
         streams.generator("dtaa")
     with pytest.raises(ValueError, match="outside this stream's width 2"):
         streams.seed("data", 2)
     with pytest.raises(TypeError, match="numpy"):
         streams.generator("boot")
-    assert streams.numpy("boot").integers(1000) == np.random.default_rng(0).integers(1000)
+    assert streams.numpy("boot").integers(1000) == np.random.default_rng(streams.seed("boot")).integers(1000)
     with pytest.raises(ValueError):
-        runtime.Stream(-1)
+        runtime.Stream(width=0)
+    with pytest.raises(ValueError):
+        runtime.Streams(-1, {})
 
 
-def test_the_library_streams_keep_the_seeds_the_book_was_computed_with():
-    """Naming the streams changed no number: each name gives the seed its formula gave before."""
-    s = 1002
-    old = {
-        "batches": s + 7919,
-        "gpt-batches": s + 104729,
-        "task": 1_000_003 * s + 17,
-        "eval-sets": 1_000_003 * s + 29,
-        "demos": 10_000 * s + 201,
-        "stack-blocks": 100 * s + 2,
-        "task-split": s * 7919 + 2 * 104729 + 3,
-    }
-    k = {"demos": 201, "task-split": 2 * 104729 + 3, "stack-blocks": 2}
-    for name, seed in old.items():
-        assert runtime.LIBRARY_STREAMS[name].seed(s, k.get(name, 0)) == seed, name
+def _every_table():
+    tables = {"library": (runtime.LIBRARY_STREAMS, "library/")}
+    for number, module in CHAPTER_STREAMS.items():
+        tables[number] = ({**chapter.MEMBERS, **importlib.import_module(module).STREAMS}, "")
+    return tables
+
+
+def test_the_streams_of_different_seeds_and_names_share_no_draw():
+    """Issue 29: seed s and seed s + 1 used to share draws (``SEED + k``), and a data stream met a
+    model seed at one integer. Every (name, seed, index) of every table over seeds 0-9 now has a
+    seed of its own, apart from one name used by two chapters (their draws are for two books'
+    chapters that never meet, and chapter 5's members are chapter 3's on purpose)."""
+    owner = {}
+    for tag, (table, prefix) in _every_table().items():
+        for name, stream in table.items():
+            for base in range(10):
+                for k in range(min(stream.width, 200)):
+                    seed = runtime.stream_seed(prefix + name, base, k)
+                    key = (prefix + name, base, k)
+                    assert owner.setdefault(seed, key) == key, (tag, key, owner[seed])
 
 
 @pytest.mark.parametrize("number", sorted(CHAPTER_STREAMS))
@@ -96,13 +111,14 @@ def test_start_reads_the_environment_and_seeds_everything(monkeypatch, capsys):
         "Nobody 2026",
         {"smoke": _Cfg(size=9), "book": _Cfg()},
         page="book/07_x",
-        streams={"data": runtime.Stream(5)},
+        streams={"data": runtime.Stream()},
         device="cpu",
         why_device="tiny",
     )
     try:
         assert (ch.profile, ch.seed, ch.cfg.size) == ("smoke", 2, 9)
-        assert ch.members == [2000, 2001, 2002] and ch.streams.seed("data") == 7
+        assert ch.members == [runtime.stream_seed("members", 2, i) for i in range(3)]
+        assert ch.streams.seed("data") == runtime.stream_seed("data", 2)
         assert ch.ledger.chapter == "07" and ch.device == torch.device("cpu")
         first = torch.rand(3)
         runtime.seed_everything(2)

@@ -56,7 +56,7 @@ def _notebook(path, value):
             "plt.plot([0, 1]); plt.show()\n"
             f"L = ledger.Ledger('99', 'test', page='book/99')\n"
             f"L.identity('an identity', gap=0.0, tol=1e-9)\n"
-            f"L.claim('a claim', paper='p', ours='o', value={value}, criterion=ledger.at_most(0.5))\n"
+            f"L.claim('a claim', paper='p', ours='o', value={value}, criterion=ledger.at_most(0.5), no_null='test')\n"
             "display(Markdown('device ' + str(runtime.device())))\n"
             "L.finish()\n"
         ),

@@ -102,9 +102,9 @@ def rooms(number: str) -> dict[str, str]:
 #: near 1e-15, so a real break shows orders of magnitude above it.
 EXACT = 1e-10
 
-#: Model seeds of a chapter: ``1000 * SEED + i`` for its ``i``-th ensemble member. Every chapter's
-#: table starts from these; a family of other models (``1000 * SEED + 100 + i``...) adds a row.
-MEMBERS = {"members": runtime.Stream(0, width=100, scale=1000)}
+#: Model seeds of a chapter: draw ``i`` of the stream "members" for its ``i``-th ensemble member.
+#: Every chapter's table starts from these; a family of other models (an "sgd-members"...) adds a row.
+MEMBERS = {"members": runtime.Stream(width=100)}
 
 
 @dataclass

@@ -36,17 +36,47 @@ is a compound condition, :func:`holds` with the booleans computed from numbers. 
 declared ``inconclusive`` with a computed reason (a statistic at its ceiling cannot be told from
 its null), which the record keeps.
 
+Nulls, ceilings and rivals
+--------------------------
+Every claim and control row is read against its **null**: what a model or statistic *without*
+the claimed mechanism scores on the same measurement, in the same run (an untrained or
+label-shuffled model, random masks averaged over many draws, a random mix, a heuristic reader, a
+no-op update)::
+
+    LEDGER.claim("...", ..., value=ours, criterion=ledger.at_least(0.9, what="cos"),
+                 null=ledger.null("random non-negative mix, 200 draws", value=0.84, interval=(0.7, 0.95)))
+
+The row's own criterion is applied to the null, and the page shows that verdict beside ours. A
+null that the criterion calls ``reproduced`` is a row that cannot fail, and recording it raises
+``AssertionError``, like a broken sanity check: fix the criterion, never the null. (A row declared
+``inconclusive`` takes no verdict from its criterion and does not raise; its null's verdict is
+still recorded, and the records test refuses any book-profile row whose null passes.) For a
+:func:`holds` criterion the chapter applies its rule to the null's numbers (``passes=``). A row
+with no meaningful null says why (``no_null="..."``); a row must give one or the other.
+
+A **ceiling** (``ceiling=ledger.ceiling("optimal reader of the non-cue words", 0.31)``) is the best
+any reader of the data can score; a criterion the ceiling fails cannot pass, and raises too.
+:func:`share` states a number as its share of the room between null and ceiling.
+
+**Rivals** (``rivals={"alpha^-1": -1.0}``) are the values the paper argues against; each is
+recorded as excluded by the row's interval or not, and a row whose interval keeps a rival is
+``inconclusive`` (with that reason) instead of ``reproduced`` or ``partly``: a claim is reproduced
+only where the data tell it from its rival.
+
 The record
 ----------
 :meth:`Ledger.finish` writes the rows to ``<records>/ch<NN>-<profile>.json`` (``ICLBOOK_RECORDS``,
 default ``<ICLBOOK_CACHE>/records``), schema :data:`SCHEMA`::
 
-    {"schema": "iclbook.ledger/1", "chapter": "04", "source": "Dherin et al. 2025",
+    {"schema": "iclbook.ledger/2", "chapter": "04", "source": "Dherin et al. 2025",
      "page": "book/04_contextual_blocks", "profile": "book", "seed": 0, "library": "0.1.0",
      "torch": "2.13.0", "created": "2026-12-02T19:00:00+00:00", "seconds": 61.2,
      "rows": [{"key": "...", "kind": "claim", "claim": "...", "paper": "...", "ours": "...",
                "value": 0.42, "interval": [0.40, 0.45] | null, "criterion": "...",
-               "verdict": "reproduced", "reason": "" , "section": "sec-ch4-finetune" | null}, ...]}
+               "verdict": "reproduced", "reason": "" , "section": "sec-ch4-finetune" | null,
+               "null": 0.1, "null_interval": [...] | null, "null_what": "untrained block",
+               "null_verdict": "not reproduced", "no_null": "", "ceiling": null, "ceiling_what": "",
+               "rivals": [{"name": "alpha^-1", "value": -1.0, "excluded": true}]}, ...]}
 
 ``key`` identifies a row across builds (the claim text unless a chapter gives one). What reads
 these files lives in :mod:`iclbook.records`: the book's "Claims at a glance" page, the verdict
@@ -67,7 +97,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "iclbook.ledger/1"
+SCHEMA = "iclbook.ledger/2"
 KINDS = ("identity", "sanity", "claim", "control")
 EVIDENCE_KINDS = ("claim", "control")
 VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive")
@@ -157,6 +187,75 @@ def holds(text: str, ok: bool, *, partly: bool = False) -> Criterion:
 
 
 # ---------------------------------------------------------------------------------------------
+# Nulls, ceilings and rivals: what the row's number is read against
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A value the row's own number is read against: its *null* (what a model or statistic
+    without the claimed mechanism scores on the same measurement, in the same run) or its
+    *ceiling* (the best any reader of the data can do). Build one with :func:`null` or
+    :func:`ceiling`."""
+
+    role: str  # "null" | "ceiling"
+    what: str
+    value: float | None = None
+    interval: tuple[float, float] | None = None
+    passes: bool | None = None
+
+    def verdict(self, criterion: Criterion) -> str:
+        """The verdict the row's own criterion gives to this reference."""
+        if criterion.kind == "holds":
+            if self.passes is None:
+                raise ValueError(
+                    f"a holds() criterion cannot be applied to the {self.role} ({self.what}) by itself: "
+                    f"give the chapter's rule applied to it, {self.role}(..., passes=...)"
+                )
+            return "reproduced" if self.passes else "not reproduced"
+        return criterion.verdict(self.value)
+
+
+def _reference(role: str, what: str, value: Any, interval: Any, passes: bool | None) -> Reference:
+    if not str(what).strip():
+        raise ValueError(f"a {role} says what it is (an untrained model, random masks over 50 draws...)")
+    if value is None and passes is None:
+        raise ValueError(f"a {role} needs its value, or for a holds() criterion passes=")
+    iv = None if interval is None else tuple(float(x) for x in interval)
+    return Reference(role, str(what), _number(value), iv, None if passes is None else bool(passes))
+
+
+def null(what: str, value: Any = None, *, interval: Any = None, passes: bool | None = None) -> Reference:
+    """The row's null: ``what`` (e.g. ``"untrained model"``, ``"random masks, mean of 50 draws"``)
+    scores ``value`` (with its ``interval``) on the row's own measurement. For a :func:`holds`
+    criterion, ``passes`` is the chapter's own rule applied to the null's numbers."""
+    return _reference("null", what, value, interval, passes)
+
+
+def ceiling(what: str, value: Any = None, *, interval: Any = None, passes: bool | None = None) -> Reference:
+    """The row's ceiling: the best ``what`` (an optimal reader of the data...) can score."""
+    return _reference("ceiling", what, value, interval, passes)
+
+
+def share(value: float, null_value: float, ceiling_value: float) -> float:
+    """Where ``value`` sits between the null (0) and the ceiling (1): the share of the room above
+    chance that a model took. NaN when the null reaches the ceiling (no room to measure)."""
+    room = float(ceiling_value) - float(null_value)
+    if not math.isfinite(room) or abs(room) < 1e-12:
+        return float("nan")
+    return (float(value) - float(null_value)) / room
+
+
+def _fmt_ref(value: float | None, interval: Any) -> str:
+    if value is None:
+        return ""
+    text = f"{value:.3g}"
+    if interval is not None:
+        text += f" [{interval[0]:.3g}, {interval[1]:.3g}]"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
 # Rows and the ledger
 # ---------------------------------------------------------------------------------------------
 
@@ -176,6 +275,14 @@ class Row:
     reason: str = ""
     section: str | None = None
     key: str = ""
+    null: float | None = None  # what a model without the mechanism scores (claims and controls)
+    null_interval: tuple[float, float] | None = None
+    null_what: str = ""
+    null_verdict: str = ""  # the row's criterion applied to its null (never "reproduced")
+    no_null: str = ""  # why a claim or control has no meaningful null
+    ceiling: float | None = None  # the best any reader of the data can score, where one exists
+    ceiling_what: str = ""
+    rivals: list[dict[str, Any]] = field(default_factory=list)  # [{"name", "value", "excluded"}]
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -187,6 +294,8 @@ class Row:
         if self.interval is not None:
             lo, hi = (float(x) for x in self.interval)
             self.interval = (lo, hi)
+        if self.null_interval is not None:
+            self.null_interval = tuple(float(x) for x in self.null_interval)
 
     @property
     def failed(self) -> bool:
@@ -195,7 +304,9 @@ class Row:
     def _repr_markdown_(self) -> str:
         """How a check cell that ends with its ledger call shows the row: one line, the verdict."""
         verdict = f"**{self.verdict}**" + (f" ({self.reason})" if self.reason else "")
-        return f"Ledger, {self.kind}: {_cell(self.claim)}: {_cell(self.ours)}. {verdict}"
+        against = _null_cell(self)
+        against = f" Null: {against}." if against else ""
+        return f"Ledger, {self.kind}: {_cell(self.claim)}: {_cell(self.ours)}.{against} {verdict}"
 
 
 def _number(x: Any) -> float | None:
@@ -321,10 +432,52 @@ class Ledger:
         inconclusive: str | None,
         section: str | None,
         key: str,
+        null: Reference | None,
+        no_null: str | None,
+        ceiling: Reference | None,
+        rivals: Mapping[str, float] | None,
     ) -> Row:
         if not isinstance(criterion, Criterion):
             raise TypeError("criterion must be a ledger.Criterion (at_least, at_most, between, holds)")
+        if (null is None) == (not no_null):
+            raise ValueError(
+                f"{kind} {claim!r}: give its null (ledger.null(...): what a model without the claimed "
+                "mechanism scores on the same measurement) or, where none is meaningful, no_null='why' "
+                "(one of the two, not both)"
+            )
+        for ref, role in ((null, "null"), (ceiling, "ceiling")):
+            if ref is not None and (not isinstance(ref, Reference) or ref.role != role):
+                raise TypeError(f"{role}= takes ledger.{role}(...)")
+        null_verdict = ""
+        if null is not None:
+            null_verdict = null.verdict(criterion)
+            # a row declared inconclusive takes no verdict from its criterion (a smoke run that
+            # cannot judge, a statistic at its ceiling): the null's verdict is recorded and shown,
+            # and the records test refuses any book-profile row whose null passes
+            if null_verdict == "reproduced" and not inconclusive:
+                raise AssertionError(
+                    f"{kind} {claim!r}: its null ({null.what}, {_fmt_ref(null.value, null.interval) or 'passes'}) "
+                    f"passes its own criterion ({criterion.text}), so the row cannot fail: fix the criterion"
+                )
+        if ceiling is not None and not inconclusive and (criterion.kind != "holds" or ceiling.passes is not None):
+            if ceiling.verdict(criterion) == "not reproduced":
+                raise AssertionError(
+                    f"{kind} {claim!r}: its ceiling ({ceiling.what}, {_fmt_ref(ceiling.value, ceiling.interval)}) "
+                    f"fails its own criterion ({criterion.text}), so the row cannot pass: fix the criterion"
+                )
         verdict = "inconclusive" if inconclusive else criterion.verdict(_number(value))
+        reason = inconclusive or ""
+        rival_rows = []
+        if rivals:
+            if interval is None:
+                raise ValueError(f"{kind} {claim!r}: rivals are judged by the interval: give interval=")
+            lo, hi = (float(x) for x in interval)
+            for name, rv in rivals.items():
+                rival_rows.append({"name": str(name), "value": float(rv), "excluded": not lo <= float(rv) <= hi})
+            kept = [r for r in rival_rows if not r["excluded"]]
+            if kept and verdict in ("reproduced", "partly"):
+                verdict = "inconclusive"
+                reason = "the interval does not exclude " + ", ".join(f"{r['name']} ({r['value']:g})" for r in kept)
         return self._add(
             Row(
                 kind,
@@ -335,9 +488,17 @@ class Ledger:
                 verdict,
                 value=_number(value),
                 interval=interval,
-                reason=inconclusive or "",
+                reason=reason,
                 section=section,
                 key=key,
+                null=None if null is None else null.value,
+                null_interval=None if null is None else null.interval,
+                null_what="" if null is None else null.what,
+                null_verdict=null_verdict,
+                no_null=no_null or "",
+                ceiling=None if ceiling is None else ceiling.value,
+                ceiling_what="" if ceiling is None else ceiling.what,
+                rivals=rival_rows,
             )
         )
 
@@ -353,6 +514,10 @@ class Ledger:
         inconclusive: str | None = None,
         section: str | None = None,
         key: str = "",
+        null: Reference | None = None,
+        no_null: str | None = None,
+        ceiling: Reference | None = None,
+        rivals: Mapping[str, float] | None = None,
     ) -> Row:
         """A claim of the paper; the verdict is ``criterion``'s on ``value``. Never fails.
 
@@ -369,6 +534,10 @@ class Ledger:
             inconclusive=inconclusive,
             section=section,
             key=key,
+            null=null,
+            no_null=no_null,
+            ceiling=ceiling,
+            rivals=rivals,
         )
 
     def control(
@@ -383,6 +552,10 @@ class Ledger:
         inconclusive: str | None = None,
         section: str | None = None,
         key: str = "",
+        null: Reference | None = None,
+        no_null: str | None = None,
+        ceiling: Reference | None = None,
+        rivals: Mapping[str, float] | None = None,
     ) -> Row:
         """A critique or negative control, stated as what it would show; computed like a claim."""
         return self._evidence(
@@ -396,6 +569,10 @@ class Ledger:
             inconclusive=inconclusive,
             section=section,
             key=key,
+            null=null,
+            no_null=no_null,
+            ceiling=ceiling,
+            rivals=rivals,
         )
 
     # -- reading --------------------------------------------------------------------------------
@@ -422,9 +599,9 @@ class Ledger:
         if evidence:
             out.append(
                 table(
-                    ["#", "kind", "claim", "paper", "ours", "criterion", "verdict"],
+                    ["#", "kind", "claim", "paper", "ours", "null", "criterion", "verdict"],
                     [
-                        [i, r.kind, r.claim, r.paper, _ours(r), r.criterion, _verdict_cell(r)]
+                        [i, r.kind, r.claim, r.paper, _ours(r), _null_cell(r), r.criterion, _verdict_cell(r)]
                         for i, r in enumerate(evidence, 1)
                     ],
                 )
@@ -531,6 +708,27 @@ def table(header: Sequence[Any], rows: Iterable[Sequence[Any]], *, align: Sequen
 
 def _ours(r: Row | Mapping[str, Any]) -> str:
     return r["ours"] if isinstance(r, Mapping) else r.ours
+
+
+def _null_cell(r: Row | Mapping[str, Any]) -> str:
+    """The null beside ours (its value, what it is, the verdict our criterion gives it), the
+    ceiling where there is one, and the rivals the interval excludes or not."""
+    get = r.get if isinstance(r, Mapping) else (lambda k: getattr(r, k, None))
+    parts = []
+    if get("null_what"):
+        value = _fmt_ref(get("null"), get("null_interval"))
+        parts.append(
+            f"{value} ({get('null_what')}; {get('null_verdict')})"
+            if value
+            else f"{get('null_what')}: {get('null_verdict')}"
+        )
+    elif get("no_null"):
+        parts.append(f"none: {get('no_null')}")
+    if get("ceiling_what"):
+        parts.append(f"ceiling {_fmt_ref(get('ceiling'), None)} ({get('ceiling_what')})")
+    for rv in get("rivals") or []:
+        parts.append(f"{'excludes' if rv['excluded'] else 'does not exclude'} {rv['name']} ({rv['value']:g})")
+    return "; ".join(parts)
 
 
 def _verdict_cell(r: Row | Mapping[str, Any]) -> str:

@@ -38,8 +38,8 @@ from iclbook.implicit import dual_form, metrics
 #: Chapter 5's named random streams (:class:`iclbook.runtime.Streams`), offsets from the chapter's
 #: seed. The network is chapter 3's main run at the chapter's first model seed.
 STREAMS = {
-    "dual-lens": runtime.Stream(0, width=500, scale=1000),  # the dual-form lens at checkpoint k
-    "prune-lens": runtime.Stream(500, width=500, scale=1000),  # random pruning at checkpoint k
+    "dual-lens": runtime.Stream(width=500),  # the dual-form lens at checkpoint k
+    "prune-lens": runtime.Stream(width=500),  # random pruning at checkpoint k
 }
 
 

@@ -19,13 +19,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from iclbook.ledger import EVIDENCE_KINDS, SCHEMA, VERDICTS, _clean, _ours, _verdict_cell, records_dir, table
+from iclbook.ledger import (
+    EVIDENCE_KINDS,
+    SCHEMA,
+    VERDICTS,
+    _clean,
+    _null_cell,
+    _ours,
+    _verdict_cell,
+    records_dir,
+    table,
+)
 
 __all__ = [
     "load_records",
     "verdicts",
     "compare_verdicts",
     "seed_table",
+    "merge_seed_tables",
+    "seed_chapter",
     "missing_chapters",
     "verdict_counts",
     "claims_table",
@@ -102,24 +114,59 @@ def _link(rec: Mapping[str, Any], row: Mapping[str, Any]) -> str:
 def seed_table(
     per_seed: Mapping[int, Sequence[Mapping[str, Any]]], *, profile: str, about: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Gather records of several seeds (``{seed: [records]}``) into one seed table: for each
-    chapter and claim/control row, the verdict per seed and the spread of our value."""
-    seeds = sorted(per_seed)
-    table: dict[str, dict[str, Any]] = {}
-    for s in seeds:
+    """Gather records of several seeds (``{seed: [records]}``) into a seed table. Each chapter
+    keeps its own entry: the seeds it ran at, where and when (``about``: created, machine,
+    library, torch, commit; ``seconds``: ``{chapter: {seed: s}}``), and for each claim and control
+    row the verdict per seed and the spread of our value. :func:`merge_seed_tables` adds a later
+    run of some chapters without losing the others."""
+    about = dict(about or {})
+    seconds = about.pop("seconds", {}) or {}
+    failures = about.pop("failures", []) or []
+    chapters: dict[str, dict[str, Any]] = {}
+    for s in sorted(per_seed):
         for rec in per_seed[s]:
-            ch = table.setdefault(rec["chapter"], {})
+            ch = chapters.setdefault(rec["chapter"], {"seeds": [], **about, "seconds": {}, "rows": {}})
+            if s not in ch["seeds"]:
+                ch["seeds"].append(s)
             for r in rec["rows"]:
                 if r["kind"] not in EVIDENCE_KINDS:
                     continue
-                entry = ch.setdefault(r["key"], {"kind": r["kind"], "claim": r["claim"], "verdicts": {}, "values": {}})
+                entry = ch["rows"].setdefault(
+                    r["key"], {"kind": r["kind"], "claim": r["claim"], "verdicts": {}, "values": {}, "nulls": {}}
+                )
                 entry["verdicts"][str(s)] = r["verdict"]
                 entry["values"][str(s)] = r["value"]
-    for ch in table.values():
-        for entry in ch.values():
+                entry["nulls"][str(s)] = r.get("null")
+    for number, ch in chapters.items():
+        ch["seconds"] = dict((seconds or {}).get(number, {}))
+        ch["failures"] = [f for f in failures if f.startswith(number)]
+        for entry in ch["rows"].values():
             vals = [v for v in entry["values"].values() if v is not None and math.isfinite(v)]
             entry["spread"] = [min(vals), max(vals)] if vals else None
-    return _clean({"schema": SCHEMA + "/seeds", "profile": profile, "seeds": seeds, **(about or {}), "chapters": table})
+    return _clean({"schema": SCHEMA + "/seeds", "profile": profile, "chapters": chapters})
+
+
+def merge_seed_tables(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` (a run of some chapters) over ``old``: the chapters just run replace theirs, every
+    other chapter of ``old`` stays as it was, with its own seeds and provenance. A table of another
+    profile or schema is refused rather than overwritten (it would lose its chapters)."""
+    if not old:
+        return dict(new)
+    for field in ("schema", "profile"):
+        if old.get(field) != new.get(field):
+            raise ValueError(
+                f"the existing seed table has {field} {old.get(field)!r}, this run {new.get(field)!r}: "
+                "merging would drop its chapters; write this run elsewhere (--out) or move the old table"
+            )
+    merged = {**old, "chapters": {**old.get("chapters", {}), **new.get("chapters", {})}}
+    lost = set(old.get("chapters", {})) - set(merged["chapters"])
+    assert not lost, lost  # by construction
+    return merged
+
+
+def seed_chapter(seeds: Mapping[str, Any] | None, chapter: str) -> dict[str, Any]:
+    """One chapter's entry of a seed table (empty when the chapter or the table is missing)."""
+    return dict(((seeds or {}).get("chapters") or {}).get(chapter) or {})
 
 
 def _tally(verdict_list: Iterable[str]) -> str:
@@ -182,15 +229,15 @@ def verdict_counts(records: Sequence[Mapping[str, Any]], titles: Mapping[str, st
 
 
 def claims_table(records: Sequence[Mapping[str, Any]], seeds: Mapping[str, Any] | None = None) -> str:
-    """Every claim and control of every chapter, one Markdown row each, linked to its section;
-    with a seed table, the verdicts over its seeds and the spread of our value."""
-    seed_chapters = (seeds or {}).get("chapters", {})
-    seed_list = (seeds or {}).get("seeds", [])
-    header = ["ch.", "kind", "claim", "paper", "ours", "criterion", "verdict"]
-    if seed_list:
+    """Every claim and control of every chapter, one Markdown row each, linked to its section,
+    with its null beside ours; with a seed table, the verdicts over that chapter's seeds and the
+    spread of our value."""
+    header = ["ch.", "kind", "claim", "paper", "ours", "null", "criterion", "verdict"]
+    if seeds:
         header += ["over seeds", "spread of ours"]
     out = []
     for rec in records:
+        entry_ch = seed_chapter(seeds, rec["chapter"])
         for r in rec["rows"]:
             if r["kind"] not in EVIDENCE_KINDS:
                 continue
@@ -200,15 +247,16 @@ def claims_table(records: Sequence[Mapping[str, Any]], seeds: Mapping[str, Any] 
                 r["claim"],
                 r["paper"],
                 _ours(r),
+                _null_cell(r),
                 r["criterion"],
                 _verdict_cell(r),
             ]
-            if seed_list:
-                entry = seed_chapters.get(rec["chapter"], {}).get(r["key"])
+            if seeds:
+                entry = entry_ch.get("rows", {}).get(r["key"])
                 if entry is None:
                     row += ["(not in the seed run)", ""]
                 else:
-                    per = [entry["verdicts"].get(str(s), "missing") for s in seed_list]
+                    per = [entry["verdicts"].get(str(s), "missing") for s in entry_ch["seeds"]]
                     spread = entry.get("spread")
                     row += [_tally(per), f"{spread[0]:.3g} to {spread[1]:.3g}" if spread else ""]
             out.append(row)
@@ -229,21 +277,20 @@ def identity_table(records: Sequence[Mapping[str, Any]]) -> str:
 
 
 def seed_run_summary(seeds: Mapping[str, Any]) -> str:
-    """One sentence on where a seed table comes from."""
-    keys = ("created", "machine", "library", "commit", "torch")
-    about = ", ".join(f"{k} {seeds[k]}" for k in keys if seeds.get(k))
-    kept = seeds.get("kept") or {}
-    earlier = "".join(
-        f"; chapter {ch} from an earlier run ({v.get('created')}, commit {v.get('commit')})"
-        for ch, v in sorted(kept.items())
-    )
-    dropped = "".join(f" Chapter {ch} is not in it: {why}." for ch, why in sorted((seeds.get("dropped") or {}).items()))
+    """Where a seed table comes from: per chapter, its seeds, date and commit."""
+    parts = []
+    for number, ch in sorted((seeds.get("chapters") or {}).items()):
+        about = ", ".join(f"{k} {ch[k]}" for k in ("created", "commit") if ch.get(k))
+        failed = f", {len(ch['failures'])} failed runs" if ch.get("failures") else ""
+        parts.append(f"chapter {number}: seeds {', '.join(str(s) for s in ch.get('seeds', []))} ({about}{failed})")
+    machines = sorted({ch.get("machine") for ch in (seeds.get("chapters") or {}).values() if ch.get("machine")})
+    torch_v = sorted({ch.get("torch") for ch in (seeds.get("chapters") or {}).values() if ch.get("torch")})
     return (
-        f"Seed table: profile `{seeds['profile']}`, seeds {', '.join(str(s) for s in seeds['seeds'])}"
-        + (f"; {about}" if about else "")
-        + earlier
+        f"Seed table, profile `{seeds['profile']}`: "
+        + "; ".join(parts)
+        + (f". Machine {', '.join(machines)}" if machines else "")
+        + (f", torch {', '.join(torch_v)}" if torch_v else "")
         + "."
-        + dropped
     )
 
 
@@ -255,14 +302,14 @@ def runtime_line(chapter: str, path: str | Path = Path("records") / "seeds-book.
     if not path.exists():
         return "Run time: see benchmarks/README.md of the book's repository."
     seeds = json.loads(path.read_text())
-    secs = sorted((seeds.get("seconds") or {}).get(chapter, {}).values())
+    ch = seed_chapter(seeds, chapter)
+    secs = sorted((ch.get("seconds") or {}).values())
     if not secs:
         return f"Run time: chapter {chapter} is not in the seed run ({path}); see benchmarks/README.md."
-    created = ((seeds.get("kept") or {}).get(chapter) or {}).get("created") or seeds.get("created")
     mid = secs[len(secs) // 2] if len(secs) % 2 else (secs[len(secs) // 2 - 1] + secs[len(secs) // 2]) / 2
     return (
-        f"Run time: about {mid:.0f} s at the {seeds['profile']} profile on {seeds.get('machine', 'this machine')} "
-        f"(median of {len(secs)} seeds in the seed run of {str(created)[:10]}); "
+        f"Run time: about {mid:.0f} s at the {seeds['profile']} profile on {ch.get('machine', 'this machine')} "
+        f"(median of {len(secs)} seeds in the seed run of {str(ch.get('created'))[:10]}); "
         "the paper profile on a GPU: benchmarks/README.md."
     )
 

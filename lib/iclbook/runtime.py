@@ -107,7 +107,7 @@ def seed_everything(value: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices) and return a CPU ``torch.Generator`` seeded
     with the same value, for code that prefers explicit generators (the library does)."""
     random.seed(value)
-    np.random.seed(value % 2**32)
+    np.random.seed(int(value) % 2**32)
     torch.manual_seed(value)
     return generator(value)
 
@@ -124,27 +124,33 @@ def generator(value: int, device: torch.device | str = "cpu") -> torch.Generator
 # ---------------------------------------------------------------------------------------------
 
 
+def stream_seed(name: str, base: int, k: int = 0) -> int:
+    """The seed of draw ``k`` of the stream ``name`` derived from the seed ``base``: 63 bits of
+    NumPy's ``SeedSequence`` fed with (SHA-256 of the name, base, k). Different (name, base, k)
+    give unrelated seeds: the streams of seed 0 and of seed 1 share no draw, and no data stream
+    meets a model seed (the old offsets, ``SEED + k`` and ``1000 * SEED + i``, did both)."""
+    if int(base) < 0 or int(k) < 0:
+        raise ValueError(f"a stream's base seed and index must be >= 0, got {base} and {k}")
+    tag = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    state = np.random.SeedSequence([tag, int(base), int(k)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 32 | int(state[1])) >> 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stream:
-    """One named random stream: its seeds are ``scale * base + offset + k`` for ``0 <= k < width``,
-    where ``base`` is the seed it derives from (a chapter's seed, a model's seed). ``kind`` says
-    which generator it seeds: ``"torch"`` (a ``torch.Generator``) or ``"numpy"``."""
+    """One named random stream (:class:`Streams` gives it its name): ``width`` draws indexed
+    ``0 <= k < width`` (a family: one per ensemble member, per mask...), each seeded by
+    :func:`stream_seed` from the name, the base seed it derives from (a chapter's seed, a model's
+    seed) and ``k``. ``kind`` says which generator it seeds: ``"torch"`` or ``"numpy"``."""
 
-    offset: int
     width: int = 1
-    scale: int = 1
     kind: str = "torch"
 
     def __post_init__(self) -> None:
-        if self.width < 1 or self.scale < 1 or self.offset < 0:
-            raise ValueError(f"a stream needs offset >= 0, width >= 1 and scale >= 1, got {self}")
+        if self.width < 1:
+            raise ValueError(f"a stream needs width >= 1, got {self}")
         if self.kind not in ("torch", "numpy"):
             raise ValueError(f"a stream's kind is 'torch' or 'numpy', got {self.kind!r}")
-
-    def seed(self, base: int, k: int = 0) -> int:
-        if not 0 <= k < self.width:
-            raise ValueError(f"index {k} outside this stream's width {self.width}")
-        return self.scale * int(base) + self.offset + k
 
 
 class Streams:
@@ -152,20 +158,19 @@ class Streams:
 
     A chapter draws every random object through a name, ``streams.generator("ood-domain")``,
     never through ``generator(SEED + 3)``: the table, kept in the chapter's library module, is the
-    one place where the seeds live, so a reader sees what each draw is for and which draws share
-    a stream. The offsets are those the book has always used (changing one would change every
-    number drawn from it).
+    one place where the streams are declared, so a reader sees what each draw is for and which
+    draws share a stream. Every (name, base seed, index) has its own seed (:func:`stream_seed`):
+    two names never share draws, and neither do two chapter seeds, so the seeds 0-4 of the seed
+    table are five independent runs. ``prefix`` keeps a table's names apart from another's (the
+    library's streams use ``"library/"``); chapters share none, so that chapter 5's first model
+    is chapter 3's first member."""
 
-    A known weakness of those offsets: a chapter's data streams (``SEED + k``) and its model
-    seeds (``1000 * SEED + i``) are different families that can meet at one integer. At
-    ``ICLBOOK_SEED=0`` the draw at offset 1 and the initialisation of member 1 both start a torch
-    generator from seed 1, so they read the same random numbers, for objects of different shapes.
-    A scheme with disjoint blocks per seed would end this; it changes every number of the book,
-    so it waits for a run that re-validates every chapter at several seeds."""
-
-    def __init__(self, base: int, table: dict[str, Stream]) -> None:
+    def __init__(self, base: int, table: dict[str, Stream], prefix: str = "") -> None:
         self.base = int(base)
+        if self.base < 0:
+            raise ValueError(f"a base seed must be >= 0, got {base}")
         self.table = dict(table)
+        self.prefix = prefix
 
     def _stream(self, name: str, kind: str | None = None) -> Stream:
         try:
@@ -178,7 +183,10 @@ class Streams:
 
     def seed(self, name: str, k: int = 0) -> int:
         """The integer seed of stream ``name`` (index ``k`` of a family of streams)."""
-        return self._stream(name).seed(self.base, k)
+        stream = self._stream(name)
+        if not 0 <= k < stream.width:
+            raise ValueError(f"index {k} outside this stream's width {stream.width}")
+        return stream_seed(self.prefix + name, self.base, k)
 
     def seeds(self, name: str, n: int) -> list[int]:
         """The first ``n`` seeds of a family (e.g. the seeds of an ensemble's members)."""
@@ -186,30 +194,37 @@ class Streams:
 
     def generator(self, name: str, k: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
         """A fresh ``torch.Generator`` of stream ``name``: the same draws every time it is asked for."""
-        return generator(self._stream(name, "torch").seed(self.base, k), device)
+        self._stream(name, "torch")
+        return generator(self.seed(name, k), device)
 
     def numpy(self, name: str, k: int = 0) -> np.random.Generator:
         """A fresh NumPy ``Generator`` of stream ``name``."""
-        return np.random.default_rng(self._stream(name, "numpy").seed(self.base, k))
+        self._stream(name, "numpy")
+        return np.random.default_rng(self.seed(name, k))
 
 
 #: The library's own streams, derived from a model's seed ``s`` (``stream("batches", s)``).
 LIBRARY_STREAMS = {
-    "batches": Stream(7919),  # the training batches of the model of seed s
-    "gpt-batches": Stream(104729),  # chapter 1's GPT baseline: its training batches
-    "task": Stream(17, scale=1_000_003),  # chapter 3: a run's class means and label vectors
-    "eval-sets": Stream(29, scale=1_000_003),  # chapter 3: a run's fixed evaluation sets
-    "stack-blocks": Stream(0, width=100, scale=100),  # chapter 4: block l of a stack of seed s
-    "demos": Stream(0, width=10_000, scale=10_000),  # chapter 2: demonstration draw k of an evaluation seed
+    "batches": Stream(),  # the training batches of the model of seed s
+    "gpt-batches": Stream(),  # chapter 1's GPT baseline: its training batches
+    "task": Stream(),  # chapter 3: a run's class means and label vectors
+    "eval-sets": Stream(),  # chapter 3: a run's fixed evaluation sets
+    "stack-blocks": Stream(width=100),  # chapter 4: block l of a stack of seed s
+    "demos": Stream(width=10_000),  # chapter 2: demonstration draw k of an evaluation seed
     # chapter 2: the examples of a task's split; k = split * 104729 + the task's index
-    "task-split": Stream(0, width=4 * 104729, scale=7919),
+    "task-split": Stream(width=4 * 104729),
 }
 
 
 def stream(name: str, seed: int, k: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator of the library stream ``name`` (:data:`LIBRARY_STREAMS`) for the model or run of
     seed ``seed``."""
-    return Streams(seed, LIBRARY_STREAMS).generator(name, k, device)
+    return library_streams(seed).generator(name, k, device)
+
+
+def library_streams(seed: int) -> Streams:
+    """The library's streams (:data:`LIBRARY_STREAMS`) of the model or run of seed ``seed``."""
+    return Streams(seed, LIBRARY_STREAMS, prefix="library/")
 
 
 def progress_enabled() -> bool:

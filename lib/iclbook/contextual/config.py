@@ -95,14 +95,14 @@ CONFIGS: dict[str, Config] = {
 #: Chapter 4's named random streams (:class:`iclbook.runtime.Streams`), offsets from the chapter's
 #: seed (the model seeds of its ensembles are the chapter's ``members``).
 STREAMS = {
-    "prompt-figure": runtime.Stream(0),  # the prompt of the task figure
-    "val": runtime.Stream(1),  # the validation prompts every check reads
-    "dynamics-tasks": runtime.Stream(2),  # prompts of the token-by-token dynamics
-    "ft-tasks": runtime.Stream(3),  # tasks of the finetuning comparison
-    "transfer-tasks": runtime.Stream(4),  # tasks of the transfer test
-    "transfer-queries": runtime.Stream(5),  # its fresh queries
-    "partial-checks": runtime.Stream(10, width=10),  # the Y ⊂ C split, one per ensemble member
-    "layer-checks": runtime.Stream(20, width=10),  # the same for each other contextual layer
-    "untrained": runtime.Stream(500, width=100, scale=1000),  # untrained blocks of the controls
-    "untrained-stack": runtime.Stream(500, scale=1000),  # the untrained stack of the stack check
+    "prompt-figure": runtime.Stream(),  # the prompt of the task figure
+    "val": runtime.Stream(),  # the validation prompts every check reads
+    "dynamics-tasks": runtime.Stream(),  # prompts of the token-by-token dynamics
+    "ft-tasks": runtime.Stream(),  # tasks of the finetuning comparison
+    "transfer-tasks": runtime.Stream(),  # tasks of the transfer test
+    "transfer-queries": runtime.Stream(),  # its fresh queries
+    "partial-checks": runtime.Stream(width=10),  # the Y ⊂ C split, one per ensemble member
+    "layer-checks": runtime.Stream(width=10),  # the same for each other contextual layer
+    "untrained": runtime.Stream(width=100),  # untrained blocks of the controls
+    "untrained-stack": runtime.Stream(),  # the untrained stack of the stack check
 }

@@ -163,8 +163,8 @@ def make_stack(
     kind: str, cfg: Config, depth: int, variant: Variant = "plain", *, seed: int, dtype=torch.float64
 ) -> BlockStack:
     """A stack of ``depth`` blocks, block ``l`` initialised from the library stream "stack-blocks"
-    of ``seed`` (seed ``100 * seed + l``)."""
+    of ``seed`` (its draw ``l``)."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    seeds = runtime.Streams(seed, runtime.LIBRARY_STREAMS).seeds("stack-blocks", depth)
+    seeds = runtime.library_streams(seed).seeds("stack-blocks", depth)
     return BlockStack([make_block(kind, cfg, variant, seed=s, dtype=dtype) for s in seeds])

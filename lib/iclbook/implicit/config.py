@@ -73,13 +73,13 @@ CONFIGS = {
 #: chapter always has: each draws different objects, so sharing the seed couples nothing they
 #: compare. The tasks' examples come from the library stream "task-split" of each evaluation seed.
 STREAMS = {
-    "dual-form": runtime.Stream(0),  # the random matrices of the exact dual-form check
-    "example": runtime.Stream(0),  # the pretraining sequence printed as an example
-    "statistics": runtime.Stream(0),  # the random baselines of SimAOU and Kendall
-    "momentum-demos": runtime.Stream(0),  # the demonstrations of the momentum study's ICL accuracy
-    "eval": runtime.Stream(0, width=100),  # the evaluation seeds: demonstrations, dev and test examples
-    "untrained-init": runtime.Stream(1),  # the untrained model of the critics' controls
-    "bootstrap": runtime.Stream(5),  # the bootstrap intervals of the statistics
-    "controls": runtime.Stream(17),  # the shuffled-label and permutation controls
-    "held-out": runtime.Stream(10**6),  # held-out pretraining text of the momentum study
+    "dual-form": runtime.Stream(),  # the random matrices of the exact dual-form check
+    "example": runtime.Stream(),  # the pretraining sequence printed as an example
+    "statistics": runtime.Stream(),  # the random baselines of SimAOU and Kendall
+    "momentum-demos": runtime.Stream(),  # the demonstrations of the momentum study's ICL accuracy
+    "eval": runtime.Stream(width=100),  # the evaluation seeds: demonstrations, dev and test examples
+    "untrained-init": runtime.Stream(),  # the untrained model of the critics' controls
+    "bootstrap": runtime.Stream(),  # the bootstrap intervals of the statistics
+    "controls": runtime.Stream(),  # the shuffled-label and permutation controls
+    "held-out": runtime.Stream(),  # held-out pretraining text of the momentum study
 }

@@ -147,13 +147,13 @@ CONFIGS: dict[str, Config] = {
 #: seed; each training run draws its own task, evaluation sets and batches from its model seed
 #: (:data:`iclbook.runtime.LIBRARY_STREAMS`).
 STREAMS = {
-    "example-task": runtime.Stream(0),  # the task of the figures and the forward-pass check
-    "untrained-net": runtime.Stream(0),  # the untrained network of the forward-pass check
-    "example-sets": runtime.Stream(1),  # the sequences drawn in the task figure
-    "probe": runtime.Stream(2),  # sequences of the forward-pass check
-    "grid": runtime.Stream(0),  # the model seed of every member of the data grid
-    "sgd-members": runtime.Stream(100, width=100, scale=1000),  # the plain-SGD control's models
-    "minimal-members": runtime.Stream(200, width=100, scale=1000),  # the minimal model's seeds
+    "example-task": runtime.Stream(),  # the task of the figures and the forward-pass check
+    "untrained-net": runtime.Stream(),  # the untrained network of the forward-pass check
+    "example-sets": runtime.Stream(),  # the sequences drawn in the task figure
+    "probe": runtime.Stream(),  # sequences of the forward-pass check
+    "grid": runtime.Stream(),  # the model seed of every member of the data grid
+    "sgd-members": runtime.Stream(width=100),  # the plain-SGD control's models
+    "minimal-members": runtime.Stream(width=100),  # the minimal model's seeds
 }
 
 

@@ -95,21 +95,21 @@ CONFIGS: dict[str, Config] = {
 #: seed: what each draw is for. Several cells reuse one stream on purpose: the out-of-domain
 #: sweeps share their domain ("ood-sweep-domain") so their numbers are comparable.
 STREAMS = {
-    "prompt-figure": runtime.Stream(0),  # the one prompt drawn in the data figure
-    "untrained-init": runtime.Stream(0),  # the untrained model of the context-length check
-    "bootstrap": runtime.Stream(0, kind="numpy"),  # resampling seeds for the slope's interval
-    "ood-domain": runtime.Stream(1),  # the out-of-domain patterns the progress measures use
-    "id-val": runtime.Stream(2),  # in-domain prompts read at every checkpoint
-    "ood-val": runtime.Stream(3),  # out-of-domain prompts read at every checkpoint
-    "id-test": runtime.Stream(4),  # Theorem 1's test prompts
-    "ood-sweep-domain": runtime.Stream(10),  # the domain of the S1, length, baseline and GPT checks
-    "ood-sweep-prompts": runtime.Stream(11),  # prompts of the S1 sweep
-    "length-prompts": runtime.Stream(12),  # prompts of the context-length sweep
-    "alpha-sweep-prompts": runtime.Stream(20),  # validation prompts of the alpha sweep
-    "prune-domain": runtime.Stream(30),
-    "prune-prompts": runtime.Stream(31),
-    "lucky-prompts": runtime.Stream(32),  # prompts that read the initial activity of each neuron
-    "prune-random": runtime.Stream(40, width=10),  # random pruning masks, one per draw
-    "baseline-prompts": runtime.Stream(50, width=50),  # classical baselines: one per context length
-    "sweep-members": runtime.Stream(100, width=100, scale=1000),  # the alpha sweep's models
+    "prompt-figure": runtime.Stream(),  # the one prompt drawn in the data figure
+    "untrained-init": runtime.Stream(),  # the untrained model of the context-length check
+    "bootstrap": runtime.Stream(kind="numpy"),  # resampling seeds for the slope's interval
+    "ood-domain": runtime.Stream(),  # the out-of-domain patterns the progress measures use
+    "id-val": runtime.Stream(),  # in-domain prompts read at every checkpoint
+    "ood-val": runtime.Stream(),  # out-of-domain prompts read at every checkpoint
+    "id-test": runtime.Stream(),  # Theorem 1's test prompts
+    "ood-sweep-domain": runtime.Stream(),  # the domain of the S1, length, baseline and GPT checks
+    "ood-sweep-prompts": runtime.Stream(),  # prompts of the S1 sweep
+    "length-prompts": runtime.Stream(),  # prompts of the context-length sweep
+    "alpha-sweep-prompts": runtime.Stream(),  # validation prompts of the alpha sweep
+    "prune-domain": runtime.Stream(),
+    "prune-prompts": runtime.Stream(),
+    "lucky-prompts": runtime.Stream(),  # prompts that read the initial activity of each neuron
+    "prune-random": runtime.Stream(width=10),  # random pruning masks, one per draw
+    "baseline-prompts": runtime.Stream(width=50),  # classical baselines: one per context length
+    "sweep-members": runtime.Stream(width=100),  # the alpha sweep's models
 }
