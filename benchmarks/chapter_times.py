@@ -92,7 +92,8 @@ def run(
                     os.environ[k] = v
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--seed`` and ``--cache`` default to ``ICLBOOK_SEED`` and ``ICLBOOK_CACHE``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", nargs="+", default=["smoke", "book"], choices=list(BUDGET_S))
     parser.add_argument("--chapters", nargs="+", default=None, help="chapter numbers, e.g. 04")
@@ -105,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         help="reuse this weight cache (times then exclude training); default ICLBOOK_CACHE, else a fresh one",
     )
     parser.add_argument("--keep", default=None, help="write the executed notebooks into this folder")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     notebooks = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
     if args.chapters:

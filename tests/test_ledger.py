@@ -367,3 +367,30 @@ def test_runtime_line_reads_the_seed_run(tmp_path):
     line = records.runtime_line("02", path)
     assert "about 160 s at the book profile" in line and "median of 4 seeds" in line and "2026-12-03" in line
     assert "not in the seed run" in records.runtime_line("04", path)
+
+
+def _benchmark(name):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chapter_times_runs_the_seed_and_cache_the_environment_names(monkeypatch):
+    """Issue 29: `ICLBOOK_SEED=3 python benchmarks/chapter_times.py` silently ran seed 0."""
+    chapter_times = _benchmark("chapter_times")
+    monkeypatch.setenv("ICLBOOK_SEED", "3")
+    monkeypatch.setenv("ICLBOOK_CACHE", "/tmp/some-cache")
+    args = chapter_times.parse_args([])
+    assert (args.seed, args.cache) == (3, "/tmp/some-cache")
+    assert chapter_times.parse_args(["--seed", "1"]).seed == 1  # a flag still wins
+    monkeypatch.delenv("ICLBOOK_SEED")
+    monkeypatch.delenv("ICLBOOK_CACHE")
+    args = chapter_times.parse_args([])
+    assert (args.seed, args.cache) == (0, None)
