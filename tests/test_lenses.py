@@ -55,8 +55,31 @@ def test_contextual_patch_identity_and_ranges(setup):
     cos = torch.nn.functional.cosine_similarity(shift[:, None], label, dim=-1)
     match = ic.classes[:32] == ic.query_class[:32, None]
     want = torch.stack([cos[i][match[i]].mean() - cos[i][~match[i]].mean() for i in range(32)]).mean()
-    assert out["selectivity"] == pytest.approx(float(want), abs=1e-9)
+    assert out["selectivity"] == pytest.approx(float(want.detach()), abs=1e-9)
+    assert out["selectivity_each"].shape == (32,)
+    assert out["selectivity_each"].mean() == pytest.approx(out["selectivity"], abs=1e-12)
     assert out["full"] == pytest.approx(float((model(ic.tokens[:32]).argmax(-1) == ic.target[:32]).double().mean()))
+    # the null toward another class's label token: the pair after the first matching one, against
+    # the remaining non-matching ones
+    first = match.double().argmax(1)
+    wrong_idx = (first + 1) % SMALL.N
+    kept, vals = [], []
+    for i in range(32):
+        if match[i, wrong_idx[i]]:
+            continue
+        rest = ~match[i]
+        rest[wrong_idx[i]] = False
+        kept.append(i)
+        vals.append(cos[i, wrong_idx[i]] - cos[i][rest].mean())
+    assert out["selectivity_wrong_each"].shape == (len(kept),)
+    assert out["selectivity_wrong"] == pytest.approx(float(torch.stack(vals).mean().detach()), abs=1e-9)
+    # the null of the patch alone: sequence i's query alone, patched with sequence i-1's patch
+    from iclbook.contextual.patches import rank_one_update
+
+    dW = rank_one_update(model.mlp.w1, part.a_full, part.a_red)
+    mism = torch.stack([model.mlp(part.a_alone[i : i + 1], w1=model.mlp.w1 + dW[i - 1])[0] for i in range(32)])
+    want_acc = float((mism.argmax(-1) == ic.target[:32]).double().mean())
+    assert out["mismatched_alone"] == pytest.approx(want_acc)
 
 
 def test_repeat_query_puts_a_context_item_in_the_query_slot(setup):
@@ -90,8 +113,18 @@ def test_dual_form_identity_and_the_finetuning_step_by_autograd(setup):
     from iclbook.implicit import metrics
 
     expected = metrics.simaou(part.a_full, part.a_red, part.a_red + ft_shift)
-    one = lenses.dual_form_update(model, ic.map(lambda t: t[:1]), n=1, lr=lr)
+    one = lenses.dual_form_update(model, ic.map(lambda t: t[:1]), n=1, lr=lr, shuffle_generator=gen(7))
     assert one["simaou"] == pytest.approx(float(expected[0]), abs=1e-10)
+    # the null: the same step with the context's labels permuted by the shuffle generator's draw
+    perm = torch.argsort(torch.rand((1, N), generator=gen(7)), dim=1)[0]
+    m = copy.deepcopy(model)
+    loss = torch.nn.functional.cross_entropy(m(items), ic.context_labels[0][perm], reduction="sum")
+    (gv2,) = torch.autograd.grad(loss, m.v2)
+    shuffled = metrics.simaou(part.a_full, part.a_red, part.a_red - lr * gv2 @ hq)
+    assert one["simaou_shuffled"] == pytest.approx(float(shuffled[0]), abs=1e-10)
+    again = lenses.dual_form_update(model, ic, n=8, lr=lr)
+    assert again["simaou_each"].shape == again["simaou_shuffled_each"].shape == (8,)
+    assert again["simaou_each"].mean() == pytest.approx(again["simaou"], abs=1e-12)
 
 
 def test_same_class_attention_is_uniform_share_when_layer_two_is_blind(setup):
@@ -114,6 +147,16 @@ def test_pruning_curve_ends(setup):
     assert acc[1] == pytest.approx(float((silent.argmax(-1) == ic.target).double().mean()))
     with pytest.raises(ValueError, match="generator"):
         lenses.pruning_curve(model, ic, [0.5], how="random")
+
+
+def test_random_pruning_is_one_random_mask_per_generator(setup):
+    model, ic = setup
+    accs = lenses.random_pruning(model, ic, 0.5, [gen(10), gen(11), gen(12)])
+    assert accs.shape == (3,)
+    for a, g in zip(accs, (gen(10), gen(11), gen(12))):
+        assert a == pytest.approx(lenses.pruning_curve(model, ic, [0.5], how="random", generator=g)[0], abs=1e-12)
+    with pytest.raises(ValueError, match="generator"):
+        lenses.random_pruning(model, ic, 0.5, [])
 
 
 def test_classifier_takes_a_weight_per_input_and_a_mask(setup):
@@ -172,13 +215,28 @@ def test_read_checkpoint_gathers_every_lens_on_the_same_model(setup):
     m32 = copy.deepcopy(model).float()
     ic32 = ic.map(lambda t: t)
     ic32.tokens = ic.tokens.float()
-    row = lenses.read_checkpoint(m32, ic32, ic, [0.0, 0.5], dual_generator=gen(3), prune_generator=gen(4))
+
+    def read():
+        return lenses.read_checkpoint(
+            m32,
+            ic32,
+            ic,
+            [0.0, 0.5],
+            dual_generator=gen(3),
+            shuffle_generator=gen(5),
+            prune_generators=[gen(4), gen(6)],
+            null_rate=0.3,
+        )
+
+    row = read()
     assert row["patch_identity_gap"] < 1e-12 and row["dual_identity_gap"] < 1e-12
     assert row["same_class"] == pytest.approx(lenses.same_class_attention(m32, ic32))
     assert row["prune_magnitude"] == lenses.pruning_curve(m32, ic32, [0.0, 0.5])
-    assert row["prune_random"] == lenses.pruning_curve(m32, ic32, [0.0, 0.5], how="random", generator=gen(4))
-    again = lenses.read_checkpoint(m32, ic32, ic, [0.0, 0.5], dual_generator=gen(3), prune_generator=gen(4))
-    assert again == row  # the same generators, the same numbers
+    assert list(row["prune_random_draws"]) == list(lenses.random_pruning(m32, ic32, 0.3, [gen(4), gen(6)]))
+    again = read()
+    assert again.keys() == row.keys()
+    for key, v in row.items():  # the same generators, the same numbers
+        assert (v == again[key]).all() if hasattr(v, "shape") else v == again[key], key
 
 
 def test_pruning_drop_reads_the_curve_at_a_rate():
@@ -189,6 +247,29 @@ def test_pruning_drop_reads_the_curve_at_a_rate():
         lenses.pruning_drop(row, [0.1, 0.3, 0.6], 0.3)
     with pytest.raises(ValueError):
         lenses.pruning_drop(row, [0.0, 0.3, 0.6], 0.4)  # not a rate of the curve
+
+
+def test_random_drops_are_the_unpruned_accuracy_minus_each_mask():
+    row = {"prune_magnitude": [0.9, 0.85], "prune_random_draws": [0.8, 0.9, 0.7]}
+    assert lenses.random_drops(row, [0.0, 0.3]) == pytest.approx([0.1, 0.0, 0.2])
+    with pytest.raises(ValueError, match="start at rate 0"):
+        lenses.random_drops(row, [0.1, 0.3])
+
+
+def test_change_across_pairs_the_sequences_and_states_the_rival():
+    steps = [0, 100, 200, 400]
+    means = [0.0, 0.1, 0.2, 0.8]
+    before, after = [0.1, 0.3, 0.2, 0.2], [0.9, 0.7, 0.8, 0.8]
+    c = lenses.change_across(steps, means, before, after, untrained=0, plateau=2, end=3)
+    d = torch.tensor(after, dtype=torch.float64) - torch.tensor(before, dtype=torch.float64)
+    se = float(d.std() / 2)
+    assert c["change"] == pytest.approx(0.6)
+    assert c["interval"] == pytest.approx((0.6 - 1.96 * se, 0.6 + 1.96 * se))
+    assert c["before"] == pytest.approx(0.2)  # untrained -> plateau
+    with pytest.raises(ValueError):
+        lenses.change_across(steps, means, [0.1], [0.2], untrained=0, plateau=2, end=3)
+    with pytest.raises(ValueError):
+        lenses.change_across(steps[:-1], means, before, after, untrained=0, plateau=2, end=3)
 
 
 def test_plateau_checkpoint_is_the_middle_of_the_flat_stretch_before_the_onset():

@@ -10,8 +10,9 @@ pieces come from the other chapters' modules, one copy each:
 * Dai et al. (chapter 2): :func:`dual_form_update` checks the linearised layer 2's dual form
   (:func:`iclbook.implicit.dual_form.relaxed_icl`) and compares the attention-output update of
   ICL with that of one finetuning step (:func:`iclbook.implicit.metrics.simaou`);
-* Li et al. (chapter 1): :func:`same_class_attention` and :func:`pruning_curve`
-  (:func:`iclbook.patterns.pruning_mask`);
+* Li et al. (chapter 1): :func:`same_class_attention`, :func:`pruning_curve`
+  (:func:`iclbook.patterns.pruning_mask`) and its null, :func:`random_pruning` (many random
+  masks of the same size);
 * Reddy (chapter 3): the progress measures of :func:`iclbook.induction.measure`, the time axis.
 
 Names: ``h`` is the residual stream after layer 1 ``(n, T, d)``; ``a_full = A(C, x)`` is layer
@@ -35,11 +36,16 @@ from iclbook import internals, patterns, runtime
 from iclbook.contextual.patches import rank_one_update
 from iclbook.implicit import dual_form, metrics
 
-#: Chapter 5's named random streams (:class:`iclbook.runtime.Streams`), offsets from the chapter's
+#: Chapter 5's named random streams (:class:`iclbook.runtime.Streams`), derived from the chapter's
 #: seed. The network is chapter 3's main run at the chapter's first model seed.
 STREAMS = {
-    "dual-lens": runtime.Stream(width=500),  # the dual-form lens at checkpoint k
-    "prune-lens": runtime.Stream(width=500),  # random pruning at checkpoint k
+    "dual-lens": runtime.Stream(width=500),  # the dual-form lens's random-update baseline at checkpoint k
+    # the shuffled-label finetuning step (the SimAOU null): one permutation of each context's labels,
+    # the same at every checkpoint (index 0), so that checkpoints are compared on the same shuffle
+    "dual-shuffle": runtime.Stream(width=1),
+    # pruning's null: random mask k of the same size as the magnitude cut, the same k-th mask
+    # (the same neurons) at every checkpoint; k < 500 draws
+    "prune-null": runtime.Stream(width=500),
 }
 
 
@@ -105,8 +111,14 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
     one query applied to another item of the same context, read alone through layer 2, against
     the network on that item in context: does the patch act like weights learned for the
     context?), ``transfer_original`` (how often the patched classifier on the other query gives
-    the original query's label instead).
-    """
+    the original query's label instead). The nulls: ``mismatched_alone`` (the patch built for
+    *another* sequence's context, the next one of the batch, applied to this query without any
+    context: a patch of the same kind and size that carries nothing of this context), and
+    ``transfer_unpatched`` (the other query read alone with no patch: a no-op update).
+    ``selectivity_each`` is the per-sequence selectivity ``(n_patch,)`` (NumPy), for intervals;
+    ``selectivity_wrong`` (and ``_each``) its null, the same reading toward a label token of
+    another class than the query's (the pair after the first matching one, cyclically; sequences
+    where that pair matches too are left out), against the remaining non-matching ones."""
     mlp = model.mlp
     part = layer2(model, seqs.tokens[:n_patch])
     target = seqs.target[:n_patch]
@@ -121,9 +133,18 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
     match = (seqs.classes[:n_patch] == seqs.query_class[:n_patch, None]).to(cos.dtype)
     on = (cos * match).sum(1) / match.sum(1).clamp_min(1)
     off = (cos * (1 - match)).sum(1) / (1 - match).sum(1).clamp_min(1)
+    # the null: the same reading toward a label token that is not the query's class (the one after
+    # the first matching pair, cyclically), against the other non-matching ones
+    wrong = torch.nn.functional.one_hot((match.argmax(1) + 1) % match.shape[1], match.shape[1]).to(cos.dtype)
+    wrong = wrong * (1 - match)
+    rest = (1 - match) * (1 - wrong)
+    on_wrong = (cos * wrong).sum(1) / wrong.sum(1).clamp_min(1)
+    off_wrong = (cos * rest).sum(1) / rest.sum(1).clamp_min(1)
+    wrong_ok = wrong.sum(1) > 0  # a context whose next pair is of the query's class has no such token
 
     alone = mlp(part.a_alone)
     patched_alone = mlp(part.a_alone, w1=mlp.w1 + dW)
+    mismatched_alone = mlp(part.a_alone, w1=mlp.w1 + torch.roll(dW, 1, dims=0))
 
     other_tokens, other_target = repeat_query(seqs.map(lambda t: t[:n_patch]))
     other = layer2(model, other_tokens)
@@ -131,10 +152,14 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
         "identity_gap": gap,
         "patch_norm": float((torch.linalg.matrix_norm(dW) / torch.linalg.matrix_norm(mlp.w1)).mean()),
         "selectivity": float((on - off).mean()),
+        "selectivity_each": (on - off).cpu().numpy(),
+        "selectivity_wrong": float((on_wrong - off_wrong)[wrong_ok].mean()),
+        "selectivity_wrong_each": (on_wrong - off_wrong)[wrong_ok].cpu().numpy(),
         "cos_match": float(on.mean()),
         "full": _accuracy(full, target),
         "alone": _accuracy(alone, target),
         "patched_alone": _accuracy(patched_alone, target),
+        "mismatched_alone": _accuracy(mismatched_alone, target),
         "transfer": _accuracy(mlp(other.a_red, w1=mlp.w1 + dW), other_target),
         "transfer_unpatched": _accuracy(mlp(other.a_red), other_target),
         "transfer_original": _accuracy(mlp(other.a_red, w1=mlp.w1 + dW), target),
@@ -144,8 +169,13 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
 
 @torch.no_grad()
 def dual_form_update(
-    model: ih.InductionNet, seqs: ih.Sequences, n: int = 256, lr: float = 1e-3, generator: torch.Generator | None = None
-) -> dict[str, float]:
+    model: ih.InductionNet,
+    seqs: ih.Sequences,
+    n: int = 256,
+    lr: float = 1e-3,
+    generator: torch.Generator | None = None,
+    shuffle_generator: torch.Generator | None = None,
+) -> dict[str, Any]:
     """Dai et al.'s lens on layer 2.
 
     ``identity_gap``: the linearised layer 2 (softmax dropped) equals ``W_ZSL q + dW_ICL q``
@@ -157,7 +187,10 @@ def dual_form_update(
     and only ``V2`` receives a gradient through layer 2), read at the query alone. The step is
     small, so the cosine is that of the first-order update. ``simaou_random``: the paper's
     random-update baseline. The untrained network (step 0 of the history) is the critics' other
-    baseline.
+    baseline. ``simaou_shuffled``: the null, the same step with each context's labels permuted
+    at random (``shuffle_generator``; seed 0 without one), which keeps the context's items and
+    label set but not which label goes with which item. ``simaou_each`` and
+    ``simaou_shuffled_each`` are the per-sequence values ``(n,)`` (NumPy), for intervals.
     """
     tokens = seqs.tokens[:n]
     part = layer2(model, tokens)
@@ -173,21 +206,36 @@ def dual_form_update(
     items = tokens[:, 0 : 2 * N : 2]  # (n, N, d) context items
     h_items, _ = model.layer1(items.reshape(-1, 1, items.shape[-1]))  # each item alone
     h_items = h_items[:, 0]
-    with torch.enable_grad():
-        a = (h_items + h_items @ model.v2.T).detach().requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(model.mlp(a), seqs.context_labels[:n].reshape(-1), reduction="sum")
-        (g,) = torch.autograd.grad(loss, a)  # dL/da = dL/d(V2 h) per pair
-    g, hi = g.reshape(len(tokens), N, -1), h_items.reshape(len(tokens), N, -1)
-    hq = part.h[:, -1]
-    ft_shift = -lr * torch.einsum("njd,nje,ne->nd", g, hi, hq)  # dV2 h_q
-    sim = metrics.simaou(part.a_full, part.a_red, part.a_red + ft_shift)
+    labels = seqs.context_labels[: len(tokens)]  # (n, N)
+    shuffle = shuffle_generator if shuffle_generator is not None else torch.Generator().manual_seed(0)
+    perm = torch.argsort(torch.rand(labels.shape, generator=shuffle), dim=1)
+    hi, hq = h_items.reshape(len(tokens), N, -1), part.h[:, -1]
+
+    def finetuning_shift(targets: torch.Tensor) -> torch.Tensor:
+        """dV2 h_q of one plain gradient step on V2 from the context's items with ``targets``."""
+        with torch.enable_grad():
+            a = (h_items + h_items @ model.v2.T).detach().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model.mlp(a), targets.reshape(-1), reduction="sum")
+            (g,) = torch.autograd.grad(loss, a)  # dL/da = dL/d(V2 h) per pair
+        return -lr * torch.einsum("njd,nje,ne->nd", g.reshape(len(tokens), N, -1), hi, hq)
+
+    sim = metrics.simaou(part.a_full, part.a_red, part.a_red + finetuning_shift(labels))
+    shuffled = metrics.simaou(part.a_full, part.a_red, part.a_red + finetuning_shift(labels.gather(1, perm)))
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     rand = metrics.simaou_random(part.a_full, part.a_red, gen)
+
+    def sem(x: torch.Tensor) -> float:
+        return float(x.std() / len(x) ** 0.5) if len(x) > 1 else float("nan")
+
     return {
         "identity_gap": gap,
         "simaou": float(sim.mean()),
-        "simaou_sem": float(sim.std() / len(sim) ** 0.5) if len(sim) > 1 else float("nan"),
+        "simaou_sem": sem(sim),
+        "simaou_each": sim.cpu().numpy(),
         "simaou_random": float(rand.mean()),
+        "simaou_shuffled": float(shuffled.mean()),
+        "simaou_shuffled_sem": sem(shuffled),
+        "simaou_shuffled_each": shuffled.cpu().numpy(),
     }
 
 
@@ -220,6 +268,23 @@ def pruning_curve(
     return out
 
 
+@torch.no_grad()
+def random_pruning(
+    model: ih.InductionNet, seqs: ih.Sequences, rate: float, generators: Sequence[torch.Generator]
+) -> np.ndarray:
+    """The null of the pruning lens: accuracy on ``seqs`` with a random share ``rate`` of the
+    classifier's first-layer neurons silenced, one accuracy per generator of ``generators`` (one
+    random mask each, the masks of :func:`pruning_curve`'s ``"random"``), all masks in one batched
+    pass. Returns ``(len(generators),)``."""
+    if not len(generators):
+        raise ValueError("random pruning's null needs at least one generator (one mask per draw)")
+    z = internals.read(model, seqs.tokens, "query_state")
+    norms = model.mlp.w1.norm(dim=1)
+    masks = torch.stack([patterns.pruning_mask(norms, rate, "random", g) for g in generators]).to(z.dtype)
+    logits = model.mlp(z, mask1=masks[:, None, :])  # (draws, n, L)
+    return (logits.argmax(-1) == seqs.target).double().mean(-1).cpu().numpy()
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading a run: every lens at every checkpoint, and the points the chapter compares
 # ---------------------------------------------------------------------------------------------
@@ -232,19 +297,23 @@ def read_checkpoint(
     rates: list[float],
     *,
     dual_generator: torch.Generator,
-    prune_generator: torch.Generator,
+    shuffle_generator: torch.Generator,
+    prune_generators: Sequence[torch.Generator],
+    null_rate: float,
 ) -> dict:
     """Every lens on one checkpoint: the patch and dual-form lenses in float64 on ``seqs64`` (a
     float64 copy of the model reads them, so that their identities are checked exactly), the
     attention and pruning lenses on ``seqs``. Keys: ``patch_*`` (:func:`contextual_patch`),
-    ``dual_*`` (:func:`dual_form_update`), ``same_class``, and the pruning curves
-    ``prune_magnitude`` and ``prune_random`` (one accuracy per rate of ``rates``)."""
+    ``dual_*`` (:func:`dual_form_update`), ``same_class``, the magnitude-pruning curve
+    ``prune_magnitude`` (one accuracy per rate of ``rates``) and its null ``prune_random_draws``
+    (:func:`random_pruning` at ``null_rate``, one accuracy per generator of ``prune_generators``)."""
     m64 = copy.deepcopy(model).double()
     row = {f"patch_{key}": v for key, v in contextual_patch(m64, seqs64).items()}
-    row.update({f"dual_{key}": v for key, v in dual_form_update(m64, seqs64, generator=dual_generator).items()})
+    dual = dual_form_update(m64, seqs64, generator=dual_generator, shuffle_generator=shuffle_generator)
+    row.update({f"dual_{key}": v for key, v in dual.items()})
     row["same_class"] = same_class_attention(model, seqs)
     row["prune_magnitude"] = pruning_curve(model, seqs, rates)
-    row["prune_random"] = pruning_curve(model, seqs, rates, how="random", generator=prune_generator)
+    row["prune_random_draws"] = random_pruning(model, seqs, null_rate, prune_generators)
     return row
 
 
@@ -256,6 +325,14 @@ def pruning_drop(row: Mapping[str, Any], rates: Sequence[float], rate: float, ho
         raise ValueError(f"the pruning curve must start at rate 0 (no pruning), got rates {list(rates)}")
     curve = row[f"prune_{how}"]
     return curve[0] - curve[list(rates).index(rate)]
+
+
+def random_drops(row: Mapping[str, Any], rates: Sequence[float]) -> np.ndarray:
+    """Accuracy lost under each random mask of the checkpoint's null ``row["prune_random_draws"]``,
+    against the unpruned accuracy (the magnitude curve at rate 0, ``rates[0] == 0``)."""
+    if rates[0] != 0:
+        raise ValueError(f"the pruning curve must start at rate 0 (no pruning), got rates {list(rates)}")
+    return row["prune_magnitude"][0] - np.asarray(row["prune_random_draws"], dtype=float)
 
 
 def plateau_checkpoint(
@@ -277,3 +354,32 @@ def half_change(steps: Sequence[float], values: Sequence[float], start: int) -> 
     first, end = v[start], v[-1]
     moved = (v[start:] - first) * np.sign(end - first) >= 0.5 * abs(end - first)
     return float(x[start:][np.argmax(moved)]) if abs(end - first) > 0 and moved.any() else float("nan")
+
+
+def change_across(
+    steps: Sequence[float],
+    means: Sequence[float],
+    each_from: Sequence[float],
+    each_to: Sequence[float],
+    *,
+    untrained: int,
+    plateau: int,
+    end: int,
+    z: float = 1.96,
+) -> dict[str, Any]:
+    """How much a lens changes from the plateau checkpoint to the end, against how much it changed
+    before: the question "does it change at the cliff?".
+
+    ``means`` is the lens's mean per checkpoint (at ``steps``); ``each_from`` / ``each_to`` its
+    per-sequence values at ``plateau`` and ``end`` (the same sequences, so the change is paired).
+    Returns ``change`` (the mean of ``each_to - each_from``) with its ``interval`` (``± z``
+    standard errors) and ``before``, the change from ``untrained`` to ``plateau``: what training
+    without the induction head did to the lens, the rival of a change "at the cliff"."""
+    if len(steps) != len(means):
+        raise ValueError(f"need one mean per step, got {len(steps)} steps and {len(means)} means")
+    d = np.asarray(each_to, dtype=float) - np.asarray(each_from, dtype=float)
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError(f"need per-sequence values of the same length >= 2, got shape {d.shape}")
+    change, se = float(d.mean()), float(d.std(ddof=1) / len(d) ** 0.5)
+    before = float(means[plateau]) - float(means[untrained])
+    return {"change": change, "interval": (change - z * se, change + z * se), "before": before}
