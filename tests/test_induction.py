@@ -630,3 +630,95 @@ def test_cliff_ratio_known_answers():
     assert np.isnan(ind.cliff_ratio({"loss": loss, "p_correct": np.zeros(6)}))
     gd = ind.pheno_descent(8, 32, steps=5000, lr=0.01)  # the chapter's descent: a cliff
     assert ind.cliff_ratio(gd) > 10
+
+
+# --- nulls and rivals: what a curve, a reader or a descent without the mechanism scores --------
+
+
+def test_rival_curves_share_the_start_and_the_end():
+    steps = np.arange(0, 1501, 50.0)
+    acc = np.interp(steps, [0, 100, 450, 500, 550, 1500], [0.03, 0.125, 0.13, 0.6, 0.97, 0.99])
+    rivals = ind.rival_curves(steps, acc)
+    assert set(rivals) == {"exponential", "logistic"}
+    for curve in rivals.values():
+        assert curve[0] == pytest.approx(0.03)
+        assert curves.first_crossing(steps, curve, 0.9) == curves.first_crossing(steps, acc, 0.9) == 550
+        assert np.all(np.diff(curve) >= 0) and curve.max() <= 1
+    assert ind.rival_curves(steps, np.full(len(steps), 0.1)) == {}  # never reaches the top
+
+
+def test_exponential_rival_lingers_about_twice_a_line_whatever_its_time_constant():
+    # ln(0.175/0.075) (0.9 - a0) / (0.1 ln(0.9/a0)): the 2.18 for a0 = 1/32, on a fine grid
+    a0 = 1 / 32
+    expected = math.log(0.175 / 0.075) * (0.9 - a0) / (0.1 * math.log(0.9 / a0))
+    for t_top in (400, 4000):
+        steps = np.linspace(0, 2 * t_top, 20_001)
+        acc = np.minimum(a0 * (0.9 / a0) ** (steps / t_top), 1.0) + 1e-12
+        assert curves.transition(steps, acc, 1 / 8)["linger"] == pytest.approx(expected, rel=2e-3)
+        assert ind.plateau_rivals(steps, acc, 1 / 8)["rivals"]["exponential"] == pytest.approx(expected, rel=2e-3)
+
+
+def test_plateau_rivals_margin_in_evaluations():
+    steps = np.arange(0, 1501, 50.0)
+    acc = np.interp(steps, [0, 100, 450, 500, 550, 1500], [0.03, 0.125, 0.13, 0.6, 0.97, 0.99])
+    p = ind.plateau_rivals(steps, acc, 1 / 8)
+    # 9 evaluations in the band (50, at 0.0775, to 450); straight time 0.1 / 0.87 * 550
+    assert p["step"] == pytest.approx(50 / (0.1 / 0.87 * 550))
+    assert p["linger"] == pytest.approx(9 * p["step"])
+    assert p["rivals"]["one evaluation"] == pytest.approx(p["step"])
+    assert p["rivals"]["exponential"] > p["rivals"]["logistic"]
+    assert p["margin"] == pytest.approx((p["linger"] - p["rivals"]["exponential"]) / p["step"])
+    assert p["margin"] == pytest.approx(round(p["margin"]))  # same grid: a whole number of evaluations
+    # a rival scored against its own rivals has no margin
+    exp_curve = ind.rival_curves(steps, acc)["exponential"]
+    assert ind.plateau_rivals(steps, exp_curve, 1 / 8)["margin"] <= 0
+    assert np.isnan(ind.plateau_rivals(steps, np.full(len(steps), 0.1), 1 / 8)["margin"])
+
+
+def test_jump_rivals_interval_and_rivals():
+    steps = np.arange(0, 1501, 50.0)
+    acc = np.interp(steps, [0, 100, 450, 500, 550, 1500], [0.03, 0.125, 0.13, 0.6, 0.97, 0.99])
+    j = ind.jump_rivals(steps, acc, 1 / 8)
+    # onset (first >= 0.225) at 500, top at 550: ratio 0.1, and the grid allows (0, 100) / (500, 450)
+    assert j["rise_ratio"] == pytest.approx(0.1)
+    assert j["interval"] == pytest.approx((0.0, 100 / 450))
+    assert j["rise_ratio"] < j["rivals"]["exponential"] < j["rivals"]["logistic"]
+    assert all(j["rivals_low"][k] <= j["rivals"][k] for k in j["rivals"])
+    assert np.isnan(ind.jump_rivals(steps, np.full(len(steps), 0.1), 1 / 8)["interval"][0])
+
+
+def test_share_at_and_plateau_middle_known_answers():
+    steps, vals = [0, 10, 20, 30, 40], [0.0, 0.1, 0.2, 0.8, 1.0]
+    assert ind.share_at(steps, vals, 20) == pytest.approx(0.2)
+    assert ind.share_at(steps, vals, 25) == pytest.approx(0.2)
+    assert np.isnan(ind.share_at(steps, vals, -1)) and np.isnan(ind.share_at(steps, [0.5] * 5, 20))
+    ic = [0.03, 0.12, 0.13, 0.11, 0.14, 0.5, 0.9]  # in the band at 10..40, onset at 50
+    assert ind.plateau_middle(np.arange(0, 70, 10), ic, 0.125) == 30
+    assert ind.plateau_middle([0, 10, 20], [0.03, 0.12, 0.9], 0.125) == 10
+    assert np.isnan(ind.plateau_middle([0, 10], [0.03, 0.9], 0.125))
+
+
+def test_context_reader_scores_B_over_N_and_icl_shift_counts_above_it(task):
+    cfg = replace(CFG, B=4, p_C=0.0, n_eval=200)
+    sets = ind.eval_sets(task, cfg, gen(3))
+    run = type("R", (), {"cfg": cfg, "sets": sets, "final": {"IC": 0.7, "IW": 0.1}})()
+    reader = ind.context_reader(run)
+    assert reader.final["IC"] == pytest.approx(cfg.B / cfg.N) and reader.final["IC2"] == pytest.approx(cfg.B / cfg.N)
+    lo = _fake_run(IC=0.03, IW=0.9)
+    assert ind.icl_shift(lo, run, 0.5) == pytest.approx((0.2, 0.8))
+    assert ind.icl_shift(_fake_run(IC=0.6, IW=0.9), run, 0.5) == pytest.approx((0.1, 0.8))
+    assert ind.icl_shift(lo, reader, 0.5)[0] == pytest.approx(0.0)  # the reader gains nothing above B/N
+    assert all(np.isnan(ind.icl_shift(None, run, 0.5)))
+
+
+def test_decay_rival_has_no_cliff():
+    gd = ind.pheno_descent(8, 32, steps=5000, lr=0.01)
+    rival = ind.decay_rival(gd)
+    assert rival["loss"][0] == pytest.approx(gd["loss"][0]) and rival["loss"].min() > gd["loss"][-1]
+    t10 = int(curves.first_crossing(None, gd["p_correct"], 0.1))
+    assert rival["loss"][t10] == pytest.approx(gd["loss"][t10])
+    x = t10 * math.log((gd["loss"][0] - gd["loss"][-1]) / (gd["loss"][t10] - gd["loss"][-1])) / t10
+    ratio = ind.cliff_ratio(rival)
+    assert ratio < 3 < 10 < ind.cliff_ratio(gd)
+    assert ratio == pytest.approx(x / (1 - math.exp(-x)), rel=1e-2)
+    assert np.isnan(ind.decay_rival({"loss": np.ones(5), "p_correct": np.zeros(5)})["loss"]).all()

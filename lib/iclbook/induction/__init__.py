@@ -31,9 +31,17 @@ from iclbook.induction.analysis import (
     calibration_summary,
     classify_minimal,
     cliff_ratio,
+    context_reader,
+    decay_rival,
     eps_sweep,
+    icl_shift,
+    jump_rivals,
     lag_window,
+    plateau_middle,
+    plateau_rivals,
     plateau_share,
+    rival_curves,
+    share_at,
     strategy_shift,
 )
 from iclbook.induction.config import CONFIGS, STREAMS, Config, check_data_args

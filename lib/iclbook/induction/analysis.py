@@ -9,7 +9,19 @@ that compute them, each with a known-answer test (``tests/test_induction.py``).
 ``classify_minimal``       one minimal-model seed's outcome: induction, mirror, stall, other
 ``cliff_ratio``            a descent's steepest loss drop over its slow phase's mean rate
 ``calibration_summary``    the step-size calibration record, one line per Adam step
+``rival_curves``           rises without a plateau or a cliff, with a curve's start and end
+``plateau_rivals``         linger ratio of a curve and of its rivals, on the same grid
+``jump_rivals``            rise / onset of a curve (with its grid interval) and of its rivals
+``share_at``               share of a measure's rise made by a given step
+``plateau_middle``         the middle evaluation of IC accuracy's plateau at B/N
+``context_reader``         the random-context-label reader's accuracies on a run's sets
+``icl_shift``              the shift of a grid comparison, IC counted above the B/N reader
+``decay_rival``            an exponential decay through a descent's start, slow phase and end
 =========================  ====================================================================
+
+The nulls and rivals are computed on the chapter's own curves, grids and evaluation sets, so a
+row reads our number against what a curve or a reader *without* the claimed mechanism scores
+on the same measurement.
 
 No training code imports this module, so a change to a rule here retrains nothing (the weight
 cache is keyed on the source of :mod:`iclbook.induction.training` and what it imports).
@@ -19,11 +31,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from iclbook import curves
+from iclbook.induction.data import context_label_baseline
 
 
 def plateau_share(steps: Any, values: Any, onset: float) -> float:
@@ -111,3 +125,139 @@ def calibration_summary(record: Mapping[str, Any]) -> list[str]:
             f"IC2 ≥ {min(r['IC2'] for r in rs):.3f}, IW ≤ {max(r['IW'] for r in rs):.3f}"
         )
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Nulls and rivals: what a curve, a reader or a descent without the mechanism scores
+# ---------------------------------------------------------------------------------------------
+
+
+def rival_curves(steps: Any, acc: Any, *, top: float = 0.9) -> dict[str, np.ndarray]:
+    """Two accuracy curves without a plateau and without a cliff, sampled on ``steps``, each
+    from the curve's first value ``acc[0]`` at ``steps[0]`` to ``top`` at ``t_top``, the first
+    step at which ``acc`` reaches ``top`` (the same start and end, the same grid):
+
+    * ``exponential``: ``a0 (top / a0) ** ((t - t0) / (t_top - t0))``, a constant growth rate
+      of the log (its linger ratio does not depend on the time constant);
+    * ``logistic``: ``1 / (1 + exp(-(t - m) / w))`` through the same two points, a constant
+      growth rate of the logit.
+
+    Both are capped at 1 and held at ``top`` or above from ``t_top`` on, so that they reach
+    ``top`` at the same evaluation as ``acc`` whatever the rounding. Empty when ``acc`` never
+    reaches ``top`` or starts at or above it."""
+    t, a = np.asarray(steps, dtype=float), np.asarray(acc, dtype=float)
+    t_top = curves.first_crossing(t, a, top)
+    a0, t0 = float(a[0]), float(t[0])
+    if not np.isfinite(t_top) or t_top <= t0 or not 0 < a0 < top:
+        return {}
+    x = (t - t0) / (t_top - t0)
+    logit = np.log(a0 / (1 - a0)) + x * (np.log(top / (1 - top)) - np.log(a0 / (1 - a0)))
+    out = {"exponential": a0 * (top / a0) ** x, "logistic": 1 / (1 + np.exp(-logit))}
+    return {k: np.where(t >= t_top, np.maximum(np.minimum(v, 1.0), top), np.minimum(v, 1.0)) for k, v in out.items()}
+
+
+def _interval(steps: Any) -> float:
+    return float(np.median(np.diff(np.asarray(steps, dtype=float))))
+
+
+def plateau_rivals(steps: Any, acc: Any, baseline: float, *, band: float = 0.05, top: float = 0.9) -> dict[str, Any]:
+    """The linger ratio (``curves.transition``) of ``acc`` and of its rivals on the same grid.
+
+    Returns ``linger`` (ours), ``step`` (what one evaluation in the band adds to the ratio: the
+    grid's resolution), ``rivals`` (``exponential`` and ``logistic`` of :func:`rival_curves`,
+    and ``one evaluation``, a curve that crosses the band between two evaluations but one) and
+    ``margin``: how many evaluations more than the largest rival ours spends in the band
+    (``(linger - max rival) / step``). Rivals and margin are NaN where ``acc`` never reaches
+    ``top``."""
+    ours = curves.transition(steps, acc, baseline, band=band, top=top)
+    a = np.asarray(acc, dtype=float)
+    t = np.asarray(steps, dtype=float)
+    straight = 2 * band / (top - a[0]) * (ours["t_top"] - t[0])
+    step = _interval(t) / straight if np.isfinite(straight) and straight > 0 else math.nan
+    rivals = {
+        name: curves.transition(t, curve, baseline, band=band, top=top)["linger"]
+        for name, curve in rival_curves(t, a, top=top).items()
+    }
+    rivals = rivals or {"exponential": math.nan, "logistic": math.nan}
+    rivals["one evaluation"] = step
+    largest = max(rivals.values()) if all(np.isfinite(v) for v in rivals.values()) else math.nan
+    return {"linger": ours["linger"], "step": step, "rivals": rivals, "margin": (ours["linger"] - largest) / step}
+
+
+def jump_rivals(steps: Any, acc: Any, baseline: float, *, top: float = 0.9) -> dict[str, Any]:
+    """The rise / onset ratio (``curves.transition``) of ``acc``, its interval on the grid, and
+    that of its rivals (:func:`rival_curves`) on the same grid.
+
+    A crossing read at an evaluation happened after the evaluation before it, so the true onset
+    lies in ``(onset - dt, onset]`` and the true top in ``(t_top - dt, t_top]``, ``dt`` the
+    evaluation interval: ``interval = ((rise - dt) / onset, (rise + dt) / (onset - dt))``.
+    ``rivals`` holds each rival's ratio and ``rivals_low`` the lower end of its own interval
+    (the most abrupt the grid lets it look). NaN where a crossing is missing."""
+    tr = curves.transition(steps, acc, baseline, top=top)
+    dt = _interval(steps)
+    onset, rise = tr["onset"], tr["t_top"] - tr["onset"]
+    ok = np.isfinite(onset) and np.isfinite(rise) and onset > dt
+    interval = (max(rise - dt, 0.0) / onset, (rise + dt) / (onset - dt)) if ok else (math.nan, math.nan)
+    rivals, low = {}, {}
+    for name, curve in rival_curves(steps, acc, top=top).items():
+        rt = curves.transition(steps, curve, baseline, top=top)
+        rivals[name] = rt["rise_ratio"]
+        low[name] = max(rt["t_top"] - rt["onset"] - dt, 0.0) / rt["onset"] if rt["onset"] > 0 else math.nan
+    if not rivals:
+        rivals = low = {"exponential": math.nan, "logistic": math.nan}
+    return {"rise_ratio": tr["rise_ratio"], "interval": interval, "rivals": rivals, "rivals_low": low}
+
+
+def share_at(steps: Any, values: Any, step: float) -> float:
+    """Share of a measure's whole rise (first to last value) made by ``step``: at the last
+    evaluation at or before it. NaN if none is, or the measure did not move."""
+    vals = np.asarray(values, dtype=float)
+    upto = vals[np.asarray(steps, dtype=float) <= step]
+    return (upto[-1] - vals[0]) / (vals[-1] - vals[0]) if len(upto) and vals[-1] != vals[0] else math.nan
+
+
+def plateau_middle(steps: Any, acc: Any, baseline: float, *, band: float = 0.05) -> float:
+    """The step of the middle evaluation (the later of two middles) among those before IC
+    accuracy's onset (``curves.transition``) at which it lies within ``band`` of ``baseline``:
+    a point inside the slow phase, away from its start and from the jump. NaN without one."""
+    t, a = np.asarray(steps, dtype=float), np.asarray(acc, dtype=float)
+    onset = curves.first_crossing(t, a, baseline + 0.1)
+    on = np.flatnonzero((np.abs(a - baseline) <= band) & ((t < onset) if np.isfinite(onset) else True))
+    return float(t[on[len(on) // 2]]) if on.size else math.nan
+
+
+def context_reader(run: Any) -> SimpleNamespace:
+    """A reader that outputs a uniformly random label of its context, scored on ``run``'s own
+    evaluation sets (:func:`iclbook.induction.data.context_label_baseline`): ``B / N`` on the
+    bursty sets, whatever the weights. It has no induction head (it does not find the query's
+    item), so a claim about in-context learning must beat it. Shaped like a run for
+    :func:`strategy_shift` (``cfg`` and ``final``)."""
+    return SimpleNamespace(cfg=run.cfg, final={k: context_label_baseline(s) for k, s in run.sets.items()})
+
+
+def icl_shift(lo: Any, hi: Any, level: float) -> tuple[float, float]:
+    """``(IC rise, IW fall)`` from ``lo`` to ``hi`` as :func:`strategy_shift`, with the IC rise
+    counted only above ``level`` (the random-context-label reader's ``B / N`` on ``hi``'s IC
+    set): ``hi.IC - max(lo.IC, level)``. A network that learns only to output some context
+    label gains nothing. NaN for an absent run."""
+    if lo is None or hi is None:
+        return (math.nan, math.nan)
+    return (hi.final["IC"] - max(lo.final["IC"], level), lo.final["IW"] - hi.final["IW"])
+
+
+def decay_rival(descent: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A loss curve without a cliff for :func:`cliff_ratio`: the exponential decay
+    ``l_end + (l_0 - l_end) exp(-t / tau)`` from the descent's first loss towards its last one,
+    through its loss at ``t10``, the step at which ``p_correct`` first reaches 0.1 (the end of
+    its slow phase), with the descent's own ``p_correct`` (so the slow phase ends at the same step).
+    Its cliff ratio is ``x / (1 - exp(-x))`` with ``x = t10 / tau``. Returns ``loss`` and
+    ``p_correct``; the loss is NaN where ``p_correct`` never reaches 0.1."""
+    loss, p = np.asarray(descent["loss"], dtype=float), np.asarray(descent["p_correct"], dtype=float)
+    t10 = curves.first_crossing(None, p, 0.1)
+    if not np.isfinite(t10) or t10 <= 0:
+        return {"loss": np.full_like(loss, math.nan), "p_correct": p}
+    l0, l_end, l10 = loss[0], loss[-1], loss[int(t10)]
+    if not l0 > l10 > l_end:
+        return {"loss": np.full_like(loss, math.nan), "p_correct": p}
+    tau = t10 / math.log((l0 - l_end) / (l10 - l_end))
+    return {"loss": l_end + (l0 - l_end) * np.exp(-np.arange(len(loss)) / tau), "p_correct": p}
