@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             verdicts = sorted(set(entry["verdicts"].values()))
             if len(verdicts) > 1:
                 print(f"chapter {ch}: verdict depends on the seed: {key[:70]!r} {entry['verdicts']}")
+            if "reproduced" in entry["null_verdicts"].values():
+                print(
+                    f"chapter {ch}: the NULL passes the criterion at some seed: {key[:70]!r} {entry['null_verdicts']}"
+                )
     print(f"wrote {out}; {len(failures)} failed runs")
     return 1 if failures else 0
 

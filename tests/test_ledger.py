@@ -356,6 +356,8 @@ def test_the_committed_seed_table_holds_every_chapter_over_five_seeds():
         assert ch["seeds"] == [0, 1, 2, 3, 4], number
         assert sorted(ch["seconds"]) == ["0", "1", "2", "3", "4"], number
         assert not ch.get("failures"), (number, ch.get("failures"))
+        passing = {k: e["null_verdicts"] for k, e in ch["rows"].items() if "reproduced" in e["null_verdicts"].values()}
+        assert not passing, f"chapter {number}: rows whose null passes their criterion at some seed: {passing}"
 
 
 def test_runtime_line_reads_the_seed_run(tmp_path):

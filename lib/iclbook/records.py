@@ -132,11 +132,20 @@ def seed_table(
                 if r["kind"] not in EVIDENCE_KINDS:
                     continue
                 entry = ch["rows"].setdefault(
-                    r["key"], {"kind": r["kind"], "claim": r["claim"], "verdicts": {}, "values": {}, "nulls": {}}
+                    r["key"],
+                    {
+                        "kind": r["kind"],
+                        "claim": r["claim"],
+                        "verdicts": {},
+                        "values": {},
+                        "nulls": {},
+                        "null_verdicts": {},
+                    },
                 )
                 entry["verdicts"][str(s)] = r["verdict"]
                 entry["values"][str(s)] = r["value"]
                 entry["nulls"][str(s)] = r.get("null")
+                entry["null_verdicts"][str(s)] = r.get("null_verdict", "")
     for number, ch in chapters.items():
         ch["seconds"] = dict((seconds or {}).get(number, {}))
         ch["failures"] = [f for f in failures if f.startswith(number)]
