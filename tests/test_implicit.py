@@ -212,6 +212,50 @@ def test_bootstrap_ci_has_the_width_of_the_mean_s_standard_error():
     assert hi90 - lo90 == pytest.approx(2 * 1.645 * se, rel=0.15)
 
 
+def test_stratified_bootstrap_and_rate_interval():
+    """The stratified interval is centred on the mean of the groups' means (not of the pooled
+    values) and has its standard error; Wilson's interval keeps a width at 0% and 100%."""
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(400, generator=g, dtype=F64), 5 + torch.randn(100, generator=g, dtype=F64)
+    lo, hi = metrics.stratified_bootstrap_ci([a, b, torch.zeros(0)], g)
+    centre = float(a.mean() + b.mean()) / 2  # the pooled mean would be near 1
+    se = 0.5 * (float(a.var() / 400) + float(b.var() / 100)) ** 0.5
+    assert abs((lo + hi) / 2 - centre) < 0.25 * se and hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)
+    assert all(math.isnan(x) for x in metrics.stratified_bootstrap_ci([torch.zeros(0)], g))
+    lo, hi = metrics.rate_interval(50.0, 400)
+    assert (lo + hi) / 2 == pytest.approx(50.0) and hi - lo == pytest.approx(2 * 1.96 * 2.5, rel=0.01)
+    lo, hi = metrics.rate_interval(100.0, 50)
+    assert hi == 100.0 and 90 < lo < 100
+    assert all(math.isnan(x) for x in metrics.rate_interval(80.0, 0))
+
+
+def test_readers_of_the_lookup_probe_on_hand_built_demonstrations():
+    """The cue-word reader and the Bayes reader, worked out by hand on SST-2 with three cues per
+    class: demonstrations show cues a, b (Negative) and c (Positive)."""
+    from iclbook.implicit import experiment as ex
+
+    task = data.TASKS["sst2"]
+    cues = {"zib", "tok", "mur", "pel", "gax", "von"}
+    neg, pos = data.PRIOR["sst2"]
+    demos = [(["the", "zib"], "Negative"), (["a", "tok"], "Negative"), (["it", "mur"], "Positive")]
+    inputs = [
+        ["the", "zib"],  # seen, Negative: certain
+        ["the", "pel"],  # unseen, no prior word: Positive has 2 unseen cues, Negative 1
+        [neg[0], neg[1], "pel"],  # two Negative words: 1 * .6 * .6 = .36 against 2 * .4 * .4 = .32
+        [neg[0], pos[0], "pel"],  # one of each: .24 against .48
+    ]
+    test = data.Dataset(task, inputs, torch.tensor([0, 1, 0, 0]))
+    cue = ex.reader_accuracy(test, demos, cues, 3, use_words=False)
+    bayes = ex.reader_accuracy(test, demos, cues, 3)
+    assert cue.tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert bayes.tolist() == [1.0, 1.0, 1.0, 0.0]
+    # a tie (one cue of each class shown, no prior word) scores one half
+    tie = ex.reader_accuracy(data.Dataset(task, [["the", "pel"]], torch.tensor([0])), demos[1:], cues, 3)
+    assert tie.tolist() == [0.5]
+    runs = [{"seen": 1.0, "unseen": 0.6, "cue_reader_seen": 1.0, "cue_reader_unseen": 0.75}]
+    assert ex.gain_kept(runs, 2) == pytest.approx(0.2) and ex.gain_kept(runs, 2, "cue_reader") == 0.5
+
+
 # --- data, model, pretraining, probe ------------------------------------------------------
 
 
@@ -381,7 +425,10 @@ def test_pipeline_runs_end_to_end_on_a_small_model():
     for run in runs.values():
         stats = ex.statistics(run, g, kendall_examples=5)
         per = stats.pop("per_example")
+        draws = stats.pop("simaou_mismatched_draws")  # one mean per random pairing
+        assert len(draws) == 50 and stats["simaou_mismatched"] == pytest.approx(sum(draws) / 50)
         assert all(math.isfinite(v) for k, v in stats.items() if not k.startswith("rec2ftp"))
+        assert torch.equal(per["simam_after_minus_before"], per["simam_after"] - per["simam_before"])
         # Kendall recomputed by hand for example 0, layer 0, as the official code does: ICL's scores
         # over the kept demonstration tokens summed over heads, finetuning's <q'_j, q_F>, both
         # through a float64 softmax, then scipy's tau-b
@@ -401,6 +448,14 @@ def test_pipeline_runs_end_to_end_on_a_small_model():
         assert abs(float(per["simaou"][3, 1]) - by_hand) < 1e-12
     flips = ex.order_flips(model, runs["sst2"], 2, g, n=6)
     assert set(flips) == {"ICL", "SGD", "GD"} and flips["GD"] < 1e-9  # full-batch GD ignores order
+    masks = ex.order_flips(model, runs["sst2"], 2, torch.Generator().manual_seed(5), n=6, masks=True)
+    assert masks["GD"].shape == (6,) and masks["GD"].dtype == torch.bool and not masks["GD"].any()
+    # the predictions of Z, I and F are kept, and the label-shuffled nulls run on request
+    run = runs["sst2"]
+    assert all(torch.equal(run.pred[k] == run.test.classes, run.right[k]) for k in ("Z", "I", "F"))
+    shuffled = ex.run_task(model, "sst2", cfg, seed=0, record=False, select_on_test=False, shuffled=True)
+    assert {"I_shuffled", "F_shuffled"} <= set(shuffled.acc) and "I_shuffled" not in run.acc
+    assert shuffled.acc["I"] == run.acc["I"] and shuffled.acc["F"] == run.acc["F"]
     dw = ex.delta_w_cosines(model, runs["sst2"], runs["cb"], n=3)
     assert dw["cos"].shape == (3, 2, 4) and torch.isfinite(dw["cos"]).all()
     emb = ex.untrained_like(model, seed=1, keep_embeddings=True)
@@ -490,12 +545,29 @@ def test_pool_short_weights_rates_by_fixed_examples():
         "matched_null": float("nan"),
         "flips": {"ICL": 0.3, "SGD": 0.1},
     }
-    none = dict(b, n_fixed=0, rec2ftp=float("nan"))
+    a["changed"], b["changed"] = 0.2, 0.04
+    a["flip_masks"] = {"ICL": torch.tensor([True, False]), "SGD": torch.tensor([True, True])}
+    b["flip_masks"] = {"ICL": torch.tensor([True]), "SGD": torch.tensor([False])}
+    none = dict(b, n_fixed=0, rec2ftp=float("nan"), changed=0.0)
     p = ex.pool_short([a, b, none])
     assert p["n_fixed"] == 40 and p["seeds"] == 3
     assert p["rec2ftp"] == pytest.approx((90 * 30 + 50 * 10) / 40)
     assert p["matched_null"] == pytest.approx(80.0)  # a NaN seed has no say
     assert p["acc"]["I"] == pytest.approx(2 / 3) and p["flips"]["ICL"] == pytest.approx(0.7 / 3)
+    assert p["changed"] == [0.2, 0.04, 0.0]
+    # the order check: a seed where finetuning changed no prediction never counts
+    assert p["order"]["seeds"] == 2 and p["order"]["ICL"] == pytest.approx(0.2)
+    assert p["order"]["diff"].tolist() == [0.0, 1.0, -1.0]
+    # ... nor one where it changed fewer than min_changed of them
+    q = ex.pool_short([a, b, none], min_changed=0.05)
+    assert (
+        q["order"]["seeds"] == 1
+        and q["order"]["SGD"] == pytest.approx(0.3)
+        and q["order"]["diff"].tolist() == [0.0, 1.0]
+    )
+    assert q["flips"] == p["flips"]  # the flips over every seed are kept for the GD identity
+    r = ex.pool_short([none], min_changed=0.05)
+    assert r["order"]["seeds"] == 0 and math.isnan(r["order"]["SGD"]) and r["order"]["diff"].numel() == 0
     with pytest.raises(ValueError):
         ex.pool_short([])
 
@@ -715,13 +787,16 @@ def test_short_context_reads_the_protocol_with_k_demonstrations(monkeypatch):
     right = {k: torch.tensor(v, dtype=torch.bool) for k, v in masks.items()}
     seen = {}
 
+    pred = {"Z": torch.tensor([1, 2, 3, 1, 0, 1]), "F": torch.tensor([0, 1, 2, 1, 3, 1])}  # F changes 4 of 6
+
     def fake_run_task(model, name, cfg, seed, **kw):
         seen.update(name=name, cfg=cfg, seed=seed, **kw)
-        return ex.TaskRun(name, test, demos, 1, 0.1, float("nan"), {"I": 4 / 6}, right)
+        return ex.TaskRun(name, test, demos, 1, 0.1, float("nan"), {"I": 4 / 6}, right, pred=pred)
 
-    def fake_flips(model, run, permutations, gen, n=200, max_len=256):
-        seen.update(permutations=permutations, n_order=n)
-        return {"ICL": 0.1, "SGD": 0.3, "GD": 0.0}
+    def fake_flips(model, run, permutations, gen, n=200, max_len=256, masks=False):
+        seen.update(permutations=permutations, n_order=n, masks=masks)
+        flipped = {"ICL": [1] + [0] * 9, "SGD": [1, 1, 1] + [0] * 7, "GD": [0] * 10}
+        return {k: torch.tensor(v, dtype=torch.bool) for k, v in flipped.items()}
 
     monkeypatch.setattr(ex, "run_task", fake_run_task)
     monkeypatch.setattr(ex, "order_flips", fake_flips)
@@ -730,8 +805,10 @@ def test_short_context_reads_the_protocol_with_k_demonstrations(monkeypatch):
     # the protocol: k demonstrations, three demonstration seeds, every other learning rate, no records
     assert seen["cfg"].k == 2 and seen["cfg"].demo_seeds == (1, 2, 3) and seen["cfg"].lr_grid == (0.01, 0.1)
     assert seen["record"] is False and seen["select_on_test"] is False and seen["seed"] == 7
-    assert seen["permutations"] == 3 and seen["n_order"] == 50
-    assert out["k"] == 2 and out["flips"] == {"ICL": 0.1, "SGD": 0.3, "GD": 0.0}
+    assert seen["permutations"] == 3 and seen["n_order"] == 50 and seen["masks"] is True
+    assert out["k"] == 2 and out["flips"] == pytest.approx({"ICL": 0.1, "SGD": 0.3, "GD": 0.0})
+    assert out["flip_masks"]["SGD"].sum() == 3 and out["lr"] == 0.1
+    assert out["changed"] == pytest.approx(4 / 6)  # the predictions finetuning changed
     assert out["covered"] == pytest.approx(4 / 6)  # queries 0, 1, 3, 5 have a class the demos show
     assert out["n_fixed"] == 4  # Z wrong, F right: 0, 1, 2, 4
     assert out["rec2ftp"] == pytest.approx(50.0)  # of them ICL right: 0, 1

@@ -78,7 +78,7 @@ STREAMS = {
     "statistics": runtime.Stream(),  # the random baselines of SimAOU and Kendall
     "momentum-demos": runtime.Stream(),  # the demonstrations of the momentum study's ICL accuracy
     "eval": runtime.Stream(width=100),  # the evaluation seeds: demonstrations, dev and test examples
-    "untrained-init": runtime.Stream(),  # the untrained model of the critics' controls
+    "untrained-init": runtime.Stream(width=2),  # the untrained models of the critics' controls (0) and their null (1)
     "bootstrap": runtime.Stream(),  # the bootstrap intervals of the statistics
     "controls": runtime.Stream(),  # the shuffled-label and permutation controls
     "held-out": runtime.Stream(),  # held-out pretraining text of the momentum study

@@ -29,7 +29,7 @@ from iclbook import runtime
 from iclbook.implicit import dual_form, metrics, probe
 from iclbook.implicit.codec import WORDS, Codec
 from iclbook.implicit.config import CONFIGS, LR_GRID, STREAMS, Config  # noqa: F401 (the chapter reads them here)
-from iclbook.implicit.data import Dataset, Task, make_dataset
+from iclbook.implicit.data import PRIOR, PRIOR_STRENGTH, Dataset, Task, make_dataset
 from iclbook.implicit.model import TinyLM
 from iclbook.implicit.pretrain import label_accuracy_by_context, load_shipped, perplexity_by_length
 
@@ -50,6 +50,7 @@ class TaskRun:
     records: dict[str, dict] = field(default_factory=dict)
     spans: list = field(default_factory=list)
     codec: Codec = WORDS
+    pred: dict[str, torch.Tensor] = field(default_factory=dict)  # predicted classes of Z, I, F
 
 
 def splits(name: str, cfg: Config, seed: int) -> tuple[Dataset, Dataset, Dataset]:
@@ -110,13 +111,15 @@ def evaluate_zif(
     max_len: int,
     codec: Codec = WORDS,
     full_rows: int | None = None,
+    preds: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict], list]:
     """Correctness masks of Z (``model``, no demonstrations), I (``model`` with ``demos``) and F
     (``tuned``, no demonstrations) on ``test``; with ``record`` also their :func:`probe.record`
     outputs (log-probabilities of the candidate labels only; with ``full_rows``, ICL's score rows
     over the whole context only for the first ``full_rows`` examples, the ones the Kendall
     statistic reads, and over the query prompt for the rest). Returns ``(right, records,
-    spans)``, ``spans`` the demonstrations' token spans."""
+    spans)``, ``spans`` the demonstrations' token spans; a dict given as ``preds`` receives the
+    predicted classes of Z, I and F."""
     zero, _ = probe.build_prompts(test, [], max_len, codec)
     icl, spans = probe.build_prompts(test, demos, max_len, codec)
     cand = codec.label_ids(test.task.labels)
@@ -130,6 +133,8 @@ def evaluate_zif(
         else:
             pred = probe.label_logprobs(m, prompts, cand, pad=codec.pad_id).argmax(-1)
         right[key] = pred == test.classes
+        if preds is not None:
+            preds[key] = pred
     return right, recs, spans
 
 
@@ -144,9 +149,12 @@ def run_task(
     max_len: int = 256,
     data=None,
     codec: Codec = WORDS,
+    shuffled: bool = False,
 ) -> TaskRun:
     """Steps 1-4 of the module docstring for one task (``record=False``: accuracies only;
-    ``select_on_test=False`` skips the paper's selection on the reported split).
+    ``select_on_test=False`` skips the paper's selection on the reported split; ``shuffled``
+    adds ICL and FT with the demonstrations' labels permuted among them, ``I_shuffled`` and
+    ``F_shuffled``: the nulls of their gains over zero-shot).
 
     ``data`` is ``(pool, dev, test)`` (default: the synthetic :func:`splits`) and ``codec`` turns
     its examples into token ids: :func:`iclbook.implicit.hf.splits` and a
@@ -167,15 +175,23 @@ def run_task(
     lr = best_lr(cfg.lr_grid, accs[0])
     lr_test, test_accs = (best_lr(cfg.lr_grid, accs[1]), accs[1]) if select_on_test else (float("nan"), [float("nan")])
     ft = probe.finetune_kv(model, ft_examples(task, demos, codec), lr, keep_queries=record)
+    preds: dict[str, torch.Tensor] = {}
     right, recs, spans = evaluate_zif(
-        model, ft.model, test, demos, record, max_len, codec, full_rows=cfg.kendall_examples
+        model, ft.model, test, demos, record, max_len, codec, full_rows=cfg.kendall_examples, preds=preds
     )
     nonce = probe.nonce_labels(task, demo_generator(seed, 99), codec.nonce_pool)
     nonce_demos = [(x, nonce[task.labels.index(y)]) for x, y in demos]
     right["nonce"] = probe.predict(model, test, nonce_demos, labels=nonce, max_len=max_len, codec=codec) == test.classes
+    if shuffled:
+        # the nulls of ICL's and FT's gains: the same demonstrations with their labels permuted
+        # among them (no input-label mapping left), read in context and finetuned on at the same rate
+        mixed = shuffled_demos(demos, demo_generator(seed, 98))
+        right["I_shuffled"] = probe.predict(model, test, mixed, max_len=max_len, codec=codec) == test.classes
+        tuned = probe.finetune_kv(model, ft_examples(task, mixed, codec), lr).model
+        right["F_shuffled"] = probe.predict(tuned, test, max_len=max_len, codec=codec) == test.classes
     acc = {k: float(v.float().mean()) for k, v in right.items()}
     acc["F_test_selected"] = max(test_accs)
-    return TaskRun(name, test, demos, demo_seed, lr, lr_test, acc, right, ft, recs, spans, codec)
+    return TaskRun(name, test, demos, demo_seed, lr, lr_test, acc, right, ft, recs, spans, codec, pred=preds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,30 +260,41 @@ def kendall(run: TaskRun, n: int, gen: torch.Generator) -> dict[str, torch.Tenso
     return {k: torch.stack(v) for k, v in out.items()}
 
 
-def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100) -> dict:
+def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100, mismatch_draws: int = 50) -> dict:
     """The paper's four statistics and the critics' variants, averaged as the paper did (over
     examples, then layers); ``per_example`` keeps the per-example values of SimAOU, SimAM
-    (before, after) and Kendall (``(examples, layers)``) for bootstrap intervals."""
+    (before, after, and their difference) and Kendall with each of its baselines (``(examples,
+    layers)``) for bootstrap intervals. SimAOU of mismatched pairs is the mean over
+    ``mismatch_draws`` random derangements (``simaou_mismatched_draws``: one mean per draw)."""
     h = {k: run.records[k]["out"].double() for k in ("Z", "I", "F")}
     m_z, m_i, m_f = (r.double() for r in prompt_rows(run))
     z, f, i = run.right["Z"], run.right["F"], run.right["I"]
     kt = kendall(run, kendall_examples, gen)
     per_example = {
         "simaou": metrics.simaou(h["I"], h["Z"], h["F"]),
+        "simaou_random": metrics.simaou_random(h["I"], h["Z"], gen),
         "simam_before": metrics.simam(m_i, m_z),
         "simam_after": metrics.simam(m_i, m_f),
         "kendall": kt["tau"],
+        "kendall_random": kt["random"],
+        "kendall_q_zero": kt["q_zero"],
         "kendall_minus_q_zero": kt["tau"] - kt["q_zero"],
         "kendall_minus_recency": kt["tau"] - kt["recency"],
+        "kendall_q_zero_minus_recency": kt["q_zero"] - kt["recency"],
     }
+    per_example["simam_after_minus_before"] = per_example["simam_after"] - per_example["simam_before"]
+    mismatched = [
+        float(metrics.simaou(h["I"], h["Z"], metrics.mismatched(h["F"], gen)).mean()) for _ in range(mismatch_draws)
+    ]
     return {
         "rec2ftp": metrics.rec2ftp(z, f, i),
         "rec2ftp_null": metrics.rec2ftp_null(z, i),
         "n_fixed": int((~z & f).sum()),
         "simaou": float(per_example["simaou"].mean()),
-        "simaou_random": float(metrics.simaou_random(h["I"], h["Z"], gen).mean()),
+        "simaou_random": float(per_example["simaou_random"].mean()),
         "simaou_raw": float(metrics.simaou(h["I"], h["Z"], h["F"], normalize=False).mean()),
-        "simaou_mismatched": float(metrics.simaou(h["I"], h["Z"], metrics.mismatched(h["F"], gen)).mean()),
+        "simaou_mismatched": float(np.mean(mismatched)),
+        "simaou_mismatched_draws": mismatched,
         "simam_before": float(per_example["simam_before"].mean()),
         "simam_after": float(per_example["simam_after"].mean()),
         "simam_delta": float(metrics.simam_delta(m_i, m_z, m_f).nanmean()),
@@ -327,10 +354,17 @@ def shuffled_demos(demos, gen: torch.Generator):
 
 
 def order_flips(
-    model: nn.Module, run: TaskRun, permutations: int, gen: torch.Generator, n: int = 200, max_len: int = 256
-) -> dict[str, float]:
+    model: nn.Module,
+    run: TaskRun,
+    permutations: int,
+    gen: torch.Generator,
+    n: int = 200,
+    max_len: int = 256,
+    masks: bool = False,
+) -> dict[str, float] | dict[str, torch.Tensor]:
     """Share of test predictions that change when the demonstrations are reordered, for ICL,
-    sequential SGD (the paper's FT) and one full-batch gradient step (blind to order)."""
+    sequential SGD (the paper's FT) and one full-batch gradient step (blind to order); with
+    ``masks``, per test example whether its prediction changed (``(n,)`` booleans)."""
     test = run.test.subset(range(min(n, len(run.test))))
     task = test.task
     preds = {"ICL": [], "SGD": [], "GD": []}
@@ -344,7 +378,8 @@ def order_flips(
         for key, mode in (("SGD", "sequential"), ("GD", "full")):
             tuned = probe.finetune_kv(model, ft_examples(task, demos, codec), run.lr, mode=mode).model
             preds[key].append(probe.label_logprobs(tuned, zero, cand, pad=codec.pad_id).argmax(-1))
-    return {k: float((torch.stack(v) != torch.stack(v)[0]).any(0).float().mean()) for k, v in preds.items()}
+    flipped = {k: (torch.stack(v) != torch.stack(v)[0]).any(0) for k, v in preds.items()}
+    return flipped if masks else {k: float(v.float().mean()) for k, v in flipped.items()}
 
 
 def head_slices(w: torch.Tensor, heads: int) -> list[torch.Tensor]:
@@ -419,29 +454,40 @@ def short_context(model: nn.Module, name: str, cfg: Config, seed: int, k: int = 
     * Rec2FTP, its independence null and its *matched* null (:func:`metrics.rec2ftp_matched_null`,
       strata: whether the query's class is among the demonstrations' classes, the difficulty that
       ICL and finetuning share);
-    * the share of predictions that reordering the demonstrations changes, for ICL and SGD."""
+    * the share of predictions that reordering the demonstrations changes, for ICL, SGD and
+      full-batch GD (``flips``; ``flip_masks`` per example);
+    * ``changed``: the share of test predictions that finetuning changed (F against Z): a
+      finetuning that changes none is a no-op, and an order check against it compares nothing."""
     short = replace(sparse_search(cfg, 2), k=k)
     run = run_task(model, name, short, seed, record=False, select_on_test=False)
     z, f, i = run.right["Z"], run.right["F"], run.right["I"]
     shown = {y for _, y in run.demos}
     covered = torch.tensor([run.test.task.labels[int(c)] in shown for c in run.test.classes])
-    flips = order_flips(model, run, cfg.permutations, demo_generator(seed, 77), n=n_order)
+    masks = order_flips(model, run, cfg.permutations, demo_generator(seed, 77), n=n_order, masks=True)
     return {
         "k": k,
         "acc": run.acc,
+        "lr": run.lr,
         "n_fixed": int((~z & f).sum()),
         "rec2ftp": metrics.rec2ftp(z, f, i),
         "null": metrics.rec2ftp_null(z, i),
         "matched_null": metrics.rec2ftp_matched_null(z, f, i, covered.long()),
         "covered": float(covered.float().mean()),
-        "flips": flips,
+        "changed": float((run.pred["F"] != run.pred["Z"]).float().mean()),
+        "flips": {key: float(v.float().mean()) for key, v in masks.items()},
+        "flip_masks": masks,
     }
 
 
-def pool_short(results: Sequence[dict]) -> dict:
+def pool_short(results: Sequence[dict], min_changed: float = 0.0) -> dict:
     """:func:`short_context` results of one task over several evaluation seeds, pooled: the
     fixed examples summed, Rec2FTP and its nulls averaged with the fixed examples as weights (a
-    seed where FT fixes none has no say), ICL accuracy and flip rates averaged."""
+    seed where FT fixes none has no say), ICL accuracy and flip rates averaged.
+
+    The order check reads only the seeds where finetuning changed at least ``min_changed`` of
+    the test predictions (``changed``, one per seed; a finetuning that changed fewer is a no-op
+    for the check): ``order`` holds their number (``seeds``), their mean flip rates, and the
+    per-example flips of SGD minus ICL (``diff``, pooled over them; empty where none)."""
     if not results:
         raise ValueError("nothing to pool")
     w = [r["n_fixed"] for r in results]
@@ -450,13 +496,25 @@ def pool_short(results: Sequence[dict]) -> dict:
         pairs = [(r[key], n) for r, n in zip(results, w) if n > 0 and r[key] == r[key]]
         return float(sum(v * n for v, n in pairs) / sum(n for _, n in pairs)) if pairs else float("nan")
 
+    valid = [r for r in results if r["changed"] >= min_changed and r["changed"] > 0]
+    keys = list(results[0]["flips"])
+    order = {"seeds": len(valid)}
+    order |= {k: float(np.mean([r["flips"][k] for r in valid])) if valid else float("nan") for k in keys}
+    order["diff"] = (
+        torch.cat([r["flip_masks"]["SGD"].float() - r["flip_masks"]["ICL"].float() for r in valid])
+        if valid and "flip_masks" in results[0]
+        else torch.zeros(0)
+    )
     return {
         "k": results[0]["k"],
         "seeds": len(results),
         "n_fixed": sum(w),
         "acc": {"I": float(sum(r["acc"]["I"] for r in results) / len(results))},
         **{key: weighted(key) for key in ("rec2ftp", "null", "matched_null")},
-        "flips": {k: float(sum(r["flips"][k] for r in results) / len(results)) for k in results[0]["flips"]},
+        "flips": {k: float(sum(r["flips"][k] for r in results) / len(results)) for k in keys},
+        "changed": [r["changed"] for r in results],
+        "lr": [r.get("lr", float("nan")) for r in results],
+        "order": order,
     }
 
 
@@ -484,13 +542,18 @@ def lookup_probe(
     ``cues_per_class`` cues per class and ``k`` demonstrations, many queries carry a cue that no
     demonstration shows; over ``draws`` random draws of demonstrations (no selection), ICL's
     accuracy on those queries (``unseen``) against those whose cue a demonstration shows
-    (``seen``) and against zero-shot on the same unseen queries (``zero_unseen``)."""
+    (``seen``) and against zero-shot on the same unseen queries (``zero_unseen``). Beside them,
+    the expected accuracies of two readers of the same queries and demonstrations
+    (:func:`reader_accuracy`): ``cue_reader_*``, the best reader of the cue words alone (a lookup
+    with mutual exclusivity, the row's null), and ``bayes_reader_*``, the best reader of every
+    word (its ceiling)."""
     pool = make_dataset(name, cfg.pool, seed, split="train", cues_per_class=cues_per_class)
     test = make_dataset(name, cfg.n_test, seed, split="test", cues_per_class=cues_per_class)
     cue_words = {w for c in test.cues for w in c}
     cue_of = [next(w for w in x if w in cue_words) for x in test.inputs]
     zero = probe.predict(model, test) == test.classes
     right = {"seen": [], "unseen": [], "zero_unseen": []}
+    right |= {f"{r}_{part}": [] for r in ("cue_reader", "bayes_reader") for part in ("seen", "unseen")}
     for d in range(draws):
         demos = probe.demonstrations(pool, k, demo_generator(seed, 200 + d))
         shown = {next(w for w in x if w in cue_words) for x, _ in demos}
@@ -499,6 +562,10 @@ def lookup_probe(
         right["seen"].append(icl[seen])
         right["unseen"].append(icl[~seen])
         right["zero_unseen"].append(zero[~seen])
+        for reader, words in (("cue_reader", False), ("bayes_reader", True)):
+            hit = reader_accuracy(test, demos, cue_words, cues_per_class, use_words=words)
+            right[f"{reader}_seen"].append(hit[seen])
+            right[f"{reader}_unseen"].append(hit[~seen])
     out = {
         key: float(torch.cat(v).float().mean()) if torch.cat(v).numel() else float("nan") for key, v in right.items()
     }
@@ -506,15 +573,71 @@ def lookup_probe(
     return out
 
 
-def gain_kept(results: Sequence[Mapping[str, float]], n_classes: int) -> float:
+def reader_accuracy(
+    test: Dataset,
+    demos: Sequence[tuple[Sequence[str], str]],
+    cue_words: set[str],
+    cues_per_class: int,
+    *,
+    use_words: bool = True,
+    prior_strength: float = PRIOR_STRENGTH,
+) -> torch.Tensor:
+    """The expected accuracy, per query of ``test`` (a lexicon task with ``cues_per_class`` cue
+    words per class, the cue the input's last word), of the Bayes-optimal reader of the data's
+    generating process given ``demos``:
+
+    * a cue that a demonstration shows gives its class for certain;
+    * an unseen cue is one of the classes' unseen cues, so class ``c`` has prior weight
+      ``cues_per_class - s_c``, ``s_c`` the distinct cues of class ``c`` the demonstrations show
+      (mutual exclusivity: the assignment of cue words to classes is uniform at random);
+    * with ``use_words``, each prior-lexicon word ``v`` multiplies class ``c``'s weight by
+      ``P(v | c)``: ``prior_strength`` if ``v`` is in ``c``'s lexicon, ``(1 - prior_strength) /
+      (C - 1)`` otherwise (the lexicons have one size per task, which cancels); fillers carry
+      nothing.
+
+    Ties are broken at random: a query scores ``1 / (number of tied best classes)`` if its class
+    is among them. Without ``use_words`` it is the best reader of the *cue words alone* (a lookup
+    with mutual exclusivity); with them, the best any reader can do: nothing else in an input
+    depends on its class."""
+    task = test.task
+    n_classes = task.n_classes
+    lexicon = {w: c for c, words in enumerate(PRIOR[task.name]) for w in words}
+    seen_class: dict[str, int] = {}
+    for x, y in demos:
+        seen_class[next(w for w in x if w in cue_words)] = task.labels.index(y)
+    free = [cues_per_class - sum(1 for c in seen_class.values() if c == k) for k in range(n_classes)]
+    out = []
+    for x, y in zip(test.inputs, test.classes.tolist()):
+        cue = next(w for w in x if w in cue_words)
+        if cue in seen_class:
+            out.append(float(seen_class[cue] == y))
+            continue
+        weight = [float(max(f, 0)) for f in free]
+        if use_words:
+            for w in x:
+                if w in lexicon:
+                    weight = [
+                        wt * (prior_strength if lexicon[w] == k else (1 - prior_strength) / (n_classes - 1))
+                        for k, wt in enumerate(weight)
+                    ]
+        best = max(weight)
+        tied = [k for k, wt in enumerate(weight) if wt >= best * (1 - 1e-9)]
+        out.append(1.0 / len(tied) if y in tied else 0.0)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def gain_kept(results: Sequence[Mapping[str, float]], n_classes: int, reader: str = "") -> float:
     """The share of ICL's gain over chance that it keeps on queries whose cue word no demonstration
     shows, ``(unseen - 1/C) / (seen - 1/C)``, averaged over ``results`` (:func:`lookup_probe` of
     one task at several evaluation seeds; ``C = n_classes``). 1: the cue's label is not needed;
-    0: unseen cues at chance, a pure lookup; below 0: worse than chance."""
+    0: unseen cues at chance, a pure lookup; below 0: worse than chance. ``reader`` reads the
+    same share for one of :func:`lookup_probe`'s readers (``"cue_reader"``, ``"bayes_reader"``)
+    instead of the model."""
     if not results:
         raise ValueError("no lookup_probe results to read")
     chance = 1 / n_classes
-    return float(np.mean([(r["unseen"] - chance) / (r["seen"] - chance) for r in results]))
+    pre = f"{reader}_" if reader else ""
+    return float(np.mean([(r[pre + "unseen"] - chance) / (r[pre + "seen"] - chance) for r in results]))
 
 
 def cue_moved(model: nn.Module, name: str, cfg: Config, seed: int) -> TaskRun:

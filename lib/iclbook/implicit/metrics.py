@@ -14,7 +14,9 @@ Z = zero-shot, I = in-context, F = the finetuned model evaluated zero-shot.
   which is what the paper's code calls), row by row; :func:`attention_softmax` the float64
   softmax that the paper's code applies first.
 * :func:`rec2ftp_matched_null`: the independence null within strata of difficulty.
-* :func:`bootstrap_ci`: a percentile interval of a mean over examples.
+* :func:`bootstrap_ci`: a percentile interval of a mean over examples;
+  :func:`stratified_bootstrap_ci` of a mean of group means (tasks), resampled within each group.
+* :func:`rate_interval`: Wilson's interval of a percentage.
 """
 
 from __future__ import annotations
@@ -155,3 +157,29 @@ def bootstrap_ci(
     means = v[idx].mean(1)
     lo = (1 - level) / 2
     return float(torch.quantile(means, lo)), float(torch.quantile(means, 1 - lo))
+
+
+def stratified_bootstrap_ci(
+    groups, gen: torch.Generator, n_boot: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of the groups' means (e.g. a statistic averaged
+    over tasks), each group's examples resampled within it. Empty groups are left out."""
+    groups = [torch.as_tensor(g, dtype=torch.float64).flatten() for g in groups]
+    groups = [g for g in groups if g.numel()]
+    if not groups:
+        return float("nan"), float("nan")
+    means = torch.stack([g[torch.randint(g.numel(), (n_boot, g.numel()), generator=gen)].mean(1) for g in groups])
+    means = means.mean(0)
+    lo = (1 - level) / 2
+    return float(torch.quantile(means, lo)), float(torch.quantile(means, 1 - lo))
+
+
+def rate_interval(percent: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's interval of a percentage ``percent`` measured on ``n`` examples (it stays inside
+    [0, 100] and keeps a width at 0% and 100%); ``nan`` for ``n == 0``."""
+    if n <= 0 or percent != percent:
+        return float("nan"), float("nan")
+    p, z2 = percent / 100.0, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5 / (1 + z2 / n)
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
