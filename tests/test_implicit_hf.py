@@ -157,7 +157,7 @@ def test_run_survives_demonstration_counts_that_vary_per_query(monkeypatch):
     AGNews): every statistic, Kendall included, must use each prompt's own demonstrations."""
     monkeypatch.setenv("ICLBOOK_PROGRESS", "0")
     res = hf.run(
-        hf.tiny_opt(0), hf.word_tokenizer(), ["cb"], cfg=hf.CONFIGS["smoke"], loader=hf.synthetic_loader, max_len=120
+        hf.tiny_opt(0), hf.word_tokenizer(), ["cb"], cfg=hf.CONFIGS["smoke"], loader=hf.synthetic_loader, max_len=122
     )
     kept = res["cb"]["demonstrations_in_context"]
     assert (kept["min"], kept["max"]) == (4, 5)
