@@ -235,8 +235,10 @@ def test_finetune_comparison_shapes_and_identity():
     block = cx.make_block("softmax", CFG, seed=11)
     tokens, target = prompts(n=6, seed=12)
     r = cx.finetune_comparison(block, tokens, target, lr=0.1)
-    for key in ("loss_dw", "loss_dw_patch", "loss_ft", "cosine"):
+    for key in ("loss_dw", "loss_dw_patch", "loss_ft", "pred_ft", "cosine"):
         assert r[key].shape == (6, CFG.N + 1)
+    assert torch.allclose(r["loss_ft"], (r["pred_ft"] - target[:, None]) ** 2, atol=1e-12)
+    assert torch.allclose(r["pred_ft"][:, 0], block(tokens[:, -1:]), atol=1e-12)  # W itself on the query
     assert torch.allclose(r["loss_dw"], r["loss_dw_patch"], atol=1e-10)
     assert torch.allclose(r["loss_ft"][:, 0], r["loss_dw"][:, 0], atol=1e-12)  # both start at W
     assert bool(r["cosine"][:, 1:].abs().le(1 + 1e-12).all())
@@ -435,13 +437,27 @@ def test_half_drop_index():
 
 
 def test_finetune_to_convergence_fits_the_context():
+    """The W-only fit converges to the tolerance, its training loss is the block's own loss on the
+    examples with the returned W, and a one-step run is worse."""
     block = cx.make_block("softmax", CFG, seed=14)
     tokens, target = prompts(n=3, seed=15)
-    r = cx.finetune_to_convergence(block, tokens, target, steps=200, lr=1.0)
-    assert cx.query_inputs(block, tokens[:, :-1]).shape == (3, CFG.N, 3)
-    short = cx.finetune_to_convergence(block, tokens, target, steps=1, lr=1.0)
-    assert bool((r["train"] < short["train"]).all())
+    r = cx.finetune_to_convergence(block, tokens, target, max_iters=200, tol=1e-10)
+    assert bool(r["converged"].all()) and bool((r["train"] <= 1e-10).all()) and r["iterations"] <= 200
+    u = cx.query_inputs(block, tokens[:, :-1])
+    assert u.shape == (3, CFG.N, 3)
+    with torch.no_grad():
+        own = ((block.head(u, None, W=r["W"].unsqueeze(1))[..., -1] - tokens[:, :-1, -1]) ** 2).mean(1)
+        start = ((block.head(u, None)[..., -1] - tokens[:, :-1, -1]) ** 2).mean(1)
+        test = (block.head(block.mlp_input(tokens[:, -1:])[0], None, W=r["W"])[..., -1] - target) ** 2
+    assert torch.allclose(own, r["train"], rtol=1e-6, atol=1e-14)
+    assert torch.allclose(start, r["train_start"], atol=1e-12)
+    assert torch.allclose(test, r["test"], atol=1e-12)
+    short = cx.finetune_to_convergence(block, tokens, target, max_iters=1, tol=1e-10)
+    assert short["iterations"] == 1 and not bool(short["converged"].any())
+    assert bool((r["train"] < short["train"]).all()) and bool((short["train"] < short["train_start"]).all())
     assert torch.allclose(r["test_start"], short["test_start"])
+    with pytest.raises(ValueError, match="max_iters"):
+        cx.finetune_to_convergence(block, tokens, target, max_iters=0, tol=1e-10)
 
 
 def test_patch_transfer_own_query_is_the_context():
@@ -451,6 +467,31 @@ def test_patch_transfer_own_query_is_the_context():
     assert torch.allclose(r["own_query"], (block(tokens) - target) ** 2, atol=TOL)
     assert torch.allclose(r["other"], r["unpatched"], atol=TOL)  # W itself: no update
     assert all(v.shape == (5,) for v in r.values())
+    # named weights, and the random rank-1 null: the same fresh queries, one draw of each per column
+    both = cx.patch_transfer(
+        block,
+        tokens,
+        target,
+        w,
+        3,
+        runtime.generator(18),
+        W_other={"same": block.W.expand(5, -1, -1)},
+        n_random=4,
+        random_generator=runtime.generator(19),
+    )
+    assert torch.allclose(both["same"], r["unpatched"], atol=TOL) and torch.allclose(both["patched"], r["patched"])
+    assert both["random_draws"].shape == (5, 4) and torch.allclose(both["random"], both["random_draws"].mean(1))
+    assert not torch.allclose(both["random"], both["patched"])
+    with pytest.raises(ValueError, match="random_generator"):
+        cx.patch_transfer(block, tokens, target, w, 3, runtime.generator(18), n_random=2)
+
+
+def test_foreign_contexts_keep_the_query():
+    tokens, target = prompts(n=4, seed=20)
+    f = cx.foreign_contexts(tokens)
+    assert torch.equal(f[:, -1], tokens[:, -1]) and torch.equal(f[:, :-1], tokens[[1, 2, 3, 0], :-1])
+    with pytest.raises(ValueError, match="shift"):
+        cx.foreign_contexts(tokens[:1])
 
 
 def test_sample_tasks_and_fresh_queries():

@@ -28,7 +28,7 @@ Everything is re-exported here: ``from iclbook import contextual as cx; cx.make_
 """
 
 from iclbook.contextual.config import CONFIGS, STREAMS, Config
-from iclbook.contextual.data import join, sample_prompts, sample_tasks, split, with_queries
+from iclbook.contextual.data import foreign_contexts, join, sample_prompts, sample_tasks, split, with_queries
 from iclbook.contextual.layers import (
     GRU,
     ContextualLayer,

@@ -55,6 +55,20 @@ def with_queries(
     return queries, torch.einsum("bqd,bd->bq", x, w)
 
 
+def foreign_contexts(tokens: torch.Tensor, shift: int = 1) -> torch.Tensor:
+    """Each prompt's query after another prompt's context: prompt ``b`` gets the context of
+    prompt ``b + shift`` (cyclically) and keeps its own query, so its target is unchanged.
+
+    The null of a measurement of learning from the context: a reader that learns the task from
+    the context cannot use another task's context (its labels come from another ``w``)."""
+    B = tokens.shape[0]
+    if tokens.dim() != 3 or B < 2 or shift % B == 0:
+        raise ValueError(
+            f"need a batch of >= 2 prompts and a shift that moves them, got {tuple(tokens.shape)}, {shift}"
+        )
+    return join(tokens[:, :-1].roll(-shift, dims=0), tokens[:, -1])
+
+
 def split(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(context (B, N, n), query (B, n))`` from a prompt ``(B, N + 1, n)``."""
     if tokens.dim() != 3 or tokens.shape[1] < 1:

@@ -10,7 +10,7 @@ implicit updates).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -152,8 +152,9 @@ def finetune_comparison(
     Frobenius inner product) between the two updates ``W_i^ft - W`` and ``dW(c_1..c_i)``.
 
     ``lr`` may be a list: every rate runs at once. Returns ``loss_dw`` and ``loss_dw_patch``
-    ``(B, N + 1)`` for ``i = 0..N``, and ``loss_ft``, ``cosine`` ``(L, B, N + 1)`` and the final
-    weights ``W_ft`` ``(L, B, h, m)`` (the ``L`` dimension dropped for a single ``lr``).
+    ``(B, N + 1)`` for ``i = 0..N``, and ``loss_ft``, the finetuned predictions on the query
+    ``pred_ft`` and ``cosine`` ``(L, B, N + 1)``, and the final weights ``W_ft`` ``(L, B, h, m)``
+    (the ``L`` dimension dropped for a single ``lr``).
     ``cosine[..., 0]`` is NaN: both updates are zero.
     """
     if block.variant != "plain":
@@ -180,10 +181,10 @@ def finetune_comparison(
         u_ft = query_inputs(block, context)  # (B, N, m): the MLP inputs of [x_j; 0]
     W = W0.expand(L, B, *W0.shape).clone()
     rate = lrs[:, None, None, None]
-    loss_ft, cos = [], []
+    pred_ft, cos = [], []
     for i in range(N + 1):
         with torch.no_grad():
-            loss_ft.append((block.head(u0, None, W=W)[..., -1] - target) ** 2)
+            pred_ft.append(block.head(u0, None, W=W)[..., -1])
             a, b = (W - W0).flatten(2), dWs[:, i].flatten(1).unsqueeze(0)
             cos.append((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)))
         if i == N:
@@ -195,15 +196,17 @@ def finetune_comparison(
                 pred = block.head(u, None, W=W)[..., -1]
                 (grad,) = torch.autograd.grad(0.5 * ((pred - y) ** 2).sum(), W)  # per task
             W = (W - rate * grad).detach()
+    pred = torch.stack(pred_ft, -1)
     out = {
         "loss_dw": loss_dw,
         "loss_dw_patch": loss_dw_patch,
-        "loss_ft": torch.stack(loss_ft, -1),
+        "loss_ft": (pred - target[:, None]) ** 2,
+        "pred_ft": pred,
         "cosine": torch.stack(cos, -1),
         "W_ft": W,
     }
     if single:
-        for key in ("loss_ft", "cosine", "W_ft"):
+        for key in ("loss_ft", "pred_ft", "cosine", "W_ft"):
             out[key] = out[key][0]
     return out
 
@@ -226,42 +229,86 @@ def half_drop_index(curve: torch.Tensor) -> int | None:
 
 
 def finetune_to_convergence(
-    block: ContextualBlock, tokens: torch.Tensor, target: torch.Tensor, steps: int, lr: float
+    block: ContextualBlock, tokens: torch.Tensor, target: torch.Tensor, *, max_iters: int, tol: float
 ) -> dict:
-    """Finetune ``W`` alone on all ``N`` context examples of each task at once (full-batch
-    gradient descent on their mean squared error, ``steps`` steps at rate ``lr``), then test on
-    the query: what finetuning the same weight can reach, whatever its speed.
+    """Finetune ``W`` alone on all ``N`` context examples of each task at once until it fits them,
+    then test on the query: what finetuning the same weight can reach, whatever its speed.
 
+    The fit minimises each task's mean squared error on its ``N`` examples ``(T_W([x_j; 0]) -
+    y_j)^2`` over ``W`` (``h x m`` weights against ``N`` equations: an interpolating ``W``
+    exists in general). Plain gradient descent crawls on this problem (it is badly conditioned),
+    so we run a damped Gauss-Newton method (Levenberg-Marquardt): each step is
+    ``dW = -J^T (J J^T + lam I)^{-1} r``, which as ``lam -> 0`` is the smallest change of ``W``
+    that solves the linearised fit, the point that gradient descent on the linearised loss
+    converges to from the same start (the damping shortens it where the linearisation is poor). The
+    Jacobian of example ``j``'s prediction is ``g_j u_j^T`` (``u_j`` its MLP input, ``g_j`` the
+    derivative of the prediction with respect to the pre-activation), so ``J J^T`` is the
+    ``N x N`` matrix ``(g_j . g_k)(u_j . u_k)``. A step that lowers a task's loss is taken and
+    its damping ``lam`` divided by 3; one that does not is refused and ``lam`` multiplied by 4.
+
+    Runs until every task's training MSE is at most ``tol`` or ``max_iters`` steps have run; a
+    task that has converged stops moving, and the later steps compute only the others.
     Returns per task ``(B,)``: ``test`` (the squared error on the query) and ``train`` (the mean
-    squared error on the context examples) at the end, and ``test_start``."""
+    squared error on the context examples) at the end, ``test_start``, ``train_start``,
+    ``converged`` (``train <= tol``), the final weights ``W`` ``(B, h, m)``, and ``iterations``
+    (an int: the steps run)."""
     if block.variant != "plain":
         raise ValueError("finetune_to_convergence is written for the plain block")
-    if steps < 1 or lr <= 0:
-        raise ValueError(f"need steps >= 1 and lr > 0, got {steps}, {lr}")
+    if max_iters < 1 or not tol > 0:
+        raise ValueError(f"need max_iters >= 1 and tol > 0, got {max_iters}, {tol}")
     context, query = split(tokens)
-    B = context.shape[0]
-    u_ft, y = query_inputs(block, context), context[..., -1]
+    B, N, _ = context.shape
+    u_ft, y = query_inputs(block, context), context[..., -1]  # (B, N, m), (B, N)
     with torch.no_grad():
         u0 = block.mlp_input(query.unsqueeze(1))[0]
     W0 = block.W.detach()
+    gram_u = torch.einsum("bnm,bkm->bnk", u_ft, u_ft)
+    eye = torch.eye(N, dtype=tokens.dtype)
 
-    def fit(Wt):  # the predictions on the N examples; each task's W broadcast over its examples
-        return block.head(u_ft, None, W=Wt.unsqueeze(1))[..., -1]
+    def residuals(Wt, tasks):  # r_j = T_W([x_j; 0]) - y_j and g_j = d prediction_j / d pre_j
+        with torch.enable_grad():
+            pre = (torch.einsum("bhm,bnm->bnh", Wt, u_ft[tasks]) + block.fc1.bias).detach().requires_grad_(True)
+            pred = block.fc2(F.gelu(pre))[..., -1]
+            (g,) = torch.autograd.grad(pred.sum(), pre)
+        return (pred - y[tasks]).detach(), g
 
     def test_loss(Wt):
-        return (block.head(u0, None, W=Wt)[..., -1] - target) ** 2
+        with torch.no_grad():
+            return (block.head(u0, None, W=Wt)[..., -1] - target) ** 2
 
-    start = test_loss(W0.expand(B, *W0.shape)).detach()
     Wt = W0.expand(B, *W0.shape).clone()
-    for _ in range(steps):
-        with torch.enable_grad():
-            Wt.requires_grad_(True)
-            loss = 0.5 * ((fit(Wt) - y) ** 2).mean(1).sum()
-            (grad,) = torch.autograd.grad(loss, Wt)
-        Wt = (Wt - lr * grad).detach()
-    with torch.no_grad():
-        train_mse = ((fit(Wt) - y) ** 2).mean(1)
-        return {"test": test_loss(Wt), "train": train_mse, "test_start": start, "W": Wt}
+    r, g = residuals(Wt, torch.arange(B))
+    mse = (r**2).mean(1)
+    train_start = mse.clone()
+    lam = torch.full((B,), 1e-3, dtype=tokens.dtype)
+    iterations = 0
+    while iterations < max_iters:
+        act = torch.nonzero(mse > tol).flatten()  # only the tasks that have not converged move on
+        if len(act) == 0:
+            break
+        iterations += 1
+        g_a, r_a = g[act], r[act]
+        K = torch.einsum("bnh,bkh->bnk", g_a, g_a) * gram_u[act]
+        scale = K.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(K.dtype).tiny)
+        alpha = torch.linalg.solve(K + (lam[act] * scale)[:, None, None] * eye, r_a)
+        W_new = Wt[act] - torch.einsum("bn,bnh,bnm->bhm", alpha, g_a, u_ft[act])
+        r_new, g_new = residuals(W_new, act)
+        mse_new = (r_new**2).mean(1)
+        better = mse_new < mse[act]
+        Wt[act] = torch.where(better[:, None, None], W_new, Wt[act])
+        r[act] = torch.where(better[:, None], r_new, r_a)
+        g[act] = torch.where(better[:, None, None], g_new, g_a)
+        mse[act] = torch.where(better, mse_new, mse[act])
+        lam[act] = torch.where(better, lam[act] / 3, lam[act] * 4).clamp(1e-12, 1e12)
+    return {
+        "test": test_loss(Wt),
+        "train": mse,
+        "test_start": test_loss(W0.expand(B, *W0.shape)),
+        "train_start": train_start,
+        "converged": mse <= tol,
+        "iterations": iterations,
+        "W": Wt,
+    }
 
 
 @torch.no_grad()
@@ -272,7 +319,9 @@ def patch_transfer(
     w: torch.Tensor,
     n_fresh: int,
     generator: torch.Generator,
-    W_other: torch.Tensor | None = None,
+    W_other: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+    n_random: int = 0,
+    random_generator: torch.Generator | None = None,
 ) -> dict:
     """Does the patch built for one query act as "learned weights" for its task?
 
@@ -280,9 +329,17 @@ def patch_transfer(
     ``n_fresh`` fresh queries of the same task, each read alone. Compared with: the same fresh
     queries alone and unpatched (no update), and in context (the same context before each).
     With ``W_other`` ``(B, h, m)``, also those weights (for example finetuned ones) on the fresh
-    queries. Returns per-task mean squared errors ``(B,)``."""
+    queries (key ``"other"``); a mapping ``{name: (B, h, m)}`` gives one key per name.
+
+    With ``n_random > 0`` (and ``random_generator``), the null of the patch: ``n_random`` random
+    rank-1 patches per task, each ``||dW||_F l r^T`` with ``l``, ``r`` uniform unit vectors (the
+    task's own patch norm, random directions), on the same fresh queries: ``"random_draws"``
+    ``(B, n_random)`` and their mean ``"random"`` ``(B,)``. Returns per-task mean squared errors
+    ``(B,)``."""
     if block.variant != "plain":
         raise ValueError("patch_transfer is written for the plain block")
+    if n_random < 0 or (n_random > 0 and random_generator is None):
+        raise ValueError(f"n_random must be >= 0, with a random_generator when > 0 (got {n_random})")
     context, _ = split(tokens)
     B, N, n = context.shape
     patch = implicit_patch(block, tokens, tokens[:, -1:])
@@ -290,7 +347,7 @@ def patch_transfer(
     u = block.mlp_input(queries.reshape(B * n_fresh, 1, n))[0].reshape(B, n_fresh, -1)
 
     def err(pred):
-        return ((pred - qt) ** 2).mean(1)
+        return ((pred - qt) ** 2).mean(-1)
 
     ctx = context.unsqueeze(1).expand(B, n_fresh, N, n).reshape(B * n_fresh, N, n)
     out = {
@@ -299,8 +356,18 @@ def patch_transfer(
         "unpatched": err(block.head(u, None)[..., -1]),
         "in_context": err(block(join(ctx, queries.reshape(B * n_fresh, n))).reshape(B, n_fresh)),
     }
-    if W_other is not None:
-        out["other"] = err(block.head(u, None, W=W_other.unsqueeze(1))[..., -1])
+    others = {"other": W_other} if isinstance(W_other, torch.Tensor) else dict(W_other or {})
+    for name, Wo in others.items():
+        out[name] = err(block.head(u, None, W=Wo.unsqueeze(1))[..., -1])
+    if n_random:
+        h, m = block.W.shape
+        left = F.normalize(torch.randn(B, n_random, h, generator=random_generator, dtype=u.dtype), dim=-1)
+        right = F.normalize(torch.randn(B, n_random, m, generator=random_generator, dtype=u.dtype), dim=-1)
+        size = patch.dW.flatten(1).norm(dim=1)[:, None, None, None]
+        W_rand = block.W + size * left.unsqueeze(-1) * right.unsqueeze(-2)  # (B, R, h, m)
+        pred = block.head(u.unsqueeze(1), None, W=W_rand.unsqueeze(2))[..., -1]  # (B, R, Q)
+        out["random_draws"] = ((pred - qt.unsqueeze(1)) ** 2).mean(-1)
+        out["random"] = out["random_draws"].mean(1)
     return out
 
 
