@@ -40,7 +40,7 @@ CHAPTERS = {
         "tests": "patterns",
         "package": "patterns",
         "rooms": {},
-        "own": ("baselines", "complexity"),
+        "own": ("baselines", "complexity", "nulls"),
     },
     "02": {
         "slug": "implicit_finetuning",
