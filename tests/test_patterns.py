@@ -147,11 +147,13 @@ def test_pruning_masks():
 
 
 def test_short_training_lowers_the_hinge_loss():
-    cfg = pt.Config(steps=60, checkpoint_every=30)
+    # at the book's initialisation 60 steps sit on the plateau (loss 1 to five digits, up or down
+    # by chance); larger attention weights at initialisation leave it within them
+    cfg = pt.Config(steps=60, checkpoint_every=30, init_attn=1.0)
     models, hist = pt.train_models(cfg, [0, 1], steps=60, on_checkpoint=lambda step, ms: {"n": len(ms)})
     assert len(models) == 2 and [c["step"] for c in hist["checkpoints"]] == [0, 30, 60]
     first, last = hist["loss"][0], hist["loss"][-1]
-    assert all(b < a for a, b in zip(first, last))
+    assert all(b < a / 2 for a, b in zip(first, last))
 
 
 def test_classical_baselines_on_easy_prompts():
@@ -629,4 +631,133 @@ def test_checks_stay_out_of_the_weight_cache_key():
     assert runtime.cache_key("01", "main", dataclasses.replace(book, steps=7), uses="iclbook.patterns.training") != key
     names = {Path(p).name for p in runtime.module_sources("iclbook.patterns.training")}
     assert {"training.py", "model.py", "data.py", "measures.py", "train.py", "internals.py"} <= names
-    assert not names & {"complexity.py", "baselines.py", "curves.py", "plots.py", "config.py"}
+    assert not names & {"complexity.py", "baselines.py", "nulls.py", "curves.py", "plots.py", "config.py"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The nulls (issue 29): what each row is read against
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pruning_draws_match_the_mask_by_mask_sweep():
+    """One forward pass for every mask gives what evaluate gives mask by mask, on a trained-looking
+    model and on the label reader; the draws' mean is the "random" entry."""
+    model = pt.OneLayerICL(CFG, seed=3)
+    norms = model.W_O.detach().norm(dim=-1)
+    p = big_batch(n=300, l=6, seed=5)
+    rates = [0.0, 0.1, 0.25, 0.5]
+    slow = pt.pruning_sweep([model], [norms], p, rates, random_draws=4, mask_generator=lambda d: gen(70 + d))
+    fast = pt.pruning_draws([model], [norms], p, rates, draws=4, mask_generator=lambda d: gen(70 + d))
+    for how in ("magnitude", "random", "largest"):
+        assert fast[how] == pytest.approx(slow[how], rel=1e-5, abs=1e-7)
+    assert fast["random draws"].shape == (2, 1, 4, 4)
+    assert fast["random draws"].mean(-1) == pytest.approx(fast["random"])
+    only = pt.pruning_draws([model], [norms], p, rates, draws=0, mask_generator=None, hows=("magnitude",))
+    assert set(only) == {"magnitude"} and only["magnitude"] == pytest.approx(slow["magnitude"], rel=1e-5, abs=1e-7)
+    with pytest.raises(ValueError, match="draws >= 1"):
+        pt.pruning_draws([model], [norms], p, rates, draws=0, mask_generator=None)
+    with pytest.raises(ValueError, match="one set of row norms per model"):
+        pt.pruning_draws([model], [norms, norms], p, rates, draws=1, mask_generator=lambda d: gen(d))
+
+
+def test_pruning_rules_known_answers():
+    """Magnitude below the masks' 5% quantile at the small group's rate, largest-first above their
+    95% quantile from rates[2], rise/rate non-decreasing; a random mask read in place of both
+    orders passes rarely."""
+    rates = np.array([0.0, 0.1, 0.2, 0.3])
+    rng = np.random.default_rng(0)
+    base = 0.01
+    draws = base + rates[None, :, None] * (1 + 0.1 * rng.standard_normal((1, 4, 200)))  # (models, rates, draws)
+    draws[:, 0] = base
+    prune = {
+        "magnitude": np.stack([np.array([[base, base, base * 1.01, base * 1.5]]), np.zeros((1, 4))]),
+        "largest": np.stack([np.array([[base, base + 0.5, base + 1.2, base + 2.1]]), np.zeros((1, 4))]),
+        "random draws": np.stack([draws, np.zeros_like(draws)]),
+    }
+    r = pt.pruning_rules(prune, rates, [0.2])
+    assert r == {"magnitude_better": [True], "largest_worse": [True], "linear": [True]}
+    # largest-first that only matches the masks' mean is not worse than 95% of them
+    prune_mean = {**prune, "largest": np.stack([base + rates[None] * 1.0, np.zeros((1, 4))])}
+    assert pt.pruning_rules(prune_mean, rates, [0.2])["largest_worse"] == [False]
+    # growth that slows down is not linear
+    slow = {**prune, "largest": np.stack([np.array([[base, base + 0.5, base + 0.6, base + 0.65]]), np.zeros((1, 4))])}
+    assert pt.pruning_rules(slow, rates, [0.2])["linear"] == [False]
+    assert pt.pruning_null_share(prune, rates, [0.2]) < 0.05
+
+
+def test_mix_null_known_answers():
+    """Feature parts exactly along the mean pattern have cosine 1; the random mixes keep the
+    in-span norm and the out-of-span part, and their cosine is that of a uniform non-negative
+    mix (about 0.87 for six patterns) scaled by the in-span share."""
+    model = _geometry_model(noisy=None)
+    geo = pt.neuron_geometry(model, CFG)
+    _, cos, _ = pt.feature_geometry([model], CFG, [geo])
+    assert cos[0] == pytest.approx(1.0, abs=1e-6)
+    null = pt.mix_null([model], CFG, [geo], np.random.default_rng(0), draws=400)
+    assert null.shape == (1, 400)
+    assert 0.8 < np.median(null) < 0.92 and null.max() < 1.0
+    assert pt.above_null(cos, null).tolist() == [True]
+    assert pt.above_null([np.median(null)], null).tolist() == [False]
+    share = pt.null_pass_share(np.random.default_rng(1).standard_normal((4, 500)))
+    assert share < 0.01  # four seeds each above its own 95th percentile: about 0.05^4
+    assert pt.null_pass_share(np.random.default_rng(1).standard_normal((1, 1000))) == pytest.approx(0.05, abs=0.01)
+    # a feature part with an out-of-span component: its null keeps it, so the cosine drops with the share
+    noisy = _geometry_model(noisy=0)
+    g = pt.neuron_geometry(noisy, CFG)
+    assert pt.mix_null([noisy], CFG, [g], np.random.default_rng(0), draws=50).shape == (1, 50)
+
+
+def test_relabel_null_and_welch_t():
+    a, b = [1.0, 1.1, 0.9, 1.0], [0.0, 0.1, -0.1, 0.0]
+    t = pt.welch_t(a, b)
+    assert t == pytest.approx(1.0 / np.sqrt(np.var(a, ddof=1) / 4 + np.var(b, ddof=1) / 4))
+    null = pt.relabel_null(a, b)
+    assert len(null) == 70 and null.max() == pytest.approx(t)  # the original labelling is the most extreme
+    assert np.median(null) == pytest.approx(0.0, abs=1e-9)  # every relabelling has its mirror
+
+
+def test_readers_without_training():
+    """k-NN at a small noise is an exact lookup (its error is the no-match floor's order); a random
+    context's label is right about half the time; the length sweep draws the prompts of
+    length_sweep."""
+    dom = pt.in_domain(CFG, "test")
+    p = big_batch(n=4000, l=8, seed=6, domain=dom)
+    no_match = float(0.5 * (p.same.sum(1) == 0).float().mean())
+    assert pt.knn_error(p, CFG) == pytest.approx(no_match, abs=0.02)
+    assert abs(pt.random_context_error(p, gen(1)) - 0.5) < 0.05
+    lengths = [2, 8]
+    sweep = pt.knn_length_sweep(dom, CFG, [0.6, 1.0], lengths, n=500, prompt_generator=lambda: gen(9))
+    direct = pt.knn_error(pt.sample_prompts(dom, 500, alpha=1.0, l=8, cfg=CFG, generator=gen(9)), CFG)
+    assert sweep.shape == (2, 2) and sweep[1, 1] == direct
+    floor_star = np.array([4.0, 2.0])
+    errors = np.array([[0.5, 0.02, 0.005], [0.3, 0.1, 0.05]])
+    assert pt.l_star_ratio([1, 2, 3], errors, floor_star).tolist() == [0.75, 2.0]  # never below: (3 + 1) / 2
+
+
+def test_alpha_shuffles_and_ordering_beyond_noise():
+    alphas = [0.25, 0.5, 1.0]
+    t = np.array([[800.0, 880], [400, 440], [200, 220]])
+    out = pt.alpha_shuffles(alphas, t, np.random.default_rng(0), shuffles=600)
+    # 90 distinct assignments of six times to three pairs, of which the ordered ones are few
+    assert out["slopes"].shape == (600,) and 0.0 < out["ordered"] < 0.2
+    assert np.nanmin(out["slopes"]) <= -0.99 and np.nanmax(out["slopes"]) > 0.5
+    assert pt.falls_beyond_noise([0.10, 0.05, 0.01], 2000)
+    assert not pt.falls_beyond_noise([0.50, 0.49, 0.48], 2000)  # ordered, but within noise
+    assert not pt.falls_beyond_noise([0.10, 0.11, 0.01], 2000)  # not ordered
+
+
+def test_shuffled_auc_is_chance():
+    scores = np.arange(64, dtype=float)
+    group = scores >= 32  # perfectly separated
+    assert pt.separation_auc(scores, group) == 1.0
+    null = pt.shuffled_auc(scores, group, np.random.default_rng(0), draws=300)
+    assert null.shape == (300,) and abs(null.mean() - 0.5) < 0.02
+
+
+def test_compare_adds_the_readers_without_the_mechanism():
+    dom = pt.out_of_domain(CFG, 1.1, gen(2))
+    model = pt.OneLayerICL(CFG, seed=0)
+    errs = pt.compare([model], dom, CFG, kappa=0.5, alpha=0.8, l=6, n=30, generator=gen(3), untrained=[model])
+    assert set(pt.REFERENCES) <= set(errs) and errs["untrained transformer"] == errs["transformer (ICL)"]
+    plain = pt.compare([model], dom, CFG, kappa=0.5, alpha=0.8, l=6, n=30, generator=gen(3))
+    assert "random context" not in plain and plain["1-NN"] == errs["1-NN"]

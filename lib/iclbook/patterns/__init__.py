@@ -19,6 +19,8 @@ The package, one idea per module:
                 Q/K projections and gains, the neurons' geometry, pruning, the lucky neurons;
 ``complexity``  reading the alpha sweep's learning curves: times to the floor, slopes, intervals;
 ``baselines``   classical classifiers fitted on a prompt's own context, and k-NN;
+``nulls``       what each ledger row is read against: random mixes, relabellings, untrained
+                readers, random pruning masks from one forward pass, shuffled alpha labels;
 ``training``    training through the shared loop and the weight cache (the only module that
                 trains; its key covers the measures its stored histories hold).
 
@@ -27,12 +29,14 @@ Everything is re-exported here: ``from iclbook import patterns as pt; pt.train_m
 """
 
 from iclbook.patterns.baselines import (
+    REFERENCES,
     classical_classifiers,
     classical_errors,
     compare,
     icl_ratio,
     knn_predict,
     pooled,
+    random_context_error,
 )
 from iclbook.patterns.complexity import bootstrap_slope, median_slope, times_to, two_point_slope
 from iclbook.patterns.config import CONFIGS, STREAMS, Config
@@ -69,6 +73,23 @@ from iclbook.patterns.measures import (
     separation_auc,
 )
 from iclbook.patterns.model import OneLayerICL, SmallGPT, hinge
+from iclbook.patterns.nulls import (
+    above_null,
+    alpha_shuffles,
+    falls_beyond_noise,
+    knn_error,
+    knn_length_sweep,
+    l_star_ratio,
+    masked_scores,
+    mix_null,
+    null_pass_share,
+    pruning_draws,
+    pruning_null_share,
+    pruning_rules,
+    relabel_null,
+    shuffled_auc,
+    welch_t,
+)
 from iclbook.patterns.training import error_checkpoints, progress_checkpoints, train_gpt, train_models
 
 __all__ = [name for name in dir() if not name.startswith("_")]

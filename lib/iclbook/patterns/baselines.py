@@ -17,6 +17,10 @@ from iclbook.patterns.config import Config
 from iclbook.patterns.data import Domain, Prompts, sample_prompts
 from iclbook.patterns.measures import evaluate
 
+#: The names :func:`compare` adds beside the classifiers and the transformer: references, not
+#: contestants (the oracle's floor and two readers without the mechanism).
+REFERENCES = ("no-match floor", "untrained transformer", "random context")
+
 
 def classical_classifiers() -> dict:
     """scikit-learn classifiers fitted on one prompt's ``l`` context pairs: logistic regression,
@@ -103,17 +107,32 @@ def compare(
     l: int,
     n: int,
     generator: torch.Generator,
+    untrained: Sequence[torch.nn.Module] | None = None,
 ) -> dict[str, float]:
     """Errors on ``n`` prompts of ``domain`` with noise bound ``kappa``, ``alpha`` and ``l``
     contexts: each classical classifier's (:func:`classical_errors`), the trained ``models``'
     mean (``"transformer (ICL)"``), and the no-match floor of this very sample (``"no-match
-    floor"``: half the share of prompts whose contexts all miss the query's pattern)."""
+    floor"``: half the share of prompts whose contexts all miss the query's pattern). With
+    ``untrained`` models, two readers without the mechanism on the same prompts join
+    (:data:`REFERENCES`): their mean error (``"untrained transformer"``) and
+    :func:`random_context_error` (``"random context"``, drawn from ``generator`` after the prompts)."""
     noisy = dataclasses.replace(cfg, kappa=kappa)
     prompts = sample_prompts(domain, n, alpha=alpha, l=l, cfg=noisy, generator=generator)
     errs = classical_errors(prompts, noisy)
     errs["transformer (ICL)"] = float(np.mean([evaluate(m, prompts)["error"] for m in models]))
     errs["no-match floor"] = float(0.5 * (prompts.same.sum(1) == 0).float().mean())  # this sample's oracle error
+    if untrained is not None:
+        errs["untrained transformer"] = float(np.mean([evaluate(m, prompts)["error"] for m in untrained]))
+        errs["random context"] = random_context_error(prompts, generator)
     return errs
+
+
+def random_context_error(prompts: Prompts, generator: torch.Generator) -> float:
+    """Error of a reader that copies the label of one context drawn at random: the lookup with its
+    selection removed."""
+    n, l = prompts.labels.shape
+    pick = torch.randint(l, (n,), generator=generator)
+    return float((prompts.labels[torch.arange(n), pick] != prompts.target).float().mean())
 
 
 def pooled(by_length: dict[int, dict[str, float]], lengths: Sequence[int]) -> dict[str, float]:
