@@ -41,7 +41,10 @@ book: $(STAMP)
 ## (make colab): nbval on every paired notebook at the smoke profile, in a bare Colab-like
 ## environment that installs the library's wheel through each chapter's own install cell; then
 ## the library's unit tests, the notebook sync test, and the tests that read both builds' ledger
-## records (the expected verdicts; no row dropped at smoke).
+## records (the expected verdicts; every row against a null that does not pass; no row dropped at
+## smoke). On two cores the steps overlap: the chapters execute while the Colab-like environment
+## installs; then the build, the Colab imitation and the unit tests run at once (each step's
+## output printed whole when it ends); the record tests last.
 test: $(STAMP)
 	rm -rf _build/test
 	$(BIN)/ruff check lib tests benchmarks .ci book/*.ipynb
