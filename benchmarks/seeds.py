@@ -42,7 +42,10 @@ def commit() -> str:
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "lib", "book"], capture_output=True, text=True
+            # the seed table itself (book/records) is what this run writes: not a change of the code
+            ["git", "-C", str(ROOT), "status", "--porcelain", "lib", "book", ":!book/records"],
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         return out + ("+changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -108,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 seconds.setdefault(stem[:2], {})[str(seed)] = round(t, 1)
                 print(f"{stem:32s} seed {seed}: {t:7.1f} s", flush=True)
-        for seed in range(args.seeds):
-            per_seed[seed] = records.load_records(base / f"seed{seed}", profile=args.profile)
+        ran = {nb.name[:2] for nb in notebooks}
+        for seed in range(args.seeds):  # only the chapters this run executed (a kept folder may hold others)
+            per_seed[seed] = [
+                r for r in records.load_records(base / f"seed{seed}", profile=args.profile) if r["chapter"] in ran
+            ]
     about = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

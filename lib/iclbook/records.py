@@ -167,7 +167,8 @@ def merge_seed_tables(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> 
                 f"the existing seed table has {field} {old.get(field)!r}, this run {new.get(field)!r}: "
                 "merging would drop its chapters; write this run elsewhere (--out) or move the old table"
             )
-    merged = {**old, "chapters": {**old.get("chapters", {}), **new.get("chapters", {})}}
+    chapters = {**old.get("chapters", {}), **new.get("chapters", {})}
+    merged = {**old, "chapters": dict(sorted(chapters.items()))}
     lost = set(old.get("chapters", {})) - set(merged["chapters"])
     assert not lost, lost  # by construction
     return merged
