@@ -20,12 +20,17 @@ from iclbook import ledger, records
 EXPECTED = Path(__file__).with_name("verdicts-book.json")
 
 
-def test_fresh_verdicts_match_the_committed_record():
+def _book_records():
     recs = records.load_records(ledger.records_dir(), profile="book")
     if not recs:
         if os.environ.get("ICLBOOK_REQUIRE_RECORDS") == "1":
             pytest.fail(f"no book-profile ledger records in {ledger.records_dir()}: the book build did not write them")
         pytest.skip("no book-profile ledger records: run the book build first (make test does)")
+    return recs
+
+
+def test_fresh_verdicts_match_the_committed_record():
+    recs = _book_records()
     seeds = {r["seed"] for r in recs}
     if seeds != {0}:
         pytest.skip(f"the records are of seed(s) {sorted(seeds)}; the expected verdicts are of seed 0")
@@ -54,15 +59,6 @@ def test_the_smoke_profile_drops_no_row():
     dropped = {ch: sorted({r["key"] for r in book[ch]["rows"]} - {r["key"] for r in smoke[ch]["rows"]}) for ch in both}
     dropped = {ch: keys for ch, keys in dropped.items() if keys}
     assert not dropped, f"rows recorded at book but dropped at smoke: {dropped}"
-
-
-def _book_records():
-    recs = records.load_records(ledger.records_dir(), profile="book")
-    if not recs:
-        if os.environ.get("ICLBOOK_REQUIRE_RECORDS") == "1":
-            pytest.fail(f"no book-profile ledger records in {ledger.records_dir()}: the book build did not write them")
-        pytest.skip("no book-profile ledger records: run the book build first (make test does)")
-    return recs
 
 
 def test_every_book_row_is_read_against_a_null_that_does_not_pass():

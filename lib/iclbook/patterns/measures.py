@@ -67,7 +67,7 @@ def ood_sweep(
 
 
 def length_sweep(
-    models: Sequence[torch.nn.Module],
+    models: Sequence[torch.nn.Module | Callable[[Prompts], float]],
     domain: Domain,
     cfg: Config,
     alphas: Sequence[float],
@@ -78,12 +78,13 @@ def length_sweep(
 ) -> np.ndarray:
     """``(alphas, models, lengths)`` error against the context length ``l`` (Theorems 1-2's
     ``l = Omega(1 / alpha')``): ``n`` prompts of ``domain`` per point, each from a fresh
-    ``prompt_generator()``."""
+    ``prompt_generator()``. A model is a network (its :func:`error`) or any reader of prompts
+    that returns its error (an untrained k-NN, :func:`~iclbook.patterns.nulls.knn_length_sweep`)."""
     out = np.zeros((len(alphas), len(models), len(lengths)))
     for i, a in enumerate(alphas):
         for k, l in enumerate(lengths):
             prompts = sample_prompts(domain, n, alpha=a, l=int(l), cfg=cfg, generator=prompt_generator())
-            out[i, :, k] = [error(m, prompts) for m in models]
+            out[i, :, k] = [error(m, prompts) if isinstance(m, torch.nn.Module) else m(prompts) for m in models]
     return out
 
 

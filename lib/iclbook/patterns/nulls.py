@@ -17,6 +17,7 @@ cache's key does not depend on it. Shapes: ``n`` prompts, ``l`` contexts, ``m`` 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -27,8 +28,8 @@ from iclbook import curves, internals
 from iclbook.patterns.baselines import knn_predict, random_context_error  # noqa: F401 (re-exported)
 from iclbook.patterns.complexity import median_slope
 from iclbook.patterns.config import Config
-from iclbook.patterns.data import Domain, Prompts, sample_prompts
-from iclbook.patterns.measures import pruning_mask, separation_auc
+from iclbook.patterns.data import Domain, Prompts
+from iclbook.patterns.measures import length_sweep, pruning_mask, separation_auc
 
 # ---------------------------------------------------------------------------------------------
 # Proposition 2: random non-negative mixes of the patterns
@@ -135,12 +136,8 @@ def knn_length_sweep(
     """``(alphas, lengths)``: :func:`knn_error` on the very prompts that
     :func:`~iclbook.patterns.measures.length_sweep` draws with the same arguments (a fresh
     ``prompt_generator()`` per point)."""
-    out = np.zeros((len(alphas), len(lengths)))
-    for i, a in enumerate(alphas):
-        for j, l in enumerate(lengths):
-            prompts = sample_prompts(domain, n, alpha=a, l=int(l), cfg=cfg, generator=prompt_generator())
-            out[i, j] = knn_error(prompts, cfg, k)
-    return out
+    reader = functools.partial(knn_error, cfg=cfg, k=k)
+    return length_sweep([reader], domain, cfg, alphas, lengths, n=n, prompt_generator=prompt_generator)[:, 0]
 
 
 def l_star_ratio(lengths: Sequence[int], errors: np.ndarray, floor_star: np.ndarray, level: float = 0.01) -> np.ndarray:
