@@ -29,7 +29,7 @@ install: $(STAMP)
 book: $(STAMP)
 	ICLBOOK_PROFILE=$(PROFILE) ICLBOOK_RECORDS=$(abspath $(OUT))/_build/records \
 		$(BIN)/python .ci/execute.py --path-output $(OUT) --jobs $(JOBS) --threads $(THREADS)
-	ICLBOOK_PROFILE=$(PROFILE) ICLBOOK_RECORDS=$(abspath $(OUT))/_build/records \
+	ICLBOOK_PROFILE=$(PROFILE) ICLBOOK_RECORDS=$(abspath $(OUT))/_build/records ICLBOOK_HTML=1 \
 		$(BIN)/jupyter-book build . -W -n --keep-going --path-output $(OUT)
 	@echo "The book is at $(OUT)/_build/html/index.html"
 
@@ -66,7 +66,7 @@ test-colab-setup: $(STAMP)
 	.ci/colab.sh setup
 test-build: $(STAMP)
 	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
-		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
+		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records ICLBOOK_HTML=1 \
 		$(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/test
 	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)

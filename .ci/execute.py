@@ -21,6 +21,8 @@ the cache and executes nothing again. It does exactly what myst-nb does for one 
 
 Each executed notebook is also written, with the kernel's per-cell timestamps, to
 ``<path-output>/_build/executed/`` (``benchmarks/cell_times.py`` reads them: where the time goes).
+The kernels run with ``ICLBOOK_HTML=1``: their outputs are for the HTML book, so a figure a reader
+scrubs is made as self-contained HTML (:func:`iclbook.plots.scrubber`), not as a static figure.
 
 The longest chapters start first (times from the committed seed run), so two workers finish close
 together. Pages whose ``mystnb.execution_mode`` is ``force`` (the claims page, which reads the
@@ -97,6 +99,7 @@ def run_one(path: str, threads: int) -> tuple[str, object, float, str | None]:
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)  # the kernel is a child of this process and inherits them
+    os.environ["ICLBOOK_HTML"] = "1"  # the outputs are for the HTML book (iclbook.runtime.html_build)
     page = Path(path)
     nb = read(page)
     conf = execute_config()

@@ -8,10 +8,18 @@ checked: MathJax has typeset every formula (each `math` element holds an `mjx-co
 the local copy that sphinx-mathjax-offline ships), no image or script is fetched from a remote
 server, every image is a file of the build, and the page shows a claims table. A page that fails
 is listed with its reasons and the script exits 1.
+
+Figures a reader scrubs (`iclbook.plots.Scrubber`: frames and a range slider in inline HTML/JS)
+are driven too. The page is opened through a copy of itself, in its own folder, with one test
+script added at the end: once the page has loaded, the script moves each slider to another frame,
+fires the `input` event a reader's drag fires, and writes what happened into the DOM (which frame
+is shown, whether the image and its label changed). Each slider must show the frame it was moved
+to, with a new image and label; the pages of `SCRUBBER_PAGES` must have at least one slider.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -27,6 +35,32 @@ PAGES = [
     "book/05_four_lenses",
     "book/claims",
 ]
+SCRUBBER_PAGES = {"book/05_four_lenses"}  # the cliff explorer
+DRIVER_ID = "iclbook-offline-check"
+# moves every slider of the page to another frame as a reader would, and records what it saw
+DRIVER = """<script>
+window.addEventListener("load", function () {
+  setTimeout(function () {
+    var seen = [];
+    document.querySelectorAll(".iclbook-scrubber").forEach(function (root) {
+      var slider = root.querySelector("input[type=range]");
+      var img = root.querySelector("img.iclbook-scrubber-frame");
+      var label = root.querySelector("output");
+      if (!slider || !img || !label) { seen.push({broken: true}); return; }
+      var src = img.getAttribute("src"), text = label.textContent;
+      var target = +slider.value === +slider.max ? 0 : +slider.max;
+      slider.value = String(target);
+      slider.dispatchEvent(new Event("input", {bubbles: true}));
+      seen.push({frames: +slider.max + 1, target: target, shown: img.getAttribute("data-frame"),
+                 image_changed: img.getAttribute("src") !== src, label_changed: label.textContent !== text});
+    });
+    var out = document.createElement("div");
+    out.id = "DRIVER_ID";
+    out.setAttribute("data-scrubbers", JSON.stringify(seen));
+    document.body.appendChild(out);
+  }, 200);
+});
+</script>""".replace("DRIVER_ID", DRIVER_ID)
 BROWSER_FLAGS = [
     "--headless=new",
     "--no-sandbox",
@@ -45,9 +79,18 @@ def browser() -> str:
 
 
 def rendered_dom(page: Path) -> str:
-    out = subprocess.run(
-        [browser(), *BROWSER_FLAGS, page.resolve().as_uri()], capture_output=True, text=True, timeout=120
-    )
+    """The DOM of ``page`` after its scripts ran, opened from disk without a network, through a
+    copy of the page (in its folder, so relative links hold) that carries :data:`DRIVER`."""
+    text = page.read_text(encoding="utf-8")
+    at = text.rfind("</body>")
+    driven = page.with_name(f".{page.stem}.offline-check.html")
+    driven.write_text(text[:at] + DRIVER + text[at:] if at >= 0 else text + DRIVER, encoding="utf-8")
+    try:
+        out = subprocess.run(
+            [browser(), *BROWSER_FLAGS, driven.resolve().as_uri()], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        driven.unlink(missing_ok=True)
     if not out.stdout.strip():
         raise RuntimeError(f"{browser()} returned no DOM for {page}: {out.stderr[-500:]}")
     return out.stdout
@@ -81,6 +124,7 @@ class Survey(HTMLParser):
         self.remote: list[str] = []
         self.tables_with_verdicts = 0
         self._in_th = False
+        self.scrubbers: list[dict] | None = None  # what the driver saw; None: the driver did not run
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -98,6 +142,8 @@ class Survey(HTMLParser):
                 self.remote.append(f"<{tag} {key}={url}>")
         if tag == "th":
             self._in_th = True
+        if tag == "div" and a.get("id") == DRIVER_ID:
+            self.scrubbers = json.loads(a.get("data-scrubbers") or "[]")
         if tag in self.VOID:
             return
         idx = None
@@ -139,6 +185,24 @@ def check_page(html_root: Path, name: str) -> list[str]:
             problems.append(f"image {src} is not a file of the build")
     if survey.tables_with_verdicts == 0:
         problems.append("no claims table (a table with a 'verdict' column)")
+    return problems + scrubber_problems(name, survey.scrubbers)
+
+
+def scrubber_problems(name: str, seen: list[dict] | None) -> list[str]:
+    """What is wrong with the page's sliders, as the driver script saw them."""
+    if seen is None:
+        return ["the slider check did not run (no report from the driver script)"]
+    problems = []
+    if name in SCRUBBER_PAGES and not seen:
+        problems.append("no scrubbable figure (an iclbook-scrubber slider) on a page that has one")
+    for i, s in enumerate(seen):
+        if s.get("broken"):
+            problems.append(f"slider {i + 1}: its slider, image or label is missing")
+        elif str(s.get("shown")) != str(s.get("target")) or not s.get("image_changed") or not s.get("label_changed"):
+            problems.append(
+                f"slider {i + 1}: moved to frame {s.get('target')} of {s.get('frames')}, it shows frame "
+                f"{s.get('shown')} (image changed: {s.get('image_changed')}, label changed: {s.get('label_changed')})"
+            )
     return problems
 
 
@@ -153,7 +217,12 @@ def main(argv: list[str]) -> int:
         failed += bool(problems)
         print(
             f"{name}: "
-            + ("rendered offline: math typeset, local images, claims table" if not problems else "; ".join(problems))
+            + (
+                "rendered offline: math typeset, local images, claims table"
+                + (", the slider drives its frames" if name in SCRUBBER_PAGES else "")
+                if not problems
+                else "; ".join(problems)
+            )
         )
     return 1 if failed else 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -287,3 +288,130 @@ def test_half_change_finds_the_step_halfway_from_the_start_to_the_end():
     assert lenses.half_change(x, [0.0, 0.1, 0.3, 0.6, 1.0], 0) == 30  # 0.6 is the first >= 0.5
     assert lenses.half_change(x, [1.0, 0.9, 0.2, 0.1, 0.0], 1) == 20  # a fall counts the same way
     assert lenses.half_change(x, [0.5] * 5, 0) != lenses.half_change(x, [0.5] * 5, 0)  # no change: NaN
+
+
+def test_the_two_layer_patch_rebuilds_the_network_and_the_correctness_vectors_match(setup):
+    model, ic = setup
+    out = lenses.contextual_patch(model, ic, n_patch=32)
+    assert out["two_layer_gap"] < 1e-12  # both attention layers as the contextual layer: exact
+    assert out["two_layer_alone"] == out["full"]
+    for key in ("full", "alone", "patched_alone", "mismatched_alone"):
+        each = out[f"{key}_each"]
+        assert each.shape == (32,) and set(each.tolist()) <= {0.0, 1.0}
+        assert each.mean() == pytest.approx(out[key], abs=1e-12)
+
+
+def test_gap_share_is_the_share_of_the_gap_with_a_paired_bootstrap():
+    full = np.array([1.0] * 80 + [0.0] * 20)
+    alone = np.array([0.0] * 100)
+    part = np.array([1.0] * 40 + [0.0] * 60)
+    out = lenses.gap_share(full, alone, part, gen(0), draws=500)
+    assert out["share"] == pytest.approx(0.5) and out["gap"] == pytest.approx(0.8)
+    lo, hi = out["interval"]
+    assert lo < 0.5 < hi and hi - lo < 0.3
+    again = lenses.gap_share(full, alone, part, gen(0), draws=500)
+    assert again == out  # the generator's draws, nothing else
+    tiny = lenses.gap_share(alone + 0.0, alone, alone, gen(0), draws=50)  # no gap: nothing to share
+    assert np.isnan(tiny["share"]) and all(np.isnan(tiny["interval"]))
+    with pytest.raises(ValueError, match="one length"):
+        lenses.gap_share(full, alone[:5], part, gen(0))
+
+
+def test_layer_shares_reads_every_sequence_in_chunks_with_the_same_resamples_for_the_null(setup):
+    model, ic = setup
+    m32 = copy.deepcopy(model).float()
+    ic32 = ic.map(lambda t: t)
+    ic32.tokens = ic.tokens.float()
+    out = lenses.layer_shares(m32, ic32, gen(3), chunk=24)
+    assert out["n"] == len(ic) and out["two_layer_gap"] < 1e-12
+    whole = lenses.contextual_patch(model, ic, n_patch=len(ic))
+    # chunks change only which sequence lends its patch to the null (the next one of its chunk)
+    want = lenses.gap_share(whole["full_each"], whole["alone_each"], whole["patched_alone_each"], gen(3))
+    assert out["layer2"]["share"] == want["share"] or (np.isnan(want["share"]) and np.isnan(out["layer2"]["share"]))
+
+
+def test_the_answer_steps_of_simaou_by_autograd(setup):
+    model, ic = setup
+    lr = 1e-3
+    one = lenses.dual_form_update(model, ic.map(lambda t: t[:1]), n=1, lr=lr, shuffle_generator=gen(7))
+    part = lenses.layer2(model, ic.tokens[:1])
+    hq = part.h[0, -1]
+    from iclbook.implicit import metrics
+
+    for key, label in (("own", ic.target[:1]), ("wrong", (ic.target[:1] + 1) % SMALL.L)):
+        # one SGD step on V2 from the query's own layer-2 input (its stream after layer 1, with its
+        # context), shown alone so that layer 2's output is hq + V2 hq, toward ``label``
+        v2 = model.v2.detach().clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model.mlp((hq + v2 @ hq)[None]), label, reduction="sum")
+        (gv2,) = torch.autograd.grad(loss, v2)
+        expected = metrics.simaou(part.a_full, part.a_red, part.a_red - lr * gv2 @ hq)
+        assert one[f"simaou_{key}"] == pytest.approx(float(expected[0]), abs=1e-10)
+    # Dai et al.'s reference: the query with no demonstration in either layer
+    items = ic.tokens[0, 0 : 2 * SMALL.N : 2].unsqueeze(1)
+    m = copy.deepcopy(model)
+    loss = torch.nn.functional.cross_entropy(m(items), ic.context_labels[0], reduction="sum")
+    (gv2,) = torch.autograd.grad(loss, m.v2)
+    h_alone = model.layer1(ic.tokens[:1, -1:])[0][0, -1]
+    nodemo = metrics.simaou(part.a_full, part.a_alone, part.a_alone - lr * gv2 @ h_alone)
+    assert one["simaou_nodemo"] == pytest.approx(float(nodemo[0].detach()), abs=1e-10)
+
+
+def test_read_checkpoint_has_the_largest_first_curve_and_the_explorer_snapshots(setup):
+    model, ic = setup
+    m32 = copy.deepcopy(model).float()
+    ic32 = ic.map(lambda t: t)
+    ic32.tokens = ic.tokens.float()
+    row = lenses.read_checkpoint(
+        m32,
+        ic32,
+        ic,
+        [0.0, 0.5],
+        dual_generator=gen(3),
+        shuffle_generator=gen(5),
+        prune_generators=[gen(4)],
+        null_rate=0.3,
+        n_show=5,
+    )
+    assert row["prune_largest"] == lenses.pruning_curve(m32, ic32, [0.0, 0.5], "largest")
+    T = ic.tokens.shape[1]
+    assert row["att1_example"].shape == (T, T) and row["att2_examples"].shape == (5, T)
+    assert np.allclose(row["att2_examples"].sum(1), 1)
+
+
+def test_the_explorer_draws_every_checkpoint_in_one_layout(setup):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from iclbook import plots
+
+    model, ic = setup
+    m32 = copy.deepcopy(model).float()
+    ic32 = ic.map(lambda t: t)
+    ic32.tokens = ic.tokens.float()
+    rows = []
+    for step in (0, 10):
+        r = {"step": step, "IC": 0.1, "ILA1": 0.2, "TILA2": 0.3, "CLA": 0.4}
+        r.update(
+            lenses.read_checkpoint(
+                m32,
+                ic32,
+                ic,
+                [0.0, 0.3],
+                dual_generator=gen(3),
+                shuffle_generator=gen(5),
+                prune_generators=[gen(4)],
+                null_rate=0.3,
+                n_show=4,
+            )
+        )
+        rows.append(r)
+    keys = [k for _, lines in lenses.EXPLORER_CURVES for k, _, _ in lines]
+    series = {k: [r.get(k, 0.0) for r in rows] for k in ["step", *keys]}
+    own = (ic.classes[:4] == ic.query_class[:4, None]).repeat_interleave(2, dim=1).numpy()
+    fig, draw = lenses.explorer(series, rows, base=0.25, uniform=0.2, same_class_tokens=own, band=(2.0, 8.0))
+    positions = [ax.get_position().bounds for ax in fig.axes[:8]]
+    out = plots.scrubber(fig, draw, ["step 0", "step 10"], start=1, html_output=True, alt="explorer")
+    assert len(out.frames) == 2 and out.frames[0] != out.frames[1]
+    assert [ax.get_position().bounds for ax in fig.axes[:8]] == positions  # frames do not jitter
+    with pytest.raises(ValueError, match="one snapshot per checkpoint"):
+        lenses.explorer(series, rows[:1], base=0.25, uniform=0.2, same_class_tokens=own)

@@ -4,6 +4,7 @@ missing images and a page without a claims table. (`make test` runs it on the re
 headless Chromium.)"""
 
 import importlib.util
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,16 +17,17 @@ GOOD = """<html><head><script src="_static/mathjax/tex-chtml.js"></script></head
 <div class="math notranslate nohighlight"><mjx-container display="true"></mjx-container></div>
 <img src="../_images/fig.png" alt="figure"><br>
 <table><thead><tr><th>claim</th><th>verdict</th></tr></thead><tbody><tr><td>x</td><td>reproduced</td></tr></tbody></table>
+<div id="iclbook-offline-check" data-scrubbers="[]"></div>
 </body></html>"""
 
 
-def check(tmp_path, dom, monkeypatch):
+def check(tmp_path, dom, monkeypatch, name="book/page"):
     (tmp_path / "book").mkdir(exist_ok=True)
     (tmp_path / "_images").mkdir(exist_ok=True)
     (tmp_path / "_images" / "fig.png").write_bytes(b"png")
-    (tmp_path / "book" / "page.html").write_text("<html></html>")
+    (tmp_path / f"{name}.html").write_text("<html></html>")
     monkeypatch.setattr(oc, "rendered_dom", lambda page: dom)
-    return oc.check_page(tmp_path, "book/page")
+    return oc.check_page(tmp_path, name)
 
 
 def test_a_good_page_passes(tmp_path, monkeypatch):
@@ -53,3 +55,47 @@ def test_remote_and_missing_images_and_no_table(tmp_path, monkeypatch):
 
 def test_a_missing_page_is_reported(tmp_path):
     assert oc.check_page(tmp_path, "book/nowhere")[0].endswith("is missing")
+
+
+def driven(*seen: dict) -> str:
+    report = json.dumps(list(seen)).replace('"', "&quot;")
+    return GOOD.replace('data-scrubbers="[]"', f'data-scrubbers="{report}"')
+
+
+def test_a_slider_that_moves_its_frame_passes_and_a_dead_one_is_caught(tmp_path, monkeypatch):
+    moved = {"frames": 31, "target": 30, "shown": "30", "image_changed": True, "label_changed": True}
+    assert check(tmp_path, driven(moved), monkeypatch, name="book/05_four_lenses") == []
+    dead = {"frames": 31, "target": 30, "shown": "12", "image_changed": False, "label_changed": False}
+    problems = check(tmp_path, driven(moved, dead), monkeypatch)
+    assert problems == [
+        "slider 2: moved to frame 30 of 31, it shows frame 12 (image changed: False, label changed: False)"
+    ]
+    assert check(tmp_path, driven({"broken": True}), monkeypatch) == ["slider 1: its slider, image or label is missing"]
+
+
+def test_the_explorer_page_needs_a_slider_and_every_page_needs_the_driver_report(tmp_path, monkeypatch):
+    assert "book/05_four_lenses" in oc.SCRUBBER_PAGES
+    assert any("no scrubbable figure" in p for p in check(tmp_path, GOOD, monkeypatch, name="book/05_four_lenses"))
+    silent = GOOD.replace('<div id="iclbook-offline-check" data-scrubbers="[]"></div>', "")
+    assert check(tmp_path, silent, monkeypatch) == ["the slider check did not run (no report from the driver script)"]
+
+
+def test_the_page_is_opened_through_a_driven_copy_that_is_removed(tmp_path, monkeypatch):
+    page = tmp_path / "page.html"
+    page.write_text("<html><body><p>x</p></body></html>")
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        copy = Path(cmd[-1].removeprefix("file://"))
+        seen["copy"], seen["text"] = copy, copy.read_text()
+
+        class Out:
+            stdout, stderr = "<html></html>", ""
+
+        return Out()
+
+    monkeypatch.setattr(oc, "browser", lambda: "chromium")
+    monkeypatch.setattr(oc.subprocess, "run", fake_run)
+    assert oc.rendered_dom(page) == "<html></html>"
+    assert seen["copy"].parent == tmp_path and not seen["copy"].exists()
+    assert seen["text"].index(oc.DRIVER_ID) < seen["text"].index("</body>")

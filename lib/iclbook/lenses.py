@@ -24,6 +24,7 @@ layers (no context anywhere).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,8 @@ STREAMS = {
     # pruning's null: random mask k of the same size as the magnitude cut, the same k-th mask
     # (the same neurons) at every checkpoint; k < 500 draws
     "prune-null": runtime.Stream(width=500),
+    # the bootstrap of layer 1's share of ICL (resamples of the lens sequences)
+    "patch-share": runtime.Stream(width=1),
 }
 
 
@@ -115,6 +118,11 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
     *another* sequence's context, the next one of the batch, applied to this query without any
     context: a patch of the same kind and size that carries nothing of this context), and
     ``transfer_unpatched`` (the other query read alone with no patch: a no-op update).
+    ``two_layer_gap`` / ``two_layer_alone``: the same patch with both attention layers as the
+    contextual layer (reduced input ``a_alone``, the query with no context anywhere), which
+    rebuilds the in-context logits exactly (an identity) and so the in-context accuracy.
+    ``full_each``, ``alone_each``, ``patched_alone_each``, ``mismatched_alone_each``: per-sequence
+    correctness (0/1, NumPy), for :func:`gap_share`'s interval.
     ``selectivity_each`` is the per-sequence selectivity ``(n_patch,)`` (NumPy), for intervals;
     ``selectivity_wrong`` (and ``_each``) its null, the same reading toward a label token of
     another class than the query's (the pair after the first matching one, cyclically; sequences
@@ -145,11 +153,25 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
     alone = mlp(part.a_alone)
     patched_alone = mlp(part.a_alone, w1=mlp.w1 + dW)
     mismatched_alone = mlp(part.a_alone, w1=mlp.w1 + torch.roll(dW, 1, dims=0))
+    # the contextual layer cut after the query's input instead: both attention layers, so the
+    # reduced input is the query alone through both (a_alone), and the patch rebuilds A(C, x) exactly
+    dW_two = rank_one_update(mlp.w1, part.a_full, part.a_alone)
+    two = mlp(part.a_alone, w1=mlp.w1 + dW_two)
 
     other_tokens, other_target = repeat_query(seqs.map(lambda t: t[:n_patch]))
     other = layer2(model, other_tokens)
+
+    def correct(logits: torch.Tensor) -> np.ndarray:
+        return (logits.argmax(-1) == target).double().cpu().numpy()
+
     return {
         "identity_gap": gap,
+        "two_layer_gap": float((two - full).abs().max() / full.abs().max().clamp_min(1e-300)),
+        "two_layer_alone": _accuracy(two, target),
+        "full_each": correct(full),
+        "alone_each": correct(alone),
+        "patched_alone_each": correct(patched_alone),
+        "mismatched_alone_each": correct(mismatched_alone),
         "patch_norm": float((torch.linalg.matrix_norm(dW) / torch.linalg.matrix_norm(mlp.w1)).mean()),
         "selectivity": float((on - off).mean()),
         "selectivity_each": (on - off).cpu().numpy(),
@@ -191,6 +213,11 @@ def dual_form_update(
     at random (``shuffle_generator``; seed 0 without one), which keeps the context's items and
     label set but not which label goes with which item. ``simaou_each`` and
     ``simaou_shuffled_each`` are the per-sequence values ``(n,)`` (NumPy), for intervals.
+    ``simaou_own`` (and ``_each``): the same comparison against one step on the query itself toward
+    its own label, an update that points at the answer; ``simaou_wrong`` (and ``_each``): toward
+    another label (the next, cyclically), its null. ``simaou_nodemo``: SimAOU with Dai et al.'s
+    reference, the zero-shot output (the query with no demonstration in either layer) instead of
+    ``A(x)``; the finetuning step is the same, read at layer 2's input there.
     """
     tokens = seqs.tokens[:n]
     part = layer2(model, tokens)
@@ -211,16 +238,38 @@ def dual_form_update(
     perm = torch.argsort(torch.rand(labels.shape, generator=shuffle), dim=1)
     hi, hq = h_items.reshape(len(tokens), N, -1), part.h[:, -1]
 
-    def finetuning_shift(targets: torch.Tensor) -> torch.Tensor:
-        """dV2 h_q of one plain gradient step on V2 from the context's items with ``targets``."""
+    def step(train: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """dV2 ``(n, d, d)`` of one plain gradient step on V2 from ``train`` ``(n, M, d)`` (each
+        token shown alone, so layer 2's output is ``h + V2 h``) with labels ``targets`` ``(n, M)``."""
+        n_, m_ = targets.shape
         with torch.enable_grad():
-            a = (h_items + h_items @ model.v2.T).detach().requires_grad_(True)
-            loss = torch.nn.functional.cross_entropy(model.mlp(a), targets.reshape(-1), reduction="sum")
+            a = (train + train @ model.v2.T).detach().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(
+                model.mlp(a).reshape(n_ * m_, -1), targets.reshape(-1), reduction="sum"
+            )
             (g,) = torch.autograd.grad(loss, a)  # dL/da = dL/d(V2 h) per pair
-        return -lr * torch.einsum("njd,nje,ne->nd", g.reshape(len(tokens), N, -1), hi, hq)
+        return -lr * torch.einsum("njd,nje->nde", g, train)
 
-    sim = metrics.simaou(part.a_full, part.a_red, part.a_red + finetuning_shift(labels))
-    shuffled = metrics.simaou(part.a_full, part.a_red, part.a_red + finetuning_shift(labels.gather(1, perm)))
+    def shift(dV2: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nde,ne->nd", dV2, at)
+
+    def versus(dV2: torch.Tensor) -> torch.Tensor:
+        """SimAOU of ICL's update against the step ``dV2``, both read from the reference A(x)."""
+        return metrics.simaou(part.a_full, part.a_red, part.a_red + shift(dV2, hq))
+
+    context_step = step(hi, labels)
+    sim = versus(context_step)
+    shuffled = versus(step(hi, labels.gather(1, perm)))
+    # a step on the query itself toward its own label (an update that points at the answer), and
+    # toward another label (the next one, cyclically): the reference pair of an "answer" reading
+    target = seqs.target[: len(tokens)]
+    L = model.mlp.readout.shape[0]
+    own = versus(step(hq[:, None], target[:, None]))
+    wrong = versus(step(hq[:, None], ((target + 1) % L)[:, None]))
+    # Dai et al.'s reference: the zero-shot output, the query with no demonstration anywhere (both
+    # layers alone), so ICL's update is A(C, x) - a_alone and the step acts on layer 2's input there
+    h_alone = model.layer1(tokens[:, -1:])[0][:, -1]
+    nodemo = metrics.simaou(part.a_full, part.a_alone, part.a_alone + shift(context_step, h_alone))
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     rand = metrics.simaou_random(part.a_full, part.a_red, gen)
 
@@ -236,6 +285,12 @@ def dual_form_update(
         "simaou_shuffled": float(shuffled.mean()),
         "simaou_shuffled_sem": sem(shuffled),
         "simaou_shuffled_each": shuffled.cpu().numpy(),
+        "simaou_own": float(own.mean()),
+        "simaou_own_each": own.cpu().numpy(),
+        "simaou_wrong": float(wrong.mean()),
+        "simaou_wrong_each": wrong.cpu().numpy(),
+        "simaou_nodemo": float(nodemo.mean()),
+        "simaou_nodemo_sem": sem(nodemo),
     }
 
 
@@ -300,20 +355,30 @@ def read_checkpoint(
     shuffle_generator: torch.Generator,
     prune_generators: Sequence[torch.Generator],
     null_rate: float,
+    n_show: int = 12,
 ) -> dict:
     """Every lens on one checkpoint: the patch and dual-form lenses in float64 on ``seqs64`` (a
     float64 copy of the model reads them, so that their identities are checked exactly), the
     attention and pruning lenses on ``seqs``. Keys: ``patch_*`` (:func:`contextual_patch`),
     ``dual_*`` (:func:`dual_form_update`), ``same_class``, the magnitude-pruning curve
-    ``prune_magnitude`` (one accuracy per rate of ``rates``) and its null ``prune_random_draws``
-    (:func:`random_pruning` at ``null_rate``, one accuracy per generator of ``prune_generators``)."""
+    ``prune_magnitude`` (one accuracy per rate of ``rates``), the largest-first curve
+    ``prune_largest``, and their null ``prune_random_draws`` (:func:`random_pruning` at
+    ``null_rate``, one accuracy per generator of ``prune_generators``). For the chapter's explorer,
+    what the two attention layers do on the first ``n_show`` sequences: ``att1_example`` (layer
+    1's map of the first one, ``(T, T)``) and ``att2_examples`` (the query's layer-2 row of each,
+    ``(n_show, T)``)."""
     m64 = copy.deepcopy(model).double()
     row = {f"patch_{key}": v for key, v in contextual_patch(m64, seqs64).items()}
     dual = dual_form_update(m64, seqs64, generator=dual_generator, shuffle_generator=shuffle_generator)
     row.update({f"dual_{key}": v for key, v in dual.items()})
     row["same_class"] = same_class_attention(model, seqs)
     row["prune_magnitude"] = pruning_curve(model, seqs, rates)
+    row["prune_largest"] = pruning_curve(model, seqs, rates, "largest")
     row["prune_random_draws"] = random_pruning(model, seqs, null_rate, prune_generators)
+    with torch.no_grad():
+        att1, att2 = model.attention(seqs.tokens[:n_show])
+    row["att1_example"] = att1[0].cpu().numpy()
+    row["att2_examples"] = att2.cpu().numpy()
     return row
 
 
@@ -333,6 +398,73 @@ def random_drops(row: Mapping[str, Any], rates: Sequence[float]) -> np.ndarray:
     if rates[0] != 0:
         raise ValueError(f"the pruning curve must start at rate 0 (no pruning), got rates {list(rates)}")
     return row["prune_magnitude"][0] - np.asarray(row["prune_random_draws"], dtype=float)
+
+
+def gap_share(
+    full: Sequence[float],
+    alone: Sequence[float],
+    part: Sequence[float],
+    generator: torch.Generator,
+    *,
+    draws: int = 2000,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """The share of the gap between the query alone and the network in context that ``part``
+    closes: ``(mean(part) - mean(alone)) / (mean(full) - mean(alone))``, from per-sequence
+    correctness (0/1) of the same sequences, with a percentile bootstrap interval (``draws``
+    resamples of the sequences, paired across the three). ``gap`` is the mean gap; the share is
+    NaN where it is under 0.05 (nothing to share) and the interval leaves out resamples whose gap
+    is."""
+    f, a, p = (torch.as_tensor(np.asarray(x, dtype=float), dtype=torch.float64) for x in (full, alone, part))
+    if not (f.shape == a.shape == p.shape) or f.dim() != 1 or len(f) < 2:
+        raise ValueError(f"need three per-sequence vectors of one length >= 2, got {f.shape}, {a.shape}, {p.shape}")
+
+    def ratio(fm: torch.Tensor, am: torch.Tensor, pm: torch.Tensor) -> torch.Tensor:
+        gap = fm - am
+        return torch.where(gap >= 0.05, (pm - am) / gap.clamp_min(1e-12), torch.nan)
+
+    share = float(ratio(f.mean(), a.mean(), p.mean()))
+    idx = torch.randint(len(f), (draws, len(f)), generator=generator)
+    boot = ratio(f[idx].mean(1), a[idx].mean(1), p[idx].mean(1))
+    boot = boot[~torch.isnan(boot)]
+    lo = (1 - level) / 2
+    interval = (
+        (float(torch.quantile(boot, lo)), float(torch.quantile(boot, 1 - lo))) if len(boot) else (math.nan, math.nan)
+    )
+    return {"share": share, "interval": interval, "gap": float(f.mean() - a.mean())}
+
+
+def layer_shares(
+    model: ih.InductionNet, seqs: ih.Sequences, generator: torch.Generator, *, chunk: int = 256
+) -> dict[str, Any]:
+    """Where the context enters, read on every sequence of ``seqs`` (float64, ``chunk`` at a time):
+    the share of ICL (the gap in accuracy between the query alone and the network in context) that
+    layer 2's rank-1 patch restores when applied to the query with no context at all
+    (``layer2``, :func:`gap_share` with its bootstrap ``interval``, drawn from ``generator``), and
+    the same share for another sequence's patch (``null``). What layer 2's patch leaves is layer
+    1's share: the context's effect on the query's own stream before layer 2. Both attention
+    layers taken together as the contextual layer leave nothing (``two_layer_gap``, an identity)."""
+    m64 = copy.deepcopy(model).double()
+    keys = ("full_each", "alone_each", "patched_alone_each", "mismatched_alone_each")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    gap = 0.0
+    for i in range(0, len(seqs), chunk):
+        sub = seqs.map(lambda t, i=i: t[i : i + chunk])
+        sub.tokens = sub.tokens.double()
+        read = contextual_patch(m64, sub, n_patch=chunk)
+        gap = max(gap, read["two_layer_gap"])
+        for k in keys:
+            parts[k].append(read[k])
+    full, alone, patched, mismatched = (np.concatenate(parts[k]) for k in keys)
+    state = generator.get_state()
+    layer2 = gap_share(full, alone, patched, generator)
+    generator.set_state(state)  # the same resamples for the null
+    return {
+        "layer2": layer2,
+        "null": gap_share(full, alone, mismatched, generator),
+        "two_layer_gap": gap,
+        "n": len(full),
+    }
 
 
 def plateau_checkpoint(
@@ -383,3 +515,147 @@ def change_across(
     change, se = float(d.mean()), float(d.std(ddof=1) / len(d) ** 0.5)
     before = float(means[plateau]) - float(means[untrained])
     return {"change": change, "interval": (change - z * se, change + z * se), "before": before}
+
+
+# ---------------------------------------------------------------------------------------------
+# The cliff explorer: what each lens sees at one checkpoint, beside its curves over training
+# ---------------------------------------------------------------------------------------------
+
+#: The explorer's top-row curves: panel title, then (series key, label, style) per line.
+EXPLORER_CURVES = (
+    (
+        "(a) Reddy: progress measures",
+        (("IC", "IC accuracy", "-"), ("ILA1", "ILA1", "-"), ("TILA2", "TILA2", "-"), ("CLA", "CLA", "-")),
+    ),
+    (
+        "(b) Dherin: the rank-1 patch",
+        (
+            ("patch_selectivity", "selectivity", "-"),
+            ("patch_selectivity_wrong", "null: another class", ":"),
+            ("patch_patch_norm", "‖ΔW‖/‖W‖", "--"),
+            ("patch_patched_alone", "patch on the query alone: acc.", "-"),
+        ),
+    ),
+    (
+        "(c) Dai: SimAOU of ICL's update",
+        (
+            ("dual_simaou", "vs the context's step", "-"),
+            ("dual_simaou_shuffled", "null: shuffled labels", ":"),
+            ("dual_simaou_own", "vs a step to the answer", "--"),
+            ("dual_simaou_wrong", "vs a step to a wrong label", ":"),
+        ),
+    ),
+    (
+        "(d) Li: attention and pruning",
+        (
+            ("same_class", "attention on own class", "-"),
+            ("drop_magnitude", "lost, smallest 30% pruned", "-"),
+            ("drop_largest", "lost, largest 30% pruned", "--"),
+            ("drop_random", "lost, random 30% (mean)", ":"),
+        ),
+    ),
+)
+
+
+def explorer(
+    series: Mapping[str, Sequence[float]],
+    snapshots: Sequence[Mapping[str, Any]],
+    *,
+    base: float,
+    uniform: float,
+    same_class_tokens: np.ndarray,
+    band: tuple[float, float] | None = None,
+) -> tuple[Any, Any]:
+    """Chapter 5's cliff explorer: a figure and ``draw(k)``, which shows checkpoint ``k`` (for
+    :func:`iclbook.plots.scrubber`). Top row: each lens's curves over training
+    (:data:`EXPLORER_CURVES`, read from ``series``: name -> one value per checkpoint, with
+    ``"step"``), a cursor at the checkpoint and its values marked. Bottom row, what each lens sees
+    there (``snapshots[k]``, a :func:`read_checkpoint` row): layer 1's attention map of one
+    sequence (a previous-token head is its sub-diagonal); the per-sequence selectivity of the
+    patch against its null; the per-sequence SimAOU against the shuffled-label step; the query's
+    layer-2 attention on a dozen sequences, with the context tokens of its own class outlined
+    (``same_class_tokens``: ``(n_show, T - 1)`` booleans). ``base`` is B/N, ``uniform`` the
+    uniform attention share on a class (2/T); ``band`` the cliff's (onset, top) steps, shaded."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from iclbook import plots  # noqa: PLC0415
+
+    x = np.asarray(series["step"], dtype=float)
+    n = len(x)
+    if len(snapshots) != n:
+        raise ValueError(f"one snapshot per checkpoint: {n} steps, {len(snapshots)} snapshots")
+    fig, axes = plt.subplots(2, 4, figsize=(15, 7.2), gridspec_kw={"height_ratios": [1, 1.05]}, layout="none")
+    colours = plots.colors(4)
+    cursors, dots = [], []
+    for ax, (title, lines) in zip(axes[0], EXPLORER_CURVES):
+        if band is not None and all(np.isfinite(band)):
+            ax.axvspan(*band, color="grey", alpha=0.12)
+        ys = []
+        for (key, label, style), colour in zip(lines, colours):
+            y = np.asarray(series[key], dtype=float)
+            ax.plot(x, y, style, color=colour, lw=1.4, label=label)
+            ys.append(y)
+        if title.startswith("(a)"):
+            ax.axhline(base, color="k", lw=0.7, ls=":", label="B/N")
+        if title.startswith("(d)"):
+            ax.axhline(uniform, color=colours[0], lw=0.7, ls=":")
+        ax.axhline(0, color="k", lw=0.4)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        lo = min(-0.05, float(np.nanmin(ys)) - 0.03)
+        ax.set_ylim(lo, 1.02)
+        cursors.append(ax.axvline(x[0], color="k", lw=1.2))
+        dots.append((ax.scatter([x[0]] * len(ys), [y[0] for y in ys], c=colours[: len(ys)], s=28, zorder=5), ys))
+    att_ax, sel_ax, sim_ax, att2_ax = axes[1]
+    bins_sel = np.linspace(-0.4, 1.0, 36)
+    bins_sim = np.linspace(-0.6, 1.0, 33)
+
+    def hist(ax: Any, ours: np.ndarray, null_values: np.ndarray, bins: np.ndarray, names: tuple[str, str]) -> None:
+        ax.hist(np.clip(null_values, bins[0], bins[-1]), bins=bins, color="grey", alpha=0.55, label=names[1])
+        ax.hist(np.clip(ours, bins[0], bins[-1]), bins=bins, color=colours[0], alpha=0.7, label=names[0])
+        ax.axvline(0, color="k", lw=0.5)
+        ax.set_ylim(0, len(ours) * 0.45)
+        ax.set_ylabel("sequences", fontsize=9)
+        ax.legend(fontsize=7, loc="upper right")
+
+    def draw(k: int) -> None:
+        for c in cursors:
+            c.set_xdata([x[k], x[k]])
+        for scatter, ys in dots:
+            scatter.set_offsets(np.column_stack([[x[k]] * len(ys), [y[k] for y in ys]]))
+        s = snapshots[k]
+        for ax in axes[1]:
+            ax.cla()
+        att1 = np.asarray(s["att1_example"], dtype=float)
+        att_ax.imshow(att1, cmap="viridis", vmin=0, vmax=1, aspect="equal")
+        att_ax.set_title("layer 1's attention, one sequence\n(previous-token head: the sub-diagonal)", fontsize=9)
+        att_ax.set(xlabel="key token", ylabel="query token", xticks=[], yticks=[])
+        hist(
+            sel_ax,
+            s["patch_selectivity_each"],
+            s["patch_selectivity_wrong_each"],
+            bins_sel,
+            ("selectivity toward the matching label", "null: toward another class's label"),
+        )
+        sel_ax.set_title("the patch's selectivity, per sequence", fontsize=9)
+        hist(
+            sim_ax,
+            s["dual_simaou_each"],
+            s["dual_simaou_shuffled_each"],
+            bins_sim,
+            ("SimAOU vs the context's step", "null: shuffled labels"),
+        )
+        sim_ax.set_title("SimAOU per sequence", fontsize=9)
+        att2 = np.asarray(s["att2_examples"], dtype=float)[:, :-1]
+        att2_ax.imshow(att2, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        rows, cols = np.nonzero(same_class_tokens)
+        att2_ax.scatter(cols, rows, marker="s", s=60, facecolors="none", edgecolors="white", linewidths=0.9)
+        att2_ax.set_title("the query's layer-2 attention, 12 sequences\n(outlined: tokens of its class)", fontsize=9)
+        att2_ax.set(xlabel="context token (item, label, ...)", ylabel="sequence", xticks=[], yticks=[])
+        ic = series["IC"][k]
+        fig.suptitle(f"Checkpoint at step {x[k]:.0f} of {x[-1]:.0f}: IC accuracy {ic:.2f}", fontsize=12)
+
+    draw(0)  # the layout is fixed once, with every panel drawn, so that frames do not jitter
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return fig, draw

@@ -19,6 +19,9 @@ ICLBOOK_DEVICE    force a torch device, e.g. "cpu" or "cuda:1"
 ICLBOOK_CACHE     folder of the trained-weight cache (default ~/.cache/iclbook)
 ICLBOOK_RETRAIN   1 to ignore cached weights and train again (the new weights replace the old)
 ICLBOOK_PROGRESS  0 to hide progress bars
+ICLBOOK_HTML      1 where the output goes to the HTML book (set by the book's build): figures a
+                  reader scrubs with a slider are made as self-contained HTML there, and as
+                  static figures elsewhere (Colab, Jupyter, the paired notebooks)
 """
 
 from __future__ import annotations
@@ -230,6 +233,12 @@ def library_streams(seed: int) -> Streams:
 def progress_enabled() -> bool:
     """Progress bars are shown unless ``ICLBOOK_PROGRESS=0``."""
     return os.environ.get("ICLBOOK_PROGRESS", "1").strip() not in ("0", "false", "no")
+
+
+def html_build() -> bool:
+    """Whether the outputs are for the HTML book (``ICLBOOK_HTML=1``, which the book's build sets):
+    :func:`iclbook.plots.scrubber` then makes its self-contained slider, elsewhere a static figure."""
+    return os.environ.get("ICLBOOK_HTML", "0").strip() in ("1", "true", "yes")
 
 
 def describe(prof: str | None = None, seed_value: int | None = None) -> str:
