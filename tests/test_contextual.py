@@ -432,8 +432,18 @@ def test_finetune_sweep_matches_single_runs():
 
 
 def test_half_drop_index():
-    assert cx.half_drop_index(torch.tensor([4.0, 3.0, 2.0, 1.0])) == 2
-    assert cx.half_drop_index(torch.tensor([4.0, 3.5, 3.0])) is None
+    # start-referenced: half of the starting value; a curve that removes < 50% never gets there
+    assert cx.half_drop_index(torch.tensor([4.0, 3.0, 2.0, 1.0]), reference="start") == 2
+    assert cx.half_drop_index(torch.tensor([4.0, 3.5, 3.0]), reference="start") is None
+    # normalised: half of the curve's own drop, so a shallow curve of the same shape scores the same
+    assert cx.half_drop_index(torch.tensor([4.0, 3.0, 2.0, 1.0])) == 2  # level 2.5
+    assert cx.half_drop_index(torch.tensor([4.0, 3.5, 3.0])) == 1  # level 3.5
+    assert cx.half_drop_index(torch.tensor([4.0, 3.9, 3.2, 3.1, 3.0])) == 2  # level 3.5
+    assert cx.half_drop_index(torch.tensor([2.0, 2.5, 3.0])) is None  # rises: no drop to halve
+    with pytest.raises(ValueError, match="reference"):
+        cx.half_drop_index(torch.tensor([2.0, 1.0]), reference="end")
+    with pytest.raises(ValueError, match="one loss curve"):
+        cx.half_drop_index(torch.ones(2, 3))
 
 
 def test_finetune_to_convergence_fits_the_context():
@@ -484,6 +494,66 @@ def test_patch_transfer_own_query_is_the_context():
     assert not torch.allclose(both["random"], both["patched"])
     with pytest.raises(ValueError, match="random_generator"):
         cx.patch_transfer(block, tokens, target, w, 3, runtime.generator(18), n_random=2)
+
+
+def test_static_patch_one_query_is_theorem_22_and_solves_its_equations():
+    block = cx.make_block("softmax", CFG, seed=21).requires_grad_(False)
+    tokens, _ = prompts(n=4, seed=22)
+    u_full, _ = block.mlp_input(tokens)
+    u_x, _ = block.mlp_input(tokens[:, -1:])
+    one = cx.static_patch(block.W, u_full.unsqueeze(1), u_x.unsqueeze(1))
+    assert torch.allclose(one, cx.rank_one_update(block.W, u_full, u_x), atol=TOL)
+    # K <= m generic queries: every equation dW A(x_k) = W dA_k holds exactly, and the rank is K
+    a_full, a_x = torch.randn(4, 2, 3, dtype=torch.float64), torch.randn(4, 2, 3, dtype=torch.float64)
+    dW = cx.static_patch(block.W, a_full, a_x)
+    assert torch.allclose(
+        torch.einsum("bhm,bkm->bkh", dW, a_x), torch.einsum("hm,bkm->bkh", block.W, a_full - a_x), atol=1e-10
+    )
+    assert float(torch.linalg.svdvals(dW)[:, 2].max()) < 1e-10 < float(torch.linalg.svdvals(dW)[:, 1].min())
+    # K > m: least squares, so the normal equations hold
+    a_full, a_x = torch.randn(4, 7, 3, dtype=torch.float64), torch.randn(4, 7, 3, dtype=torch.float64)
+    dW = cx.static_patch(block.W, a_full, a_x)
+    resid = torch.einsum("bhm,bkm->bhk", dW, a_x) - torch.einsum("hm,bkm->bhk", block.W, a_full - a_x)
+    assert float((resid @ a_x).abs().max()) < 1e-9
+    with pytest.raises(ValueError, match="zero"):
+        cx.static_patch(block.W, a_full, torch.zeros_like(a_x))
+    with pytest.raises(ValueError, match="one shape"):
+        cx.static_patch(block.W, a_full, a_x[:, :3])
+
+
+def test_static_patch_transfer_reproduces_the_context_on_its_calibration_queries():
+    block = cx.make_block("softmax", CFG, seed=23)
+    tokens, _, w = cx.sample_tasks(5, N=CFG.N, d=CFG.d, generator=runtime.generator(24))
+    r = cx.static_patch_transfer(block, tokens, w, (1, 3, 6), 4, runtime.generator(25))
+    assert all(v.shape == (5,) for v in r.values())
+    assert {"static_1", "static_3", "static_6", "foreign_6", "calibration_3", "unpatched", "in_context"} <= set(r)
+    # K = 1: on its one calibration query the patch is Theorem 2.2, i.e. the context itself
+    queries, qt = cx.with_queries(tokens, w, 6 + 4, runtime.generator(25))
+    x1 = cx.join(tokens[:, :-1], queries[:, 0])
+    assert torch.allclose(r["calibration_1"], (block(x1) - qt[:, 0]) ** 2, atol=1e-10)
+    # and the in-context reference is the block reading the context before each fresh query
+    fresh = torch.stack([(block(cx.join(tokens[:, :-1], queries[:, k])) - qt[:, k]) ** 2 for k in range(6, 10)], 1)
+    assert torch.allclose(r["in_context"], fresh.mean(1), atol=1e-10)
+    with pytest.raises(ValueError, match="K >= 1"):
+        cx.static_patch_transfer(block, tokens, w, (0,), 4, runtime.generator(25))
+
+
+def test_sgd_alignment_against_autograd():
+    block = cx.make_block("softmax", CFG, seed=26)
+    tokens, _ = prompts(n=3, seed=27)
+    r = cx.sgd_alignment(block, tokens)
+    assert r["cosine"].shape == r["foreign"].shape == (3,)
+    u = cx.query_inputs(block, tokens[:, :-1])
+    for b, c in ((0, 0), (1, 1), (0, 1)):  # (task of dW, task of the step): (0, 1) is the null
+        W = block.W.detach().clone().requires_grad_(True)
+        loss = 0.5 * ((block.head(u[c], None, W=W)[..., -1] - tokens[c, :-1, -1]) ** 2).sum()
+        (grad,) = torch.autograd.grad(loss, W)
+        with torch.no_grad():
+            dW = cx.implicit_patch(block, tokens[b : b + 1], tokens[b : b + 1, -1:]).dW[0]
+        cos = float(-(grad * dW).sum() / (grad.norm() * dW.norm()))
+        assert abs(cos - float(r["cosine" if b == c else "foreign"][b])) < 1e-10
+    with pytest.raises(ValueError, match="two tasks"):
+        cx.sgd_alignment(block, tokens[:1])
 
 
 def test_foreign_contexts_keep_the_query():

@@ -18,7 +18,8 @@ The package, one idea per module:
                  diagonal SSM), each with its prefix, suffix and causal outputs;
 ``model``        the contextual block in three variants (no skip, skip, GPT-style pre-LN) and
                  stacks of blocks, with their hook points (:mod:`iclbook.internals`);
-``patches``      the paper's formulas: the rank-1 patch, Prop. 3.1, App. B, stacked patches;
+``patches``      the paper's formulas: the rank-1 patch, the static patch of several queries,
+                 Prop. 3.1, App. B, stacked patches;
 ``measures``     the chapter's measurements, as functions that return numbers;
 ``training``     training blocks through the shared loop and the weight cache.
 
@@ -53,8 +54,10 @@ from iclbook.contextual.measures import (
     patch_transfer,
     position_check,
     query_inputs,
+    sgd_alignment,
     skip_check,
     stack_check,
+    static_patch_transfer,
     theorem_check,
 )
 from iclbook.contextual.model import BlockStack, ContextualBlock, Variant, make_block, make_stack
@@ -71,6 +74,7 @@ from iclbook.contextual.patches import (
     scaled_norm,
     stack_patched_output,
     stack_patches,
+    static_patch,
     update_increments,
 )
 from iclbook.contextual.training import mse, train_blocks

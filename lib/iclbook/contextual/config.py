@@ -50,7 +50,9 @@ class Config:
     conv_iters: int = runtime.check(3000)
     conv_tol: float = runtime.check(2e-6)
     n_fresh: int = runtime.check(10)  # fresh queries per task on which a query's patch is tried
-    n_random_patches: int = runtime.check(50)  # random rank-1 patches per task: the transfer test's null
+    n_random_patches: int = runtime.check(50)  # random rank-1 patches per task, shown beside the one-query patch
+    # calibration queries per task of the static patch (fitted over K queries; K = 1 is Thm 2.2's patch)
+    static_Ks: tuple[int, ...] = runtime.check((1, 3, 5, 20))
     layer_steps: int = 300  # brief training of the non-attention layers
     layer_lr: float = 3e-3
     stack_depth: int = 2  # blocks in the stacked model
@@ -105,6 +107,7 @@ STREAMS = {
     "ft-tasks": runtime.Stream(),  # tasks of the finetuning comparison
     "transfer-tasks": runtime.Stream(),  # tasks of the transfer test
     "transfer-queries": runtime.Stream(),  # its fresh queries
+    "static-queries": runtime.Stream(),  # calibration and fresh queries of the static patch
     "random-patches": runtime.Stream(width=10),  # random rank-1 patches of the transfer test's null, per member
     "partial-checks": runtime.Stream(width=10),  # the Y ⊂ C split, one per ensemble member
     "layer-checks": runtime.Stream(width=10),  # the same for each other contextual layer

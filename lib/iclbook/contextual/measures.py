@@ -28,6 +28,7 @@ from iclbook.contextual.patches import (
     rank_ratio,
     stack_patched_output,
     stack_patches,
+    static_patch,
     update_increments,
 )
 
@@ -221,10 +222,26 @@ def query_inputs(block: ContextualBlock, context: torch.Tensor) -> torch.Tensor:
     return block.mlp_input(x.reshape(B * N, 1, n))[0].reshape(B, N, -1)
 
 
-def half_drop_index(curve: torch.Tensor) -> int | None:
-    """The first ``i`` at which a loss curve ``(N + 1,)`` is at most half its value at ``i = 0``;
-    None if it never gets there. A measure of the curve's shape (how early it falls)."""
-    below = torch.nonzero(curve <= curve[0] / 2)
+def half_drop_index(curve: torch.Tensor, reference: str = "drop") -> int | None:
+    """How early a loss curve ``(N + 1,)`` falls: the first ``i`` at which it has made half its fall.
+
+    ``reference="drop"`` (the default, the *normalised* index): half of the curve's own drop,
+    the first ``i`` with ``curve[i] <= curve[0] - (curve[0] - curve[-1]) / 2``; None if the curve
+    ends no lower than it starts. It measures the shape alone, whatever the curve's end point.
+    ``reference="start"``: half of its starting value, ``curve[i] <= curve[0] / 2``; None if it
+    never gets there. A curve that removes less than half its starting loss never halves, so
+    this index also reads the end point."""
+    if reference not in ("drop", "start"):
+        raise ValueError(f"reference must be 'drop' or 'start', got {reference!r}")
+    if curve.dim() != 1 or len(curve) < 2:
+        raise ValueError(f"need one loss curve (N + 1 >= 2,), got shape {tuple(curve.shape)}")
+    if reference == "drop":
+        if not bool(curve[-1] < curve[0]):
+            return None
+        level = curve[0] - (curve[0] - curve[-1]) / 2
+    else:
+        level = curve[0] / 2
+    below = torch.nonzero(curve <= level)
     return int(below[0]) if len(below) else None
 
 
@@ -245,6 +262,12 @@ def finetune_to_convergence(
     derivative of the prediction with respect to the pre-activation), so ``J J^T`` is the
     ``N x N`` matrix ``(g_j . g_k)(u_j . u_k)``. A step that lowers a task's loss is taken and
     its damping ``lam`` divided by 3; one that does not is refused and ``lam`` multiplied by 4.
+    "Smallest" is measured in the metric of the whitened inputs: ``u_j . u_k`` becomes
+    ``u_j^T S^{-1} u_k`` and the step ``-sum_j alpha_j g_j (S^{-1} u_j)^T``, with ``S`` the second
+    moment of the MLP inputs over all tasks. In the plain Frobenius metric a block whose value
+    path is nearly one-dimensional (query-only inputs along one direction) gets steps that barely
+    move ``W`` along the weak direction, and the fit stalled for thousands of steps at one seed;
+    whitened, it converges in a handful.
 
     Runs until every task's training MSE is at most ``tol`` or ``max_iters`` steps have run; a
     task that has converged stops moving, and the later steps compute only the others.
@@ -262,7 +285,12 @@ def finetune_to_convergence(
     with torch.no_grad():
         u0 = block.mlp_input(query.unsqueeze(1))[0]
     W0 = block.W.detach()
-    gram_u = torch.einsum("bnm,bkm->bnk", u_ft, u_ft)
+    # the step's metric: whitened MLP inputs (C^{-1/2} u with C their second moment over all tasks),
+    # so that nearly one-dimensional inputs (a value path of one dominant direction) do not
+    # make the smallest change of W a tiny one along the strong direction only
+    metric = torch.linalg.pinv(torch.einsum("bnm,bnk->mk", u_ft, u_ft) / (B * N), hermitian=True)
+    u_metric = u_ft @ metric  # (B, N, m): C^{-1} u_j
+    gram_u = torch.einsum("bnm,bkm->bnk", u_ft, u_metric)
     eye = torch.eye(N, dtype=tokens.dtype)
 
     def residuals(Wt, tasks):  # r_j = T_W([x_j; 0]) - y_j and g_j = d prediction_j / d pre_j
@@ -291,7 +319,7 @@ def finetune_to_convergence(
         K = torch.einsum("bnh,bkh->bnk", g_a, g_a) * gram_u[act]
         scale = K.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(K.dtype).tiny)
         alpha = torch.linalg.solve(K + (lam[act] * scale)[:, None, None] * eye, r_a)
-        W_new = Wt[act] - torch.einsum("bn,bnh,bnm->bhm", alpha, g_a, u_ft[act])
+        W_new = Wt[act] - torch.einsum("bn,bnh,bnm->bhm", alpha, g_a, u_metric[act])
         r_new, g_new = residuals(W_new, act)
         mse_new = (r_new**2).mean(1)
         better = mse_new < mse[act]
@@ -309,6 +337,36 @@ def finetune_to_convergence(
         "iterations": iterations,
         "W": Wt,
     }
+
+
+def sgd_alignment(block: ContextualBlock, tokens: torch.Tensor) -> dict:
+    """How well the implicit patch lines up with one step of gradient descent on the context.
+
+    Per task: the cosine (normalised Frobenius inner product) between Theorem 2.2's ``dW`` for
+    the whole context and the negative gradient, at the block's own ``W``, of the finetuning loss
+    ``sum_j (T_W([x_j; 0]) - y_j)^2 / 2`` over the task's ``N`` examples (one full-batch SGD
+    step, whatever its rate). The null, ``"foreign"``: the same cosine against the step on the
+    next task's examples (another ``w``). Returns ``"cosine"`` and ``"foreign"``, each ``(B,)``."""
+    if block.variant != "plain":
+        raise ValueError("sgd_alignment is written for the plain block")
+    context, _ = split(tokens)
+    if context.shape[0] < 2:
+        raise ValueError("need at least two tasks (the null reads another task's examples)")
+    u, y = query_inputs(block, context), context[..., -1]  # (B, N, m), (B, N)
+    W = block.W.detach()
+    with torch.enable_grad():
+        pre = (torch.einsum("hm,bnm->bnh", W, u) + block.fc1.bias).detach().requires_grad_(True)
+        pred = block.fc2(F.gelu(pre))[..., -1]
+        (g,) = torch.autograd.grad(pred.sum(), pre)  # d prediction_j / d pre_j, (B, N, h)
+    step = -torch.einsum("bn,bnh,bnm->bhm", (pred - y).detach(), g, u)  # -grad of the loss, (B, h, m)
+    with torch.no_grad():
+        dW = implicit_patch(block, tokens, tokens[:, -1:]).dW
+
+    def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = a.flatten(1), b.flatten(1)
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+    return {"cosine": cosine(dW, step), "foreign": cosine(dW, step.roll(-1, dims=0))}
 
 
 @torch.no_grad()
@@ -368,6 +426,63 @@ def patch_transfer(
         pred = block.head(u.unsqueeze(1), None, W=W_rand.unsqueeze(2))[..., -1]  # (B, R, Q)
         out["random_draws"] = ((pred - qt.unsqueeze(1)) ** 2).mean(-1)
         out["random"] = out["random_draws"].mean(1)
+    return out
+
+
+@torch.no_grad()
+def static_patch_transfer(
+    block: ContextualBlock,
+    tokens: torch.Tensor,
+    w: torch.Tensor,
+    Ks: Sequence[int],
+    n_fresh: int,
+    generator: torch.Generator,
+) -> dict:
+    """A static patch per task (:func:`static_patch`) fitted on ``K`` calibration queries of the
+    task, tried on ``n_fresh`` other fresh queries of it, each read alone.
+
+    For each task: ``max(Ks)`` calibration queries and ``n_fresh`` fresh queries are drawn; for
+    each ``K`` of ``Ks`` the patch is fitted on the first ``K`` calibration queries (``K = 1``:
+    Theorem 2.2's patch of one calibration query). The null, ``"foreign_K"``: the same fit on
+    another task's context (:func:`foreign_contexts`' shift), applied to this task's fresh
+    queries. Returns per-task mean squared errors ``(B,)`` on the fresh queries: ``"static_K"``,
+    ``"foreign_K"``, ``"unpatched"`` (no update) and ``"in_context"`` (the block reading the
+    context before each fresh query), and ``"calibration_K"``: the fitted patch's error on its
+    own calibration queries."""
+    if block.variant != "plain":
+        raise ValueError("static_patch_transfer is written for the plain block")
+    Ks = sorted(set(int(k) for k in Ks))
+    if not Ks or Ks[0] < 1 or n_fresh < 1:
+        raise ValueError(f"need calibration sizes K >= 1 and n_fresh >= 1, got {Ks}, {n_fresh}")
+    context, _ = split(tokens)
+    B, N, n = context.shape
+    if B < 2:
+        raise ValueError("need at least two tasks (the null reads another task's context)")
+    queries, qt = with_queries(tokens, w, Ks[-1] + n_fresh, generator)  # (B, Q, n), (B, Q)
+    Q = queries.shape[1]
+
+    def mlp_in(ctx: torch.Tensor | None) -> torch.Tensor:  # (B, Q, m): A(C, x) or A(x) for every query
+        if ctx is None:
+            return block.mlp_input(queries.reshape(B * Q, 1, n))[0].reshape(B, Q, -1)
+        c = ctx.unsqueeze(1).expand(B, Q, N, n).reshape(B * Q, N, n)
+        return block.mlp_input(join(c, queries.reshape(B * Q, n)))[0].reshape(B, Q, -1)
+
+    alone, with_ctx, with_foreign = mlp_in(None), mlp_in(context), mlp_in(context.roll(-1, dims=0))
+    fresh = slice(Ks[-1], Q)
+
+    def err(W: torch.Tensor, rows: slice) -> torch.Tensor:
+        return ((block.head(alone[:, rows], None, W=W.unsqueeze(1))[..., -1] - qt[:, rows]) ** 2).mean(-1)
+
+    out = {
+        "unpatched": ((block.head(alone[:, fresh], None)[..., -1] - qt[:, fresh]) ** 2).mean(-1),
+        "in_context": ((block.head(with_ctx[:, fresh], None)[..., -1] - qt[:, fresh]) ** 2).mean(-1),
+    }
+    for K in Ks:
+        cal = slice(0, K)
+        dW = static_patch(block.W, with_ctx[:, cal], alone[:, cal])
+        out[f"static_{K}"] = err(block.W + dW, fresh)
+        out[f"calibration_{K}"] = err(block.W + dW, cal)
+        out[f"foreign_{K}"] = err(block.W + static_patch(block.W, with_foreign[:, cal], alone[:, cal]), fresh)
     return out
 
 

@@ -55,6 +55,33 @@ def rank_one_update(W: torch.Tensor, a_full: torch.Tensor, a_reduced: torch.Tens
     return u.unsqueeze(-1) * scaled_inverse(a_reduced, "A(C\\Y, x)").unsqueeze(-2)
 
 
+def static_patch(W: torch.Tensor, a_full: torch.Tensor, a_reduced: torch.Tensor) -> torch.Tensor:
+    """A *static* patch for one context, fitted over ``K`` calibration queries (the paper's later
+    versions: a "thought patch" that does not depend on the query).
+
+    ``a_full`` ``(..., K, m)`` holds ``A(C, x_k)`` and ``a_reduced`` ``(..., K, m)`` holds ``A(x_k)``
+    for the ``K`` calibration queries of one context. Returns the minimum-Frobenius-norm
+    ``dW_s`` ``(..., h, m)`` with ``dW_s A(x_k) = W (A(C, x_k) - A(x_k))`` for every ``k`` (the
+    least-squares solution where no ``dW_s`` meets all ``K`` equations):
+    ``dW_s = W D A^+`` with ``D = [dA_1 .. dA_K]`` and ``A = [A(x_1) .. A(x_K)]``. With ``K = 1``
+    it is Theorem 2.2's rank-1 patch (:func:`rank_one_update`); its rank is at most ``min(K, m)``.
+    """
+    if W.dim() != 2:
+        raise ValueError(f"W must be a matrix (h, m), got shape {tuple(W.shape)}")
+    if a_full.shape != a_reduced.shape or a_full.dim() < 2:
+        raise ValueError(
+            f"need A(C, x_k) and A(x_k) of one shape (..., K, m), got {tuple(a_full.shape)} and {tuple(a_reduced.shape)}"
+        )
+    if a_full.shape[-1] != W.shape[1]:
+        raise ValueError(f"W is {tuple(W.shape)} but the layer outputs have size {a_full.shape[-1]}")
+    if not (bool(torch.isfinite(a_full).all()) and bool(torch.isfinite(a_reduced).all())):
+        raise ValueError("the layer outputs have non-finite entries: the patch is undefined")
+    if bool((a_reduced.abs().amax(-1) == 0).any()):
+        raise ValueError("A(x_k) is zero for some calibration query: the patch is undefined")
+    target = torch.einsum("hm,...km->...hk", W, a_full - a_reduced)  # W dA_k as columns
+    return target @ torch.linalg.pinv(a_reduced.transpose(-1, -2))  # (..., h, K) (K, m)
+
+
 @dataclass
 class Patch:
     """The implicit update of a block: ``dW`` ``(B, h, m)`` and, with skips, ``db`` ``(B, d_model)``."""
