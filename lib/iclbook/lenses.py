@@ -89,7 +89,7 @@ def repeat_query(seqs: ih.Sequences, offset: int = 1) -> tuple[torch.Tensor, tor
     N = seqs.classes.shape[1]
     other = (match + offset) % N
     tokens = seqs.tokens.clone()
-    rows = torch.arange(len(seqs))
+    rows = torch.arange(len(seqs), device=tokens.device)
     item = tokens[rows, 2 * other].clone()  # the item token, with its position slot
     item[rows, seqs.shift + 2 * other] = 0.0  # drop the item's own position
     item[rows, seqs.shift + tokens.shape[1] - 1] = 1.0  # and take the query's
@@ -189,6 +189,13 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
     }
 
 
+def shuffle_rows(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each row of ``labels`` ``(n, N)`` permuted at random: the permutation is drawn where the
+    generator lives (the same draw on every device), then applied on the labels' device."""
+    perm = torch.argsort(torch.rand(labels.shape, generator=generator, device=generator.device), dim=1)
+    return labels.gather(1, perm.to(labels.device))
+
+
 @torch.no_grad()
 def dual_form_update(
     model: ih.InductionNet,
@@ -235,7 +242,6 @@ def dual_form_update(
     h_items = h_items[:, 0]
     labels = seqs.context_labels[: len(tokens)]  # (n, N)
     shuffle = shuffle_generator if shuffle_generator is not None else torch.Generator().manual_seed(0)
-    perm = torch.argsort(torch.rand(labels.shape, generator=shuffle), dim=1)
     hi, hq = h_items.reshape(len(tokens), N, -1), part.h[:, -1]
 
     def step(train: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -259,7 +265,7 @@ def dual_form_update(
 
     context_step = step(hi, labels)
     sim = versus(context_step)
-    shuffled = versus(step(hi, labels.gather(1, perm)))
+    shuffled = versus(step(hi, shuffle_rows(labels, shuffle)))
     # a step on the query itself toward its own label (an update that points at the answer), and
     # toward another label (the next one, cyclically): the reference pair of an "answer" reading
     target = seqs.target[: len(tokens)]

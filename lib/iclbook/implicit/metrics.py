@@ -65,7 +65,8 @@ def simaou_random(h_i: torch.Tensor, h_z: torch.Tensor, gen: torch.Generator, no
     """The paper's "Random Delta" baseline, ``cos(h_I - h_Z, u)`` with ``u ~ U[0, 1)^d``."""
     if normalize:
         h_i, h_z = (h / h.norm(dim=-1, keepdim=True) for h in (h_i, h_z))
-    u = torch.rand(h_i.shape, generator=gen, dtype=h_i.dtype)
+    # drawn where the generator lives (the same draw on every device), then moved to the outputs'
+    u = torch.rand(h_i.shape, generator=gen, dtype=h_i.dtype, device=gen.device).to(h_i.device)
     return cosine(h_i - h_z, u)
 
 

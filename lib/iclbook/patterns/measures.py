@@ -126,10 +126,11 @@ def qk_gains(model: OneLayerICL, cfg: Config) -> dict:
     """How much ``W_Q`` and ``W_K`` amplify the relevant patterns against the irrelevant ones:
     the mean of ``||W mu_j|| / ||mu_j||`` and of ``||W nu_k||`` over the in-domain patterns (both
     ``init_attn`` at initialisation). Prop. 1's "project onto the pattern, filter the noise"."""
-    dom = in_domain(cfg, "all")
-    pad = torch.zeros(cfg.d_Y)
+    dom, dev = in_domain(cfg, "all"), model.W_Q.device
+    pad = torch.zeros(cfg.d_Y, device=dev)
 
     def gain(W: torch.Tensor, vectors: torch.Tensor) -> float:
+        vectors = vectors.to(dev)
         embedded = torch.cat([vectors, pad.expand(len(vectors), -1)], dim=1)
         return float(((embedded @ W.T).norm(dim=1) / vectors.norm(dim=1)).mean())
 
@@ -153,9 +154,9 @@ def neuron_geometry(model: OneLayerICL, cfg: Config) -> dict:
     and of its feature part to the mean IDR pattern, with the sign of its read-out ``a_i``."""
     rows = model.neuron_rows()
     feat, lab = rows[:, : cfg.d_X], rows[:, cfg.d_X :]
-    q = torch.zeros(cfg.d_Y)
+    q = torch.zeros(cfg.d_Y, device=rows.device)
     q[0] = 1.0
-    mu_bar = in_domain(cfg, "all").relevant.mean(0)
+    mu_bar = in_domain(cfg, "all").relevant.mean(0).to(rows.device)
     return {
         "label_norm": lab.norm(dim=-1),
         "label_angle": angle(lab, q),
@@ -227,10 +228,11 @@ def pruning_mask(
     elif how == "random":
         if generator is None:
             raise ValueError("random pruning needs a generator")
-        order = torch.randperm(m, generator=generator)
+        # drawn where the generator lives (the same mask on every device), then moved
+        order = torch.randperm(m, generator=generator, device=generator.device).to(row_norms.device)
     else:
         raise ValueError(f"how must be 'magnitude', 'largest' or 'random', got {how!r}")
-    mask = torch.ones(m)
+    mask = torch.ones(m, device=row_norms.device)
     mask[order[:k]] = 0.0
     return mask
 
@@ -290,7 +292,7 @@ def norm_split(row_norms: torch.Tensor) -> tuple[int, float]:
 def large_group(row_norms: torch.Tensor, n_small: int) -> torch.Tensor:
     """Mask ``(m,)`` of the neurons outside the ``n_small`` smallest row norms (the large group of
     :func:`norm_split`)."""
-    large = torch.zeros(len(row_norms), dtype=torch.bool)
+    large = torch.zeros(len(row_norms), dtype=torch.bool, device=row_norms.device)
     large[torch.argsort(row_norms)[n_small:]] = True
     return large
 

@@ -121,7 +121,7 @@ class SmallGPT(HookPoints, nn.Module):
         acts on the stream the read-out reads, its last entry (each block has already read the
         one before it)."""
         h = self.hook("embedded", self.read_in(tokens))
-        mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1], dtype=h.dtype)
+        mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1], device=h.device, dtype=h.dtype)
         states = []
         for layer in self.blocks.layers:  # TransformerEncoder.forward's loop (no final norm, no padding)
             h = layer(h, src_mask=mask, is_causal=True)
