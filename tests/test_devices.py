@@ -181,6 +181,12 @@ def test_the_samplers_draw_on_the_cpu_whatever_the_models_device():
     assert seqs.tokens.device.type == seqs.target.device.type == "cpu"
     moved = seqs.map(lambda t: t.to(META))
     assert moved.tokens.device == moved.target.device == META
+    from iclbook.contextual import data as cxd
+    from iclbook.implicit import data as imd
+
+    tokens, target = cxd.sample_prompts(3, N=4, d=2, generator=gen())
+    assert tokens.device.type == target.device.type == "cpu"
+    assert imd.pretraining_batch(2, 16, gen()).device.type == "cpu"
 
 
 def test_the_lenses_label_shuffle_follows_the_device():
