@@ -14,7 +14,9 @@ are driven too. The page is opened through a copy of itself, in its own folder, 
 script added at the end: once the page has loaded, the script moves each slider to another frame,
 fires the `input` event a reader's drag fires, and writes what happened into the DOM (which frame
 is shown, whether the image and its label changed). Each slider must show the frame it was moved
-to, with a new image and label; the pages of `SCRUBBER_PAGES` must have at least one slider.
+to, with a new image and label; the pages of `SCRUBBER_PAGES` must have at least one slider. The
+same script clicks every exercise's "Show solution" toggle: each must be closed when the page
+opens and show its code once clicked; the pages of `EXERCISE_PAGES` must have at least one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ PAGES = [
     "book/claims",
 ]
 SCRUBBER_PAGES = {"book/05_four_lenses"}  # the cliff explorer
+EXERCISE_PAGES = {"book/01_nonlinear_icl", "book/02_implicit_finetuning", "book/05_four_lenses"}
 DRIVER_ID = "iclbook-offline-check"
 # moves every slider of the page to another frame as a reader would, and records what it saw
 DRIVER = """<script>
@@ -54,9 +57,20 @@ window.addEventListener("load", function () {
       seen.push({frames: +slider.max + 1, target: target, shown: img.getAttribute("data-frame"),
                  image_changed: img.getAttribute("src") !== src, label_changed: label.textContent !== text});
     });
+    var solutions = {count: 0, closed: 0, opened: 0};
+    document.querySelectorAll("details").forEach(function (d) {
+      var summary = d.querySelector("summary");
+      if (!summary || summary.textContent.indexOf("Show solution") < 0) { return; }
+      solutions.count += 1;
+      if (!d.open) { solutions.closed += 1; }
+      summary.click();
+      var body = d.querySelector("pre");
+      if (d.open && body && body.getBoundingClientRect().height > 0) { solutions.opened += 1; }
+    });
     var out = document.createElement("div");
     out.id = "DRIVER_ID";
     out.setAttribute("data-scrubbers", JSON.stringify(seen));
+    out.setAttribute("data-solutions", JSON.stringify(solutions));
     document.body.appendChild(out);
   }, 200);
 });
@@ -125,6 +139,7 @@ class Survey(HTMLParser):
         self.tables_with_verdicts = 0
         self._in_th = False
         self.scrubbers: list[dict] | None = None  # what the driver saw; None: the driver did not run
+        self.solutions: dict | None = None  # the exercises' solution toggles, as the driver saw them
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -144,6 +159,7 @@ class Survey(HTMLParser):
             self._in_th = True
         if tag == "div" and a.get("id") == DRIVER_ID:
             self.scrubbers = json.loads(a.get("data-scrubbers") or "[]")
+            self.solutions = json.loads(a.get("data-solutions") or "null")
         if tag in self.VOID:
             return
         idx = None
@@ -185,7 +201,24 @@ def check_page(html_root: Path, name: str) -> list[str]:
             problems.append(f"image {src} is not a file of the build")
     if survey.tables_with_verdicts == 0:
         problems.append("no claims table (a table with a 'verdict' column)")
-    return problems + scrubber_problems(name, survey.scrubbers)
+    return problems + scrubber_problems(name, survey.scrubbers) + solution_problems(name, survey.solutions)
+
+
+def solution_problems(name: str, seen: dict | None) -> list[str]:
+    """The exercises' solution toggles: closed when the page opens, and open (their code showing)
+    once clicked; a page of :data:`EXERCISE_PAGES` has at least one."""
+    if seen is None:
+        return ["the solution-toggle check did not run (no report from the driver script)"]
+    problems = []
+    if name in EXERCISE_PAGES and not seen.get("count"):
+        problems.append("no exercise solution behind a 'Show solution' toggle")
+    if seen.get("closed", 0) != seen.get("count", 0):
+        problems.append(f"{seen['count'] - seen['closed']} of {seen['count']} solutions are open when the page opens")
+    if seen.get("opened", 0) != seen.get("count", 0):
+        problems.append(
+            f"{seen['count'] - seen['opened']} of {seen['count']} solution toggles do not open to show their code"
+        )
+    return problems
 
 
 def scrubber_problems(name: str, seen: list[dict] | None) -> list[str]:
@@ -220,6 +253,7 @@ def main(argv: list[str]) -> int:
             + (
                 "rendered offline: math typeset, local images, claims table"
                 + (", the slider drives its frames" if name in SCRUBBER_PAGES else "")
+                + (", solutions closed and opening" if name in EXERCISE_PAGES else "")
                 if not problems
                 else "; ".join(problems)
             )

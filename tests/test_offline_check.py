@@ -17,7 +17,7 @@ GOOD = """<html><head><script src="_static/mathjax/tex-chtml.js"></script></head
 <div class="math notranslate nohighlight"><mjx-container display="true"></mjx-container></div>
 <img src="../_images/fig.png" alt="figure"><br>
 <table><thead><tr><th>claim</th><th>verdict</th></tr></thead><tbody><tr><td>x</td><td>reproduced</td></tr></tbody></table>
-<div id="iclbook-offline-check" data-scrubbers="[]"></div>
+<div id="iclbook-offline-check" data-scrubbers="[]" data-solutions="{&quot;count&quot;: 0, &quot;closed&quot;: 0, &quot;opened&quot;: 0}"></div>
 </body></html>"""
 
 
@@ -64,7 +64,9 @@ def driven(*seen: dict) -> str:
 
 def test_a_slider_that_moves_its_frame_passes_and_a_dead_one_is_caught(tmp_path, monkeypatch):
     moved = {"frames": 31, "target": 30, "shown": "30", "image_changed": True, "label_changed": True}
-    assert check(tmp_path, driven(moved), monkeypatch, name="book/05_four_lenses") == []
+    assert check(tmp_path, driven(moved), monkeypatch, name="book/05_four_lenses") == [
+        "no exercise solution behind a 'Show solution' toggle"
+    ]
     dead = {"frames": 31, "target": 30, "shown": "12", "image_changed": False, "label_changed": False}
     problems = check(tmp_path, driven(moved, dead), monkeypatch)
     assert problems == [
@@ -76,8 +78,11 @@ def test_a_slider_that_moves_its_frame_passes_and_a_dead_one_is_caught(tmp_path,
 def test_the_explorer_page_needs_a_slider_and_every_page_needs_the_driver_report(tmp_path, monkeypatch):
     assert "book/05_four_lenses" in oc.SCRUBBER_PAGES
     assert any("no scrubbable figure" in p for p in check(tmp_path, GOOD, monkeypatch, name="book/05_four_lenses"))
-    silent = GOOD.replace('<div id="iclbook-offline-check" data-scrubbers="[]"></div>', "")
-    assert check(tmp_path, silent, monkeypatch) == ["the slider check did not run (no report from the driver script)"]
+    silent = GOOD.split('<div id="iclbook-offline-check"')[0] + "</body></html>"
+    assert check(tmp_path, silent, monkeypatch) == [
+        "the slider check did not run (no report from the driver script)",
+        "the solution-toggle check did not run (no report from the driver script)",
+    ]
 
 
 def test_the_page_is_opened_through_a_driven_copy_that_is_removed(tmp_path, monkeypatch):
@@ -99,3 +104,19 @@ def test_the_page_is_opened_through_a_driven_copy_that_is_removed(tmp_path, monk
     assert oc.rendered_dom(page) == "<html></html>"
     assert seen["copy"].parent == tmp_path and not seen["copy"].exists()
     assert seen["text"].index(oc.DRIVER_ID) < seen["text"].index("</body>")
+
+
+def solutions(count: int, closed: int, opened: int) -> str:
+    report = json.dumps({"count": count, "closed": closed, "opened": opened}).replace('"', "&quot;")
+    return GOOD.replace(GOOD[GOOD.index('data-solutions="') : GOOD.index('"></div>')], f'data-solutions="{report}')
+
+
+def test_solution_toggles_must_start_closed_and_open(tmp_path, monkeypatch):
+    assert check(tmp_path, solutions(3, 3, 3), monkeypatch, name="book/01_nonlinear_icl") == []
+    assert check(tmp_path, solutions(0, 0, 0), monkeypatch, name="book/01_nonlinear_icl") == [
+        "no exercise solution behind a 'Show solution' toggle"
+    ]
+    assert check(tmp_path, solutions(3, 2, 1), monkeypatch) == [
+        "1 of 3 solutions are open when the page opens",
+        "2 of 3 solution toggles do not open to show their code",
+    ]

@@ -140,7 +140,7 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
     cos = metrics.cosine(shift.unsqueeze(1), label_shift)  # (n, N)
     match = (seqs.classes[:n_patch] == seqs.query_class[:n_patch, None]).to(cos.dtype)
     on = (cos * match).sum(1) / match.sum(1).clamp_min(1)
-    off = (cos * (1 - match)).sum(1) / (1 - match).sum(1).clamp_min(1)
+    sel = selectivity(shift, label_shift, match)
     # the null: the same reading toward a label token that is not the query's class (the one after
     # the first matching pair, cyclically), against the other non-matching ones
     wrong = torch.nn.functional.one_hot((match.argmax(1) + 1) % match.shape[1], match.shape[1]).to(cos.dtype)
@@ -173,8 +173,8 @@ def contextual_patch(model: ih.InductionNet, seqs: ih.Sequences, n_patch: int = 
         "patched_alone_each": correct(patched_alone),
         "mismatched_alone_each": correct(mismatched_alone),
         "patch_norm": float((torch.linalg.matrix_norm(dW) / torch.linalg.matrix_norm(mlp.w1)).mean()),
-        "selectivity": float((on - off).mean()),
-        "selectivity_each": (on - off).cpu().numpy(),
+        "selectivity": float(sel.mean()),
+        "selectivity_each": sel.cpu().numpy(),
         "selectivity_wrong": float((on_wrong - off_wrong)[wrong_ok].mean()),
         "selectivity_wrong_each": (on_wrong - off_wrong)[wrong_ok].cpu().numpy(),
         "cos_match": float(on.mean()),
@@ -304,9 +304,16 @@ def dual_form_update(
 def same_class_attention(model: ih.InductionNet, seqs: ih.Sequences) -> float:
     """Li et al.'s attention lens: the share of the query's layer-2 attention on the context
     tokens (items and their labels) of its own class."""
-    att2 = layer2(model, seqs.tokens).att2[:, :-1]  # (n, 2N): item, label, ...
-    match = (seqs.classes == seqs.query_class[:, None]).to(att2.dtype).repeat_interleave(2, dim=1)
-    return float((att2 * match).sum(1).mean())
+    att2 = layer2(model, seqs.tokens).att2
+    return float(class_share(att2, seqs.classes, seqs.query_class).mean())
+
+
+def class_share(att2: torch.Tensor, classes: torch.Tensor, query_class: torch.Tensor) -> torch.Tensor:
+    """The share of the query's layer-2 attention ``att2`` ``(n, 2N + 1)`` (context tokens item,
+    label, item, label, ..., then the query) on the context tokens, items and labels, of the
+    pairs whose class ``classes`` ``(n, N)`` is the query's ``query_class`` ``(n,)``: ``(n,)``."""
+    match = (classes == query_class[:, None]).to(att2.dtype).repeat_interleave(2, dim=1)
+    return (att2[:, :-1] * match).sum(1)
 
 
 @torch.no_grad()
@@ -404,6 +411,25 @@ def random_drops(row: Mapping[str, Any], rates: Sequence[float]) -> np.ndarray:
     if rates[0] != 0:
         raise ValueError(f"the pruning curve must start at rate 0 (no pruning), got rates {list(rates)}")
     return row["prune_magnitude"][0] - np.asarray(row["prune_random_draws"], dtype=float)
+
+
+def selectivity(shift: torch.Tensor, label_shift: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """Dherin et al.'s lens, read per sequence: the mean cosine of the patch's hidden shift
+    ``shift`` ``(n, h)`` with the shifts ``label_shift`` ``(n, N, h)`` that the label tokens of the
+    query's class would write (``match`` ``(n, N)`` booleans), minus its mean cosine with the
+    other label tokens' shifts: ``(n,)``. (:func:`contextual_patch` computes the same.)"""
+    cos = metrics.cosine(shift.unsqueeze(1), label_shift)
+    m = match.to(cos.dtype)
+    return (cos * m).sum(1) / m.sum(1).clamp_min(1) - (cos * (1 - m)).sum(1) / (1 - m).sum(1).clamp_min(1)
+
+
+def share_of_gap(full: Sequence[float], alone: Sequence[float], part: Sequence[float]) -> float:
+    """``(mean(part) - mean(alone)) / (mean(full) - mean(alone))``: the share of the gap between
+    the query alone and the network in context that ``part`` closes, from per-sequence accuracies
+    (0/1) of the same sequences (:func:`gap_share` adds its interval). NaN where the gap is under
+    0.05: nothing to share."""
+    f, a, p = (float(np.mean(np.asarray(x, dtype=float))) for x in (full, alone, part))
+    return (p - a) / (f - a) if f - a >= 0.05 else math.nan
 
 
 def gap_share(

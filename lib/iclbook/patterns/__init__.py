@@ -70,9 +70,10 @@ from iclbook.patterns.measures import (
     pruning_sweep,
     qk_gains,
     qk_projections,
+    same_pattern_attention,
     separation_auc,
 )
-from iclbook.patterns.model import OneLayerICL, SmallGPT, hinge
+from iclbook.patterns.model import OneLayerICL, SmallGPT, hinge, hinge_loss
 from iclbook.patterns.nulls import (
     above_null,
     alpha_shuffles,

@@ -16,7 +16,7 @@ import torch
 from iclbook import internals
 from iclbook.patterns.config import Config
 from iclbook.patterns.data import Domain, Prompts, in_domain, out_of_domain, sample_prompts
-from iclbook.patterns.model import OneLayerICL
+from iclbook.patterns.model import OneLayerICL, hinge_loss
 
 # ---------------------------------------------------------------------------------------------
 # Errors and the out-of-domain and context-length sweeps (Theorems 1-2)
@@ -38,9 +38,15 @@ def evaluate(model: OneLayerICL, prompts: Prompts, neuron_mask: torch.Tensor | N
     att = model.attention(prompts.tokens)
     return {
         "error": float((torch.sign(F) != prompts.target).float().mean()),
-        "hinge": float(torch.clamp(1 - prompts.target * F, min=0).mean()),
-        "same_attention": float((att * prompts.same).sum(-1).mean()),
+        "hinge": float(hinge_loss(F, prompts.target)),
+        "same_attention": float(same_pattern_attention(att, prompts.same).mean()),
     }
+
+
+def same_pattern_attention(att: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """The query's attention mass on the contexts that share its relevant pattern: ``att``
+    ``(n, l)`` (each row sums to 1), ``same`` ``(n, l)`` booleans; returns ``(n,)``."""
+    return (att * same.to(att.dtype)).sum(-1)
 
 
 def ood_sweep(

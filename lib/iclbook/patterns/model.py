@@ -73,11 +73,16 @@ class OneLayerICL(HookPoints, nn.Module):
         return self.W_O @ self.W_V
 
 
+def hinge_loss(F: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``mean(max(0, 1 - z F))``: the hinge loss of margins ``F`` ``(n,)`` for labels ``z = +-1``."""
+    return torch.clamp(1 - z * F, min=0).mean()
+
+
 def hinge(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """The paper's loss (the chapter's section "The model and its training"):
-    ``mean(max(0, 1 - z F))`` over a batch of ``(tokens (n, l + 1, d), z (n,))``."""
+    :func:`hinge_loss` of the model's margins over a batch of ``(tokens (n, l + 1, d), z (n,))``."""
     tokens, z = batch
-    return torch.clamp(1 - z * model(tokens), min=0).mean()
+    return hinge_loss(model(tokens), z)
 
 
 class SmallGPT(HookPoints, nn.Module):
