@@ -722,3 +722,77 @@ def test_decay_rival_has_no_cliff():
     assert ratio < 3 < 10 < ind.cliff_ratio(gd)
     assert ratio == pytest.approx(x / (1 - math.exp(-x)), rel=1e-2)
     assert np.isnan(ind.decay_rival({"loss": np.ones(5), "p_correct": np.zeros(5)})["loss"]).all()
+
+
+def test_plateau_margin_rejects_rises_without_a_plateau():
+    """The issue's counter-examples to a bare linger-ratio bar: each scores a linger ratio above 2
+    (or as large as one evaluation in the band), yet none spends even one evaluation more in the
+    band than its largest rival, so the chapter's bar (two evaluations beyond it) fails them all."""
+    a0 = 1 / 32
+    for t_top in (800, 3000):  # pure exponential growth from chance, any time constant: linger ~2.17
+        steps = np.arange(0, 2 * t_top + 1, 50.0)
+        p = ind.plateau_rivals(steps, np.minimum(a0 * (0.9 / a0) ** (steps / t_top), 1.0), 1 / 8)
+        assert p["linger"] > 2 and p["margin"] < 1
+    steps = np.arange(0, 3000, 50.0)
+    for w in (200, 400):  # a wide logistic from chance
+        p = ind.plateau_rivals(steps, a0 + (1 - a0) / (1 + np.exp(-(steps - 1000) / w)), 1 / 8)
+        assert p["margin"] < 1
+    # one in-band evaluation on a 100-step grid: a linger ratio above 2 from a single point
+    steps = np.arange(0, 1501, 100.0)
+    p = ind.plateau_rivals(steps, np.interp(steps, [0, 100, 200, 300, 1500], [0.03, 0.13, 0.95, 0.97, 0.99]), 1 / 8)
+    assert p["linger"] > 2 and p["margin"] < 1
+    # a curve that truly waits at B/N passes: 9 evaluations in the band, far beyond its rivals
+    steps = np.arange(0, 1501, 50.0)
+    p = ind.plateau_rivals(
+        steps, np.interp(steps, [0, 100, 450, 500, 550, 1500], [0.03, 0.125, 0.13, 0.6, 0.97, 0.99]), 1 / 8
+    )
+    assert p["margin"] >= 2
+
+
+def test_worst_seed_is_nan_aware():
+    assert ind.worst_seed([0.2, 0.25, 0.1]) == 0.25 and ind.worst_seed([0.2, 0.25, 0.1], "min") == 0.1
+    # a seed without a number (never jumped) is never dropped, wherever it comes
+    for values in ([0.25, math.nan], [math.nan, 0.25], [0.1, None, 0.3]):
+        assert math.isnan(ind.worst_seed(values)) and math.isnan(ind.worst_seed(values, "min"))
+    assert max([0.25, math.nan]) == 0.25  # what the plain reduction did
+    with pytest.raises(ValueError, match="worst"):
+        ind.worst_seed([1.0], "mean")
+    with pytest.raises(ValueError, match="at least one"):
+        ind.worst_seed([])
+
+
+def test_unjumped_names_every_seed_without_an_onset_or_a_top():
+    runs = [type("R", (), {"seed": s})() for s in (11, 12, 13)]
+    trs = [
+        {"onset": 600.0, "t_top": 800.0},
+        {"onset": math.nan, "t_top": math.nan},
+        {"onset": 700.0, "t_top": math.nan},
+    ]
+    assert ind.unjumped(runs, trs) == [12, 13]
+    assert ind.unjumped(runs[:1], trs[:1]) == []
+    with pytest.raises(ValueError, match="one transition per run"):
+        ind.unjumped(runs, trs[:2])
+
+
+def test_head_lead_known_answers():
+    steps = np.arange(0, 1001, 100.0)
+    #         0     100   200    300    400    500    600   700   800   900   1000
+    ic = [0.03, 0.12, 0.125, 0.125, 0.125, 0.13, 0.6, 0.95, 0.97, 0.97, 0.97]  # onset 600, middle 300
+    ic_share = (0.13 - 0.125) / (0.97 - 0.125)  # IC's share at 500, counted from the middle
+    early = [0.1, 0.1, 0.1, 0.1, 0.2, 0.3, 0.6, 0.8, 0.9, 0.9, 0.9]  # at 500: (0.3 - 0.1) / 0.8
+    assert ind.head_lead(steps, {"ILA1": early}, ic, 0.125) == pytest.approx(0.25 - ic_share)
+    late = [0.1] * 6 + [0.5, 0.9, 0.9, 0.9, 0.9]
+    assert ind.head_lead(steps, {"ILA1": early, "TILA2": late}, ic, 0.125) == pytest.approx(0.25 - ic_share)
+    assert ind.head_lead(steps, {"TILA2": late}, ic, 0.125) == pytest.approx(-ic_share)
+    assert ind.head_lead(steps, {"IC": ic}, ic, 0.125) == pytest.approx(0.0)  # a head that moves as IC does
+    assert np.isnan(ind.head_lead(steps, {"ILA1": early}, [0.03] * 11, 0.125))  # never jumps
+
+
+def test_head_formed_against_the_untrained_value():
+    def run(tila2):
+        return type("R", (), {"series": lambda self, k: (np.arange(0, 50 * len(tila2), 50.0), np.asarray(tila2))})()
+
+    assert ind.head_formed(run([0.06, 0.06, 0.3, 0.8]))
+    assert not ind.head_formed(run([0.24, 0.25, 0.3, 0.4]))  # B = 4: uniform is 4/17, and 0.4 < 2 x 0.24
+    assert ind.head_formed(run([0.06, 0.2, 0.1, 0.05]), at=60) and not ind.head_formed(run([0.06, 0.2, 0.1, 0.05]))
+    assert not ind.head_formed(run([0.06, 0.2]), at=-1)

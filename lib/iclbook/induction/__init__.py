@@ -34,6 +34,8 @@ from iclbook.induction.analysis import (
     context_reader,
     decay_rival,
     eps_sweep,
+    head_formed,
+    head_lead,
     icl_shift,
     jump_rivals,
     lag_window,
@@ -43,6 +45,8 @@ from iclbook.induction.analysis import (
     rival_curves,
     share_at,
     strategy_shift,
+    unjumped,
+    worst_seed,
 )
 from iclbook.induction.config import CONFIGS, STREAMS, Config, check_data_args
 from iclbook.induction.data import Sequences, Task, context_label_baseline, eval_sets, make_task, sample

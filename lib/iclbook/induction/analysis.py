@@ -17,6 +17,10 @@ that compute them, each with a known-answer test (``tests/test_induction.py``).
 ``context_reader``         the random-context-label reader's accuracies on a run's sets
 ``icl_shift``              the shift of a grid comparison, IC counted above the B/N reader
 ``decay_rival``            an exponential decay through a descent's start, slow phase and end
+``worst_seed``             the worst seed's number, NaN if any seed has none (never dropped)
+``unjumped``               the seeds whose IC accuracy never made the jump (the rows' condition)
+``head_lead``              how far the head's rise runs ahead of IC's at the last pre-jump point
+``head_formed``            whether a run's TILA2 rose clearly above its untrained, uniform value
 =========================  ====================================================================
 
 The nulls and rivals are computed on the chapter's own curves, grids and evaluation sets, so a
@@ -261,3 +265,82 @@ def decay_rival(descent: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"loss": np.full_like(loss, math.nan), "p_correct": p}
     tau = t10 / math.log((l0 - l_end) / (l10 - l_end))
     return {"loss": l_end + (l0 - l_end) * np.exp(-np.arange(len(loss)) / tau), "p_correct": p}
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregates over seeds and the conditions a row needs before it reads one
+# ---------------------------------------------------------------------------------------------
+
+
+def worst_seed(values: Sequence[float], worst: str = "max") -> float:
+    """The worst seed's number: the largest (``worst="max"``) or the smallest (``"min"``) of
+    ``values``, one per seed. A seed without a number (NaN or None: a run that never jumped) makes
+    the result NaN, so the row reading it is inconclusive: Python's ``max([0.25, nan])`` is 0.25
+    and ``max([nan, 0.25])`` is NaN, so a plain ``max`` drops such a seed unless it comes first,
+    and reports the others as if they were all. Raises ``ValueError`` for no values or an
+    unknown ``worst``."""
+    if worst not in ("max", "min"):
+        raise ValueError(f"worst must be 'max' or 'min', got {worst!r}")
+    vals = [math.nan if v is None else float(v) for v in values]
+    if not vals:
+        raise ValueError("worst_seed needs at least one seed's value")
+    if not all(math.isfinite(v) for v in vals):
+        return math.nan
+    return max(vals) if worst == "max" else min(vals)
+
+
+def unjumped(runs: Sequence[Any], transitions: Sequence[Mapping[str, float]]) -> list[Any]:
+    """The seeds (``run.seed``) whose IC accuracy never made the jump: no onset (never reached
+    B/N + 0.1) or no top (never reached 0.9) in ``transitions`` (``curves.transition`` per run,
+    in the order of ``runs``). A row about the jump, its shape or what happens at it reads every
+    seed, so it is judged only where this list is empty."""
+    if len(runs) != len(transitions):
+        raise ValueError(f"one transition per run: {len(runs)} runs, {len(transitions)} transitions")
+    return [r.seed for r, tr in zip(runs, transitions) if not (np.isfinite(tr["onset"]) and np.isfinite(tr["t_top"]))]
+
+
+def _share_from(steps: np.ndarray, values: np.ndarray, origin: float, upto: float) -> float:
+    """Share of the rise from the value at the last evaluation at or before ``origin`` to the last
+    value, made at the last evaluation before ``upto``."""
+    start = values[steps <= origin]
+    before = values[steps < upto]
+    if not len(start) or not len(before) or values[-1] == start[-1]:
+        return math.nan
+    return float((before[-1] - start[-1]) / (values[-1] - start[-1]))
+
+
+def head_lead(steps: Any, head: Mapping[str, Any], ic: Any, baseline: float, *, band: float = 0.05) -> float:
+    """How far the induction head's rise runs ahead of IC accuracy's just before the jump: at the
+    last evaluation before IC's onset (``curves.transition``), the largest share of its rise that
+    a head measure (``head``: name -> values on ``steps``, e.g. ILA1 and TILA2) has made, minus
+    the share of its rise that IC accuracy has made, both counted from the middle of the plateau
+    (:func:`plateau_middle`) to the last evaluation, so that IC's early climb from chance to
+    ``baseline`` does not count. 0 for a head that rises exactly as IC does; positive where the
+    head leads. NaN without a plateau or an onset."""
+    t, a = np.asarray(steps, dtype=float), np.asarray(ic, dtype=float)
+    onset = curves.transition(t, a, baseline, band=band)["onset"]
+    middle = plateau_middle(t, a, baseline, band=band)
+    if not (np.isfinite(onset) and np.isfinite(middle)):
+        return math.nan
+    ic_share = _share_from(t, a, middle, onset)
+    shares = [_share_from(t, np.asarray(v, dtype=float), middle, onset) for v in head.values()]
+    if not shares or not all(np.isfinite([ic_share, *shares])):
+        return math.nan
+    return max(shares) - ic_share
+
+
+def head_formed(run: Any, at: float | None = None, *, factor: float = 2.0) -> bool:
+    """Whether ``run`` has an induction head at step ``at`` (default: its last checkpoint):
+    TILA2, the query's attention on the labels whose item matches it, at least ``factor`` times
+    its value at step 0, where the untrained network attends about uniformly (TILA2 = B/(2N + 1)
+    on bursty sequences, B matching labels of 2N + 1 tokens). A network that only copies some
+    context label has no such head."""
+    steps, tila2 = run.series("TILA2")
+    if at is None:
+        value = tila2[-1]
+    else:
+        upto = tila2[steps <= at]
+        if not len(upto):
+            return False
+        value = upto[-1]
+    return bool(value >= factor * tila2[0])
