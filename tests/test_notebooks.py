@@ -65,6 +65,60 @@ def test_badges_and_install_targets_follow_the_config():
     assert _links().problems() == []
 
 
+def test_the_ref_the_links_name_is_live_or_said_not_to_be():
+    """Every Colab link and install cell names the release tag. With the tag present, lib/ and
+    book/ must be as tagged (else main's changes reach no Colab reader: release again); without
+    it, the links are not live yet, and the test says so in the warnings summary."""
+    import subprocess
+    import warnings
+
+    links = _links()
+    ok, text = links.release()
+    assert ok, text
+    tag = links.settings()["tag"]
+    present = (
+        subprocess.run(["git", "-C", str(ROOT), "rev-parse", "-q", "--verify", f"refs/tags/{tag}"]).returncode == 0
+    )
+    if not present:
+        assert "not live" in text
+        warnings.warn(text, stacklevel=1)
+
+
+def test_the_release_check_fails_when_the_library_moved_past_its_tag(tmp_path):
+    import shutil
+    import subprocess
+
+    links = _links()
+    for folder in ("book", "lib/iclbook"):
+        (tmp_path / folder).mkdir(parents=True)
+    shutil.copy(ROOT / "_config.yml", tmp_path)
+    shutil.copy(ROOT / "lib/iclbook/__init__.py", tmp_path / "lib/iclbook")
+    tag = links.settings(tmp_path)["tag"]
+
+    def git(*args):
+        subprocess.run(
+            ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            check=True,
+            capture_output=True,
+        )
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "release")
+    ok, text = links.release(tmp_path)
+    assert ok and "not live" in text
+    git("tag", tag)
+    assert links.release(tmp_path) == (
+        True,
+        f"{tag} is tagged and lib/ and book/ are as tagged: the Colab links are live",
+    )
+    (tmp_path / "lib/iclbook/new.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "after the release")
+    ok, text = links.release(tmp_path)
+    assert not ok and "changed since" in text and "bump __version__" in text
+
+
 def test_links_check_catches_a_stale_badge(tmp_path):
     import shutil
 
