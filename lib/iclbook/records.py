@@ -338,6 +338,9 @@ def expected_record(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "profile": profiles[0] if len(profiles) == 1 else profiles,
         "seed": seeds[0] if len(seeds) == 1 else seeds,
         "chapters": verdicts(records),
+        # each row's criterion as the page states it: the changelog (.ci/changelog.py) lists the
+        # criteria whose text changed beside the verdicts that did
+        "criteria": {rec["chapter"]: {r["key"]: r["criterion"] for r in rec["rows"]} for rec in records},
     }
 
 
