@@ -204,9 +204,24 @@ def test_appendix_a_bias_shift(variant):
 # --- Prop. 3.1 and Appendix B -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["softmax", "rnn", "ssm"])
-def test_token_dynamics(kind):
-    block = cx.make_block(kind, CFG, seed=7)
+@pytest.mark.parametrize(
+    "kind,variant",
+    [
+        ("softmax", "plain"),
+        ("rnn", "plain"),
+        ("ssm", "plain"),
+        ("softmax", "skip"),
+        ("softmax", "preln"),
+        ("ssm", "preln"),
+    ],
+)
+def test_token_dynamics(kind, variant):
+    block = cx.make_block(kind, CFG, variant, seed=7)
+    if variant == "preln":  # a LayerNorm with non-trivial affine weights, as after training
+        with torch.no_grad():
+            for ln in (block.ln1, block.ln2):
+                ln.weight.copy_(torch.tensor([0.7, 1.3, 0.9]))
+                ln.bias.copy_(torch.tensor([0.1, -0.2, 0.05]))
     tokens, _ = prompts(seed=8)
     r = cx.dynamics_check(block, tokens)
     for key in ("recursion_gap", "prop31_gap", "prefix_gap", "prefix_trick_gap", "appB_gap"):
@@ -214,6 +229,13 @@ def test_token_dynamics(kind):
     assert r["rank_ratio"] < TOL
     assert r["appB_vs_31_max_entry"] > 1e-6  # a different matrix ...
     assert bool((r["norm_31"] <= r["norm_B"] + TOL).all())  # ... and never a smaller one
+
+
+def test_preln_step_is_fixed_by_the_layernorm_at_initialisation():
+    """With LN2's weight 1 and bias 0, ||LN2(z)||^2 = n var / (var + eps): h = 1/3 for n = 3."""
+    block = cx.make_block("softmax", CFG, "preln", seed=37)
+    r = cx.dynamics_check(block, prompts(seed=38)[0])
+    assert torch.allclose(r["step"], torch.full_like(r["step"], 1 / 3), rtol=1e-3)
 
 
 def test_increments_equal_weight_differences():
@@ -242,6 +264,48 @@ def test_finetune_comparison_shapes_and_identity():
     assert torch.allclose(r["loss_dw"], r["loss_dw_patch"], atol=1e-10)
     assert torch.allclose(r["loss_ft"][:, 0], r["loss_dw"][:, 0], atol=1e-12)  # both start at W
     assert bool(r["cosine"][:, 1:].abs().le(1 + 1e-12).all())
+
+
+def test_sgd_gradient_matches_autograd_and_prefix_inputs_their_definition():
+    block = cx.make_block("softmax", CFG, seed=32)
+    tokens, _ = prompts(n=4, seed=33)
+    u = cx.query_inputs(block, tokens[:, :-1])[:, 2]  # (4, m)
+    y = tokens[:, 2, -1]
+    Ws = (block.W.detach() + 0.3 * torch.randn(2, 4, *block.W.shape, generator=runtime.generator(34))).requires_grad_(
+        True
+    )
+    loss = 0.5 * ((block.head(u.expand(2, 4, -1), None, W=Ws)[..., -1] - y) ** 2).sum()
+    (grad,) = torch.autograd.grad(loss, Ws)
+    assert torch.allclose(cx.sgd_gradient(block, Ws.detach(), u.expand(2, 4, -1), y), grad, atol=1e-12)
+    pre = cx.prefix_inputs(block, tokens[:, :-1])
+    for j in (0, 1, CFG.N - 1):
+        x = tokens[:, j].clone()
+        x[:, -1] = 0.0
+        assert torch.allclose(pre[:, j], block.mlp_input(cx.join(tokens[:, :j], x))[0], atol=TOL)
+    assert torch.allclose(pre[:, 0], cx.query_inputs(block, tokens[:, :-1])[:, 0], atol=TOL)  # no example before
+    r = cx.finetune_comparison(block, tokens, tokens[:, 0, 0], lr=0.1, prompts="prefix")
+    assert r["loss_ft"].shape == (4, CFG.N + 1)
+    with pytest.raises(ValueError, match="prompts"):
+        cx.finetune_comparison(block, tokens, tokens[:, 0, 0], lr=0.1, prompts="both")
+
+
+def test_refine_setting_searches_the_neighbours():
+    block = cx.make_block("softmax", CFG, seed=35)
+    tokens, target = prompts(n=6, seed=36)
+
+    def final(lr, k):
+        return cx.finetune_comparison(block, tokens, target, lr=lr, steps_per_example=k)["loss_ft"][:, -1]
+
+    start = {(0.1, 1): final(0.1, 1)}
+    best, tried, interior = cx.refine_setting(block, tokens, target, start, max_steps=3, max_rounds=1)
+    assert {(0.1, 1), (0.1, 3), (0.1 / 3, 3)} <= set(tried) and len(tried) == 4
+    assert torch.allclose(tried[(0.1, 3)], final(0.1, 3), atol=1e-12)
+    assert best in tried and isinstance(interior, bool)
+    # nothing beyond max_steps: only the larger rate is a new neighbour, and the choice is not interior
+    _, capped, interior = cx.refine_setting(block, tokens, target, start, max_steps=1, max_rounds=1)
+    assert len(capped) == 2 and not interior
+    with pytest.raises(ValueError, match="at least one"):
+        cx.refine_setting(block, tokens, target, {}, max_steps=3)
 
 
 def test_finetune_first_step_is_one_sgd_step():
@@ -556,6 +620,36 @@ def test_sgd_alignment_against_autograd():
         cx.sgd_alignment(block, tokens[:1])
 
 
+def test_bad_tokens_give_clear_errors():
+    block = cx.make_block("softmax", CFG, seed=28)
+    tokens, _ = prompts(n=2, seed=29)
+    bad = tokens.clone()
+    bad[1, 3, 0] = float("nan")
+    for run in (lambda t: cx.theorem_check(block, t, t[:, -1, 0]), lambda t: cx.dynamics_check(block, t)):
+        with pytest.raises(ValueError, match="non-finite"):
+            run(bad)
+    with pytest.raises(ValueError, match="4-D .*flatten"):
+        block(tokens.unsqueeze(0))
+    with pytest.raises(ValueError, match="add a batch dimension"):
+        block(tokens[0])
+
+
+def test_float32_patch_warns_once():
+    import iclbook.contextual.patches as patches
+
+    patches._WARNED_DTYPES.discard(torch.float32)
+    block = cx.make_block("softmax", CFG, seed=30, dtype=torch.float32)
+    tokens, target = cx.sample_prompts(4, N=CFG.N, d=CFG.d, generator=runtime.generator(31), dtype=torch.float32)
+    with pytest.warns(UserWarning, match="float32"):
+        r = cx.theorem_check(block, tokens, target)
+    assert r["max_gap"] < 1e-5  # exact up to float32 rounding
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second patch in float32 does not warn again
+        cx.theorem_check(block, tokens, target)
+
+
 def test_foreign_contexts_keep_the_query():
     tokens, target = prompts(n=4, seed=20)
     f = cx.foreign_contexts(tokens)
@@ -597,3 +691,36 @@ def test_train_blocks_cache_key_tells_runs_apart(monkeypatch, tmp_path):
     moved = replace(CFG, icl_ratio=0.99, ft_lrs=(5.0,), n_ft_tasks=7)
     assert cx.train_blocks(moved, [0], steps=3, lr=CFG.lr, val=val)[1]["cached"]
     assert not cx.train_blocks(replace(CFG, width=CFG.width + 1), [0], steps=3, lr=CFG.lr, val=val)[1]["cached"]
+
+
+# --- the blocks of modern language models (Goldwaser et al. 2025) -----------------------------------
+
+
+@pytest.mark.parametrize("kind,act", [("gemma", "gelu"), ("gemma", "silu"), ("postnorm", "gelu"), ("parallel", "gelu")])
+def test_modern_blocks_patch_exactly(kind, act):
+    from iclbook.contextual import modern
+
+    block = cx.make_modern(kind, CFG, seed=40, act=act)
+    tokens, _ = prompts(n=16, seed=41)
+    r = cx.modern_check(block, tokens)
+    assert r["max_gap"] < 1e-10 and r["rank_ratio"] < 1e-12 and r["context_effect"] > 1e-3
+    patch = cx.modern_patch(block, tokens)
+    if kind == "gemma":  # rank-1 gate and up patches, a scale patch, no bias
+        assert patch.dW.shape == patch.dW_up.shape == (16, CFG.width, 3) and patch.scale.shape == (16, 3)
+        assert patch.db is None
+        # the RMSNorm alone: v / rms(v) * (1 + g), Gemma's form
+        v = torch.randn(4, 3, dtype=torch.float64)
+        norm = block.norms[0]
+        assert torch.allclose(norm(v), v / (v.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt() * (1 + norm.weight))
+    elif kind == "parallel":  # the MLP reads the query alone: a bias shift is the whole patch
+        assert patch.dW is None and patch.db.shape == (16, 3)
+    with pytest.raises(ValueError, match="batch, tokens"):
+        block(tokens[0])
+    assert kind in modern.KINDS
+
+
+def test_modern_block_bad_arguments():
+    with pytest.raises(ValueError, match="kind"):
+        cx.ModernBlock("prenorm", 3, 8, 2, 2)
+    with pytest.raises(ValueError, match="act"):
+        cx.ModernBlock("gemma", 3, 8, 2, 2, act="relu")

@@ -21,6 +21,8 @@ The package, one idea per module:
 ``patches``      the paper's formulas: the rank-1 patch, the static patch of several queries,
                  Prop. 3.1, App. B, stacked patches;
 ``measures``     the chapter's measurements, as functions that return numbers;
+``modern``       the blocks of modern language models (Gemma-style with RMSNorm and a gated MLP,
+                 post-norm, parallel) and their exact patches (Goldwaser et al. 2025);
 ``training``     training blocks through the shared loop and the weight cache.
 
 Shapes: ``B`` prompts, ``N`` context tokens, ``n`` token size (``d + 1``), ``m`` the size of the
@@ -53,14 +55,18 @@ from iclbook.contextual.measures import (
     partial_check,
     patch_transfer,
     position_check,
+    prefix_inputs,
     query_inputs,
+    refine_setting,
     sgd_alignment,
+    sgd_gradient,
     skip_check,
     stack_check,
     static_patch_transfer,
     theorem_check,
 )
 from iclbook.contextual.model import BlockStack, ContextualBlock, Variant, make_block, make_stack
+from iclbook.contextual.modern import ModernBlock, ModernPatch, RMSNorm, make_modern, modern_check, modern_patch
 from iclbook.contextual.patches import (
     Patch,
     appendix_b_weights,

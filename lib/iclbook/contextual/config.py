@@ -41,6 +41,9 @@ class Config:
     # on n_ft_tasks tasks split in two halves (one selects the best setting, the other reports it).
     ft_lrs: tuple[float, ...] = runtime.check((0.01, 0.1, 0.3, 1.0, 3.0))
     ft_steps: tuple[int, ...] = runtime.check((1, 10))
+    # the grid is extended around its best setting (3x the rate, 3x the steps) until that is interior,
+    # up to this many SGD steps per example (cx.refine_setting)
+    ft_max_steps: int = runtime.check(90)
     paper_ft_lr: float = runtime.check(0.01)  # the paper's learning rate
     n_ft_tasks: int = runtime.check(300)
     # Finetuning W alone on all N examples of a task until it fits them (damped Gauss-Newton, at
@@ -109,8 +112,11 @@ STREAMS = {
     "transfer-queries": runtime.Stream(),  # its fresh queries
     "static-queries": runtime.Stream(),  # calibration and fresh queries of the static patch
     "random-patches": runtime.Stream(width=10),  # random rank-1 patches of the transfer test's null, per member
+    "invariances": runtime.Stream(),  # the permutation of the context in the invariance checks
     "partial-checks": runtime.Stream(width=10),  # the Y ⊂ C split, one per ensemble member
     "layer-checks": runtime.Stream(width=10),  # the same for each other contextual layer
     "untrained": runtime.Stream(width=100),  # untrained blocks of the controls
     "untrained-stack": runtime.Stream(),  # the untrained stack of the stack check
+    "untrained-preln": runtime.Stream(),  # the untrained pre-LN block of the implicit-step control
+    "modern-blocks": runtime.Stream(width=10),  # the Gemma-style, post-norm and parallel blocks
 }

@@ -72,7 +72,11 @@ def foreign_contexts(tokens: torch.Tensor, shift: int = 1) -> torch.Tensor:
 def split(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(context (B, N, n), query (B, n))`` from a prompt ``(B, N + 1, n)``."""
     if tokens.dim() != 3 or tokens.shape[1] < 1:
-        raise ValueError(f"tokens must be (batch, N + 1, n), got {tuple(tokens.shape)}")
+        raise ValueError(
+            f"tokens must be a 3-D tensor (batch, N + 1, n), got {tokens.dim()}-D shape {tuple(tokens.shape)}"
+        )
+    if not bool(torch.isfinite(tokens).all()):
+        raise ValueError("the tokens have non-finite entries (NaN or inf): the layer's outputs would be undefined")
     return tokens[:, :-1], tokens[:, -1]
 
 

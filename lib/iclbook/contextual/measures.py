@@ -94,37 +94,50 @@ def skip_check(block: ContextualBlock, tokens: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def dynamics_check(block: ContextualBlock, tokens: torch.Tensor) -> dict:
-    """Prop. 3.1 (token-by-token gradient steps) and App. B (product form) on a plain block."""
-    if block.variant != "plain":
-        raise ValueError("dynamics_check is written for the plain block")
+    """Prop. 3.1 (token-by-token gradient steps) and App. B (product form) on a block of any
+    variant. With skips (App. A) the MLP's input is ``u`` (``A``, or ``LN2(z)`` in the pre-LN
+    block) and each patch carries the bias shift ``db'_i = z_i - z_0`` of its prefix; App. B's
+    product acts on ``W`` and the whole context's ``db' = z_C - z_x``. ``"step"`` is Prop. 3.1's
+    implicit step ``h = 1/||u(x)||^2`` per prompt ``(B,)``."""
     context, query = split(tokens)
     W0 = block.W
-    pre = block.layer.prefixes(context, query)  # (B, N + 1, m)
+    pre, z_pre = block.mlp_input_prefixes(context, query)  # (B, N + 1, m), (B, N + 1, d)
     closed = prop31_weights(W0, pre)
     recursive = prop31_recursion(W0, pre)
     by_autograd = prop31_recursion(W0, pre, gradient="autograd")
     WN = closed[:, -1]
     u0, z0 = block.mlp_input(query.unsqueeze(1))
-    y_ctx = block(tokens)
-    y_31 = block.head(u0, z0, W=WN)[:, -1]
-    # each prefix too: T_{W_i}(x) == T_W(c_1..c_i, x)
-    y_prefix_ctx = block.head(pre, torch.zeros_like(pre))[..., -1]
-    y_prefix_31 = block.head(u0.unsqueeze(1).expand_as(pre), None, W=closed)[..., -1]
-    WB = appendix_b_weights(W0, block.layer.suffixes(context, query))
-    y_B = block.head(u0, z0, W=WB)[:, -1]
-    direct_prefix = torch.stack([block.layer(join(context[:, :i], query)) for i in (0, 1, context.shape[1] // 2)], 1)
+    skip = block.variant != "plain"
+    shift = (z_pre - z_pre[:, :1]) if skip else None  # db'_i of each prefix
+    full = block.head(*block.mlp_input(tokens))
+    y_31 = block.head(u0, z0, W=WN, bias_shift=shift[:, -1] if skip else None)
+    # each prefix too: T_{W_i, b'_i}(x) == T_W(c_1..c_i, x)
+    y_prefix_ctx = block.head(pre, z_pre)
+    y_prefix_31 = block.head(
+        u0.unsqueeze(1).expand_as(pre), z0.unsqueeze(1).expand_as(z_pre), W=closed, bias_shift=shift
+    )
+    suf, z_suf = block.mlp_input_suffixes(context, query)
+    WB = appendix_b_weights(W0, suf)
+    y_B = block.head(u0, z0, W=WB, bias_shift=(z_suf[:, 0] - z_suf[:, -1]) if skip else None)
+    idx = [0, 1, context.shape[1] // 2]
+    direct = [block.mlp_input(join(context[:, :i], query)) for i in idx]
+    direct_prefix = torch.stack([d[0] for d in direct], 1)
+    direct_z = torch.stack([d[1] for d in direct], 1)
     return {
         "recursion_gap": float((closed - recursive).abs().max()),
         "autograd_gap": float((closed - by_autograd).abs().max()),
-        "prop31_gap": float((y_ctx - y_31).abs().max()),
+        "prop31_gap": float((full - y_31).abs().max()),
         "prefix_gap": float((y_prefix_ctx - y_prefix_31).abs().max()),
-        "prefix_trick_gap": float((direct_prefix - pre[:, [0, 1, context.shape[1] // 2]]).abs().max()),
+        "prefix_trick_gap": float(
+            max((direct_prefix - pre[:, idx]).abs().max(), (direct_z - z_pre[:, idx]).abs().max())
+        ),
         "rank_ratio": float(rank_ratio(WN - W0).max()),
-        "appB_gap": float((y_ctx - y_B).abs().max()),
+        "appB_gap": float((full - y_B).abs().max()),
         "appB_vs_31_max_entry": float((WB - WN).abs().max()),
         "norm_31": (WN - W0).flatten(1).norm(dim=1),
         "norm_B": (WB - W0).flatten(1).norm(dim=1),
         "appB_rank": torch.linalg.matrix_rank(WB - W0, rtol=1e-10),
+        "step": 1.0 / (u0 * u0).sum(-1),
     }
 
 
@@ -143,14 +156,19 @@ def finetune_comparison(
     target: torch.Tensor,
     lr: float | Sequence[float],
     steps_per_example: int = 1,
+    prompts: str = "query",
 ) -> dict:
     """The paper's Fig. 3: implicit ``dW`` against explicit finetuning, per prompt and example.
 
     *Implicit:* the test loss of ``T_W(c_1..c_i, x_q)`` (equal to ``T_{W + dW(c_1..c_i)}(x_q)``).
     *Explicit:* from ``W``, for each context example in order, ``steps_per_example`` plain SGD
-    steps (rate ``lr``) on ``(T_W([x_j; 0]) - y_j)^2 / 2`` with only ``W`` trainable, each task
-    separately; after ``i`` examples, the test loss on ``x_q``. Also the cosine (normalised
-    Frobenius inner product) between the two updates ``W_i^ft - W`` and ``dW(c_1..c_i)``.
+    steps (rate ``lr``) on ``(T_W(p_j) - y_j)^2 / 2`` with only ``W`` trainable, each task
+    separately; after ``i`` examples, the test loss on ``x_q``. The prompt ``p_j`` of example
+    ``j`` is one of two readings of the paper's "one example at a time": ``prompts="query"``,
+    the example's input alone ``[x_j; 0]``; ``prompts="prefix"``, the examples before it then its
+    input, ``[c_1..c_{j-1}, [x_j; 0]]``. Also the cosine (normalised Frobenius inner product)
+    between the two updates ``W_i^ft - W`` and ``dW(c_1..c_i)``. The SGD gradient is computed in
+    closed form (:func:`sgd_gradient`), which a test checks against autograd.
 
     ``lr`` may be a list: every rate runs at once. Returns ``loss_dw`` and ``loss_dw_patch``
     ``(B, N + 1)`` for ``i = 0..N``, and ``loss_ft``, the finetuned predictions on the query
@@ -162,6 +180,8 @@ def finetune_comparison(
         raise ValueError("finetune_comparison is written for the plain block")
     if steps_per_example < 1:
         raise ValueError(f"steps_per_example must be >= 1, got {steps_per_example}")
+    if prompts not in ("query", "prefix"):
+        raise ValueError(f"prompts must be 'query' or 'prefix', got {prompts!r}")
     single = isinstance(lr, (int, float))
     lrs = torch.tensor([lr] if single else list(lr), dtype=tokens.dtype)
     if not bool((lrs > 0).all()):
@@ -179,7 +199,8 @@ def finetune_comparison(
         loss_dw_patch = (
             block.head(u0[0].unsqueeze(1).expand_as(pre), None, W=W0 + dWs)[..., -1] - target[:, None]
         ) ** 2
-        u_ft = query_inputs(block, context)  # (B, N, m): the MLP inputs of [x_j; 0]
+        # (B, N, m): the MLP inputs of the finetuning prompts (they do not depend on W)
+        u_ft = query_inputs(block, context) if prompts == "query" else prefix_inputs(block, context)
     W = W0.expand(L, B, *W0.shape).clone()
     rate = lrs[:, None, None, None]
     pred_ft, cos = [], []
@@ -192,11 +213,7 @@ def finetune_comparison(
             break
         u, y = u_ft[:, i].expand(L, B, -1), context[:, i, -1]
         for _ in range(steps_per_example):
-            with torch.enable_grad():
-                W.requires_grad_(True)
-                pred = block.head(u, None, W=W)[..., -1]
-                (grad,) = torch.autograd.grad(0.5 * ((pred - y) ** 2).sum(), W)  # per task
-            W = (W - rate * grad).detach()
+            W = W - rate * sgd_gradient(block, W, u, y)
     pred = torch.stack(pred_ft, -1)
     out = {
         "loss_dw": loss_dw,
@@ -210,6 +227,74 @@ def finetune_comparison(
         for key in ("loss_ft", "pred_ft", "cosine", "W_ft"):
             out[key] = out[key][0]
     return out
+
+
+@torch.no_grad()
+def sgd_gradient(block: ContextualBlock, W: torch.Tensor, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``(T_W(u) - y)^2 / 2`` with respect to ``W``, for each of a batch of
+    weights ``W`` ``(..., h, m)``, MLP inputs ``u`` ``(..., m)`` and labels ``y`` ``(...)``, in closed
+    form: ``(pred - y) (a * gelu'(W u + b)) u^T`` with ``a`` the last row of the second dense layer
+    (the prediction is the last output coordinate) and ``gelu'(x) = Phi(x) + x phi(x)``."""
+    pre = torch.einsum("...hm,...m->...h", W, u) + block.fc1.bias
+    pred = F.gelu(pre) @ block.fc2.weight[-1] + block.fc2.bias[-1]
+    cdf = 0.5 * (1 + torch.erf(pre / 2**0.5))
+    pdf = torch.exp(-0.5 * pre**2) / (2 * torch.pi) ** 0.5
+    g = block.fc2.weight[-1] * (cdf + pre * pdf)  # d pred / d pre
+    return ((pred - y).unsqueeze(-1) * g).unsqueeze(-1) * u.unsqueeze(-2)
+
+
+@torch.no_grad()
+def prefix_inputs(block: ContextualBlock, context: torch.Tensor) -> torch.Tensor:
+    """The MLP inputs ``(B, N, m)`` of the prefix prompts ``[c_1..c_{j-1}, [x_j; 0]]`` (the other
+    reading of finetuning "one example at a time": each example's input after the ones before)."""
+    x = context.clone()
+    x[..., -1] = 0.0
+    return torch.stack([block.mlp_input(join(context[:, :j], x[:, j]))[0] for j in range(context.shape[1])], 1)
+
+
+def refine_setting(
+    block: ContextualBlock,
+    tokens: torch.Tensor,
+    target: torch.Tensor,
+    tried: Mapping[tuple[float, int], torch.Tensor],
+    *,
+    max_steps: int,
+    max_rounds: int = 3,
+) -> tuple[tuple[float, int], dict, bool]:
+    """Extend a finetuning sweep until its best setting is interior: a local search.
+
+    ``tried`` maps the settings ``(lr, steps per example)`` already run on ``tokens`` to their
+    final test loss per task ``(B,)``. From the best of them (lowest mean), the neighbours not yet
+    tried, a rate three times larger at the same steps and three times more steps at the same rate
+    and at a third of the rate (about the same ``lr x steps``), are run with
+    :func:`finetune_comparison` (none above ``max_steps`` steps per example). The search moves to
+    the best neighbour if it lowers the mean loss by more than one standard error of the paired
+    difference over the tasks (a smaller gain is not told from the noise of the selection), for at
+    most ``max_rounds`` rounds. Returns the chosen setting, every setting's per-task losses (the
+    new ones included), and whether the choice is interior: every neighbour was run and none did
+    better by that margin."""
+    if not tried:
+        raise ValueError("need at least one setting already tried")
+    tried = dict(tried)
+    best = min(tried, key=lambda st: float(tried[st].mean()))
+    for _ in range(max_rounds):
+        lr, k = best
+        hood = [(3 * lr, k), (lr, 3 * k), (lr / 3, 3 * k)]
+        new = [st for st in hood if st not in tried and st[1] <= max_steps]
+        for steps in sorted({st[1] for st in new}):
+            rates = [st[0] for st in new if st[1] == steps]
+            r = finetune_comparison(block, tokens, target, lr=rates, steps_per_example=steps)
+            for rate, curve in zip(rates, r["loss_ft"]):  # a list of rates keeps the rate dimension
+                tried[(rate, steps)] = curve[:, -1]
+        better = []
+        for st in (st for st in hood if st in tried):
+            diff = tried[best] - tried[st]  # > 0 where the neighbour is better
+            if float(diff.mean()) > float(diff.std() / len(diff) ** 0.5):
+                better.append(st)
+        if not better:
+            return best, tried, all(st in tried for st in hood)
+        best = min(better, key=lambda st: float(tried[st].mean()))
+    return best, tried, False
 
 
 @torch.no_grad()

@@ -93,8 +93,14 @@ class ContextualBlock(HookPoints, nn.Module):
         if not isinstance(seq, torch.Tensor):
             raise TypeError(f"a block reads a tensor (batch, tokens, {self.layer.d_in}), got {type(seq).__name__}")
         if seq.dim() != 3:
-            hint = " (add a batch dimension: seq.unsqueeze(0))" if seq.dim() == 2 else ""
-            raise ValueError(f"a block reads (batch, tokens, {self.layer.d_in}), got shape {tuple(seq.shape)}{hint}")
+            hint = {
+                1: " (one token? make it a sequence of one in a batch of one: seq.reshape(1, 1, -1))",
+                2: " (add a batch dimension: seq.unsqueeze(0))",
+            }.get(seq.dim(), " (several batch dimensions? flatten them into one: seq.flatten(0, -3))")
+            raise ValueError(
+                f"a block reads a 3-D tensor (batch, tokens, {self.layer.d_in}), got {seq.dim()}-D shape "
+                f"{tuple(seq.shape)}{hint}"
+            )
         if seq.shape[1] < 1 or seq.shape[2] != self.layer.d_in:
             raise ValueError(f"a block reads (batch, tokens >= 1, {self.layer.d_in}), got shape {tuple(seq.shape)}")
 
@@ -109,6 +115,27 @@ class ContextualBlock(HookPoints, nn.Module):
         if self.variant == "skip":
             return a, seq + a
         return a, a.new_zeros(*a.shape[:2], self.d_model)
+
+    def _stream(self, a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u, z)`` from layer outputs ``a`` ``(..., m)`` at a query token ``x`` ``(..., n)``."""
+        if self.variant == "plain":
+            return a, a.new_zeros(*a.shape[:-1], self.d_model)
+        z = x + a
+        return (self.ln2(z) if self.variant == "preln" else a), z
+
+    def mlp_input_prefixes(self, context: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`mlp_input` of every prefix prompt ``[c_1..c_i, x]``, ``i = 0..N``: ``u`` ``(B, N + 1, m)``
+        and ``z`` ``(B, N + 1, d_model)`` (index 0: the query alone), in one pass of the layer's
+        :meth:`~iclbook.contextual.layers.ContextualLayer.prefixes` (LayerNorm acts per token)."""
+        ln = self.ln1 if self.variant == "preln" else (lambda t: t)
+        a = self.layer.prefixes(ln(context), ln(query))
+        return self._stream(a, query.unsqueeze(1))
+
+    def mlp_input_suffixes(self, context: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same for the suffix prompts ``[c_i..c_N, x]``, ``i = 1..N + 1`` (last: the query alone)."""
+        ln = self.ln1 if self.variant == "preln" else (lambda t: t)
+        a = self.layer.suffixes(ln(context), ln(query))
+        return self._stream(a, query.unsqueeze(1))
 
     def all_positions(self, seq: torch.Tensor) -> torch.Tensor:
         """The block's output at every position ``t`` (reading tokens ``1..t``): ``(B, T, d_model)``.

@@ -7,6 +7,7 @@ neither underflow nor overflow, and raises a clear error where ``a`` is zero or 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -90,10 +91,40 @@ class Patch:
     db: torch.Tensor | None
 
 
+#: Dtypes :func:`implicit_patch` has already warned about (it warns once per dtype).
+_WARNED_DTYPES: set[torch.dtype] = set()
+
+
+def warn_if_not_float64(*tensors: torch.Tensor) -> None:
+    """Warn once per dtype that the patch's identities are checked in float64: in float32 they
+    hold only to about 1e-7 (rounding), not to the 1e-10 the book's checks use."""
+    for t in tensors:
+        if t.is_floating_point() and t.dtype != torch.float64 and t.dtype not in _WARNED_DTYPES:
+            _WARNED_DTYPES.add(t.dtype)
+            warnings.warn(
+                f"computing a patch in {t.dtype}: the identity holds to rounding, about 1e-7 in float32, "
+                "not to the 1e-10 the book checks in float64; use a float64 block and tokens "
+                "(cx.make_block(..., dtype=torch.float64)) to check it exactly",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
 def implicit_patch(block: ContextualBlock, full: torch.Tensor, reduced: torch.Tensor) -> Patch:
     """The patch that makes ``block`` on ``reduced`` (the prompt without ``Y``) reproduce ``block``
     on ``full``: Theorem 2.2 for the plain block, with App. A's ``db' = dA`` (``= z_C - z_x``)
-    for the skip and pre-LN blocks. Both prompts must end with the same query token."""
+    for the skip and pre-LN blocks. Both prompts must end with the same query token.
+    Warns once (per dtype) when the block or the prompts are not float64."""
+    warn_if_not_float64(block.W, full)
+    block.check_input(full)
+    block.check_input(reduced)
+    for name, seq in (("full", full), ("reduced", reduced)):
+        if not bool(torch.isfinite(seq).all()):
+            bad = tuple(torch.nonzero(~torch.isfinite(seq))[0].tolist())
+            raise ValueError(
+                f"the {name} prompt has non-finite entries (NaN or inf), first at (prompt, token, entry) = {bad}: "
+                "the block's output, and any patch built from it, would be undefined"
+            )
     if not torch.equal(full[:, -1], reduced[:, -1]):
         raise ValueError("the full and reduced prompts must end with the same query token")
     u_full, z_full = block.mlp_input(full)
