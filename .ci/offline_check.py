@@ -16,7 +16,11 @@ fires the `input` event a reader's drag fires, and writes what happened into the
 is shown, whether the image and its label changed). Each slider must show the frame it was moved
 to, with a new image and label; the pages of `SCRUBBER_PAGES` must have at least one slider. The
 same script clicks every exercise's "Show solution" toggle: each must be closed when the page
-opens and show its code once clicked; the pages of `EXERCISE_PAGES` must have at least one.
+opens and show its code once clicked; the pages of `EXERCISE_PAGES` must have at least one. The
+browser opens at 1400 pixels, a reader's window: on `OVERFLOW_PAGES` (the claims page) no table
+may be wider than its box. Last, the script switches the theme to dark, as its switch does, and
+measures the contrast of every table's text with what is behind it (WCAG AA, 4.5:1); every
+raster image of the build must be opaque, or its lines vanish into a dark page.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ PAGES = [
     "book/claims",
 ]
 SCRUBBER_PAGES = {"book/05_four_lenses"}  # the cliff explorer
+OVERFLOW_PAGES = {"book/claims"}  # every column visible at the reader's width (1400 pixels)
+MIN_CONTRAST = 4.5  # WCAG AA for text: the tables' text against what is behind it, in dark mode
 EXERCISE_PAGES = {"book/01_nonlinear_icl", "book/02_implicit_finetuning", "book/05_four_lenses"}
 DRIVER_ID = "iclbook-offline-check"
 # moves every slider of the page to another frame as a reader would, and records what it saw
-DRIVER = """<script>
+DRIVER = r"""<script>
 window.addEventListener("load", function () {
   setTimeout(function () {
     var seen = [];
@@ -67,8 +73,31 @@ window.addEventListener("load", function () {
       var body = d.querySelector("pre");
       if (d.open && body && body.getBoundingClientRect().height > 0) { solutions.opened += 1; }
     });
+    // layout at the reader's width (the browser opens at 1400 pixels): tables wider than their box
+    var overflow = [], tables = document.querySelectorAll("table");
+    tables.forEach(function (t, i) { if (t.scrollWidth > t.parentElement.clientWidth + 1) { overflow.push(i + 1); } });
+    // dark mode, as the theme's switch sets it: the contrast of every table's text with what is behind it
+    document.documentElement.dataset.theme = "dark";
+    document.documentElement.dataset.mode = "dark";
+    function rgba(text) { var m = text.match(/[\d.]+/g) || [0, 0, 0, 0]; return [+m[0], +m[1], +m[2], m.length > 3 ? +m[3] : 1]; }
+    function lum(c) {
+      var v = c.slice(0, 3).map(function (x) { x /= 255; return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); });
+      return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2];
+    }
+    function behind(el) {
+      for (; el; el = el.parentElement) { var c = rgba(getComputedStyle(el).backgroundColor); if (c[3] > 0.5) { return c; } }
+      return [255, 255, 255, 1];
+    }
+    var worst = null;
+    document.querySelectorAll("table td, table th").forEach(function (cell, i) {
+      if (i > 2000 || !cell.textContent.trim()) { return; }
+      var a = lum(rgba(getComputedStyle(cell).color)), b = lum(behind(cell));
+      var ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      if (worst === null || ratio < worst) { worst = ratio; }
+    });
     var out = document.createElement("div");
     out.id = "DRIVER_ID";
+    out.setAttribute("data-layout", JSON.stringify({tables: tables.length, overflow: overflow, dark_contrast: worst}));
     out.setAttribute("data-scrubbers", JSON.stringify(seen));
     out.setAttribute("data-solutions", JSON.stringify(solutions));
     document.body.appendChild(out);
@@ -81,6 +110,7 @@ BROWSER_FLAGS = [
     "--disable-gpu",
     "--host-resolver-rules=MAP * ~NOTFOUND",
     "--virtual-time-budget=30000",
+    "--window-size=1400,1000",
     "--dump-dom",
 ]
 
@@ -140,6 +170,7 @@ class Survey(HTMLParser):
         self._in_th = False
         self.scrubbers: list[dict] | None = None  # what the driver saw; None: the driver did not run
         self.solutions: dict | None = None  # the exercises' solution toggles, as the driver saw them
+        self.layout: dict | None = None  # tables that overflow, and their contrast in dark mode
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -160,6 +191,7 @@ class Survey(HTMLParser):
         if tag == "div" and a.get("id") == DRIVER_ID:
             self.scrubbers = json.loads(a.get("data-scrubbers") or "[]")
             self.solutions = json.loads(a.get("data-solutions") or "null")
+            self.layout = json.loads(a.get("data-layout") or "null")
         if tag in self.VOID:
             return
         idx = None
@@ -201,7 +233,48 @@ def check_page(html_root: Path, name: str) -> list[str]:
             problems.append(f"image {src} is not a file of the build")
     if survey.tables_with_verdicts == 0:
         problems.append("no claims table (a table with a 'verdict' column)")
-    return problems + scrubber_problems(name, survey.scrubbers) + solution_problems(name, survey.solutions)
+    problems += [p for src in survey.images if (p := transparent(page, src))]
+    return (
+        problems
+        + scrubber_problems(name, survey.scrubbers)
+        + solution_problems(name, survey.solutions)
+        + layout_problems(name, survey.layout)
+    )
+
+
+def transparent(page: Path, src: str) -> str | None:
+    """A figure with see-through pixels takes the page's colour behind it: in dark mode its dark
+    text and lines vanish into a dark page. Every raster image of the build must be opaque."""
+    from PIL import Image  # noqa: PLC0415 (matplotlib's dependency, in the book's environment)
+
+    url = urlparse(src)
+    path = page.parent / unquote(url.path)
+    if url.scheme or path.suffix.lower() not in (".png", ".gif", ".webp") or not path.exists():
+        return None
+    try:
+        with Image.open(path) as im:
+            if "A" not in im.getbands() and "transparency" not in im.info:
+                return None
+            alpha = im.convert("RGBA").getchannel("A").getextrema()[0]
+    except OSError as err:
+        return f"image {src} cannot be read as an image ({err})"
+    return f"image {src} has transparent pixels (alpha {alpha}): unreadable in dark mode" if alpha < 255 else None
+
+
+def layout_problems(name: str, seen: dict | None) -> list[str]:
+    """Tables wider than the page at 1400 pixels (on :data:`OVERFLOW_PAGES`), and table text that
+    does not stand out from its background in dark mode."""
+    if seen is None:
+        return ["the layout check did not run (no report from the driver script)"]
+    problems = []
+    if name in OVERFLOW_PAGES and seen.get("overflow"):
+        problems.append(f"tables {seen['overflow']} of {seen['tables']} are wider than the page at 1400 pixels")
+    contrast = seen.get("dark_contrast")
+    if contrast is not None and contrast < MIN_CONTRAST:
+        problems.append(
+            f"in dark mode a table's text contrasts {contrast:.2f}:1 with its background (< {MIN_CONTRAST}:1)"
+        )
+    return problems
 
 
 def solution_problems(name: str, seen: dict | None) -> list[str]:
@@ -254,6 +327,8 @@ def main(argv: list[str]) -> int:
                 "rendered offline: math typeset, local images, claims table"
                 + (", the slider drives its frames" if name in SCRUBBER_PAGES else "")
                 + (", solutions closed and opening" if name in EXERCISE_PAGES else "")
+                + (", tables within 1400 pixels" if name in OVERFLOW_PAGES else "")
+                + ", readable in dark mode"
                 if not problems
                 else "; ".join(problems)
             )

@@ -17,14 +17,16 @@ GOOD = """<html><head><script src="_static/mathjax/tex-chtml.js"></script></head
 <div class="math notranslate nohighlight"><mjx-container display="true"></mjx-container></div>
 <img src="../_images/fig.png" alt="figure"><br>
 <table><thead><tr><th>claim</th><th>verdict</th></tr></thead><tbody><tr><td>x</td><td>reproduced</td></tr></tbody></table>
-<div id="iclbook-offline-check" data-scrubbers="[]" data-solutions="{&quot;count&quot;: 0, &quot;closed&quot;: 0, &quot;opened&quot;: 0}"></div>
+<div id="iclbook-offline-check" data-scrubbers="[]" data-solutions="{&quot;count&quot;: 0, &quot;closed&quot;: 0, &quot;opened&quot;: 0}" data-layout="{&quot;tables&quot;: 1, &quot;overflow&quot;: [], &quot;dark_contrast&quot;: 12.0}"></div>
 </body></html>"""
 
 
 def check(tmp_path, dom, monkeypatch, name="book/page"):
     (tmp_path / "book").mkdir(exist_ok=True)
     (tmp_path / "_images").mkdir(exist_ok=True)
-    (tmp_path / "_images" / "fig.png").write_bytes(b"png")
+    from PIL import Image
+
+    Image.new("RGB", (2, 2), (255, 255, 255)).save(tmp_path / "_images" / "fig.png")
     (tmp_path / f"{name}.html").write_text("<html></html>")
     monkeypatch.setattr(oc, "rendered_dom", lambda page: dom)
     return oc.check_page(tmp_path, name)
@@ -82,6 +84,7 @@ def test_the_explorer_page_needs_a_slider_and_every_page_needs_the_driver_report
     assert check(tmp_path, silent, monkeypatch) == [
         "the slider check did not run (no report from the driver script)",
         "the solution-toggle check did not run (no report from the driver script)",
+        "the layout check did not run (no report from the driver script)",
     ]
 
 
@@ -108,7 +111,7 @@ def test_the_page_is_opened_through_a_driven_copy_that_is_removed(tmp_path, monk
 
 def solutions(count: int, closed: int, opened: int) -> str:
     report = json.dumps({"count": count, "closed": closed, "opened": opened}).replace('"', "&quot;")
-    return GOOD.replace(GOOD[GOOD.index('data-solutions="') : GOOD.index('"></div>')], f'data-solutions="{report}')
+    return GOOD.replace(GOOD[GOOD.index('data-solutions="') : GOOD.index('" data-layout')], f'data-solutions="{report}')
 
 
 def test_solution_toggles_must_start_closed_and_open(tmp_path, monkeypatch):
@@ -120,3 +123,33 @@ def test_solution_toggles_must_start_closed_and_open(tmp_path, monkeypatch):
         "1 of 3 solutions are open when the page opens",
         "2 of 3 solution toggles do not open to show their code",
     ]
+
+
+def layout(overflow: list[int], contrast: float) -> str:
+    report = json.dumps({"tables": 3, "overflow": overflow, "dark_contrast": contrast}).replace('"', "&quot;")
+    return GOOD.replace(GOOD[GOOD.index('data-layout="') : GOOD.index('"></div>')], f'data-layout="{report}')
+
+
+def test_wide_tables_on_the_claims_page_and_dark_mode_contrast_are_caught(tmp_path, monkeypatch):
+    assert check(tmp_path, layout([], 9.0), monkeypatch, name="book/claims") == []
+    assert check(tmp_path, layout([2], 9.0), monkeypatch, name="book/claims") == [
+        "tables [2] of 3 are wider than the page at 1400 pixels"
+    ]
+    assert check(tmp_path, layout([2], 9.0), monkeypatch) == []  # a chapter's table may scroll
+    assert check(tmp_path, layout([], 1.3), monkeypatch) == [
+        "in dark mode a table's text contrasts 1.30:1 with its background (< 4.5:1)"
+    ]
+
+
+def test_a_transparent_figure_is_caught(tmp_path, monkeypatch):
+    from PIL import Image
+
+    (tmp_path / "_images").mkdir()
+    Image.new("RGBA", (4, 4), (255, 255, 255, 255)).save(tmp_path / "_images" / "opaque.png")
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp_path / "_images" / "clear.png")
+    Image.new("RGB", (4, 4), (255, 255, 255)).save(tmp_path / "_images" / "rgb.png")
+    page = tmp_path / "book" / "page.html"
+    page.parent.mkdir()
+    assert oc.transparent(page, "../_images/opaque.png") is None
+    assert oc.transparent(page, "../_images/rgb.png") is None
+    assert "transparent pixels (alpha 0)" in oc.transparent(page, "../_images/clear.png")
