@@ -4,15 +4,15 @@ Every function takes plain arrays (NumPy arrays, lists, or CPU tensors), one cur
 ``steps`` are the logged steps, increasing, and ``values`` the measure at each. The chapters'
 histories give these arrays (:meth:`iclbook.train.History.curve`, ``Run.series`` in chapter 3).
 
-=====================  ==========================================================================
-``first_crossing``     first step at which a curve reaches a level (an accuracy rising)
-``steps_to_threshold`` first step after which a curve stays below a level (an error falling)
-``half_rise``          first step halfway from a curve's first to its last value
-``transition``         a plateau-then-jump accuracy curve: onset, top, rise/onset, linger ratio
-``loglog_fit``         least-squares line of ``log(values)`` against ``log(x)``: slope, intercept
-``loglog_slope``       its slope alone
-``non_increasing``     whether a measured rate never rises by more than its sampling error
-=====================  ==========================================================================
+======================  ==========================================================================
+``first_crossing``      first step at which a curve reaches a level (an accuracy rising)
+``steps_to_threshold``  first step after which a curve stays below a level (an error falling)
+``half_rise``           first step halfway from a curve's first to its last value
+``transition``          a plateau-then-jump accuracy curve: onset, top, rise/onset, linger ratio
+``loglog_fit``          least-squares line of ``log(values)`` against ``log(x)``: slope, intercept
+``loglog_slope``        its slope alone
+``non_increasing``      whether a measured rate never rises by more than its sampling error
+======================  ==========================================================================
 """
 
 from __future__ import annotations

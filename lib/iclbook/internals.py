@@ -7,14 +7,14 @@ dict with exactly those names (as TransformerLens's ``run_with_cache`` does for 
     acts = model.internals(tokens)       # {"attention": (n, l), "hidden": (n, m), ...}
     read(model, tokens, "att1", "att2")  # the named ones, checked against INTERNALS
 
-=====================================  =========================================================
+======================================  =========================================================
 ``patterns.OneLayerICL`` (chapter 1)    attention over the contexts, hidden pre-activations, F
 ``patterns.SmallGPT`` (chapter 1)       the read-in, the stream after each block, the read-out
 ``induction.InductionNet`` (ch. 3, 5)   both layers' attention, the query state, the ReLU layers
 ``induction.MinimalNet`` (chapter 3)    the three scalars' attention, the query state, ReLU layers
 ``contextual.ContextualBlock`` (ch. 4)  the MLP's input A(C, x), the residual, pre-activation, out
 ``implicit.model.TinyLM`` (chapter 2)   per layer: queries, keys, attention outputs and inputs
-=====================================  =========================================================
+======================================  =========================================================
 
 Hugging Face models (chapter 2's real-model path) are read with the hooks of
 :class:`iclbook.implicit.probe.Recorder`, which ``TinyLM.internals`` uses too.

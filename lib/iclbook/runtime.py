@@ -13,15 +13,17 @@ else in the chapter changes between profiles. Every random draw goes through a n
 
 Environment variables
 ---------------------
-ICLBOOK_PROFILE   smoke (seconds, code paths only) | book (default) | paper (the paper's scale, GPU)
-ICLBOOK_SEED      base seed of every random draw (default 0)
-ICLBOOK_DEVICE    force a torch device, e.g. "cpu" or "cuda:1"
-ICLBOOK_CACHE     folder of the trained-weight cache (default ~/.cache/iclbook)
-ICLBOOK_RETRAIN   1 to ignore cached weights and train again (the new weights replace the old)
-ICLBOOK_PROGRESS  0 to hide progress bars
-ICLBOOK_HTML      1 where the output goes to the HTML book (set by the book's build): figures a
-                  reader scrubs with a slider are made as self-contained HTML there, and as
-                  static figures elsewhere (Colab, Jupyter, the paired notebooks)
+::
+
+    ICLBOOK_PROFILE   smoke (seconds, code paths only) | book (default) | paper (the paper's scale, GPU)
+    ICLBOOK_SEED      base seed of every random draw (default 0)
+    ICLBOOK_DEVICE    force a torch device, e.g. "cpu" or "cuda:1"
+    ICLBOOK_CACHE     folder of the trained-weight cache (default ~/.cache/iclbook)
+    ICLBOOK_RETRAIN   1 to ignore cached weights and train again (the new weights replace the old)
+    ICLBOOK_PROGRESS  0 to hide progress bars
+    ICLBOOK_HTML      1 where the output goes to the HTML book (set by the book's build): figures a
+                      reader scrubs with a slider are made as self-contained HTML there, and as
+                      static figures elsewhere (Colab, Jupyter, the paired notebooks)
 """
 
 from __future__ import annotations

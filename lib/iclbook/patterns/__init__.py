@@ -2,13 +2,16 @@
 
 The data model of the paper (its Section 3, as reconstructed in the book's spec): orthogonal
 relevant and irrelevant patterns, tasks that are ordered pairs of relevant patterns, prompts of
+====  =========================================================================================
 ``l`` labelled contexts and a query, and out-of-domain patterns that combine the relevant ones.
+====  =========================================================================================
 The model is one softmax-attention head and a ReLU MLP with a fixed read-out ``a``:
 ``F(P) = a^T relu(W_O sum_i attn_i W_V p_i)``, with attention of the query over the contexts
 only; prediction ``sign F``; hinge loss; plain SGD.
 
 The package, one idea per module:
 
+==============  =================================================================================
 ``config``      the chapter's sizes per profile (what is trained and what is checked) and its
                 named random streams;
 ``data``        patterns, the task split, the out-of-domain constructions, the no-match floor,
@@ -23,6 +26,7 @@ The package, one idea per module:
                 readers, random pruning masks from one forward pass, shuffled alpha labels;
 ``training``    training through the shared loop and the weight cache (the only module that
                 trains; its key covers the measures its stored histories hold).
+==============  =================================================================================
 
 Shapes: ``n`` prompts, ``l`` contexts, ``d = d_X + d_Y`` token size, ``m`` neurons.
 Everything is re-exported here: ``from iclbook import patterns as pt; pt.train_models(...)``.
