@@ -14,7 +14,7 @@ THREADS ?= 1
 # jupyter-cache ignores environment variables: each profile builds into its own folder.
 OUT := $(if $(filter book,$(PROFILE)),.,_build/$(PROFILE))
 
-.PHONY: install book test test-execute test-colab-setup test-build test-colab-run test-unit colab unit notebooks sync bench retrain verdicts seeds clean
+.PHONY: install book pdf test test-execute test-colab-setup test-build test-colab-run test-unit colab unit notebooks sync bench retrain verdicts seeds clean
 
 $(STAMP): requirements.txt lib/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ book: $(STAMP)
 	ICLBOOK_PROFILE=$(PROFILE) ICLBOOK_RECORDS=$(abspath $(OUT))/_build/records ICLBOOK_HTML=1 \
 		$(BIN)/jupyter-book build . -W -n --keep-going --path-output $(OUT)
 	@echo "The book is at $(OUT)/_build/html/index.html"
+
+## make pdf: the book as one PDF, $(OUT)/_build/book.pdf, after make book (it reads that build's
+##   execution cache): the single-page HTML build printed offline by headless Chromium with the
+##   hints open and the solutions left out, then checked (pages, every chapter's title, figures).
+pdf: $(STAMP)
+	ICLBOOK_PROFILE=$(PROFILE) ICLBOOK_RECORDS=$(abspath $(OUT))/_build/records ICLBOOK_HTML=1 \
+		$(BIN)/jupyter-book build . --builder singlehtml --path-output $(OUT)
+	$(BIN)/python .ci/pdf.py $(OUT)/_build/singlehtml $(OUT)/_build/book.pdf
 
 ## make test: every test CI runs, from a clean slate: the linter and formatter check (ruff, on the
 ## library, tests, benchmarks, CI scripts and the chapters' code cells); a strict build of the

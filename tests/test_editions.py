@@ -89,3 +89,27 @@ def test_the_changelog_groups_commits_by_version_in_a_throwaway_repository(tmp_p
     assert text.index("## 0.2.0 (unreleased)") < text.index("## 0.1.0 (released")
     assert "- chapter 2: *row*: partly → **reproduced**" in text
     assert "because of x" in text and "The first record of expected verdicts (1 rows)." in text
+
+
+def _pdf():
+    import sys
+
+    sys.path.insert(0, str(ROOT / ".ci"))
+    spec = importlib.util.spec_from_file_location("pdf", ROOT / ".ci" / "pdf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_pdf_printer_finds_the_single_page_and_its_figures_and_titles(tmp_path):
+    pdf = _pdf()
+    (tmp_path / "book").mkdir()
+    (tmp_path / "index.html").write_text('<meta http-equiv="Refresh" content="0; url=book/intro.html" />')
+    (tmp_path / "book" / "intro.html").write_text(
+        "<h1>Intro<a class='headerlink'>#</a></h1><img src='a.png'><img src='a.png'>"
+    )
+    assert pdf.root_page(tmp_path) == tmp_path / "book" / "intro.html"
+    page = pdf.Figures()
+    page.feed((tmp_path / "book" / "intro.html").read_text())
+    assert page.titles == ["Intro"] and page.images == {"a.png"}
+    assert "Show solution" in pdf.PRINT_SCRIPT and "d.open = true" in pdf.PRINT_SCRIPT
