@@ -58,7 +58,7 @@ CHAPTERS = {
         "tests": "induction",
         "package": "induction",
         "rooms": {},
-        "own": ("pheno", "analysis"),
+        "own": ("pheno", "analysis", "clamping"),
     },
     "04": {
         "slug": "contextual_blocks",
@@ -67,7 +67,7 @@ CHAPTERS = {
         "tests": "contextual",
         "package": "contextual",
         "rooms": {},
-        "own": ("layers", "patches"),
+        "own": ("layers", "patches", "modern"),
     },
     # chapter 5 reads chapter 3's network through the other chapters' code: one module is enough
     "05": {
