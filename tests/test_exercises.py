@@ -11,6 +11,7 @@ import torch
 from iclbook import exercises as E
 from iclbook import lenses
 from iclbook import patterns as pt
+from iclbook.contextual import patches as cxp
 from iclbook.implicit import dual_form, metrics
 
 
@@ -59,6 +60,19 @@ WRONG = {
         "Wrong shape on no demonstration at all: expected (3, 2), got (2, 3)",
     ),
     "2.3": (lambda wk, wv, xd, x, q: dual_form.zsl_weight(wk, wv, x) @ q, "expected [1, 1], got [0, 1]"),
+    "3.1": (lambda s, v, level: float(s[np.argmax(v > level)]), "never gets there: expected nan, got 0"),
+    "4.1": (
+        lambda W, af, ar: torch.einsum("hm,nm,nk->nhk", W, af - ar, ar),
+        "twice as long: the patch divides by ||A(x)||^2: expected [0, 0, 1, 0], got [0, 0, 4, 0]",
+    ),
+    "4.2": (
+        lambda W0, pre: cxp.prop31_weights(W0, pre) - W0,
+        "one context token moving it to (1, 1): expected [1, 0, 0, 1",
+    ),
+    "4.3": (
+        lambda W, af, ar: cxp.rank_one_update(W, af[:1], ar[:1])[0],
+        "each pushed toward the other: expected [0, 1, 1, 0]",
+    ),
     "5.1": (_only_items, "expected [0.4], got [0.2]"),
     "5.2": (_no_baseline, "along the other label's: expected [-1], got [0]"),
     "5.3": (lambda f, a, p: float(np.mean(p) / np.mean(f)), "no gap at all (the answer is NaN): expected nan, got 1"),

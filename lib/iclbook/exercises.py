@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from iclbook import lenses
+from iclbook import curves, lenses
 from iclbook import patterns as pt
+from iclbook.contextual import patches as cxp
 from iclbook.implicit import dual_form, metrics
 
 
@@ -425,6 +426,138 @@ register(
             torch.randn(5, 3, generator=g, dtype=torch.float64),
             torch.randn(5, 2, generator=g, dtype=torch.float64),
             torch.randn(3, generator=g, dtype=torch.float64),
+        ),
+    )
+)
+
+
+register(
+    Exercise(
+        "3.1",
+        "when the cliff starts",
+        "first_crossing(steps: (T,), values: (T,), level: float) -> a number: the first step at which values >= level "
+        "(NaN if never)",
+        curves.first_crossing,
+        lambda: [
+            Case((np.array([0, 100, 200, 300]), np.array([0.1, 0.1, 0.6, 0.9]), 0.5), 200.0, "a plateau, then a jump"),
+            Case((np.array([0, 100, 200]), np.array([0.1, 0.2, 0.3]), 0.5), math.nan, "a curve that never gets there"),
+            Case((np.array([0, 10, 20]), np.array([0.5, 0.1, 0.9]), 0.5), 0.0, "a curve at the level from the start"),
+        ],
+        lambda g: (
+            np.arange(12) * 50.0,
+            np.cumsum(torch.rand(12, generator=g).numpy()) / 6,
+            float(torch.rand((), generator=g)) * 1.5,
+        ),
+    )
+)
+
+
+def _f64(x: Any) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def _known_rank_one() -> list[Case]:
+    eye = torch.eye(2, dtype=torch.float64)
+    return [
+        Case(
+            (eye, _f64([[1.0, 1.0]]), _f64([[1.0, 0.0]])),
+            _f64([[[0.0, 0.0], [1.0, 0.0]]]),
+            "W = I, A(C, x) = (1, 1), A(x) = (1, 0)",
+        ),
+        Case(
+            (eye, _f64([[2.0, 2.0]]), _f64([[2.0, 0.0]])),
+            _f64([[[0.0, 0.0], [1.0, 0.0]]]),
+            "the same, twice as long: the patch divides by ||A(x)||^2",
+        ),
+        Case(
+            (2 * eye, _f64([[0.0, 3.0]]), _f64([[0.0, 3.0]])),
+            torch.zeros(1, 2, 2, dtype=torch.float64),
+            "a context that changes nothing: no patch",
+        ),
+    ]
+
+
+def _random_patch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.randn(5, 4, generator=g, dtype=torch.float64),
+        torch.randn(3, 4, generator=g, dtype=torch.float64),
+        torch.randn(3, 4, generator=g, dtype=torch.float64),
+    )
+
+
+register(
+    Exercise(
+        "4.1",
+        "the rank-1 patch",
+        "rank_one_update(W: (h, m), a_full: (n, m), a_reduced: (n, m)) -> (n, h, m): "
+        "dW = (W (a_full - a_reduced)) a_reducedᵀ / ‖a_reduced‖²",
+        cxp.rank_one_update,
+        _known_rank_one,
+        _random_patch,
+    )
+)
+
+
+def _trajectory(W0: torch.Tensor, prefixes: torch.Tensor) -> torch.Tensor:
+    return cxp.prop31_weights(W0, prefixes)
+
+
+register(
+    Exercise(
+        "4.2",
+        "the token-by-token weights",
+        "prop31_weights(W0: (h, m), prefixes: (n, N + 1, m)) -> (n, N + 1, h, m): W_i = W0 + dW(c_1..c_i), with "
+        "prefixes[:, i] = A(c_1..c_i, x) and prefixes[:, 0] = A(x)",
+        cxp.prop31_weights,
+        lambda: [
+            Case(
+                (torch.eye(2, dtype=torch.float64), _f64([[[1.0, 0.0], [1.0, 1.0]]])),
+                _f64([[[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 1.0]]]]),
+                "W0 = I, A(x) = (1, 0), one context token moving it to (1, 1)",
+            ),
+            Case(
+                (torch.eye(2, dtype=torch.float64), _f64([[[0.0, 2.0], [0.0, 2.0], [0.0, 2.0]]])),
+                torch.eye(2, dtype=torch.float64).expand(1, 3, 2, 2),
+                "two context tokens that change nothing: W stays W0",
+            ),
+        ],
+        lambda g: (
+            torch.randn(3, 4, generator=g, dtype=torch.float64),
+            torch.randn(2, 5, 4, generator=g, dtype=torch.float64),
+        ),
+    )
+)
+
+
+def _known_static() -> list[Case]:
+    eye = torch.eye(2, dtype=torch.float64)
+    a_red = _f64([[1.0, 0.0], [0.0, 1.0]])
+    return [
+        Case(
+            (eye, _f64([[1.0, 1.0]]), _f64([[1.0, 0.0]])),
+            _f64([[0.0, 0.0], [1.0, 0.0]]),
+            "one calibration query: the rank-1 patch",
+        ),
+        Case(
+            (eye, a_red + _f64([[0.0, 1.0], [1.0, 0.0]]), a_red),
+            _f64([[0.0, 1.0], [1.0, 0.0]]),
+            "two calibration queries along the axes, each pushed toward the other",
+        ),
+    ]
+
+
+register(
+    Exercise(
+        "4.3",
+        "a static patch for a whole context",
+        "static_patch(W: (h, m), a_full: (K, m), a_reduced: (K, m)) -> (h, m): the minimum-norm dW_s with "
+        "dW_s A(x_k) = W (A(C, x_k) - A(x_k)) for every calibration query k (least squares where none fits all)",
+        cxp.static_patch,
+        _known_static,
+        lambda g: (
+            torch.randn(5, 4, generator=g, dtype=torch.float64),
+            torch.randn(3, 4, generator=g, dtype=torch.float64),
+            torch.randn(3, 4, generator=g, dtype=torch.float64),
         ),
     )
 )
