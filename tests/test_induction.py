@@ -796,3 +796,64 @@ def test_head_formed_against_the_untrained_value():
     assert not ind.head_formed(run([0.24, 0.25, 0.3, 0.4]))  # B = 4: uniform is 4/17, and 0.4 < 2 x 0.24
     assert ind.head_formed(run([0.06, 0.2, 0.1, 0.05]), at=60) and not ind.head_formed(run([0.06, 0.2, 0.1, 0.05]))
     assert not ind.head_formed(run([0.06, 0.2]), at=-1)
+
+
+# --- clamping and the knock-out (Singh et al. 2024) ---------------------------------------------
+
+
+def test_knock_out_removes_each_labels_attention_to_its_item_and_renormalises():
+    T = 7  # N = 3 pairs and the query; labels at 1, 3, 5
+    att = torch.tril(torch.ones(2, T, T))
+    att = att / att.sum(-1, keepdim=True)
+    out = ind.knock_out(att, offset=1)
+    assert torch.allclose(out.sum(-1), torch.ones(2, T))
+    for i in (1, 3, 5):
+        assert out[0, i, i - 1] == 0 and torch.allclose(out[0, i, : i + 1].sum(), torch.tensor(1.0))
+        assert torch.allclose(out[0, i, i], torch.tensor(1 / i))  # the rest of the row, renormalised
+    for i in (0, 2, 4, 6):  # items and the query are untouched
+        assert torch.equal(out[:, i], att[:, i])
+    off = ind.knock_out(att, offset=2)  # labels 3 and 5 lose the label before them; label 1 has none
+    assert off[0, 3, 1] == 0 and off[0, 5, 3] == 0 and torch.equal(off[:, 1], att[:, 1])
+    only = torch.zeros(1, 3, 3)
+    only[0, 0, 0] = only[0, 2, 2] = 1.0
+    only[0, 1, 0] = 1.0  # all of label 1's attention on its item: nothing to renormalise, kept
+    assert torch.equal(ind.knock_out(only), only)
+    with pytest.raises(ValueError, match="n, T, T"):
+        ind.knock_out(torch.ones(3, 4))
+    with pytest.raises(ValueError, match="offset"):
+        ind.knock_out(att, offset=0)
+
+
+def test_knocked_out_accuracy_reads_the_network_with_the_override_only_inside():
+    cfg = replace(SMALL, batch=8)
+    task = ind.make_task(cfg, gen(0))
+    seqs = ind.sample(task, 64, cfg, gen(1))
+    model = ind.InductionNet(cfg, gen(2))
+    plain = float((ind.predict(model, seqs) == seqs.target).float().mean())
+    with internals.overriding(model, att1=lambda a: a):  # the identity override changes nothing
+        assert float((ind.predict(model, seqs) == seqs.target).float().mean()) == plain
+    ind.knocked_out_accuracy(model, seqs, offset=1)
+    assert float((ind.predict(model, seqs) == seqs.target).float().mean()) == plain  # released after
+
+
+def test_train_clamped_holds_the_clamp_and_is_train_runs_without_one(monkeypatch):
+    cfg = replace(ind.CONFIGS["smoke"], n_eval=16, batch=8)
+    sgd = {"optimizer": "sgd", "lr": 0.3}
+    kw = dict(scalar_optimizer=sgd, steps=4, eval_every=2)
+    with pytest.raises(ValueError, match="unknown clamp"):
+        ind.train_clamped(cfg, [3], "perfect match", **kw)
+    with pytest.raises(ValueError, match="at least one seed"):
+        ind.train_clamped(cfg, [], "copy", **kw)
+    for name, value in (("copy", 1.0), ("no copy", 0.0)):
+        runs = ind.train_clamped(cfg, [3, 4], name, **kw)  # an ensemble of two, both clamped
+        for r in runs:
+            assert all(h["ILA1"] == value for h in r.history)  # the clamped strength, as the model saw it
+            assert r.final["beta1"] == 0.0  # the clamp cuts beta1's gradient
+        if value == 0.0:  # without a copy the match logit alpha * 0 * x_q . x_j has no gradient
+            assert all(r.final["alpha"] == 0.0 for r in runs)
+    # with an empty clamp it is train_runs' minimal model, step for step
+    monkeypatch.setitem(ind.clamping.CLAMPS, "none", {})
+    ours = ind.train_clamped(cfg, [3, 4], "none", **kw)
+    ref = ind.train_runs(cfg, [3, 4], net="minimal", **kw)
+    for a, b in zip(ours, ref):
+        assert a.history == b.history

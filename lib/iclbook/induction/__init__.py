@@ -21,7 +21,9 @@ The package, one idea per module:
               data-dependence grid and the members the chapter compares;
 ``pheno``     the phenomenological model: its loss, gradient and descents;
 ``analysis``  the rules that turn runs into the numbers the ledger judges (no training code
-              imports it, so changing one retrains nothing).
+              imports it, so changing one retrains nothing);
+``clamping``  the minimal model trained with a sub-circuit clamped from step 0 (Singh et al.
+              2024), and a knock-out of the full network's previous-token attention.
 
 Shapes: ``n`` sequences, ``T = 2N + 1`` tokens, ``d = 2 Nmax + 1 + D`` per token, ``L`` labels.
 Everything is re-exported here: ``from iclbook import induction as ih; ih.train_runs(...)``.
@@ -48,6 +50,7 @@ from iclbook.induction.analysis import (
     unjumped,
     worst_seed,
 )
+from iclbook.induction.clamping import CLAMPS, knock_out, knocked_out_accuracy, train_clamped
 from iclbook.induction.config import CONFIGS, STREAMS, Config, check_data_args
 from iclbook.induction.data import Sequences, Task, context_label_baseline, eval_sets, make_task, sample
 from iclbook.induction.measures import EVAL_CHUNK, measure, predict, progress_measures, readout
