@@ -308,6 +308,19 @@ def test_refine_setting_searches_the_neighbours():
         cx.refine_setting(block, tokens, target, {}, max_steps=3)
 
 
+def test_repeated_sgd_steps_equal_the_step_by_step_loop():
+    block = cx.make_block("softmax", CFG, seed=42)
+    tokens, _ = prompts(n=3, seed=43)
+    u, y = cx.query_inputs(block, tokens[:, :-1])[:, 4], tokens[:, 4, -1]
+    rate = torch.tensor([0.3, 1.0, 3.0])[:, None, None]  # (L, 1, 1): three rates at once
+    W0 = block.W.detach().expand(3, 3, *block.W.shape)
+    W = W0.clone()
+    for _ in range(7):
+        W = W - rate.unsqueeze(-1) * cx.sgd_gradient(block, W, u.expand(3, 3, -1), y)
+    fused = W0 - cx.repeated_sgd_steps(block, W0, u.expand(3, 3, -1), y, rate, 7)
+    assert torch.allclose(fused, W, atol=1e-11)
+
+
 def test_finetune_first_step_is_one_sgd_step():
     """Step 1 of the explicit fine-tuning equals a hand-written SGD step on the MLP's W only."""
     block = cx.make_block("softmax", CFG, seed=13)

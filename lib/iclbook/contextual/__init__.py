@@ -58,6 +58,7 @@ from iclbook.contextual.measures import (
     prefix_inputs,
     query_inputs,
     refine_setting,
+    repeated_sgd_steps,
     sgd_alignment,
     sgd_gradient,
     skip_check,

@@ -212,8 +212,10 @@ def finetune_comparison(
         if i == N:
             break
         u, y = u_ft[:, i].expand(L, B, -1), context[:, i, -1]
-        for _ in range(steps_per_example):
+        if steps_per_example == 1:
             W = W - rate * sgd_gradient(block, W, u, y)
+        else:  # the same steps, run on the pre-activation (see repeated_sgd_steps)
+            W = W - repeated_sgd_steps(block, W, u, y, rate[..., 0], steps_per_example)
     pred = torch.stack(pred_ft, -1)
     out = {
         "loss_dw": loss_dw,
@@ -241,6 +243,30 @@ def sgd_gradient(block: ContextualBlock, W: torch.Tensor, u: torch.Tensor, y: to
     pdf = torch.exp(-0.5 * pre**2) / (2 * torch.pi) ** 0.5
     g = block.fc2.weight[-1] * (cdf + pre * pdf)  # d pred / d pre
     return ((pred - y).unsqueeze(-1) * g).unsqueeze(-1) * u.unsqueeze(-2)
+
+
+@torch.no_grad()
+def repeated_sgd_steps(
+    block: ContextualBlock, W: torch.Tensor, u: torch.Tensor, y: torch.Tensor, rate: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """The total change of ``W`` ``(..., h, m)`` made by ``steps`` SGD steps at ``rate`` ``(..., 1)`` on
+    one example ``(u, y)`` (:func:`sgd_gradient`), returned to be subtracted from ``W``.
+
+    Every step is ``rate r_t g_t u^T``, so the pre-activation moves by ``rate |u|^2 r_t g_t`` and
+    the steps can run on the ``h`` entries of the pre-activation alone; the change of ``W`` is the
+    sum of the ``rate r_t g_t``, times ``u^T``, formed once. Equal to the step-by-step loop up to
+    rounding (a test compares them)."""
+    a, b2 = block.fc2.weight[-1], block.fc2.bias[-1]
+    pre = torch.einsum("...hm,...m->...h", W, u) + block.fc1.bias
+    uu = (u * u).sum(-1, keepdim=True)
+    total = torch.zeros_like(pre)
+    for _ in range(steps):
+        cdf = 0.5 * (1 + torch.erf(pre * 0.5**0.5))
+        r = (pre * cdf) @ a + b2 - y  # gelu(pre) = pre * Phi(pre)
+        step = rate * r.unsqueeze(-1) * (a * (cdf + pre * torch.exp(-0.5 * pre * pre) * (2 * torch.pi) ** -0.5))
+        total = total + step
+        pre = pre - uu * step
+    return total.unsqueeze(-1) * u.unsqueeze(-2)
 
 
 @torch.no_grad()
