@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from iclbook import runtime
 
