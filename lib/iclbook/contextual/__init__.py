@@ -12,6 +12,7 @@ skip connections (App. A) the block also needs a bias shift ``db' = dA`` on the 
 
 The package, one idea per module:
 
+===============  ===============================================================================
 ``config``       the chapter's sizes per profile;
 ``data``         in-context linear regression prompts with concatenated ``[x; y]`` tokens;
 ``layers``       contextual layers (softmax, sliding-window and linear attention, tanh RNN, GRU,
@@ -24,6 +25,7 @@ The package, one idea per module:
 ``modern``       the blocks of modern language models (Gemma-style with RMSNorm and a gated MLP,
                  post-norm, parallel) and their exact patches (Goldwaser et al. 2025);
 ``training``     training blocks through the shared loop and the weight cache.
+===============  ===============================================================================
 
 Shapes: ``B`` prompts, ``N`` context tokens, ``n`` token size (``d + 1``), ``m`` the size of the
 layer's output, ``h`` the MLP width. All identities are meant to be checked in float64.
