@@ -20,7 +20,7 @@ opens and show its code once clicked; the pages of `EXERCISE_PAGES` must have at
 browser opens at 1400 pixels, a reader's window: on `OVERFLOW_PAGES` (the claims page) no table
 may be wider than its box. Last, the script switches the theme to dark, as its switch does, and
 measures the contrast of every table's text with what is behind it (WCAG AA, 4.5:1); every
-raster image of the build must be opaque, or its lines vanish into a dark page.
+figure of the book (the build's `_images`) must be opaque, or its lines vanish into a dark page.
 """
 
 from __future__ import annotations
@@ -244,12 +244,15 @@ def check_page(html_root: Path, name: str) -> list[str]:
 
 def transparent(page: Path, src: str) -> str | None:
     """A figure with see-through pixels takes the page's colour behind it: in dark mode its dark
-    text and lines vanish into a dark page. Every raster image of the build must be opaque."""
+    text and lines vanish into a dark page. Every figure of the book (the build's ``_images``) must
+    be opaque."""
     from PIL import Image  # noqa: PLC0415 (matplotlib's dependency, in the book's environment)
 
     url = urlparse(src)
     path = page.parent / unquote(url.path)
-    if url.scheme or path.suffix.lower() not in (".png", ".gif", ".webp") or not path.exists():
+    if url.scheme or "_images" not in path.parts or path.suffix.lower() not in (".png", ".gif", ".webp"):
+        return None  # the book's figures live in _images; the theme's icons (_static) are drawn for any mode
+    if not path.exists():
         return None
     try:
         with Image.open(path) as im:

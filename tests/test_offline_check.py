@@ -153,3 +153,6 @@ def test_a_transparent_figure_is_caught(tmp_path, monkeypatch):
     assert oc.transparent(page, "../_images/opaque.png") is None
     assert oc.transparent(page, "../_images/rgb.png") is None
     assert "transparent pixels (alpha 0)" in oc.transparent(page, "../_images/clear.png")
+    (tmp_path / "_static").mkdir()
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp_path / "_static" / "icon.png")
+    assert oc.transparent(page, "../_static/icon.png") is None  # the theme's icons are drawn for any mode
