@@ -61,6 +61,11 @@ WRONG = {
     ),
     "2.3": (lambda wk, wv, xd, x, q: dual_form.zsl_weight(wk, wv, x) @ q, "expected [1, 1], got [0, 1]"),
     "3.1": (lambda s, v, level: float(s[np.argmax(v > level)]), "never gets there: expected nan, got 0"),
+    "3.2": (lambda on, c, q: float(on.sum(1).mean()), "the first and third of the query's class: expected 0.75, got 1"),
+    "3.3": (
+        lambda p, c: float((c == p[:, None]).float().mean()),
+        "one prediction in its context, one not: expected 0.5, got 0.25",
+    ),
     "4.1": (
         lambda W, af, ar: torch.einsum("hm,nm,nk->nhk", W, af - ar, ar),
         "twice as long: the patch divides by ||A(x)||^2: expected [0, 0, 1, 0], got [0, 0, 4, 0]",

@@ -42,6 +42,7 @@ from iclbook import curves, lenses
 from iclbook import patterns as pt
 from iclbook.contextual import patches as cxp
 from iclbook.implicit import dual_form, metrics
+from iclbook.induction import measures as ihm
 
 
 @dataclass(frozen=True)
@@ -454,6 +455,60 @@ register(
 
 def _f64(x: Any) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64)
+
+
+def _known_tila2() -> list[Case]:
+    return [
+        Case(
+            (_f64([[0.5, 0.25, 0.25]]), torch.tensor([[1, 2, 1]]), torch.tensor([1])),
+            0.75,
+            "attention 0.5, 0.25, 0.25 on three labels, the first and third of the query's class",
+        ),
+        Case(
+            (_f64([[0.0, 1.0, 0.0]]), torch.tensor([[3, 4, 5]]), torch.tensor([4])),
+            1.0,
+            "all attention on the one target label",
+        ),
+        Case(
+            (_f64([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1, 2], [1, 2]]), torch.tensor([1, 1])),
+            0.5,
+            "two sequences, one looking at its target, one away from it",
+        ),
+    ]
+
+
+def _random_tila2(g: torch.Generator) -> tuple:
+    n, N = 6, 4
+    on_labels = torch.rand(n, N, generator=g, dtype=torch.float64) / N
+    classes = torch.randint(0, 3, (n, N), generator=g)
+    return on_labels, classes, classes[torch.arange(n), torch.randint(0, N, (n,), generator=g)]
+
+
+register(
+    Exercise(
+        "3.2",
+        "the target-label attention TILA2",
+        "target_label_attention(on_labels: (n, N), classes: (n, N), query_class: (n,)) -> a number",
+        ihm.target_label_attention,
+        _known_tila2,
+        _random_tila2,
+    )
+)
+
+register(
+    Exercise(
+        "3.3",
+        "the context-label accuracy CLA",
+        "context_label_share(pred: (n,), context_labels: (n, N)) -> a number",
+        ihm.context_label_share,
+        lambda: [
+            Case((torch.tensor([1, 2]), torch.tensor([[1, 3], [4, 5]])), 0.5, "one prediction in its context, one not"),
+            Case((torch.tensor([7]), torch.tensor([[7, 7]])), 1.0, "a prediction its context holds twice"),
+            Case((torch.tensor([0]), torch.tensor([[1, 2]])), 0.0, "a prediction its context does not hold"),
+        ],
+        lambda g: (torch.randint(0, 6, (10,), generator=g), torch.randint(0, 6, (10, 3), generator=g)),
+    )
+)
 
 
 def _known_rank_one() -> list[Case]:

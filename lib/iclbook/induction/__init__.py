@@ -9,6 +9,7 @@ model to a loss of three nested logits whose landscape has a cliff.
 
 The package, one idea per module:
 
+============  ===============================================================================
 ``config``    the chapter's sizes per profile, split into trained and checked fields; its
               random streams; the check of the generator's arguments;
 ``data``      the task (class means, label vectors, Zipf law), bursty sequences of item-label
@@ -24,6 +25,7 @@ The package, one idea per module:
               imports it, so changing one retrains nothing);
 ``clamping``  the minimal model trained with a sub-circuit clamped from step 0 (Singh et al.
               2024), and a knock-out of the full network's previous-token attention.
+============  ===============================================================================
 
 Shapes: ``n`` sequences, ``T = 2N + 1`` tokens, ``d = 2 Nmax + 1 + D`` per token, ``L`` labels.
 Everything is re-exported here: ``from iclbook import induction as ih; ih.train_runs(...)``.

@@ -50,15 +50,27 @@ def progress_measures(
     """
     previous, on_labels = model.induction_attention(seqs.tokens)
     ila1 = previous.mean()
-    match = (seqs.classes == seqs.query_class[:, None]).float()
     pred = predict(model, seqs) if pred is None else pred
-    cla = (seqs.context_labels == pred[:, None]).any(dim=1).float().mean()
     return {
         "ILA1": float(ila1),
-        "TILA2": float((on_labels * match).sum(1).mean()),
+        "TILA2": target_label_attention(on_labels, seqs.classes, seqs.query_class),
         "TLA2": float(on_labels.sum(1).mean()),
-        "CLA": float(cla),
+        "CLA": context_label_share(pred, seqs.context_labels),
     }
+
+
+def target_label_attention(on_labels: torch.Tensor, classes: torch.Tensor, query_class: torch.Tensor) -> float:
+    """TILA2: the query's layer-2 attention on the label tokens ``on_labels`` ``(n, N)`` whose item has
+    the query's class (``classes`` ``(n, N)``, ``query_class`` ``(n,)``), summed over labels and
+    averaged over sequences."""
+    match = (classes == query_class[:, None]).float()
+    return float((on_labels * match).sum(1).mean())
+
+
+def context_label_share(pred: torch.Tensor, context_labels: torch.Tensor) -> float:
+    """CLA: the share of predictions ``pred`` ``(n,)`` that are one of their own context's labels
+    ``context_labels`` ``(n, N)``."""
+    return float((context_labels == pred[:, None]).any(dim=1).float().mean())
 
 
 @torch.no_grad()
