@@ -15,11 +15,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _changelog():
-    spec = importlib.util.spec_from_file_location("changelog", ROOT / ".ci" / "changelog.py")
+def _script(name: str):
+    """A script of .ci/ (not a module of the library), loaded by its path."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / ".ci" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _changelog():
+    return _script("changelog")
 
 
 def test_the_citation_names_the_book_and_its_edition():
@@ -92,13 +97,7 @@ def test_the_changelog_groups_commits_by_version_in_a_throwaway_repository(tmp_p
 
 
 def _pdf():
-    import sys
-
-    sys.path.insert(0, str(ROOT / ".ci"))
-    spec = importlib.util.spec_from_file_location("pdf", ROOT / ".ci" / "pdf.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("pdf")  # it finds offline_check beside it through its own sys.path entry
 
 
 def test_the_pdf_printer_finds_the_single_page_and_its_figures_and_titles(tmp_path):

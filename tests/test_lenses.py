@@ -20,6 +20,15 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def float32(setup) -> tuple:
+    """The float64 test model and sequences as the chapter holds them, in float32."""
+    model, ic = setup
+    m32 = copy.deepcopy(model).float()
+    ic32 = ic.map(lambda t: t)
+    ic32.tokens = ic.tokens.float()
+    return m32, ic32
+
+
 @pytest.fixture(scope="module")
 def setup():
     task = ih.make_task(SMALL, gen(0))
@@ -213,9 +222,7 @@ def test_train_runs_keeps_weights_per_checkpoint(tmp_path, monkeypatch):
 
 def test_read_checkpoint_gathers_every_lens_on_the_same_model(setup):
     model, ic = setup
-    m32 = copy.deepcopy(model).float()
-    ic32 = ic.map(lambda t: t)
-    ic32.tokens = ic.tokens.float()
+    m32, ic32 = float32(setup)
 
     def read():
         return lenses.read_checkpoint(
@@ -319,9 +326,7 @@ def test_gap_share_is_the_share_of_the_gap_with_a_paired_bootstrap():
 
 def test_layer_shares_reads_every_sequence_in_chunks_with_the_same_resamples_for_the_null(setup):
     model, ic = setup
-    m32 = copy.deepcopy(model).float()
-    ic32 = ic.map(lambda t: t)
-    ic32.tokens = ic.tokens.float()
+    m32, ic32 = float32(setup)
     out = lenses.layer_shares(m32, ic32, gen(3), chunk=24)
     assert out["n"] == len(ic) and out["two_layer_gap"] < 1e-12
     whole = lenses.contextual_patch(model, ic, n_patch=len(ic))
@@ -358,9 +363,7 @@ def test_the_answer_steps_of_simaou_by_autograd(setup):
 
 def test_read_checkpoint_has_the_largest_first_curve_and_the_explorer_snapshots(setup):
     model, ic = setup
-    m32 = copy.deepcopy(model).float()
-    ic32 = ic.map(lambda t: t)
-    ic32.tokens = ic.tokens.float()
+    m32, ic32 = float32(setup)
     row = lenses.read_checkpoint(
         m32,
         ic32,
@@ -385,9 +388,7 @@ def test_the_explorer_draws_every_checkpoint_in_one_layout(setup):
     from iclbook import plots
 
     model, ic = setup
-    m32 = copy.deepcopy(model).float()
-    ic32 = ic.map(lambda t: t)
-    ic32.tokens = ic.tokens.float()
+    m32, ic32 = float32(setup)
     rows = []
     for step in (0, 10):
         r = {"step": step, "IC": 0.1, "ILA1": 0.2, "TILA2": 0.3, "CLA": 0.4}
