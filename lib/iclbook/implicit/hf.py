@@ -48,7 +48,7 @@ import torch
 from tqdm.std import tqdm
 
 from iclbook import runtime
-from iclbook.implicit import experiment
+from iclbook.implicit import experiment, families
 from iclbook.implicit.codec import TextCodec
 from iclbook.implicit.config import LR_GRID, Config
 from iclbook.implicit.data import BOS, PAD, SEP, TASK_NAMES, TOKEN_ID, VOCAB, Dataset, get_task, make_dataset
@@ -256,17 +256,35 @@ def word_tokenizer():
 
 
 def pretrained(name: str = "facebook/opt-125m", device: str | None = None, dtype: torch.dtype = torch.float32):
-    """A pretrained causal LM (eager attention, eval mode, on ``device``) and its tokenizer. Needs
-    the network once; for Colab or a GPU machine, never CI. OPT and XGLM (e.g.
-    ``KoboldAI/fairseq-dense-1.3B``, the paper's 1.3B model in the XGLM class) have the
-    projection names the probes need; models with fused projections (GPT-2) or rotary positions
-    (Llama) do not fit the probes as written."""
+    """A pretrained causal LM of a family in :data:`.families.FAMILIES` (GPT-2, OPT, XGLM, e.g.
+    ``KoboldAI/fairseq-dense-1.3B``, the paper's 1.3B model in the XGLM class, GPT-NeoX/Pythia),
+    adapted for the probes (:func:`.families.adapt`: separate projections, float32 master K/V
+    weights in half precision), on ``device``, and its tokenizer. Needs the network once (then
+    the Hugging Face cache); for Colab or a GPU machine, never CI. A download that fails says
+    what is missing."""
     _quiet_import()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")
-    return model.to(device).eval(), AutoTokenizer.from_pretrained(name)
+    try:
+        kind = AutoConfig.from_pretrained(name).model_type
+    except OSError as err:
+        raise OSError(
+            f"cannot fetch the model {name!r} (no network, or no such model on the Hugging Face Hub): {err}"
+        ) from err
+    families.check_type(kind)  # before a download of weights the probes cannot read
+    # loaded in float32 so that the float32 master K/V weights are the checkpoint's, then cast
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, attn_implementation="eager")
+    adapted = families.adapt(model, dtype)
+    return adapted.to(device).eval(), AutoTokenizer.from_pretrained(name)
+
+
+def as_probed(model):
+    """``model`` as the probes read it: a Hugging Face model is adapted on a copy
+    (:func:`.families.adapted_copy`); our TinyLM and an adapted model are returned as they are."""
+    if isinstance(model, families.Adapted) or not hasattr(getattr(model, "config", None), "model_type"):
+        return model
+    return families.adapted_copy(model)
 
 
 def context_length(model) -> int:
@@ -302,6 +320,7 @@ def run(
     is called as each task finishes (``main`` writes the JSON there, so a crash loses at most the
     task in progress)."""
     codec = TextCodec(tokenizer)
+    model = as_probed(model)
     max_len = max_len or context_length(model)
     out = dict(done or {})
     todo = [n for n in names if n not in out]
@@ -391,14 +410,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="offline: a random tiny OPT, the word tokenizer and the synthetic "
+        help="offline: a random tiny model (of --family), the word tokenizer and the synthetic "
         "stand-ins of the data sets (checks the pipeline, says nothing of ICL)",
     )
+    parser.add_argument("--family", default="opt", choices=sorted(families.FAMILIES), help="the dry run's family")
     args = parser.parse_args(argv)
     dtype = DTYPES[args.dtype]
     if args.dry_run:
-        model, tokenizer, loader = tiny_opt(args.seed).to(dtype), word_tokenizer(), synthetic_loader
-        args.model = "tiny random OPT (dry run)"
+        model = families.adapt(families.tiny(args.family, args.seed), dtype)
+        tokenizer, loader = word_tokenizer(), synthetic_loader
+        args.model = f"tiny random {args.family} (dry run)"
     else:
         (model, tokenizer), loader = pretrained(args.model, args.device, dtype), load_split
     cfg = CONFIGS[args.profile]
