@@ -286,6 +286,23 @@ def _attention_layers(model: nn.Module, family: str) -> list[nn.Module]:
 # ---------------------------------------------------------------------------------------------
 
 
+#: Where a progress bar listens (``METER[0](tokens)``, :class:`.real.Meter` sets it): every
+#: forward pass of an adapted model reports its tokens (three times that with a gradient: the
+#: backward pass costs about two forwards). A module-level slot, so that a model's deep copies
+#: (each finetuning makes one) report to the same bar without copying it.
+METER: list = [None]
+
+#: Most bytes that the expanded keys and values of a cached prefix may take in one forward pass
+#: (every row of a batch holds its own copy once the queries' keys are appended): a batch of
+#: queries after a long prefix runs in chunks that fit.
+KV_BUDGET = 2**30
+
+
+def _report(tokens: int) -> None:
+    if METER[0] is not None:
+        METER[0](tokens * (3 if torch.is_grad_enabled() else 1))
+
+
 @dataclass(frozen=True)
 class Prefix:
     """The keys and values of a prompt prefix run once (batch 1), per layer."""
@@ -311,16 +328,24 @@ class Adapted(nn.Module):
         return next(p.dtype for n, p in self.named_parameters() if "k_proj" not in n and "v_proj" not in n)
 
     def forward(self, ids: torch.Tensor, past: Prefix | None = None) -> torch.Tensor:
+        _report(ids.numel())
         if past is None:
             logits = self.hf(input_ids=ids, use_cache=False).logits
         else:
             from transformers import DynamicCache
 
-            b = ids.shape[0]
-            cache = DynamicCache(
-                ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in past.layers]
-            )
-            logits = self.hf(input_ids=ids, past_key_values=cache, use_cache=True).logits
+            k0 = past.layers[0][0]
+            row_bytes = 2 * len(past.layers) * k0[0].numel() * k0.element_size() * (1 + ids.shape[1] / past.length)
+            step = max(1, int(KV_BUDGET // row_bytes))
+            parts = []
+            for s in range(0, ids.shape[0], step):
+                chunk = ids[s : s + step]
+                b = chunk.shape[0]
+                cache = DynamicCache(
+                    ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in past.layers]
+                )
+                parts.append(self.hf(input_ids=chunk, past_key_values=cache, use_cache=True).logits)
+            logits = torch.cat(parts)
         if self.scaler is not None and torch.is_grad_enabled() and logits.requires_grad:
             logits = _ScaleGrad.apply(logits, self.scaler)
         return logits
@@ -330,6 +355,7 @@ class Adapted(nn.Module):
         """Run ``prefix (1, p)`` once and keep its keys and values."""
         if prefix.ndim != 2 or prefix.shape[0] != 1:
             raise ValueError(f"remember() takes one prefix of shape (1, p), got {tuple(prefix.shape)}")
+        _report(prefix.numel())
         cache = self.hf(input_ids=prefix, use_cache=True).past_key_values
         layers = tuple((layer.keys, layer.values) for layer in cache.layers)
         return Prefix(prefix.shape[1], layers)

@@ -129,11 +129,39 @@ def from_records(name: str, records: Sequence[Mapping]) -> Dataset:
     return Dataset(task, inputs, torch.tensor(classes, dtype=torch.long))
 
 
-def load_split(src: Source, split: str):
-    """One split through ``datasets`` (needs the network the first time, then its cache)."""
-    from datasets import load_dataset
+#: The revision where the Hugging Face Hub keeps its Parquet conversion of a data set: what
+#: ``datasets >= 4`` (which runs no loading script) reads for a data set still published as a
+#: script (SuperGLUE's CB was one).
+PARQUET_REVISION = "refs/convert/parquet"
 
-    return load_dataset(src.path, src.config, split=split, revision=src.revision)
+
+def load_split(src: Source, split: str):
+    """One split through ``datasets`` (needs the network the first time, then its cache). A data
+    set that ``datasets`` cannot load as published (a loading script, refused by ``datasets >=
+    4``) is read from its Parquet conversion (:data:`PARQUET_REVISION`); if that fails too, the
+    error says what was tried and what to check."""
+    try:
+        from datasets import load_dataset
+    except ImportError as err:
+        raise ImportError(
+            "the real data sets need the `datasets` package: pip install 'datasets>=4' (or pip install \"iclbook[hf]\")"
+        ) from err
+    where = f"{src.path}" + (f", config {src.config!r}" if src.config else "") + f", split {split!r}"
+    try:
+        return load_dataset(src.path, src.config, split=split, revision=src.revision)
+    except Exception as first:  # noqa: BLE001 (any failure: try the Parquet conversion, then explain)
+        if src.revision == PARQUET_REVISION:
+            raise RuntimeError(f"cannot load {where} from the Hugging Face Hub: {first}") from first
+        try:
+            return load_dataset(src.path, src.config, split=split, revision=PARQUET_REVISION)
+        except Exception as second:  # noqa: BLE001
+            raise RuntimeError(
+                f"cannot load {where} from the Hugging Face Hub, neither as published ({type(first).__name__}: "
+                f"{first}) nor from its Parquet conversion, revision {PARQUET_REVISION!r} "
+                f"({type(second).__name__}: {second}). Check the network (Colab: Runtime > Change runtime "
+                "type needs none; a proxy or an offline HF_HUB_OFFLINE=1 blocks it) and that "
+                f"https://huggingface.co/datasets/{src.path} still exists."
+            ) from second
 
 
 def splits(
@@ -194,7 +222,24 @@ CONFIGS = {
     ),
     "book": Config(n_test=500, n_dev=100, k=32, pool=128, demo_seeds=(1, 2, 3), lr_grid=LR_GRID[::2], eval_seeds=1),
     "paper": Config(n_test=2000, n_dev=120, k=32, pool=128, eval_seeds=1),
+    # the paper's k and contexts, half its test examples, four demonstration seeds, every other
+    # learning rate, selection on dev only: aimed at ~20 min per task for a 125M-350M model on a
+    # T4 (the estimate, iclbook.implicit.real.estimate, prints its basis)
+    "colab": Config(
+        n_test=1000,
+        n_dev=120,
+        k=32,
+        pool=128,
+        demo_seeds=(1, 2, 3, 4),
+        lr_grid=LR_GRID[::2],
+        eval_seeds=1,
+        control_examples=300,
+    ),
 }
+
+#: Whether a profile also selects the learning rate on the reported split, as the paper did
+#: (36 finetunings x 2,000 zero-shot prompts more at the paper profile).
+SELECT_ON_TEST = {"smoke": True, "book": True, "paper": True, "colab": False}
 
 # ---------------------------------------------------------------------------------------------
 # Models and tokenizers
@@ -308,6 +353,7 @@ def run(
     loader: Callable[[Source, str], Sequence[Mapping]] = load_split,
     max_len: int | None = None,
     progress: bool = True,
+    select_on_test: bool = True,
     done: Mapping[str, dict] | None = None,
     on_task: Callable[[str, dict], None] | None = None,
 ) -> dict[str, dict]:
@@ -327,7 +373,9 @@ def run(
     for name in tqdm(todo, desc="tasks", file=sys.stderr, disable=not (progress and runtime.progress_enabled())):
         t0 = time.perf_counter()
         data = splits(name, cfg, seed, loader=loader)
-        r = experiment.run_task(model, name, cfg, seed, data=data, codec=codec, max_len=max_len)
+        r = experiment.run_task(
+            model, name, cfg, seed, data=data, codec=codec, max_len=max_len, select_on_test=select_on_test
+        )
         stats = experiment.statistics(r, torch.Generator().manual_seed(seed), cfg.kendall_examples)
         stats.pop("per_example")
         kept = [len(s) for s in r.spans]
@@ -440,6 +488,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{mem['records']} GiB of host memory for one task's records",
             file=sys.stderr,
         )
+        from iclbook.implicit import real  # noqa: PLC0415 (real imports this module)
+
+        todo = [t for t in args.tasks if t not in done]
+        est = real.estimate(
+            **real.model_sizes(model), names=todo or args.tasks, cfg=cfg, dtype=dtype,
+            max_len=args.max_len or context_length(model), select_on_test=SELECT_ON_TEST[args.profile],
+            controls=False,
+        )  # fmt: skip
+        print("estimate:", real.describe(est, args.model, todo or args.tasks), file=sys.stderr)
     if done:
         print(f"resuming: {', '.join(done)} already in {args.out}", file=sys.stderr)
     results = dict(done)
@@ -459,6 +516,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         loader=loader,
         max_len=args.max_len,
+        select_on_test=SELECT_ON_TEST[args.profile],
         done=done,
         on_task=write,
     )
