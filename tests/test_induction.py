@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -178,6 +179,43 @@ def test_measure_from_one_pass_equals_each_measure_on_its_own(task, net):
         acts = model.mlp.hidden(model.query_state(test.tokens))
         assert [m[f"live{i}"] for i in (1, 2, 3)] == [float((a > 0).float().mean()) for a in acts]
         assert m["CLA"] == ind.progress_measures(model, sets["IC"])["CLA"]
+        # the maps measure() records on the IC pass are those of a pass of their own
+        alone = ind.progress_measures(model, sets["IC"])
+        assert {k: m[k] for k in alone} == alone
+
+
+@pytest.mark.parametrize(
+    "changes", [{}, {"B": 0, "p_B": 0.0, "p_C": 0.0}, {"K": 512, "B": 4, "p_B": 0.5, "zipf": 1.0}, {"p_C": 1.0}]
+)
+def test_stacked_batches_are_the_members_own_draws(changes):
+    """sample_stacked draws each member's numbers from its own generator: exactly the batches
+    of one sample() per member, stacked, with every generator left in the same state."""
+    cfg = replace(CFG, **changes)
+    tasks = [ind.make_task(cfg, gen(s)) for s in (1, 2, 3)]
+    one = [gen(20 + s) for s in range(3)]
+    many = [gen(20 + s) for s in range(3)]
+    stacked = ind.sample_stacked(tasks, 16, cfg, many)
+    singles = [ind.sample(t, 16, cfg, g) for t, g in zip(tasks, one)]
+    for field in stacked.__dataclass_fields__:
+        assert torch.equal(getattr(stacked, field), torch.stack([getattr(s, field) for s in singles])), field
+    assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(one, many))
+    with pytest.raises(ValueError, match="share K"):
+        ind.sample_stacked([tasks[0], ind.make_task(replace(cfg, K=2 * cfg.K), gen(4))], 4, cfg, many[:2])
+    with pytest.raises(ValueError, match="one generator per task"):
+        ind.sample_stacked(tasks, 4, cfg, many[:2])
+
+
+def test_an_ensemble_trains_the_same_from_stacked_draws(monkeypatch):
+    """train_runs draws the batches of members of one data config at once (train.Stacked);
+    the trained weights are bitwise those of one draw per member."""
+    stacked = ind.train_runs(SMALL, [0, 1], steps=5, eval_every=5, batch=8)
+    monkeypatch.setattr(ind.training, "sample_stacked", None)  # would fail if called
+    # no stacked sampler: one sampler per member, as before
+    monkeypatch.setattr(ind.training, "train", types.SimpleNamespace(train=train.train, Stacked=lambda fn: None))
+    single = ind.train_runs(SMALL, [0, 1], steps=5, eval_every=5, batch=8)
+    for a, b in zip(stacked, single):
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_minimal_model_starts_uniform_and_has_the_classifier(task):

@@ -101,10 +101,22 @@ def make_optimizer(
     raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {name!r}")
 
 
+class Stacked:
+    """A sampler that draws the batches of every member of an ensemble at once: ``fn(generators)``
+    returns one batch whose parts carry a first dimension of one row per member (see
+    :func:`train`)."""
+
+    def __init__(self, fn: Callable[[Sequence[torch.Generator]], Batch]):
+        self.fn = fn
+
+    def __call__(self, generators: Sequence[torch.Generator]) -> Batch:
+        return self.fn(generators)
+
+
 def train(
     models: nn.Module | Sequence[nn.Module],
     loss_fn: LossFn,
-    sample_batch: Callable[[torch.Generator], Batch] | Sequence[Callable[[torch.Generator], Batch]],
+    sample_batch: Callable[[torch.Generator], Batch] | Sequence[Callable[[torch.Generator], Batch]] | Stacked,
     *,
     steps: int,
     lr: float,
@@ -131,6 +143,10 @@ def train(
         ``sample_batch(generator) -> batch``: one member's batch, a tuple of tensors. Each member
         draws from its own generator, so members see independent data. A list of samplers, one
         per member, trains members on different data distributions (a sweep of configs).
+        :class:`Stacked` wraps a function that draws every member's batch at once
+        (``fn(generators) -> batch``, each part stacked along a first dimension of one row per
+        member): the same numbers as one sampler per member when it draws each member's from that
+        member's generator, with the per-member work done once.
     steps, lr, optimizer, weight_decay, schedule
         ``steps`` optimizer steps of ``optimizer`` (``"adam"``, ``"adamw"`` or ``"sgd"``) at learning rate
         ``lr``, held ``"constant"`` or decayed to zero along a half ``"cosine"``.
@@ -161,7 +177,10 @@ def train(
         raise ValueError("need at least one model")
     if len(gens) != len(members):
         raise ValueError(f"need one generator per model: {len(gens)} generators, {len(members)} models")
-    samplers = list(sample_batch) if isinstance(sample_batch, (list, tuple)) else [sample_batch] * len(members)
+    if isinstance(sample_batch, Stacked):
+        samplers = [sample_batch] * len(members)
+    else:
+        samplers = list(sample_batch) if isinstance(sample_batch, (list, tuple)) else [sample_batch] * len(members)
     if len(samplers) != len(members):
         raise ValueError(f"need one sampler per model: {len(samplers)} samplers, {len(members)} models")
     if steps < 0:
@@ -173,11 +192,13 @@ def train(
         raise ValueError("ensemble members must share parameter names (one architecture)")
 
     single = len(members) == 1
+    stacked_draw = isinstance(sample_batch, Stacked)
     if single:
         named = [(n, p) for n, p in members[0].named_parameters() if p.requires_grad]
 
-        def batched_loss(batches: list[Batch]) -> torch.Tensor:
-            return loss_fn(members[0], batches[0]).reshape(1)
+        def batched_loss(batches: list[Batch] | Batch) -> torch.Tensor:
+            batch = tuple(part[0] for part in batches) if stacked_draw else batches[0]
+            return loss_fn(members[0], batch).reshape(1)
 
         def write_back() -> None:
             pass
@@ -192,8 +213,8 @@ def train(
 
         vmapped = vmap(member_loss)
 
-        def batched_loss(batches: list[Batch]) -> torch.Tensor:
-            batch = tuple(torch.stack(parts) for parts in zip(*batches))
+        def batched_loss(batches: list[Batch] | Batch) -> torch.Tensor:
+            batch = batches if stacked_draw else tuple(torch.stack(parts) for parts in zip(*batches))
             return vmapped(stacked, buffers, batch)
 
         @torch.no_grad()
@@ -231,7 +252,7 @@ def train(
         leave=False,
     )
     for step in bar:
-        losses = batched_loss([sample(g) for sample, g in zip(samplers, gens)])
+        losses = batched_loss(sample_batch(gens) if stacked_draw else [sample(g) for sample, g in zip(samplers, gens)])
         for o in opts:
             o.zero_grad(set_to_none=True)
         losses.sum().backward()

@@ -54,7 +54,7 @@ from iclbook.induction.analysis import (
 )
 from iclbook.induction.clamping import CLAMPS, knock_out, knocked_out_accuracy, train_clamped
 from iclbook.induction.config import CONFIGS, STREAMS, Config, check_data_args
-from iclbook.induction.data import Sequences, Task, context_label_baseline, eval_sets, make_task, sample
+from iclbook.induction.data import Sequences, Task, context_label_baseline, eval_sets, make_task, sample, sample_stacked
 from iclbook.induction.measures import EVAL_CHUNK, measure, predict, progress_measures, readout
 from iclbook.induction.model import InductionNet, MinimalNet, ReluClassifier, cross_entropy
 from iclbook.induction.pheno import pheno_descent, pheno_descents, pheno_gradient, pheno_loss

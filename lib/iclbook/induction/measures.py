@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from iclbook import internals
 from iclbook.induction.data import Sequences
 from iclbook.induction.model import InductionNet, MinimalNet
 
@@ -38,7 +39,10 @@ def predict(model: nn.Module, seqs: Sequences, chunk: int = EVAL_CHUNK) -> torch
 
 @torch.no_grad()
 def progress_measures(
-    model: InductionNet | MinimalNet, seqs: Sequences, pred: torch.Tensor | None = None
+    model: InductionNet | MinimalNet,
+    seqs: Sequences,
+    pred: torch.Tensor | None = None,
+    attention: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """The induction-head measures on a set of bursty sequences (the IC set in the chapter).
 
@@ -47,8 +51,10 @@ def progress_measures(
     * ``TLA2``: layer-2 attention from the query to all label tokens;
     * ``CLA``: fraction of predictions that are one of the context's labels (``pred``: the
       model's predictions on ``seqs`` where already computed).
+
+    ``attention``: the model's ``induction_attention`` on ``seqs`` where already computed.
     """
-    previous, on_labels = model.induction_attention(seqs.tokens)
+    previous, on_labels = model.induction_attention(seqs.tokens) if attention is None else attention
     ila1 = previous.mean()
     pred = predict(model, seqs) if pred is None else pred
     return {
@@ -83,12 +89,19 @@ def measure(model: InductionNet | MinimalNet, sets: dict[str, Sequences]) -> dic
     only some sets given (``"test"`` among them), the measures of the others are left out."""
     if "test" not in sets:
         raise ValueError(f"measure needs the test set; got {sorted(sets)}")
-    passes = {name: readout(model, s) for name, s in sets.items()}
+    passes, attention = {}, None
+    for name, s in sets.items():
+        if name == "IC" and len(s) <= EVAL_CHUNK:  # one pass: the maps recorded on the way to the logits
+            with internals.recording(model) as acts:
+                passes[name] = readout(model, s)
+            attention = model.induction_attention_from(acts)
+        else:
+            passes[name] = readout(model, s)
     out = {name: float((passes[name][0].argmax(-1) == s.target).float().mean()) for name, s in sets.items()}
     logits, acts = passes["test"]
     out["loss"] = float(nn.functional.cross_entropy(logits, sets["test"].target))
     if "IC" in sets:
-        out.update(progress_measures(model, sets["IC"], passes["IC"][0].argmax(-1)))
+        out.update(progress_measures(model, sets["IC"], passes["IC"][0].argmax(-1), attention))
     live = [float((a > 0).float().mean()) for a in acts]
     out.update({f"live{i}": v for i, v in enumerate(live, 1)})
     out["live"] = min(live)

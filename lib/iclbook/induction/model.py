@@ -157,7 +157,14 @@ class InductionNet(HookPoints, nn.Module):
         """``(n, N)`` each: layer-1 attention of every label to its item, and the query's layer-2
         attention to every label token (the inputs of :func:`progress_measures`)."""
         att1, att2 = self.attention(tokens)
-        rows = torch.arange(1, tokens.shape[-2] - 1, 2, device=tokens.device)
+        return self.induction_attention_from({"att1": att1, "att2": att2})
+
+    @staticmethod
+    def induction_attention_from(acts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`induction_attention` read from the maps ``att1`` and ``att2`` of a forward pass
+        already run (recorded by :func:`iclbook.internals.recording`): no second pass."""
+        att1, att2 = acts["att1"], acts["att2"]
+        rows = torch.arange(1, att1.shape[-1] - 1, 2, device=att1.device)
         return att1[:, rows, rows - 1], att2[:, rows]
 
     def direct(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -217,6 +224,12 @@ class MinimalNet(HookPoints, nn.Module):
         logits = self.alpha * s1 * (items @ query.unsqueeze(-1)).squeeze(-1) + self.beta2
         logits = torch.cat([logits, torch.zeros_like(logits[..., :1])], dim=-1)
         return s1.expand(logits[..., :-1].shape), self.hook("att2", logits.softmax(-1)[..., :-1])
+
+    @staticmethod
+    def induction_attention_from(acts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`induction_attention` read from the hook points ``prev_token`` and ``att2`` of a
+        forward pass already run (recorded by :func:`iclbook.internals.recording`)."""
+        return acts["prev_token"].expand(acts["att2"].shape), acts["att2"]
 
     def query_state(self, tokens: torch.Tensor) -> torch.Tensor:
         """``z = x_q + sum_j a_j lambda_j`` ``(n, D)``: the classifier's input."""

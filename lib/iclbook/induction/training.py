@@ -27,7 +27,7 @@ from torch import nn
 
 from iclbook import runtime, train
 from iclbook.induction.config import Config
-from iclbook.induction.data import Sequences, Task, eval_sets, make_task, sample
+from iclbook.induction.data import Sequences, Task, eval_sets, make_task, sample, sample_stacked
 from iclbook.induction.measures import measure
 from iclbook.induction.model import InductionNet, MinimalNet, cross_entropy
 
@@ -179,6 +179,16 @@ def train_runs(
 
         return draw
 
+    # members of one data config draw their batches at once (the same numbers, see sample_stacked)
+    draw_all = None
+    if len(models) > 1 and all(c == cfgs[0] for c in cfgs):
+
+        def draw_stacked(gens: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+            s = sample_stacked(tasks, batch, cfgs[0], gens)
+            return s.tokens.to(device), s.target.to(device)
+
+        draw_all = train.Stacked(draw_stacked)
+
     snapshots: list[list[dict[str, torch.Tensor]]] = []  # per checkpoint, per member
 
     def on_checkpoint(step: int, members: list[nn.Module]) -> dict:
@@ -200,7 +210,7 @@ def train_runs(
         return train.train(
             models,
             cross_entropy,
-            [sampler(t, c) for t, c in zip(tasks, cfgs)],
+            draw_all if draw_all is not None else [sampler(t, c) for t, c in zip(tasks, cfgs)],
             steps=steps,
             generators=[runtime.stream("batches", s) for s in seeds],
             checkpoint_every=eval_every,
