@@ -382,6 +382,30 @@ def test_batched_pheno_descents_equal_single_ones():
         ind.pheno_descents(8, [4], steps=5, lr=0.01)
 
 
+@pytest.mark.parametrize("N, L", [(8, 32), (8, 8), (1, 4), (3, 100)])
+def test_the_descents_hand_written_gradient_is_autograd_on_pheno_loss(N, L):
+    """pheno_descents steps with a gradient written out by hand in NumPy: at random points it
+    equals autograd's on pheno_loss (the function the chapter shows), and so do the loss and
+    the two probabilities; torch's Adam from the same gradients takes the same steps."""
+    g = np.random.default_rng(0)
+    pts = g.normal(0, 2, size=(16, 3))
+    loss, pc, pctx, grad = ind.pheno._loss_and_gradient(pts, N, np.full(16, float(L)))
+    for i, row in enumerate(pts):
+        t = torch.tensor(row, dtype=torch.float64, requires_grad=True)
+        ref = ind.pheno_loss(t[0], t[1], t[2], N, L)
+        ref[0].backward()
+        np.testing.assert_allclose([loss[i], pc[i], pctx[i]], [float(r.detach()) for r in ref], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(grad[i], t.grad.numpy(), rtol=1e-10, atol=1e-13)
+    # Adam: the library's steps against torch.optim.Adam fed the same gradients
+    ours = ind.pheno_descent(N, L, steps=30, lr=0.05, start=(0.3, -0.2, 0.5), optimizer="adam")
+    p = torch.tensor([[0.3, -0.2, 0.5]], dtype=torch.float64)
+    opt = torch.optim.Adam([p.requires_grad_()], lr=0.05)
+    for k in range(30):
+        np.testing.assert_allclose(p.detach().numpy()[0], [ours[n][k] for n in ("beta1", "alpha", "xi")], atol=1e-12)
+        p.grad = torch.from_numpy(ind.pheno._loss_and_gradient(p.detach().numpy(), N, np.array([float(L)]))[3])
+        opt.step()
+
+
 def test_context_label_baseline_is_B_over_N_on_bursty_sequences(task):
     cfg = ind.CONFIGS["book"]
     for B in (1, 2, 4):
