@@ -224,6 +224,17 @@ def test_cache_key_hashes_the_training_module_and_what_it_imports():
         runtime.module_sources("iclbook.nope")
 
 
+def test_a_modules_imports_are_read_again_when_its_file_changes(tmp_path):
+    """module_sources parses each file's imports once per version of the file (every cache key
+    reads them): an edit that changes the file is read again."""
+    path = tmp_path / "m.py"
+    path.write_text("import a\n")
+    assert runtime._imports(path) == [(None, "", ["a"])]
+    assert runtime._imports(path) == [(None, "", ["a"])]  # the memo
+    path.write_text("from .b import c, d\n")
+    assert runtime._imports(path) == [(1, "b", ["c", "d"])]
+
+
 def _training_module(package: str) -> str:
     """The module of ``package`` that trains (its ``training`` room where it has one)."""
     import importlib  # noqa: PLC0415

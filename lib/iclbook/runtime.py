@@ -287,7 +287,6 @@ def module_sources(*modules: str) -> list[Path]:
     it only re-exports names; a module that imports a *name* from a package's ``__init__``,
     ``from iclbook.x import f``, still follows it), and a chapter's ``config`` module, whose values enter the cache key by value
     (:func:`trained_part`), so that moving a threshold there retrains nothing."""
-    import ast  # noqa: PLC0415
 
     seen: dict[str, Path] = {}
     todo = list(modules)
@@ -304,22 +303,42 @@ def module_sources(*modules: str) -> list[Path]:
             continue  # keyed by value, not by source
         seen[name] = path
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for level, mod, names in _imports(path):
+            if level is None:
+                todo += names
+                continue
+            if level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (level - 1)]
+                mod = ".".join(anchor + ([mod] if mod else []))
+            for a in names:
+                # `from iclbook import train` runs the module train (and the package's
+                # re-exporting __init__, left out); `from iclbook.x import f` runs x itself
+                sub = f"{mod}.{a}"
+                todo.append(sub if _module_path(sub) is not None else mod)
+    return sorted(set(seen.values()))
+
+
+_IMPORTS: dict[tuple[str, int, int], list[tuple[int | None, str, list[str]]]] = {}
+
+
+def _imports(path: Path) -> list[tuple[int | None, str, list[str]]]:
+    """The import statements of the file ``path``: ``(None, "", names)`` for ``import a, b`` and
+    ``(level, module, names)`` for ``from ... import``. Parsed once per version of the file (its
+    modification time and size key the memo), since every cache key reads them."""
+    import ast  # noqa: PLC0415
+
+    st = path.stat()
+    memo = (str(path), st.st_mtime_ns, st.st_size)
+    if memo not in _IMPORTS:
+        found: list[tuple[int | None, str, list[str]]] = []
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
-                todo += [a.name for a in node.names]
+                found.append((None, "", [a.name for a in node.names]))
             elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    anchor = package.split(".")
-                    anchor = anchor[: len(anchor) - (node.level - 1)]
-                    mod = ".".join(anchor + ([node.module] if node.module else []))
-                else:
-                    mod = node.module or ""
-                for a in node.names:
-                    # `from iclbook import train` runs the module train (and the package's
-                    # re-exporting __init__, left out); `from iclbook.x import f` runs x itself
-                    sub = f"{mod}.{a.name}"
-                    todo.append(sub if _module_path(sub) is not None else mod)
-    return sorted(set(seen.values()))
+                found.append((node.level, node.module or "", [a.name for a in node.names]))
+        _IMPORTS[memo] = found
+    return _IMPORTS[memo]
 
 
 def source_digest(*modules: str) -> str:
