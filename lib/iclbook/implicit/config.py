@@ -49,18 +49,18 @@ class Config:
 
 CONFIGS = {
     "smoke": Config(
-        n_test=100,
-        n_dev=60,
+        n_test=60,
+        n_dev=40,
         demo_seeds=(1, 2),
         lr_grid=LR_GRID[::4],
         eval_seeds=1,
         kendall_examples=30,
-        control_examples=100,
+        control_examples=40,
         permutations=3,
         margin=0.05,
         min_nonce=2,
         lexicon_tasks=2,
-        momentum_tasks=3,
+        momentum_tasks=1,
         judged=False,
     ),
     "book": Config(n_test=500, n_dev=200),
