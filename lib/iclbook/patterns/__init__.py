@@ -38,11 +38,21 @@ from iclbook.patterns.baselines import (
     classical_errors,
     compare,
     icl_ratio,
+    informed_knn_error,
     knn_predict,
+    logistic_predict,
     pooled,
     random_context_error,
 )
-from iclbook.patterns.complexity import bootstrap_slope, median_slope, times_to, two_point_slope
+from iclbook.patterns.complexity import (
+    bootstrap_slope,
+    bootstrap_slopes,
+    excluded,
+    median_slope,
+    pooled_slope,
+    times_to,
+    two_point_slope,
+)
 from iclbook.patterns.config import CONFIGS, STREAMS, Config
 from iclbook.patterns.data import (
     CONSTRUCTIONS,
@@ -52,13 +62,17 @@ from iclbook.patterns.data import (
     in_domain,
     no_match_floor,
     ood_coefficients,
+    oracle_errors,
     out_of_domain,
     sample_prompts,
+    sample_stacked,
+    scaled_length,
     training_tasks,
 )
 from iclbook.patterns.measures import (
     angle,
     error,
+    errors,
     evaluate,
     feature_geometry,
     first_below,
@@ -76,8 +90,9 @@ from iclbook.patterns.measures import (
     qk_projections,
     same_pattern_attention,
     separation_auc,
+    stacked_errors,
 )
-from iclbook.patterns.model import OneLayerICL, SmallGPT, hinge, hinge_loss
+from iclbook.patterns.model import OneLayerICL, SmallGPT, hinge, hinge_loss, stacked_margins
 from iclbook.patterns.nulls import (
     above_null,
     alpha_shuffles,
@@ -95,6 +110,6 @@ from iclbook.patterns.nulls import (
     shuffled_auc,
     welch_t,
 )
-from iclbook.patterns.training import error_checkpoints, progress_checkpoints, train_gpt, train_models
+from iclbook.patterns.training import error_checkpoints, progress_checkpoints, train_gpt, train_models, train_stacked
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -37,20 +37,52 @@ def median_slope(alphas: Sequence[float], times: np.ndarray) -> float:
     return curves.loglog_slope(alphas, med)
 
 
-def bootstrap_slope(
-    alphas: Sequence[float], times: np.ndarray, rng: np.random.Generator, draws: int = 2000
-) -> tuple[float, float]:
-    """The 95% percentile interval of :func:`median_slope` over ``draws`` resamplings of the seeds
-    of each alpha (with replacement, independently per alpha), from the finite slopes; ``(nan,
-    nan)`` when 100 or fewer of them are finite."""
-    boot = np.array(
+def pooled_slope(alphas: Sequence[float], times: np.ndarray) -> float:
+    """The least-squares slope of log time against log alpha over every run of ``times``
+    ``(alphas, seeds)``: the pooled fit, which uses every run where :func:`median_slope` uses one
+    per alpha (a narrower interval for the same runs). NaN if a run is censored (``inf``)."""
+    t = np.asarray(times, float)
+    if not np.all(np.isfinite(t)) or np.any(t <= 0):
+        return float("nan")
+    x = np.repeat(np.log(np.asarray(alphas, float)), t.shape[1])
+    y = np.log(t).reshape(-1)
+    x = x - x.mean()
+    return float((x * (y - y.mean())).sum() / (x**2).sum())
+
+
+def bootstrap_slopes(
+    alphas: Sequence[float], times: np.ndarray, rng: np.random.Generator, draws: int = 2000, stat=None
+) -> np.ndarray:
+    """``(draws,)``: ``stat(alphas, times)`` (default :func:`median_slope`) of ``draws``
+    resamplings of the seeds of each alpha (with replacement, independently per alpha); NaN where
+    a resampled run or median is censored."""
+    stat = median_slope if stat is None else stat
+    return np.array(
         [
-            median_slope(alphas, np.take_along_axis(times, rng.integers(0, times.shape[1], times.shape), axis=1))
+            stat(alphas, np.take_along_axis(times, rng.integers(0, times.shape[1], times.shape), axis=1))
             for _ in range(draws)
         ]
     )
+
+
+def bootstrap_slope(
+    alphas: Sequence[float], times: np.ndarray, rng: np.random.Generator, draws: int = 2000, stat=None
+) -> tuple[float, float]:
+    """The 95% percentile interval of ``stat`` (default :func:`median_slope`) over ``draws``
+    resamplings of the seeds of each alpha (:func:`bootstrap_slopes`), from the finite slopes;
+    ``(nan, nan)`` when 100 or fewer of them are finite."""
+    boot = bootstrap_slopes(alphas, times, rng, draws, stat)
     boot = boot[np.isfinite(boot)]
     return tuple(np.percentile(boot, [2.5, 97.5])) if len(boot) > 100 else (np.nan, np.nan)
+
+
+def excluded(interval: Sequence[float], exponents: dict[str, float]) -> list[str]:
+    """The names of ``exponents`` that lie outside the closed ``interval`` (none if it is not
+    finite): what a slope's interval rules out."""
+    lo, hi = interval
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return []
+    return [name for name, e in exponents.items() if not lo <= e <= hi]
 
 
 def two_point_slope(times: np.ndarray, run_alphas: Sequence[float], ends: Sequence[float]) -> float:

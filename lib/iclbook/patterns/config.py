@@ -37,12 +37,22 @@ class Config:
     train_split: str = "balanced"  # "balanced" (every pattern + and - equally often) or "uneven"
     n_ood_irrelevant: int = 8
     seeds: int = 4  # seeds of the main run
-    sweep_seeds: int = 5  # seeds per alpha in the sample-complexity sweep
+    sweep_seeds: int = 8  # seeds per alpha and protocol in the sample-complexity sweep (one ensemble)
     sweep_steps: int = 2500
+    # the sweep's second protocol: the context length scaled with 1/alpha so that a prompt holds
+    # this many contexts of the query's pattern on average at every alpha (l = 20, 13, 10, 8)
+    sweep_matches: float = 4.0
+    sweep_scaled_seeds: int = 6  # seeds per alpha of that second protocol (the first of sweep_seeds)
+    # a sweep run stops once its error has stayed within the oracle's + 1% for this many steps
+    # (its later checkpoints repeat its last error): the time it measures is unchanged unless the
+    # run climbs back out later (none of the 20 full-length runs of the earlier sweep did)
+    sweep_settle: int = 250
     sweep_alphas: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0)  # training alphas of the sweep
     # retrain the sweep's extremes at half the step (off at smoke: time); a switch, no weight
     # depends on its value (the half-step runs have their own cache entry)
     lr_control: bool = runtime.check(True)
+    # train four seeds on 6 of the 30 tasks, below Theorem 1's task fraction (off at smoke: time)
+    task_control: bool = runtime.check(True)
     n_baseline: int = runtime.check(300)  # prompts per point of the classical baselines
     gpt_steps: int = 1000  # multi-layer check
     gpt_layers: int = 2
@@ -67,10 +77,12 @@ CONFIGS: dict[str, Config] = {
         n_test=1000,
         seeds=2,
         sweep_seeds=2,
+        sweep_scaled_seeds=2,
         sweep_steps=2000,
         sweep_alphas=(0.4, 1.0),
         n_baseline=40,
         lr_control=False,
+        task_control=False,
         gpt_steps=300,
         gpt_width=32,
         gpt_judged=False,
@@ -80,7 +92,8 @@ CONFIGS: dict[str, Config] = {
         steps=4000,
         n_test=20000,
         seeds=5,
-        sweep_seeds=8,
+        sweep_seeds=16,
+        sweep_scaled_seeds=16,
         sweep_steps=3000,
         n_baseline=1000,
         gpt_steps=20000,
@@ -97,7 +110,7 @@ CONFIGS: dict[str, Config] = {
 STREAMS = {
     "prompt-figure": runtime.Stream(),  # the one prompt drawn in the data figure
     "untrained-init": runtime.Stream(),  # the untrained model of the context-length check
-    "bootstrap": runtime.Stream(kind="numpy"),  # resampling seeds for the slope's interval
+    "bootstrap": runtime.Stream(kind="numpy", width=2),  # resampling seeds for the slopes' intervals (one per protocol)
     "ood-domain": runtime.Stream(),  # the out-of-domain patterns the progress measures use
     "id-val": runtime.Stream(),  # in-domain prompts read at every checkpoint
     "ood-val": runtime.Stream(),  # out-of-domain prompts read at every checkpoint
@@ -115,4 +128,7 @@ STREAMS = {
     "lucky-shuffle": runtime.Stream(kind="numpy"),  # the lucky neurons' null: group labels shuffled
     "baseline-prompts": runtime.Stream(width=50),  # classical baselines: one per context length
     "sweep-members": runtime.Stream(width=100),  # the alpha sweep's models
+    "small-norm-repeat": runtime.Stream(width=8),  # the small-norm control's null: repeated prompt draws
+    "sparse-test": runtime.Stream(),  # the task-fraction control's test prompts
+    "gpt-constructions": runtime.Stream(),  # the GPT's prompts of the OOD constructions
 }

@@ -16,7 +16,7 @@ import torch
 from iclbook import internals
 from iclbook.patterns.config import Config
 from iclbook.patterns.data import Domain, Prompts, in_domain, out_of_domain, sample_prompts
-from iclbook.patterns.model import OneLayerICL, hinge_loss
+from iclbook.patterns.model import PARAMS, OneLayerICL, hinge_loss, stacked_margins
 
 # ---------------------------------------------------------------------------------------------
 # Errors and the out-of-domain and context-length sweeps (Theorems 1-2)
@@ -31,11 +31,23 @@ def error(model: torch.nn.Module, prompts: Prompts) -> float:
 
 
 @torch.no_grad()
+def stacked_errors(models: Sequence[OneLayerICL], prompts: Prompts) -> list[float]:
+    """:func:`error` of each of ``models`` on the same ``prompts``, from one batched pass over
+    their stacked weights (:func:`~iclbook.patterns.model.stacked_margins`)."""
+    if not models:
+        return []
+    W = {n: torch.stack([getattr(m, n) for m in models]) for n in PARAMS}
+    F = stacked_margins(W, models[0].a, prompts.tokens)
+    return (torch.sign(F) != prompts.target).float().mean(-1).tolist()
+
+
+@torch.no_grad()
 def evaluate(model: OneLayerICL, prompts: Prompts, neuron_mask: torch.Tensor | None = None) -> dict:
     """Classification error ``P(sign F != z)`` (``F = 0`` counts as wrong), hinge loss, and the
     attention mass on contexts that share the query's relevant pattern."""
-    F = model(prompts.tokens, neuron_mask)
-    att = model.attention(prompts.tokens)
+    with internals.recording(model) as acts:  # the attention of the same pass (the same numbers as model.attention)
+        F = model(prompts.tokens, neuron_mask)
+    att = acts["attention"]
     return {
         "error": float((torch.sign(F) != prompts.target).float().mean()),
         "hinge": float(hinge_loss(F, prompts.target)),
@@ -58,17 +70,32 @@ def ood_sweep(
     prompt_generator: Callable[[], torch.Generator],
     n: int,
     construction: str = "pair",
+    norm: float = 1.0,
     alpha: float = 0.8,
 ) -> np.ndarray:
     """``(models, S1)`` error on out-of-domain prompts (Theorem 2): for each ``S1``, patterns of
     that construction, then ``n`` prompts at ``alpha`` and the training length.
     ``domain_generator()`` and ``prompt_generator()`` return fresh generators, so every ``S1``
-    (and every model: the one-layer ones and the GPT) sees the same draws."""
+    (and every model: the one-layer ones and the GPT) sees the same draws. ``norm`` is the
+    pattern norm of the ``"unit"`` construction (:func:`~iclbook.patterns.data.ood_coefficients`)."""
     out = np.zeros((len(models), len(S1_values)))
     for j, S1 in enumerate(S1_values):
-        dom = out_of_domain(cfg, S1, domain_generator(), construction)
+        dom = out_of_domain(cfg, S1, domain_generator(), construction, norm)
         prompts = sample_prompts(dom, n, alpha=alpha, l=cfg.l_train, cfg=cfg, generator=prompt_generator())
-        out[:, j] = [error(m, prompts) for m in models]
+        out[:, j] = errors(models, prompts)
+    return out
+
+
+def errors(models: Sequence[torch.nn.Module | Callable[[Prompts], float]], prompts: Prompts) -> list[float]:
+    """Each model's error on ``prompts``: :func:`error` of a network (the one-layer models read as
+    one stack, :func:`stacked_errors`), or what a reader of prompts returns."""
+    one_layer = [i for i, m in enumerate(models) if isinstance(m, OneLayerICL)]
+    out = [0.0] * len(models)
+    for i, e in zip(one_layer, stacked_errors([models[i] for i in one_layer], prompts)):
+        out[i] = e
+    for i, m in enumerate(models):
+        if i not in one_layer:
+            out[i] = error(m, prompts) if isinstance(m, torch.nn.Module) else m(prompts)
     return out
 
 
@@ -90,7 +117,7 @@ def length_sweep(
     for i, a in enumerate(alphas):
         for k, l in enumerate(lengths):
             prompts = sample_prompts(domain, n, alpha=a, l=int(l), cfg=cfg, generator=prompt_generator())
-            out[i, :, k] = [error(m, prompts) if isinstance(m, torch.nn.Module) else m(prompts) for m in models]
+            out[i, :, k] = errors(models, prompts)
     return out
 
 
@@ -111,7 +138,9 @@ def qk_projections(model: OneLayerICL, prompts: Prompts, domain: Domain, cfg: Co
     """Mean norms of ``W_Q p_q`` and ``W_K p_i`` and of their components along the query's
     relevant pattern (Prop. 1: the growth is along the pattern)."""
     tokens = prompts.tokens
-    q, k = tokens[:, -1] @ model.W_Q.T, tokens[:, :-1] @ model.W_K.T
+    n, l, d = tokens[:, :-1].shape
+    # one matrix product over every context (a product over the strided view runs one tiny product per prompt)
+    q, k = tokens[:, -1] @ model.W_Q.T, (tokens[:, :-1].reshape(n * l, d) @ model.W_K.T).view(n, l, -1)
     # the query's pattern direction, embedded in token space
     xq = tokens[:, -1, : cfg.d_X]
     sims = xq @ domain.relevant.T  # (n, M)

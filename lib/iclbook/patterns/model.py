@@ -73,6 +73,26 @@ class OneLayerICL(HookPoints, nn.Module):
         return self.W_O @ self.W_V
 
 
+#: The trained weights of :class:`OneLayerICL`, in the order :func:`stacked_margins` reads them.
+PARAMS = ("W_Q", "W_K", "W_V", "W_O")
+
+
+def stacked_margins(W: dict[str, torch.Tensor], a: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """:meth:`OneLayerICL.forward` of every member of an ensemble at once: ``W`` holds the
+    members' ``W_Q, W_K, W_V`` ``(E, d, d)`` and ``W_O`` ``(E, m, d)``, ``a`` ``(m,)`` the fixed
+    read-out, ``tokens`` ``(E, n, l + 1, d)`` (each member its prompts) or ``(n, l + 1, d)`` (the
+    same prompts for all); returns the margins ``F`` ``(E, n)``. The same operations in the same
+    order as the model's forward pass, batched over the members (a test checks it against the
+    model, member by member)."""
+    ctx = tokens[..., :-1, :]
+    qk = (tokens[..., -1, :] @ W["W_Q"].transpose(1, 2)) @ W["W_K"]  # (E, n, d): W_K^T W_Q p_q
+    spec = "enld,end->enl" if tokens.dim() == 4 else "nld,end->enl"
+    att = torch.softmax(torch.einsum(spec, ctx, qk), dim=-1)
+    mixed = torch.einsum("enl,enld->end" if tokens.dim() == 4 else "enl,nld->end", att, ctx)
+    hidden = (mixed @ W["W_V"].transpose(1, 2)) @ W["W_O"].transpose(1, 2)
+    return torch.relu(hidden) @ a
+
+
 def hinge_loss(F: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """``mean(max(0, 1 - z F))``: the hinge loss of margins ``F`` ``(n,)`` for labels ``z = +-1``."""
     return torch.clamp(1 - z * F, min=0).mean()
@@ -124,9 +144,18 @@ class SmallGPT(HookPoints, nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``F`` for each prompt of ``tokens`` ``(n, T, d)``, ``(n,)``. An override of ``blocks``
         acts on the stream the read-out reads, its last entry (each block has already read the
-        one before it)."""
+        one before it).
+
+        With no hook attached, the last block runs at the query only (:meth:`last_block_at_query`):
+        the read-out reads nothing else, and the causal mask lets no earlier token see the
+        query, so the output is the same function at about 60% of the cost; recording or
+        overriding a hook runs every block on every token."""
         h = self.hook("embedded", self.read_in(tokens))
         mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1], device=h.device, dtype=h.dtype)
+        if self.__dict__.get("_hook_state") is None:
+            for layer in self.blocks.layers[:-1]:
+                h = layer(h, src_mask=mask, is_causal=True)
+            return self.read_out(self.norm(self.last_block_at_query(h))).squeeze(-1)
         states = []
         for layer in self.blocks.layers:  # TransformerEncoder.forward's loop (no final norm, no padding)
             h = layer(h, src_mask=mask, is_causal=True)
@@ -134,3 +163,30 @@ class SmallGPT(HookPoints, nn.Module):
         h = self.hook("blocks", torch.stack(states))[-1]
         final = self.hook("final", self.norm(h[:, -1]))
         return self.hook("output", self.read_out(final).squeeze(-1))
+
+    def last_block_at_query(self, h: torch.Tensor) -> torch.Tensor:
+        """The last block's output at the query, ``(n, width)``, from the stream ``h`` ``(n, T,
+        width)`` that enters it: the pre-LN block of ``nn.TransformerEncoderLayer`` (norm, self-
+        attention of the query over every token, residual; norm, feed-forward, residual) computed
+        for the last position alone."""
+        layer = self.blocks.layers[-1]
+        x = layer.norm1(h)
+        x_q = h[:, -1:] + layer.self_attn(x[:, -1:], x, x, need_weights=False)[0]
+        x_q = x_q + layer._ff_block(layer.norm2(x_q))
+        return x_q[:, 0]
+
+    @torch.no_grad()
+    def layer_attention(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each block's attention of the query over the contexts, averaged over its heads:
+        ``(layers, n, l)`` for ``tokens`` ``(n, l + 1, d)`` (the paper's per-layer attention
+        figures read its mass on the same-pattern contexts)."""
+        h = self.read_in(tokens)
+        T = tokens.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(T, device=h.device, dtype=h.dtype)
+        out = []
+        for layer in self.blocks.layers:
+            x = layer.norm1(h)
+            w = layer.self_attn(x[:, -1:], x, x, need_weights=True, average_attn_weights=True)[1]  # (n, 1, T)
+            out.append(w[:, 0, :-1])
+            h = layer(h, src_mask=mask, is_causal=True)
+        return torch.stack(out)

@@ -266,17 +266,21 @@ def pruning_null_share(
 # ---------------------------------------------------------------------------------------------
 
 
-def alpha_shuffles(alphas: Sequence[float], times: np.ndarray, rng: np.random.Generator, shuffles: int = 2000) -> dict:
+def alpha_shuffles(
+    alphas: Sequence[float], times: np.ndarray, rng: np.random.Generator, shuffles: int = 2000, stat=None
+) -> dict:
     """``times`` ``(alphas, seeds)`` with its runs shuffled among the alphas ``shuffles`` times: a
     sweep in which alpha carries no information about the time. Returns ``"slopes"`` (each
     shuffle's :func:`~iclbook.patterns.complexity.median_slope`; NaN where a median is censored)
-    and ``"ordered"``, the share of shuffles whose median times fall strictly as alpha grows."""
+    and ``"ordered"``, the share of shuffles whose median times fall strictly as alpha grows.
+    ``stat`` replaces :func:`~iclbook.patterns.complexity.median_slope` (e.g. the pooled fit)."""
+    stat = median_slope if stat is None else stat
     flat = times.reshape(-1)
     slopes, ordered = [], []
     for _ in range(shuffles):
         t = rng.permutation(flat).reshape(times.shape)
         med = np.median(t, axis=1)
-        slopes.append(median_slope(alphas, t))
+        slopes.append(stat(alphas, t))
         ordered.append(bool(np.all(np.isfinite(med)) and np.all(np.diff(med) < 0)))
     return {"slopes": np.array(slopes), "ordered": float(np.mean(ordered))}
 
