@@ -65,17 +65,17 @@ def forced(path: Path) -> bool:
     return (meta.get("mystnb") or {}).get("execution_mode") == "force"
 
 
-#: Where the seed run has no time for a chapter: its seed-0 book time of the last fresh-clone
-#: build in benchmarks/README.md. Only the order matters (longest first, so that two workers end
-#: close together); a wrong guess costs time, never a result.
-TYPICAL_SECONDS = {"01": 127, "02": 107, "03": 169, "04": 56, "05": 24}
+#: Where the seed table has no time for a chapter: a typical book time (seconds, in the build of
+#: 2026-12-06 in benchmarks/README.md). Only the order matters (longest first, so that two workers
+#: end close together); a wrong guess costs time, never a result.
+TYPICAL_SECONDS = {"01": 305, "02": 229, "03": 353, "04": 123, "05": 100}
 
 
 def expected_seconds(path: Path) -> float:
     """The page's median time in the committed seed run, else its typical time (0 if unknown)."""
     seeds = ROOT / "book" / "records" / "seeds-book.json"
     try:
-        secs = sorted(json.loads(seeds.read_text())["seconds"][path.name[:2]].values())
+        secs = sorted(json.loads(seeds.read_text())["chapters"][path.name[:2]]["seconds"].values())
     except (OSError, KeyError, ValueError):
         secs = []
     return secs[len(secs) // 2] if secs else float(TYPICAL_SECONDS.get(path.name[:2], 0))

@@ -112,3 +112,13 @@ def test_the_pdf_printer_finds_the_single_page_and_its_figures_and_titles(tmp_pa
     page.feed((tmp_path / "book" / "intro.html").read_text())
     assert page.titles == ["Intro"] and page.images == {"a.png"}
     assert "Show solution" in pdf.PRINT_SCRIPT and "d.open = true" in pdf.PRINT_SCRIPT
+
+
+def test_the_build_orders_chapters_by_their_seed_run_times():
+    """.ci/execute.py starts the longest chapters first, reading each one's median time from the
+    committed seed table (the typical times only for a chapter the table lacks)."""
+    execute = _script("execute")
+    table = json.loads((ROOT / "book" / "records" / "seeds-book.json").read_text())
+    for md in sorted((ROOT / "book").glob("[0-9][0-9]_*.md")):
+        secs = sorted(table["chapters"][md.name[:2]]["seconds"].values())
+        assert execute.expected_seconds(md) == secs[len(secs) // 2]
