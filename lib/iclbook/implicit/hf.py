@@ -1,9 +1,12 @@
 """The chapter's probes on a Hugging Face model and the paper's six real data sets.
 
 :mod:`.probe` finds attention layers by their children ``q_proj``, ``k_proj``, ``v_proj`` and
-``out_proj`` and finetunes the parameters whose names contain ``k_proj`` or ``v_proj``, so it works
-unchanged on OPT and XGLM (the Hugging Face class of the fairseq dense models that the paper used).
-This module adds what a real run needs besides the model:
+``out_proj`` and finetunes the parameters whose names contain ``k_proj`` or ``v_proj``;
+:mod:`.families` gives GPT-2, OPT, XGLM (the Hugging Face class of the fairseq dense models that
+the paper used) and GPT-NeoX/Pythia those children (fused projections split, NeoX's rotation moved
+into them), float32 master K/V weights and loss scaling in half precision, and a cached
+demonstration prefix; :mod:`.real` runs the chapter's controls on such a model, estimates the
+cost first and writes ledger rows. This module adds what a real run needs besides the model:
 
 * :data:`SOURCES` and :func:`splits`: the six data sets through ``datasets`` (field names, label
   order, the split the paper reported), cut into a demonstration pool and a dev split (both from
@@ -12,19 +15,21 @@ This module adds what a real run needs besides the model:
 * :func:`run`, also ``python -m iclbook.implicit.hf``: the chapter's protocol
   (:func:`.experiment.run_task`, :func:`.experiment.statistics`) on a pretrained model, prompts
   built as text and cut by its tokenizer (:class:`.codec.TextCodec`);
-* :func:`tiny_opt` and :func:`word_tokenizer`: a randomly initialised OPT and a word-level
-  ``transformers`` tokenizer over the chapter's vocabulary, built offline, so that CI exercises
-  all of the above without a download.
+* :func:`tiny_opt` and :func:`word_tokenizer`: a randomly initialised OPT (:func:`.families.tiny`
+  builds one of each family) and a word-level ``transformers`` tokenizer over the chapter's
+  vocabulary, built offline, so that CI exercises all of the above without a download.
 
 ``transformers``, ``tokenizers`` and ``datasets`` are imported lazily: the rest of the library
 does not need them (``pip install "iclbook[hf]"`` brings them).
 
-    python -m iclbook.implicit.hf --model facebook/opt-125m --profile paper --out real.json
+    python -m iclbook.implicit.hf --model facebook/opt-125m --profile colab --dtype float16 --out real.json
 
 The JSON is rewritten as each task finishes, and a rerun with the same ``--out``, model, profile,
-seed and dtype resumes after the finished tasks. Memory: three copies of the weights at once (the
-model, the learning-rate search's copy, the finetuned copy), plus host memory for one task's
-records (score rows over the whole context are kept only for the Kendall statistic's prompts);
+seed and dtype resumes after the finished tasks. Before it starts it prints the time and memory
+estimate of :func:`.real.estimate` (an assumed T4 throughput, not a measurement) and, while it
+runs, a progress bar in forward tokens. Memory: three copies of the weights at once (the model,
+the learning-rate search's copy, the finetuned copy), plus host memory for one task's records
+(score rows over the whole context are kept only for the Kendall statistic's prompts);
 :func:`memory_estimate` prints the figures for the model at hand.
 
 Templates: the prompts are the paper's Table 8 templates (AGNews ``News: ... Type:``), not the
@@ -370,12 +375,18 @@ def run(
     max_len = max_len or context_length(model)
     out = dict(done or {})
     todo = [n for n in names if n not in out]
-    for name in tqdm(todo, desc="tasks", file=sys.stderr, disable=not (progress and runtime.progress_enabled())):
+    from iclbook.implicit import real  # noqa: PLC0415 (real imports this module)
+
+    show = progress and runtime.progress_enabled()
+    vocab = getattr(getattr(model, "config", None), "vocab_size", 50_272)
+    for name in tqdm(todo, desc="tasks", file=sys.stderr, disable=not show):
         t0 = time.perf_counter()
         data = splits(name, cfg, seed, loader=loader)
-        r = experiment.run_task(
-            model, name, cfg, seed, data=data, codec=codec, max_len=max_len, select_on_test=select_on_test
-        )
+        total = real.task_tokens(name, cfg, max_len, select_on_test, controls=False, vocab=vocab)[0]
+        with real.Meter(total, name, enabled=show and isinstance(model, families.Adapted)):
+            r = experiment.run_task(
+                model, name, cfg, seed, data=data, codec=codec, max_len=max_len, select_on_test=select_on_test
+            )
         stats = experiment.statistics(r, torch.Generator().manual_seed(seed), cfg.kendall_examples)
         stats.pop("per_example")
         kept = [len(s) for s in r.spans]

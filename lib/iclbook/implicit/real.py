@@ -60,7 +60,7 @@ THROUGHPUT = {"T4": {torch.float16: 10e12, torch.bfloat16: 2e12, torch.float32: 
 CALL_SECONDS = 0.012
 
 
-def _task_tokens(
+def task_tokens(
     name: str, cfg: Config, max_len: int, select_on_test: bool, controls: bool = True, vocab: int = 50_272
 ) -> tuple[float, float, float]:
     """``(tokens, calls, context)``: forward tokens (a backward pass counted as two forwards),
@@ -127,7 +127,7 @@ def estimate(
     size = torch.finfo(dtype).bits // 8
     seconds, tokens = [], 0.0
     for name in names:
-        tok, calls, ctx = _task_tokens(name, cfg, max_len, select_on_test, controls, vocab)
+        tok, calls, ctx = task_tokens(name, cfg, max_len, select_on_test, controls, vocab)
         flops = tok * (2 * n_params + 4 * layers * d_model * ctx)
         seconds.append(flops / THROUGHPUT[gpu][dtype] + calls * CALL_SECONDS)
         tokens += tok
@@ -171,8 +171,7 @@ class Meter:
     """A progress bar in forward tokens (the unit of :func:`estimate`), fed by an
     :class:`.families.Adapted` model's forward passes."""
 
-    def __init__(self, model, total: float, desc: str, enabled: bool = True):
-        self.model = model
+    def __init__(self, total: float, desc: str, enabled: bool = True):
         self.bar = tqdm(total=int(total), desc=desc, unit="tok", unit_scale=True, file=sys.stderr, disable=not enabled)
 
     def __enter__(self) -> Meter:
@@ -255,8 +254,8 @@ def study(
     sizes = model_sizes(model) if hasattr(model, "config") else None
     out = {}
     for name in names:
-        total = _task_tokens(name, cfg, max_len, select_on_test, vocab=sizes["vocab"] if sizes else 50_272)[0]
-        with Meter(model, total, f"{label}: {name}", enabled=show and sizes is not None):
+        total = task_tokens(name, cfg, max_len, select_on_test, vocab=sizes["vocab"] if sizes else 50_272)[0]
+        with Meter(total, f"{label}: {name}", enabled=show and sizes is not None):
             data = hf.splits(name, cfg, seed, loader=loader)
             run = experiment.run_task(
                 model, name, cfg, seed, data=data, codec=codec, max_len=max_len, shuffled=True,
@@ -547,3 +546,74 @@ def record(book: ledger.Ledger, result: Mapping, *, model: str, inconclusive: st
         )  # fmt: skip
     )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The reader's path
+# ---------------------------------------------------------------------------------------------
+
+#: Sizes of models a Colab reader might try (``n_params``, ``layers``, ``d_model``, ``heads``,
+#: ``vocab``; parameter counts as their configs give them, rounded to the thousand), so that
+#: the estimate can be printed before any download. Once a model is loaded,
+#: :func:`model_sizes` reads its own.
+KNOWN_SIZES = {
+    "gpt2": dict(n_params=124_440_000, layers=12, d_model=768, heads=12, vocab=50_257),
+    "gpt2-medium": dict(n_params=354_823_000, layers=24, d_model=1024, heads=16, vocab=50_257),
+    "facebook/opt-125m": dict(n_params=125_239_000, layers=12, d_model=768, heads=12, vocab=50_272),
+    "facebook/opt-350m": dict(n_params=331_196_000, layers=24, d_model=1024, heads=16, vocab=50_272),
+    "EleutherAI/pythia-160m": dict(n_params=162_322_000, layers=12, d_model=768, heads=12, vocab=50_304),
+    "EleutherAI/pythia-410m": dict(n_params=405_334_000, layers=24, d_model=1024, heads=16, vocab=50_304),
+    "KoboldAI/fairseq-dense-1.3B": dict(n_params=1_313_460_000, layers=24, d_model=2048, heads=32, vocab=50_261),
+}
+
+#: The offline stand-in's sizes (a tiny random model, one task): seconds on a CPU.
+STANDIN_CFG = Config(
+    n_test=24, n_dev=12, k=4, pool=16, demo_seeds=(1,), lr_grid=(0.01, 0.1), eval_seeds=1,
+    kendall_examples=8, control_examples=12, permutations=2,
+)  # fmt: skip
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face Hub opens within ``timeout`` seconds (and
+    ``HF_HUB_OFFLINE`` is not set)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def summary_rows(result: Mapping) -> list[list[str]]:
+    """One table row per task of a :func:`study`: accuracies (with the shuffled-label nulls) and
+    the four statistics."""
+    out = []
+    for name, t in result["tasks"].items():
+        a, s = t["acc"], t["stats"]
+        out.append(
+            [name]
+            + [f"{100 * a[k]:.1f}" for k in ("Z", "I", "F", "I_shuffled", "F_shuffled")]
+            + [f"{s['rec2ftp']:.1f} ({s['rec2ftp_null']:.1f})", f"{s['simaou']:.3f} ({s['simaou_random']:.3f})"]
+            + [f"{s['simam_before']:.3f} → {s['simam_after']:.3f}", f"{s['kendall']:.3f} ({s['kendall_random']:.3f})"]
+        )
+    return out
+
+
+SUMMARY_HEADER = [
+    "task", "ZSL", "ICL", "FT", "ICL, shuffled labels", "FT, shuffled labels", "Rec2FTP (null)",
+    "SimAOU (random)", "SimAM before → after", "Kendall (random)",
+]  # fmt: skip
+
+
+def ledger_rows(rows: Sequence) -> list[list[str]]:
+    """Ledger rows of :func:`record` as table rows: the claim (without :data:`PREFIX`), ours,
+    the null and its value, the verdict."""
+    out = []
+    for r in rows:
+        null = f"{r.null_what}: {r.null:.3g}" if isinstance(r.null, float) else r.null_what
+        out.append([r.claim.removeprefix(PREFIX), r.ours, null, r.verdict])
+    return out
