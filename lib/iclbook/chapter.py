@@ -49,7 +49,7 @@ CHAPTERS = {
         "tests": "implicit",
         "package": "implicit",
         "rooms": {"training": "pretrain", "measures": "experiment"},
-        "own": ("dual_form", "codec", "probe", "metrics", "hf", "retrain"),
+        "own": ("dual_form", "codec", "probe", "metrics", "hf", "families", "real", "retrain"),
     },
     "03": {
         "slug": "induction_cliff",

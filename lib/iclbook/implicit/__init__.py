@@ -15,5 +15,9 @@ metrics     Rec2FTP, SimAOU, SimAM, Kendall tau, the critics' variants, bootstra
 experiment  the chapter's protocol (Z, I, F per task), the paper's statistics, the critics' controls,
             and the readings that decide its ledger rows
 hf          the real-model path: the six data sets, pretrained models, offline stand-ins for CI
+families    the Hugging Face model families it reads (GPT-2, OPT, XGLM, GPT-NeoX/Pythia): fused
+            projections split, float32 master K/V weights and loss scaling in half precision
+real        the chapter's statistics and controls on a real model, its time and memory estimate,
+            and its ledger rows
 tasks, tinylm  old names of data and of model + pretrain, kept for importers outside this package
 """
