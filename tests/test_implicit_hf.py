@@ -490,6 +490,7 @@ def test_study_and_its_ledger_rows_on_a_tiny_random_model(monkeypatch):
     rows = real.record(book, res, model="tiny XGLM", inconclusive="a random stand-in")
     assert len(rows) == 11 and all(r.verdict == "inconclusive" and r.key.startswith(real.PREFIX) for r in rows)
     assert all(r.null_what for r in rows)
+    assert len(real.record(None, res, model="tiny XGLM", inconclusive="a random stand-in")) == 11  # its own ledger
     table = real.ledger_rows(rows)
     assert len(table) == 11 and not any(t[0].startswith(real.PREFIX) for t in table)
     judged = ledger.Ledger("02", "test", profile="smoke", seed=0)

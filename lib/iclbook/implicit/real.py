@@ -300,10 +300,13 @@ def _row(book: ledger.Ledger, kind: str, claim: str, *, criterion, null, inconcl
     return record_fn(PREFIX + claim, criterion=criterion, null=null, inconclusive=inconclusive, section=SEC, **kw)
 
 
-def record(book: ledger.Ledger, result: Mapping, *, model: str, inconclusive: str | None = None) -> list:
-    """The chapter's claims and controls on ``result`` (:func:`study`) as rows of ``book``;
-    ``inconclusive`` (a reason) declares them all undecided (a random stand-in model). Returns the
-    rows."""
+def record(book: ledger.Ledger | None, result: Mapping, *, model: str, inconclusive: str | None = None) -> list:
+    """The chapter's claims and controls on ``result`` (:func:`study`) as rows of ``book``, the
+    chapter's ledger (its record then carries them); ``None`` puts them in a ledger of their own
+    that no record keeps (a stand-in's rows, shown but never counted). ``inconclusive`` (a reason)
+    declares them all undecided (a random stand-in model). Returns the rows."""
+    if book is None:
+        book = ledger.Ledger("02", "Dai et al. 2023 (stand-in, not recorded)")
     tasks = result["tasks"]
     cfg = result["cfg"]
     names = list(tasks)
