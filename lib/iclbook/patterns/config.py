@@ -124,7 +124,7 @@ STREAMS = {
     "lucky-prompts": runtime.Stream(),  # prompts that read the initial activity of each neuron
     "prune-random": runtime.Stream(width=100),  # random pruning masks, one per draw (100 draws)
     "random-mix": runtime.Stream(kind="numpy"),  # Prop. 2's null: random non-negative mixes of the patterns
-    "alpha-shuffle": runtime.Stream(kind="numpy"),  # the alpha sweep's null: its alpha labels shuffled
+    "alpha-shuffle": runtime.Stream(kind="numpy", width=2),  # the alpha sweep's null: its alpha labels shuffled
     "lucky-shuffle": runtime.Stream(kind="numpy"),  # the lucky neurons' null: group labels shuffled
     "baseline-prompts": runtime.Stream(width=50),  # classical baselines: one per context length
     "sweep-members": runtime.Stream(width=100),  # the alpha sweep's models
