@@ -42,6 +42,7 @@ class Config:
     min_nonce: int = runtime.check(4)  # tasks where nonce-label ICL must beat chance + margin (sanity)
     lexicon_tasks: int = runtime.check(5)  # lexicon tasks of the regime section (all five: no CB)
     momentum_tasks: int = runtime.check(len(TASK_NAMES))  # tasks of the momentum study's ICL accuracy
+    momentum_episodes: int = runtime.check(256)  # held-out pretraining episodes of its perplexities
     # Whether the evaluation is large enough to judge the claims and controls (chapter.Chapter.judged):
     # where it is not, their rows are recorded inconclusive, with the reason.
     judged: bool = runtime.check(True)
@@ -61,6 +62,7 @@ CONFIGS = {
         min_nonce=2,
         lexicon_tasks=2,
         momentum_tasks=1,
+        momentum_episodes=32,
         judged=False,
     ),
     "book": Config(n_test=500, n_dev=200),
