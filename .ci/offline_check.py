@@ -18,7 +18,8 @@ to, with a new image and label; the pages of `SCRUBBER_PAGES` must have at least
 same script clicks every exercise's "Show solution" toggle: each must be closed when the page
 opens and show its code once clicked; the pages of `EXERCISE_PAGES` must have at least one. The
 browser opens at 1400 pixels, a reader's window: on `OVERFLOW_PAGES` (the claims page) no table
-may be wider than its box. Last, the script switches the theme to dark, as its switch does, and
+may be wider than its box, and on every chapter no code cell may scroll sideways (the script
+also reports how many characters a cell holds, which book/.ruff.toml's line length follows). Last, the script switches the theme to dark, as its switch does, and
 measures the contrast of every table's text with what is behind it (WCAG AA, 4.5:1); every
 figure of the book (the build's `_images`) must be opaque, or its lines vanish into a dark page.
 """
@@ -45,6 +46,7 @@ SCRUBBER_PAGES = {"book/05_four_lenses"}  # the cliff explorer
 OVERFLOW_PAGES = {"book/claims"}  # every column visible at the reader's width (1400 pixels)
 MIN_CONTRAST = 4.5  # WCAG AA for text: the tables' text against what is behind it, in dark mode
 EXERCISE_PAGES = {p for p in PAGES if p != "book/claims"}  # every chapter ends with exercises
+CODE_PAGES = EXERCISE_PAGES  # every chapter: code cells within their box at 1400 pixels
 DRIVER_ID = "iclbook-offline-check"
 # moves every slider of the page to another frame as a reader would, and records what it saw
 DRIVER = r"""<script>
@@ -76,6 +78,18 @@ window.addEventListener("load", function () {
     // layout at the reader's width (the browser opens at 1400 pixels): tables wider than their box
     var overflow = [], tables = document.querySelectorAll("table");
     tables.forEach(function (t, i) { if (t.scrollWidth > t.parentElement.clientWidth + 1) { overflow.push(i + 1); } });
+    // code cells: lines wider than the cell (a horizontal scroll), and how many characters a cell holds
+    var code = [], columns = null, cells = document.querySelectorAll("div.cell_input pre");
+    cells.forEach(function (p, i) {
+      if (p.scrollWidth > p.clientWidth + 1) { code.push(i + 1); }
+      var probe = document.createElement("span");
+      probe.textContent = "0000000000";
+      p.appendChild(probe);
+      var style = getComputedStyle(p), inner = p.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+      var fit = Math.floor(inner / (probe.getBoundingClientRect().width / 10));
+      p.removeChild(probe);
+      if (columns === null || fit < columns) { columns = fit; }
+    });
     // dark mode, as the theme's switch sets it: the contrast of every table's text with what is behind it
     document.documentElement.dataset.theme = "dark";
     document.documentElement.dataset.mode = "dark";
@@ -97,7 +111,8 @@ window.addEventListener("load", function () {
     });
     var out = document.createElement("div");
     out.id = "DRIVER_ID";
-    out.setAttribute("data-layout", JSON.stringify({tables: tables.length, overflow: overflow, dark_contrast: worst}));
+    out.setAttribute("data-layout", JSON.stringify({tables: tables.length, overflow: overflow, dark_contrast: worst,
+                                                      code_cells: cells.length, code_overflow: code, code_columns: columns}));
     out.setAttribute("data-scrubbers", JSON.stringify(seen));
     out.setAttribute("data-solutions", JSON.stringify(solutions));
     document.body.appendChild(out);
@@ -272,6 +287,11 @@ def layout_problems(name: str, seen: dict | None) -> list[str]:
     problems = []
     if name in OVERFLOW_PAGES and seen.get("overflow"):
         problems.append(f"tables {seen['overflow']} of {seen['tables']} are wider than the page at 1400 pixels")
+    if name in CODE_PAGES and seen.get("code_overflow"):
+        problems.append(
+            f"code cells {seen['code_overflow']} of {seen['code_cells']} scroll sideways at 1400 pixels "
+            f"(a cell holds {seen.get('code_columns')} characters; book/.ruff.toml sets the chapters' line length)"
+        )
     contrast = seen.get("dark_contrast")
     if contrast is not None and contrast < MIN_CONTRAST:
         problems.append(

@@ -125,8 +125,11 @@ def test_solution_toggles_must_start_closed_and_open(tmp_path, monkeypatch):
     ]
 
 
-def layout(overflow: list[int], contrast: float) -> str:
-    report = json.dumps({"tables": 3, "overflow": overflow, "dark_contrast": contrast}).replace('"', "&quot;")
+def layout(overflow: list[int], contrast: float, code: list[int] | None = None) -> str:
+    report = {"tables": 3, "overflow": overflow, "dark_contrast": contrast}
+    if code is not None:
+        report.update(code_cells=4, code_overflow=code, code_columns=85)
+    report = json.dumps(report).replace('"', "&quot;")
     return GOOD.replace(GOOD[GOOD.index('data-layout="') : GOOD.index('"></div>')], f'data-layout="{report}')
 
 
@@ -139,6 +142,18 @@ def test_wide_tables_on_the_claims_page_and_dark_mode_contrast_are_caught(tmp_pa
     assert check(tmp_path, layout([], 1.3), monkeypatch) == [
         "in dark mode a table's text contrasts 1.30:1 with its background (< 4.5:1)"
     ]
+
+
+def test_a_chapter_code_cell_that_scrolls_sideways_is_caught(tmp_path, monkeypatch):
+    chapter = sorted(oc.CODE_PAGES)[0]
+    toggle = "no exercise solution behind a 'Show solution' toggle"  # this hand-written page has none
+    assert check(tmp_path, layout([], 9.0, code=[]), monkeypatch, name=chapter) == [toggle]
+    assert check(tmp_path, layout([], 9.0, code=[1, 3]), monkeypatch, name=chapter) == [
+        toggle,
+        "code cells [1, 3] of 4 scroll sideways at 1400 pixels (a cell holds 85 characters; "
+        "book/.ruff.toml sets the chapters' line length)",
+    ]
+    assert check(tmp_path, layout([], 9.0, code=[1]), monkeypatch, name="book/claims") == []
 
 
 def test_a_transparent_figure_is_caught(tmp_path, monkeypatch):
