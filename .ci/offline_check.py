@@ -81,6 +81,7 @@ window.addEventListener("load", function () {
     // code cells: lines wider than the cell (a horizontal scroll), and how many characters a cell holds
     var code = [], columns = null, cells = document.querySelectorAll("div.cell_input pre");
     cells.forEach(function (p, i) {
+      if (!p.clientWidth) { return; }  // not laid out (a closed fold): nothing a reader sees
       if (p.scrollWidth > p.clientWidth + 1) { code.push(i + 1); }
       var probe = document.createElement("span");
       probe.textContent = "0000000000";
