@@ -352,6 +352,7 @@ def main(argv: list[str]) -> int:
                 + (", the slider drives its frames" if name in SCRUBBER_PAGES else "")
                 + (", solutions closed and opening" if name in EXERCISE_PAGES else "")
                 + (", tables within 1400 pixels" if name in OVERFLOW_PAGES else "")
+                + (", code within its column at 1400 pixels" if name in CODE_PAGES else "")
                 + ", readable in dark mode"
                 if not problems
                 else "; ".join(problems)

@@ -222,3 +222,18 @@ def test_the_claims_page_has_no_colab_button_and_chapters_keep_theirs():
     assert claims["header_buttons"] == [{"label": "download-buttons"}]
     assert chapter_page["header_buttons"] == buttons
     assert not (ROOT / "book" / "claims.ipynb").exists()
+
+
+def test_every_included_library_object_exists():
+    """A chapter shows library code with ``{literalinclude}`` and ``:pyobject:``; a renamed function
+    would only warn in the strict build, minutes later: each named object must be in its file."""
+    import ast
+
+    for md in sorted((ROOT / "book").glob("*.md")):
+        for m in re.finditer(r"```\{literalinclude\} (\S+)\n:pyobject: (\S+)", md.read_text()):
+            path, name = (md.parent / m.group(1)).resolve(), m.group(2)
+            body = ast.parse(path.read_text()).body
+            for part in name.split("."):
+                found = [n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == part]
+                assert found, f"{md.name} includes {name}, which {path.name} does not define"
+                body = found[0].body
