@@ -16,12 +16,10 @@ OUT := $(if $(filter book,$(PROFILE)),.,_build/$(PROFILE))
 
 .PHONY: install book pdf test test-execute test-colab-setup test-build test-colab-run test-unit colab unit notebooks sync bench retrain verdicts seeds clean
 
-# --no-compile: Python compiles a module when it is first imported; compiling all ~16,000 files of
-# the environment at install time costs a minute of a serial step for modules nothing imports.
 $(STAMP): requirements.txt lib/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-compile -r requirements.txt -e lib
+	$(BIN)/python -m pip install -q -r requirements.txt -e lib
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -24,7 +24,7 @@ if [[ "$PHASE" != "run" ]]; then
   .venv/bin/python -m pip wheel -q --no-deps -w "$OUT/wheel" ./lib
   "$PY" -m venv "$OUT/venv"
   "$OUT/venv/bin/python" -m pip install -q --upgrade pip
-  "$OUT/venv/bin/python" -m pip install -q --no-compile torch==2.13.0 numpy scipy matplotlib seaborn scikit-learn tqdm ipykernel transformers
+  "$OUT/venv/bin/python" -m pip install -q torch==2.13.0 numpy scipy matplotlib seaborn scikit-learn tqdm ipykernel transformers
   for absent in iclbook jupyter_book jupytext nbval; do
     if "$OUT/venv/bin/python" -c "import $absent" 2>/dev/null; then
       echo "the Colab-like environment must not have $absent" >&2; exit 1
