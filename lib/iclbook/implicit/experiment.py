@@ -446,7 +446,18 @@ def delta_w_cosines(
 # ---------------------------------------------------------------------------------------------
 
 
-def short_context(model: nn.Module, name: str, cfg: Config, seed: int, k: int = 2, n_order: int = 200) -> dict:
+def short_context(
+    model: nn.Module,
+    name: str,
+    cfg: Config,
+    seed: int,
+    k: int = 2,
+    n_order: int = 200,
+    *,
+    data=None,
+    codec: Codec = WORDS,
+    max_len: int = 256,
+) -> dict:
     """The protocol with only ``k`` demonstrations, where ICL on the multi-class tasks is off its
     ceiling, so that Rec2FTP and the order check can tell something: accuracies only (a sparser
     learning-rate grid and three demonstration seeds), then
@@ -457,13 +468,19 @@ def short_context(model: nn.Module, name: str, cfg: Config, seed: int, k: int = 
     * the share of predictions that reordering the demonstrations changes, for ICL, SGD and
       full-batch GD (``flips``; ``flip_masks`` per example);
     * ``changed``: the share of test predictions that finetuning changed (F against Z): a
-      finetuning that changes none is a no-op, and an order check against it compares nothing."""
+      finetuning that changes none is a no-op, and an order check against it compares nothing.
+
+    ``data``, ``codec`` and ``max_len`` are :func:`run_task`'s (a real model's data sets and
+    tokenizer, :mod:`.real`)."""
     short = replace(sparse_search(cfg, 2), k=k)
-    run = run_task(model, name, short, seed, record=False, select_on_test=False)
+    run = run_task(
+        model, name, short, seed, record=False, select_on_test=False, data=data, codec=codec, max_len=max_len
+    )
     z, f, i = run.right["Z"], run.right["F"], run.right["I"]
     shown = {y for _, y in run.demos}
     covered = torch.tensor([run.test.task.labels[int(c)] in shown for c in run.test.classes])
-    masks = order_flips(model, run, cfg.permutations, demo_generator(seed, 77), n=n_order, masks=True)
+    gen = demo_generator(seed, 77)
+    masks = order_flips(model, run, cfg.permutations, gen, n=n_order, max_len=max_len, masks=True)
     return {
         "k": k,
         "acc": run.acc,

@@ -28,7 +28,6 @@ import copy
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -206,28 +205,7 @@ def short_context(model, name: str, cfg: Config, seed: int, data, codec, max_len
     """:func:`.experiment.short_context` on given data and codec (the real data sets): the
     protocol with ``k`` demonstrations (every other learning rate, three demonstration seeds),
     Rec2FTP with its independence and difficulty-matched nulls, and the order flips."""
-    short = replace(experiment.sparse_search(cfg, 2), k=k)
-    run = experiment.run_task(
-        model, name, short, seed, record=False, select_on_test=False, data=data, codec=codec, max_len=max_len
-    )
-    z, f, i = run.right["Z"], run.right["F"], run.right["I"]
-    shown = {y for _, y in run.demos}
-    covered = torch.tensor([run.test.task.labels[int(c)] in shown for c in run.test.classes])
-    gen = experiment.demo_generator(seed, 77)
-    masks = experiment.order_flips(model, run, cfg.permutations, gen, n=200, max_len=max_len, masks=True)
-    return {
-        "k": k,
-        "acc": run.acc,
-        "lr": run.lr,
-        "n_fixed": int((~z & f).sum()),
-        "rec2ftp": metrics.rec2ftp(z, f, i),
-        "null": metrics.rec2ftp_null(z, i),
-        "matched_null": metrics.rec2ftp_matched_null(z, f, i, covered.long()),
-        "covered": float(covered.float().mean()),
-        "changed": float((run.pred["F"] != run.pred["Z"]).float().mean()),
-        "flips": {key: float(v.float().mean()) for key, v in masks.items()},
-        "flip_masks": masks,
-    }
+    return experiment.short_context(model, name, cfg, seed, k=k, data=data, codec=codec, max_len=max_len)
 
 
 def study(
