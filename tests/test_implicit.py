@@ -430,10 +430,10 @@ def test_pipeline_runs_end_to_end_on_a_small_model():
         assert all(math.isfinite(v) for k, v in stats.items() if not k.startswith("rec2ftp"))
         assert torch.equal(per["simam_after_minus_before"], per["simam_after"] - per["simam_before"])
         # Kendall recomputed by hand for example 0, layer 0, as the official code does: ICL's scores
-        # over the kept demonstration tokens summed over heads, finetuning's <q'_j, q_F>, both
-        # through a float64 softmax, then scipy's tau-b
+        # (their content part, without ALiBi's bias) over the kept demonstration tokens summed over
+        # heads, finetuning's <q'_j, q_F>, both through a float64 softmax, then scipy's tau-b
         idx = torch.cat([torch.arange(a, b) for a, b in run.spans[0]])
-        s_icl = run.records["I"]["scores"][0].double().sum(1)[0, idx]
+        s_icl = run.records["I"]["content"][0].double().sum(1)[0, idx]
         q_f = run.records["F"]["q"][0][0].double()
         s_ft = torch.cat([run.ft.queries[j][0].double() @ q_f for j in range(len(run.spans[0]))])
         tau = scipy.stats.kendalltau(torch.softmax(s_icl, -1).numpy(), torch.softmax(s_ft, -1).numpy()).statistic
@@ -877,3 +877,138 @@ def test_cue_moved_runs_the_protocol_with_the_cue_never_last(monkeypatch):
     torch.manual_seed(0)
     run = ex.cue_moved(TinyLM(LMConfig(layers=1)).eval(), "mr", cfg, 4)  # the real protocol runs
     assert set(run.acc) >= {"Z", "I", "F", "nonce"} and run.lr == 0.01
+
+
+# --- issue 31: like-with-like Kendall, the no-cue probe, label regimes, the k = 2 filter --------
+
+
+def test_recorder_content_scores_drop_exactly_the_alibi_bias():
+    """record keeps the scores with ALiBi's bias and their content part q.k/sqrt(d_h); the two
+    differ by exactly -m_h (t - i). A model without a positional score bias takes the same path
+    with a bias of 0: its content rows are its score rows (the same tensors)."""
+    torch.manual_seed(0)
+    prompts = [[1, 5, 7, 9, 4], [1, 6, 8]]
+    alibi = TinyLM(LMConfig(layers=2)).eval()
+    rec = probe.record(alibi, prompts)
+    slopes = torch.stack([blk.self_attn.alibi for blk in alibi.layers])  # (layers, heads)
+    for row, bare, p in zip(rec["scores"], rec["content"], prompts):
+        gap = torch.arange(len(p) - 1, -1, -1, dtype=torch.float32)
+        assert torch.allclose(row - bare, -slopes[:, :, None] * gap, atol=1e-5)
+    plain = TinyLM(LMConfig(layers=2, positions="sinusoidal")).eval()
+    rec = probe.record(plain, prompts)
+    assert all(c is s for c, s in zip(rec["content"], rec["scores"]))
+    with probe.Recorder(plain) as r:
+        plain(torch.tensor([prompts[0]]))
+    assert r.positional_bias(0, 4) is None
+    assert torch.equal(r.scores(0, 0, 4), r.scores(0, 0, 4, positional=False))
+
+
+def test_kendall_reads_content_scores_and_layer_one_queries_are_not_finetuned():
+    """On a small ALiBi model: Kendall against the recency ramp is far higher on the biased scores
+    than on their content part (ALiBi is a ramp), and at layer 1 tau(ICL, FT) equals tau(ICL, q_Z)
+    exactly, because K/V finetuning cannot change the first layer's queries."""
+    from iclbook.implicit import experiment as ex
+
+    torch.manual_seed(0)
+    model = TinyLM(LMConfig(layers=2)).eval()
+    cfg = _tiny_cfg(n_test=6, kendall_examples=6, lr_grid=(0.3,), demo_seeds=(1,))
+    run = ex.run_task(model, "sst2", cfg, seed=0, select_on_test=False)
+    stats = ex.statistics(run, torch.Generator().manual_seed(0), 6, mismatch_draws=2)
+    assert stats["kendall_layer1_q_gap"] == 0.0
+    per = stats["per_example"]
+    assert per["kendall_upper"].shape == (6, 1)
+    assert torch.equal(per["kendall_minus_q_zero_upper"], (per["kendall"] - per["kendall_q_zero"])[:, 1:])
+    assert stats["kendall_recency_with_bias"] > stats["kendall_recency"] + 0.2
+
+
+def test_one_token_and_mapping_readers_on_hand_built_prompts():
+    """The one-token lookup copies the label of the demonstrations ending in the query's last
+    word (else guesses); the whole-input reader learns which nonce label names which class from
+    the demonstrations' lexicon words."""
+    from iclbook.implicit import experiment as ex
+
+    task = data.TASKS["sst2"]
+    neg, pos = (data.PRIOR["sst2"][c][0] for c in (0, 1))
+    labels = ("dax", "wug")  # class 0 -> dax, class 1 -> wug
+    demos = [([neg, neg, "the"], "dax"), ([pos, pos, "a"], "wug")] * 3
+    test = data.Dataset(task, [[pos, pos, "the"], [neg, "x", "zz"]], torch.tensor([1, 0]))
+    tok = ex.one_token_reader(demos, test, labels)
+    assert tok.tolist() == [0.0, 0.5]  # "the" ends the class-0 demonstrations; "zz" none
+    whole = ex.mapping_reader(demos, test, labels)
+    assert whole.tolist() == [1.0, 1.0]
+    # with the labels swapped in the demonstrations the reader follows them
+    swapped = [(x, "wug" if y == "dax" else "dax") for x, y in demos]
+    assert ex.mapping_reader(swapped, test, labels).tolist() == [0.0, 0.0]
+    like = ex.lexicon_likelihood(task, [neg, "filler"])
+    assert like.tolist() == pytest.approx([data.PRIOR_STRENGTH, 1 - data.PRIOR_STRENGTH])
+    stripped = ex.without_cues(data.make_dataset("sst2", 5, 0))
+    cues = {w for c in stripped.cues for w in c}
+    assert stripped.cues and not any(w in cues for x in stripped.inputs for w in x)
+
+
+def test_no_cue_probe_and_label_regimes_run_on_a_small_model(monkeypatch):
+    from iclbook.implicit import experiment as ex
+
+    torch.manual_seed(0)
+    model = TinyLM(LMConfig(layers=1)).eval()
+    cfg = _tiny_cfg(n_test=10, pool=16)
+    out = ex.no_cue_probe(model, "sst5", cfg, 0, draws=2)
+    assert {k: v.shape for k, v in out.items()} == {k: (20,) for k in ("icl", "one_token", "whole_input")}
+    assert ((out["whole_input"] >= 0) & (out["whole_input"] <= 1)).all()
+    reg = ex.label_regimes(model, "sst2", cfg, 0)
+    assert set(reg["acc"]) == {"gold", "random", "flipped", "nonce", "zero"} and reg["n"] == 10
+    # a model that copies the label of the closest demonstration: gold is the reader's own
+    # score, flipped labels are followed
+    seen = {}
+
+    def copier(m, dset, demos=(), labels=None, **kw):
+        seen.setdefault("labels", []).append(tuple(labels) if labels is not None else None)
+        if not demos:
+            return torch.zeros(len(dset), dtype=torch.long)
+        labels = labels or dset.task.labels
+        return torch.tensor([labels.index(demos[0][1])] * len(dset))
+
+    monkeypatch.setattr(probe, "predict", copier)
+    reg = ex.label_regimes(None, "sst2", cfg, 0)
+    assert reg["acc"]["gold"] + reg["acc"]["flipped"] == pytest.approx(1.0)  # binary: flipped is the other
+    assert reg["acc"]["nonce"] == reg["acc"]["gold"]
+    with pytest.raises(ValueError, match="given for"):
+        ex.label_regimes(None, "mr", cfg, 0, data=(data.make_dataset("sst2", 8, 0), data.make_dataset("sst2", 4, 0)))
+
+
+def test_off_ceiling_runs_filter_runs_and_stop_screened_tasks(monkeypatch):
+    """A run counts when ICL is off its ceiling and finetuning changed predictions; only those
+    get the order check; a task whose screened seeds all fail runs no further; the pool sums the
+    fixed examples of the passing runs."""
+    from iclbook.implicit import experiment as ex
+
+    acc = {"a": [0.7, 0.99, 0.7, 0.7], "b": [1.0, 1.0, 1.0, 1.0]}
+    changed = {"a": [0.2, 0.2, 0.01, 0.3], "b": [0.5] * 4}
+    calls = {"short": [], "order": 0}
+
+    def fake_short(model, name, cfg, seed, k=2, n_order=200, *, data=None, codec=None, max_len=256, order=True):
+        calls["short"].append((name, seed))
+        j = seed
+        return {
+            "k": k, "acc": {"I": acc[name][j]}, "lr": 0.1, "n_fixed": 10, "n_fixed_right": 9, "rec2ftp": 90.0,
+            "null": 50.0, "matched_null": 80.0, "covered": 1.0, "changed": changed[name][j], "seed": seed, "run": None,
+        }  # fmt: skip
+
+    def fake_order(model, result, permutations, n_order=200, max_len=256):
+        calls["order"] += 1
+        masks = {"ICL": torch.tensor([False, False]), "SGD": torch.tensor([True, False]), "GD": torch.zeros(2).bool()}
+        out = {k: v for k, v in result.items() if k != "run"}
+        return out | {"flips": {k: float(v.float().mean()) for k, v in masks.items()}, "flip_masks": masks}
+
+    monkeypatch.setattr(ex, "short_context", fake_short)
+    monkeypatch.setattr(ex, "add_order_flips", fake_order)
+    out = ex.off_ceiling_runs(None, ["a", "b"], _tiny_cfg(), [0, 1, 2, 3], [0.5, 0.5], screen=2)
+    assert out["a"]["runs"] == 4 and len(out["a"]["passed"]) == 2  # seed 1 at the ceiling, 2 a no-op
+    assert out["b"]["runs"] == 2 and out["b"]["passed"] == []  # screened out after two seeds
+    assert calls["order"] == 2
+    pooled = ex.pool_off_ceiling(out)
+    assert (pooled["runs"], pooled["passed"], pooled["n_fixed"]) == (6, 2, 20)
+    assert pooled["rec2ftp"] == pytest.approx(90.0) and pooled["matched_null"] == pytest.approx(80.0)
+    assert pooled["tasks"] == ["a"] and pooled["order"]["a"]["SGD"] == 0.5 and pooled["order"]["a"]["runs"] == 2
+    with pytest.raises(ValueError, match="chance"):
+        ex.off_ceiling_runs(None, ["a"], _tiny_cfg(), [0], [0.5, 0.5])

@@ -36,6 +36,11 @@ class Config:
     kendall_examples: int = runtime.check(100)
     control_examples: int = runtime.check(200)  # test examples per control run (the critics' controls)
     permutations: int = runtime.check(5)
+    # evaluation seeds of the k = 2 runs (off the ceiling), of which every task runs the first
+    # short_screen; a task none of whose screened runs is off its ceiling with a finetuning that
+    # changed predictions runs no further (experiment.off_ceiling_runs)
+    short_seeds: int = runtime.check(10)
+    short_screen: int = runtime.check(3)
     names: tuple[str, ...] = runtime.check(TASK_NAMES)
     # Thresholds and sizes that the smoke profile relaxes to fit its budget:
     margin: float = runtime.check(0.15)  # points above chance (or ZSL) that count as beating it
@@ -58,6 +63,8 @@ CONFIGS = {
         kendall_examples=30,
         control_examples=40,
         permutations=3,
+        short_seeds=1,
+        short_screen=1,
         margin=0.05,
         min_nonce=2,
         lexicon_tasks=2,

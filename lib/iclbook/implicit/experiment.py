@@ -221,23 +221,35 @@ def kendall(run: TaskRun, n: int, gen: torch.Generator) -> dict[str, torch.Tenso
     """Kendall's tau-b per (example, layer) between ICL's attention to the demonstration tokens
     and finetuning's ``<q'_j, q>`` to the same training tokens, computed as the paper's code does:
     ICL's pre-softmax scores summed over heads, both rows through a float64 softmax, then
-    ``scipy.stats.kendalltau``. Beside it, with the same ICL row:
+    ``scipy.stats.kendalltau``.
+
+    ICL's scores are their *content* part ``q . k / sqrt(d_h)``, without a positional score bias
+    (ALiBi's ``-m_h (t - i)``; :meth:`probe.Recorder.positional_bias`): finetuning's ``<q'_j, q>``
+    has no positional term, and neither have the paper's models (position embeddings added to the
+    input), so this compares like with like. A model without such a bias takes the same path with
+    a bias of 0. Beside ``tau``, with the same ICL row:
 
     * ``random``: uniform random scores (the paper's baseline);
     * ``q_zero``: the *un-finetuned* model's query ``q_Z`` in place of ``q_F``: if it ranks the
-      training tokens as well, finetuning the query's model is not what the tau measures;
-    * ``recency``: the token's position (later tokens rank higher), a plain recency ramp.
+      training tokens as well, finetuning the query's model is not what the tau measures. At
+      layer 1 ``q_F`` *is* ``q_Z`` (K/V finetuning cannot change the first layer's queries), so
+      the two agree there by construction: read the control from layer 2 on;
+    * ``recency``: the token's position (later tokens rank higher), a plain recency ramp;
+    * ``tau_biased`` and ``recency_biased``: ``tau`` and ``recency`` on the recorded scores with
+      the positional bias left in (what an earlier version of the chapter read).
 
     Each example uses the demonstrations its own prompt kept (truncation may keep fewer for a long
     query); finetuning saw all of them, in order, so the kept ones are the first."""
-    out = {k: [] for k in ("tau", "random", "q_zero", "recency")}
+    out = {k: [] for k in ("tau", "random", "q_zero", "recency", "tau_biased", "recency_biased")}
+    rec_i = run.records["I"]
+    content = rec_i.get("content", rec_i["scores"])
     for i in range(min(n, len(run.test))):
         spans = run.spans[i]
         if not spans:
             raise ValueError(f"test example {i} kept no demonstration in its context")
-        scores = run.records["I"]["scores"][i].double().sum(1)  # (layers, tokens)
         idx = torch.cat([torch.arange(a, b) for a, b in spans])
-        m_i = metrics.attention_softmax(scores[:, idx])
+        m_i = metrics.attention_softmax(content[i].double().sum(1)[:, idx])  # (layers, tokens)
+        m_b = metrics.attention_softmax(rec_i["scores"][i].double().sum(1)[:, idx])
 
         def ft_row(q: torch.Tensor, kept: int = len(spans)) -> torch.Tensor:  # (layers, d) -> (layers, tokens)
             return torch.stack(
@@ -247,16 +259,19 @@ def kendall(run: TaskRun, n: int, gen: torch.Generator) -> dict[str, torch.Tenso
                 ]
             )
 
-        m_f = ft_row(run.records["F"]["q"][i])
+        m_f = metrics.attention_softmax(ft_row(run.records["F"]["q"][i]))
         if m_f.shape != m_i.shape:
             raise ValueError(
                 f"example {i}: {m_i.shape[-1]} demonstration tokens in context but "
                 f"{m_f.shape[-1]} finetuning tokens for its {len(spans)} demonstrations"
             )
-        out["tau"].append(metrics.kendall_tau(m_i, metrics.attention_softmax(m_f)))
+        ramp = torch.arange(m_i.shape[-1], dtype=torch.float64).expand_as(m_i)
+        out["tau"].append(metrics.kendall_tau(m_i, m_f))
         out["q_zero"].append(metrics.kendall_tau(m_i, metrics.attention_softmax(ft_row(run.records["Z"]["q"][i]))))
-        out["recency"].append(metrics.kendall_tau(m_i, torch.arange(m_i.shape[-1], dtype=torch.float64).expand_as(m_i)))
+        out["recency"].append(metrics.kendall_tau(m_i, ramp))
         out["random"].append(metrics.kendall_tau(m_i, torch.rand(m_i.shape, generator=gen, dtype=torch.float64)))
+        out["tau_biased"].append(metrics.kendall_tau(m_b, m_f))
+        out["recency_biased"].append(metrics.kendall_tau(m_b, ramp))
     return {k: torch.stack(v) for k, v in out.items()}
 
 
@@ -265,7 +280,12 @@ def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100, 
     examples, then layers); ``per_example`` keeps the per-example values of SimAOU, SimAM
     (before, after, and their difference) and Kendall with each of its baselines (``(examples,
     layers)``) for bootstrap intervals. SimAOU of mismatched pairs is the mean over
-    ``mismatch_draws`` random derangements (``simaou_mismatched_draws``: one mean per draw)."""
+    ``mismatch_draws`` random derangements (``simaou_mismatched_draws``: one mean per draw).
+
+    Kendall reads ICL's scores without a positional score bias (:func:`kendall`); the keys ending
+    in ``_with_bias`` keep it in, and those ending in ``_upper`` read layer 2 on, where K/V
+    finetuning can change the query (NaN for a one-layer model); ``kendall_layer1_q_gap`` is the
+    largest ``|tau(ICL, FT) - tau(ICL, q_Z)|`` at layer 1, 0 by construction."""
     h = {k: run.records[k]["out"].double() for k in ("Z", "I", "F")}
     m_z, m_i, m_f = (r.double() for r in prompt_rows(run))
     z, f, i = run.right["Z"], run.right["F"], run.right["I"]
@@ -281,6 +301,12 @@ def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100, 
         "kendall_minus_q_zero": kt["tau"] - kt["q_zero"],
         "kendall_minus_recency": kt["tau"] - kt["recency"],
         "kendall_q_zero_minus_recency": kt["q_zero"] - kt["recency"],
+        "kendall_random_minus_recency": kt["random"] - kt["recency"],
+        # from layer 2 on, where finetuning can change the query (at layer 1 q_F = q_Z)
+        "kendall_upper": kt["tau"][:, 1:],
+        "kendall_q_zero_upper": kt["q_zero"][:, 1:],
+        "kendall_minus_q_zero_upper": (kt["tau"] - kt["q_zero"])[:, 1:],
+        "kendall_recency_upper": kt["recency"][:, 1:],
     }
     per_example["simam_after_minus_before"] = per_example["simam_after"] - per_example["simam_before"]
     mismatched = [
@@ -302,8 +328,20 @@ def statistics(run: TaskRun, gen: torch.Generator, kendall_examples: int = 100, 
         "kendall_random": float(kt["random"].nanmean()),
         "kendall_q_zero": float(kt["q_zero"].nanmean()),
         "kendall_recency": float(kt["recency"].nanmean()),
+        "kendall_upper": _nanmean(kt["tau"][:, 1:]),
+        "kendall_q_zero_upper": _nanmean(kt["q_zero"][:, 1:]),
+        "kendall_recency_upper": _nanmean(kt["recency"][:, 1:]),
+        # the largest |tau(ICL, FT) - tau(ICL, q_Z)| at layer 1: 0 by construction
+        "kendall_layer1_q_gap": float((kt["tau"][:, 0] - kt["q_zero"][:, 0]).abs().nan_to_num(0.0).max()),
+        "kendall_with_bias": float(kt["tau_biased"].nanmean()),
+        "kendall_recency_with_bias": float(kt["recency_biased"].nanmean()),
         "per_example": per_example,
     }
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    """The mean of the finite entries of ``x``; NaN where there is none (no layer above the first)."""
+    return float(x.nanmean()) if x.numel() else float("nan")
 
 
 def task_mean(per_task: Mapping[str, Mapping[str, float]], names: Sequence[str], key: str) -> float:
@@ -457,6 +495,7 @@ def short_context(
     data=None,
     codec: Codec = WORDS,
     max_len: int = 256,
+    order: bool = True,
 ) -> dict:
     """The protocol with only ``k`` demonstrations, where ICL on the multi-class tasks is off its
     ceiling, so that Rec2FTP and the order check can tell something: accuracies only (a sparser
@@ -471,7 +510,8 @@ def short_context(
       finetuning that changes none is a no-op, and an order check against it compares nothing.
 
     ``data``, ``codec`` and ``max_len`` are :func:`run_task`'s (a real model's data sets and
-    tokenizer, :mod:`.real`)."""
+    tokenizer, :mod:`.real`). With ``order=False`` the order check is left for later (no
+    ``flips``; the run is kept as ``run`` for :func:`add_order_flips`)."""
     short = replace(sparse_search(cfg, 2), k=k)
     run = run_task(
         model, name, short, seed, record=False, select_on_test=False, data=data, codec=codec, max_len=max_len
@@ -479,9 +519,7 @@ def short_context(
     z, f, i = run.right["Z"], run.right["F"], run.right["I"]
     shown = {y for _, y in run.demos}
     covered = torch.tensor([run.test.task.labels[int(c)] in shown for c in run.test.classes])
-    gen = demo_generator(seed, 77)
-    masks = order_flips(model, run, cfg.permutations, gen, n=n_order, max_len=max_len, masks=True)
-    return {
+    out = {
         "k": k,
         "acc": run.acc,
         "lr": run.lr,
@@ -491,8 +529,114 @@ def short_context(
         "matched_null": metrics.rec2ftp_matched_null(z, f, i, covered.long()),
         "covered": float(covered.float().mean()),
         "changed": float((run.pred["F"] != run.pred["Z"]).float().mean()),
-        "flips": {key: float(v.float().mean()) for key, v in masks.items()},
-        "flip_masks": masks,
+        "seed": seed,
+        "n_fixed_right": int((~z & f & i).sum()),
+    }
+    if not order:
+        return out | {"run": run, "n_order": n_order, "max_len": max_len}
+    return add_order_flips(model, out | {"run": run}, cfg.permutations, n_order, max_len)
+
+
+def add_order_flips(model: nn.Module, result: dict, permutations: int, n_order: int = 200, max_len: int = 256) -> dict:
+    """:func:`short_context`'s ``result`` (with its ``run``) with the order check added: the share
+    of predictions that reordering the demonstrations changes, for ICL, SGD and full-batch GD
+    (``flips``; ``flip_masks`` per example), over ``permutations`` orders drawn from the
+    library stream "demos" of the result's evaluation seed. The run is dropped."""
+    gen = demo_generator(result["seed"], 77)
+    masks = order_flips(model, result["run"], permutations, gen, n=n_order, max_len=max_len, masks=True)
+    out = {k: v for k, v in result.items() if k not in ("run", "n_order", "max_len")}
+    return out | {"flips": {key: float(v.float().mean()) for key, v in masks.items()}, "flip_masks": masks}
+
+
+def off_ceiling_runs(
+    model: nn.Module,
+    names: Sequence[str],
+    cfg: Config,
+    seeds: Sequence[int],
+    chance: Sequence[float],
+    *,
+    k: int = 2,
+    screen: int = 3,
+    min_changed: float = 0.05,
+    above: float = 0.1,
+    ceiling: float = 0.95,
+    n_order: int = 200,
+    data: Callable[[str, int], tuple] | None = None,
+    codec: Codec = WORDS,
+    max_len: int = 256,
+) -> dict[str, dict]:
+    """The runs of :func:`short_context` (``k`` demonstrations) on which Rec2FTP and the order
+    check can tell something, one filter for both: ICL off its ceiling (``chance + above <= ICL
+    <= ceiling``, on that run) and a finetuning that changed at least ``min_changed`` of the test
+    predictions (a finetuning that changes none is a no-op to compare with). Only the runs that
+    pass get the order check (:func:`add_order_flips`).
+
+    Every task runs its first ``screen`` seeds of ``seeds``; a task none of whose screened runs
+    passes is not run further (at the ceiling at every seed, or a finetuning that never changes
+    anything), the others run all of ``seeds``. ``chance[j]`` is the chance accuracy of
+    ``names[j]``; ``data(name, seed)``, if given, returns :func:`run_task`'s ``(pool, dev, test)``.
+
+    Returns ``{name: {"runs": n_run, "passed": [results], "accuracy": [ICL per run], "changed":
+    [...], "lr": [...]}}``: the passing results carry ``flips`` and ``flip_masks``."""
+    if len(chance) != len(names):
+        raise ValueError(f"{len(names)} tasks but {len(chance)} chance levels")
+    if not seeds or screen < 1:
+        raise ValueError("need at least one seed and screen >= 1")
+    out = {}
+    for name, c in zip(names, chance):
+        runs, passed = [], []
+        for j, seed in enumerate(seeds):
+            if j == screen and not passed:
+                break
+            given = None if data is None else data(name, seed)
+            r = short_context(
+                model, name, cfg, seed, k=k, n_order=n_order, data=given, codec=codec, max_len=max_len, order=False
+            )
+            runs.append(r)
+            if c + above <= r["acc"]["I"] <= ceiling and r["changed"] >= min_changed:
+                passed.append(add_order_flips(model, r, cfg.permutations, n_order, max_len))
+            r.pop("run")
+        out[name] = {
+            "runs": len(runs),
+            "passed": passed,
+            "accuracy": [r["acc"]["I"] for r in runs],
+            "changed": [r["changed"] for r in runs],
+            "lr": [r["lr"] for r in runs],
+            "n_fixed": [r["n_fixed"] for r in runs],
+        }
+    return out
+
+
+def pool_off_ceiling(results: Mapping[str, Mapping[str, Any]]) -> dict:
+    """:func:`off_ceiling_runs`'s passing runs pooled over tasks and seeds: Rec2FTP over the
+    examples that finetuning fixed (summed), its independence and matched nulls weighted by
+    each run's fixed examples, the order check per task (mean flip rates over its passing runs,
+    and the per-example flips of SGD minus ICL, ``diff``), and how many runs passed of how many."""
+    passed = [r for res in results.values() for r in res["passed"]]
+    n_fixed = sum(r["n_fixed"] for r in passed)
+
+    def weighted(key: str) -> float:
+        pairs = [(r[key], r["n_fixed"]) for r in passed if r["n_fixed"] > 0 and r[key] == r[key]]
+        return float(sum(v * n for v, n in pairs) / sum(n for _, n in pairs)) if pairs else float("nan")
+
+    order = {}
+    for name, res in results.items():
+        if res["passed"]:
+            ps = res["passed"]
+            order[name] = {key: float(np.mean([r["flips"][key] for r in ps])) for key in ps[0]["flips"]}
+            order[name]["runs"] = len(ps)
+            order[name]["diff"] = torch.cat(
+                [r["flip_masks"]["SGD"].float() - r["flip_masks"]["ICL"].float() for r in ps]
+            )
+    return {
+        "runs": sum(res["runs"] for res in results.values()),
+        "passed": len(passed),
+        "n_fixed": n_fixed,
+        "rec2ftp": 100.0 * sum(r["n_fixed_right"] for r in passed) / n_fixed if n_fixed else float("nan"),
+        "null": weighted("null"),
+        "matched_null": weighted("matched_null"),
+        "order": order,
+        "tasks": [n for n, res in results.items() if res["passed"]],
     }
 
 
@@ -655,6 +799,197 @@ def gain_kept(results: Sequence[Mapping[str, float]], n_classes: int, reader: st
     chance = 1 / n_classes
     pre = f"{reader}_" if reader else ""
     return float(np.mean([(r[pre + "unseen"] - chance) / (r[pre + "seen"] - chance) for r in results]))
+
+
+def without_cues(dset: Dataset) -> Dataset:
+    """``dset`` with every cue word taken out of its inputs (the data set's ``cues``; a data set
+    without cue words comes back as it is): what is left is what a reader of the whole input, and
+    not a lookup of one cue, can use."""
+    cue_words = {w for c in dset.cues for w in c}
+    return Dataset(dset.task, [[w for w in x if w not in cue_words] for x in dset.inputs], dset.classes, dset.cues)
+
+
+def lexicon_likelihood(task: Task, words: Sequence[str], prior_strength: float = PRIOR_STRENGTH) -> np.ndarray:
+    """``(C,)`` likelihood of an input's ``words`` under each class of a lexicon task (the data's
+    generating process, :func:`reader_accuracy`): each prior-lexicon word ``v`` weighs class ``c``
+    by ``prior_strength`` if ``v`` is in ``c``'s lexicon, ``(1 - prior_strength) / (C - 1)``
+    otherwise; every other word carries nothing."""
+    n = task.n_classes
+    lexicon = {w: c for c, ws in enumerate(PRIOR.get(task.name, ())) for w in ws}
+    out = np.ones(n)
+    for w in words:
+        if w in lexicon:
+            out *= np.where(np.arange(n) == lexicon[w], prior_strength, (1 - prior_strength) / (n - 1))
+    return out
+
+
+def _expected_hit(scores: np.ndarray, truth: int) -> float:
+    """1 / (tied best) if ``truth`` is among the best of ``scores``, else 0 (ties broken at random)."""
+    best = scores.max()
+    tied = np.flatnonzero(scores >= best * (1 - 1e-9) - 1e-300)
+    return 1.0 / len(tied) if truth in tied else 0.0
+
+
+def mapping_reader(
+    demos: Sequence[tuple[Sequence[str], str]],
+    test: Dataset,
+    labels: Sequence[str],
+    likelihood: Callable[[Task, Sequence[str]], np.ndarray] = lexicon_likelihood,
+) -> torch.Tensor:
+    """The expected accuracy per query of ``test`` of the Bayes-optimal reader of the *whole
+    input* that knows what the words say about the classes (``likelihood``) but not which label
+    word names which class (``labels``, a verbalizer the weights never saw): it weighs every
+    assignment of the labels to the classes by how well the demonstrations' words fit it (the
+    classes uniform a priori), then scores each label by the query's likelihood under its class.
+    A reader that reads only one token (:func:`one_token_reader`) cannot learn the assignment from
+    words it never matches."""
+    import itertools
+
+    task = test.task
+    n = task.n_classes
+    idx = {w: j for j, w in enumerate(labels)}
+    like = [likelihood(task, x) for x, _ in demos]
+    perms = list(itertools.permutations(range(n)))  # perm[c] = the label index of class c
+    post = np.array(
+        [np.prod([lk[perm.index(idx[y])] for lk, (_, y) in zip(like, demos)]) if demos else 1.0 for perm in perms]
+    )
+    post = post / post.sum()
+    # M[label, class] = P(label names class | demonstrations)
+    m = np.zeros((n, n))
+    for w, perm in zip(post, perms):
+        for c in range(n):
+            m[perm[c], c] += w
+    out = []
+    for x, y in zip(test.inputs, test.classes.tolist()):
+        q = likelihood(task, x)
+        q = q / q.sum()
+        out.append(_expected_hit(m @ q, y))  # class y's label word is labels[y]
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def one_token_reader(demos: Sequence[tuple[Sequence[str], str]], test: Dataset, labels: Sequence[str]) -> torch.Tensor:
+    """The expected accuracy per query of ``test`` of a lookup of one token, the tiny model's
+    in-context algorithm: the label that the demonstrations ending in the query's last word carry
+    most often (a uniform guess among the tied labels, or among all where no demonstration ends
+    in it). ``labels[c]`` is the label word of class ``c``."""
+    idx = {w: j for j, w in enumerate(labels)}
+    out = []
+    for x, y in zip(test.inputs, test.classes.tolist()):
+        votes = np.zeros(len(labels))
+        for dx, dy in demos:
+            if len(dx) and len(x) and dx[-1] == x[-1]:
+                votes[idx[dy]] += 1
+        out.append(_expected_hit(votes, y) if votes.any() else 1.0 / len(labels))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def no_cue_probe(
+    model: nn.Module,
+    name: str,
+    cfg: Config,
+    seed: int,
+    *,
+    draws: int = 2,
+    k: int | None = None,
+    data: tuple[Dataset, Dataset] | None = None,
+    codec: Codec = WORDS,
+    likelihood: Callable[[Task, Sequence[str]], np.ndarray] = lexicon_likelihood,
+) -> dict[str, torch.Tensor]:
+    """Does ICL read more than one token? Demonstrations and queries with their cue words taken
+    out (:func:`without_cues`) and labelled with nonce words the weights cannot know
+    (:func:`probe.nonce_labels`): what is left to go on is the rest of each input, and which
+    nonce word goes with which class can only be learned from the demonstrations' words. Over
+    ``draws`` random draws of ``k`` demonstrations (default ``cfg.k``; no selection), per query:
+
+    * ``icl``: whether the model's ICL is right (1/0);
+    * ``one_token``: the expected accuracy of :func:`one_token_reader`, a lookup of the query's
+      last word (the row's null: what the lookup that the tiny model runs keeps);
+    * ``whole_input``: the expected accuracy of :func:`mapping_reader`, the best reader of every
+      word (the ceiling).
+
+    ``data`` is ``(pool, test)`` (default: the synthetic task's, cue words removed here; a data
+    set without cue words is used as it is) and ``likelihood`` what the words say about the
+    classes (default: the synthetic lexicons, :func:`lexicon_likelihood`)."""
+    if data is None:
+        pool = make_dataset(name, cfg.pool, seed, split="train")
+        test = make_dataset(name, cfg.n_test, seed, split="test")
+    else:
+        pool, test = data
+    pool, test = without_cues(pool), without_cues(test)
+    k = cfg.k if k is None else k
+    out = {"icl": [], "one_token": [], "whole_input": []}
+    for d in range(draws):
+        labels = probe.nonce_labels(test.task, demo_generator(seed, 300 + d), codec.nonce_pool)
+        demos = probe.demonstrations(pool, k, demo_generator(seed, 310 + d), labels=labels)
+        pred = probe.predict(model, test, demos, labels=labels, codec=codec)
+        out["icl"].append((pred == test.classes).double())
+        out["one_token"].append(one_token_reader(demos, test, labels))
+        out["whole_input"].append(mapping_reader(demos, test, labels, likelihood))
+    return {key: torch.cat(v) for key, v in out.items()}
+
+
+def label_regimes(
+    model: nn.Module,
+    name: str,
+    cfg: Config,
+    seed: int,
+    data: tuple[Dataset, Dataset] | None = None,
+    codec: Codec = WORDS,
+    *,
+    demos: Sequence[tuple[object, str]] | None = None,
+) -> dict[str, Any]:
+    """ICL with the demonstrations' labels gold, random (Min et al. 2022: each label drawn
+    uniformly from the label words, not a permutation), flipped (Wei et al. 2023: class ``c``
+    labelled as class ``c + 1 mod C``) and nonce (a verbalizer of nonce words), and zero-shot,
+    all on the same test examples with the same demonstration inputs: ``acc`` (accuracies against
+    the true classes, named by the verbalizer actually shown) and ``right`` (per-example
+    correctness). Beside them, ``reader``: the same accuracies of a copy-the-closest-demonstration
+    reader (the label of the demonstration whose prompt shares the most tokens with the query's,
+    ties averaged), a reader that copies labels and knows nothing else.
+
+    ``data`` is ``(pool, test)`` (default: the task's synthetic splits for ``seed``, ``cfg.pool``
+    and ``cfg.n_test`` examples); ``demos`` defaults to ``cfg.k`` random demonstrations of the
+    pool (demonstration draw ``cfg.demo_seeds[0]``, no selection)."""
+    if data is None:
+        pool = make_dataset(name, cfg.pool, seed, split="train")
+        test = make_dataset(name, cfg.n_test, seed, split="test")
+    else:
+        pool, test = data
+    task = test.task
+    if task.name != name:
+        raise ValueError(f"data of task {task.name} given for {name!r}")
+    if demos is None:
+        demos = probe.demonstrations(pool, cfg.k, demo_generator(seed, cfg.demo_seeds[0]))
+    n = task.n_classes
+    classes = [task.labels.index(y) for _, y in demos]
+    gen = demo_generator(seed, 97)
+    random = [int(c) for c in torch.randint(n, (len(demos),), generator=gen)]
+    nonce = probe.nonce_labels(task, demo_generator(seed, 99), codec.nonce_pool)
+    shown = {
+        "gold": (classes, task.labels),
+        "random": (random, task.labels),
+        "flipped": ([(c + 1) % n for c in classes], task.labels),
+        "nonce": (classes, nonce),
+    }
+    right, reader = {}, {}
+    # the closest-demonstration reader: token overlap of the query's zero-shot prompt with each
+    # demonstration's
+    bag = [set(codec.prompt(task, [], x)[0]) for x, _ in demos]
+    overlap = torch.tensor([[len(set(codec.prompt(task, [], x)[0]) & b) for b in bag] for x in test.inputs])
+    closest = overlap == overlap.max(1, keepdim=True).values  # (n_test, k) the tied closest
+    for key, (cls, labels) in shown.items():
+        labelled = [(x, labels[c]) for (x, _), c in zip(demos, cls)]
+        pred = probe.predict(model, test, labelled, labels=labels, codec=codec)
+        right[key] = pred == test.classes
+        hit = torch.tensor(cls)[None, :] == test.classes[:, None]  # (n_test, k)
+        reader[key] = float(((closest & hit).sum(1) / closest.sum(1)).double().mean())
+    right["zero"] = probe.predict(model, test, codec=codec) == test.classes
+    return {
+        "acc": {key: float(v.float().mean()) for key, v in right.items()},
+        "right": right,
+        "reader": reader,
+        "n": len(test),
+    }
 
 
 def cue_moved(model: nn.Module, name: str, cfg: Config, seed: int) -> TaskRun:

@@ -237,20 +237,31 @@ class Recorder:
             h.remove()
         self._handles.clear()
 
-    def scores(self, layer: int, row: int, position: int) -> torch.Tensor:
+    def scores(self, layer: int, row: int, position: int, *, positional: bool = True) -> torch.Tensor:
         """``(heads, position + 1)`` pre-softmax scores ``q . k / sqrt(d_h)`` from ``position``
-        of batch ``row`` to every token up to it, plus the ALiBi bias ``-m_h (position - i)``
-        where the attention module has one (a tensor attribute ``alibi`` of slopes)."""
+        of batch ``row`` to every token up to it, plus (``positional``) the positional score bias
+        :meth:`positional_bias`. ``positional=False`` gives the *content* part alone, the part a
+        model with position embeddings added to its input (the paper's) has as its whole score."""
         q, k, h = self.q[layer][row], self.k[layer][row], self.heads[layer]
         d = q.shape[-1] // h
         qh = q[position].view(h, d)
         kh = k[: position + 1].view(position + 1, h, d)
         s = torch.einsum("hd,nhd->hn", qh, kh) / d**0.5
+        bias = self.positional_bias(layer, position, dtype=s.dtype, device=s.device) if positional else None
+        return s if bias is None else s + bias
+
+    def positional_bias(
+        self, layer: int, position: int, *, dtype: torch.dtype = torch.float32, device=None
+    ) -> torch.Tensor | None:
+        """``(heads, position + 1)`` ALiBi bias ``-m_h (position - i)`` of ``layer``'s scores from
+        ``position``, where the attention module has one (a tensor attribute ``alibi`` of slopes);
+        ``None`` where it has no positional score bias (position embeddings, as the paper's
+        models), which is a bias of 0."""
         slopes = getattr(self.modules[layer][1], "alibi", None)
-        if isinstance(slopes, torch.Tensor):
-            gap = position - torch.arange(position + 1, dtype=s.dtype, device=s.device)
-            s = s - slopes.to(s.dtype)[:, None] * gap
-        return s
+        if not isinstance(slopes, torch.Tensor):
+            return None
+        gap = position - torch.arange(position + 1, dtype=dtype, device=device)
+        return -(slopes.to(dtype=dtype, device=device)[:, None] * gap)
 
 
 @torch.no_grad()
@@ -269,8 +280,11 @@ def record(
     or ``offset`` tokens later if the prompts carry extra tokens, as the paper's code did):
 
     ``out (n, layers, d)`` attention outputs after ``out_proj``; ``q (n, layers, d)`` queries;
-    ``scores`` a list of ``(layers, heads, position + 1)`` pre-softmax score rows; and
-    ``logprobs (n, vocab)`` at that position. All on the CPU.
+    ``scores`` a list of ``(layers, heads, position + 1)`` pre-softmax score rows; ``content``
+    the same rows without the positional score bias (:meth:`Recorder.positional_bias`; the very
+    tensors of ``scores`` where the model has none, so a model without one costs no memory and
+    takes the same path with a bias of 0); and ``logprobs (n, vocab)`` at that position. All on
+    the CPU.
 
     Memory bounds for a real model (whole rows of 2,048 tokens x 24 layers x 32 heads are 6 MB a
     prompt, and a 50K vocabulary 0.2 MB): ``columns`` keeps only those vocabulary columns of
@@ -279,7 +293,7 @@ def record(
     if (full_rows is None) != (tail is None):
         raise ValueError("give full_rows and tail together (or neither)")
     cols = None if columns is None else torch.as_tensor(list(columns), dtype=torch.long)
-    outs, qs, scores, logps = [], [], [], []
+    outs, qs, scores, content, logps = [], [], [], [], []
     batch = rows_per_batch(model, prompts, batch)
     for s in range(0, len(prompts), batch):
         ids, last = pad_right(prompts[s : s + batch], pad)
@@ -294,11 +308,22 @@ def record(
         logps.append((lp if cols is None else lp[:, cols.to(dev)]).cpu())
         del logits
         for r, pos in enumerate(last.tolist()):
-            row = torch.stack([rec.scores(l, r, pos) for l in range(len(rec.out))])
+            bare = torch.stack([rec.scores(l, r, pos, positional=False) for l in range(len(rec.out))])
+            biases = [rec.positional_bias(l, pos, dtype=bare.dtype, device=bare.device) for l in range(len(rec.out))]
+            biased = any(b is not None for b in biases)
+            row = torch.stack([c if b is None else c + b for c, b in zip(bare, biases)]) if biased else bare
             if full_rows is not None and s + r >= full_rows:
-                row = row[..., -tail:]
+                row, bare = row[..., -tail:], bare[..., -tail:]
             scores.append(row.cpu())
-    return {"out": torch.cat(outs), "q": torch.cat(qs), "scores": scores, "logprobs": torch.cat(logps)}
+            # no positional bias: the content rows are the score rows (the same tensors)
+            content.append(bare.cpu() if biased else scores[-1])
+    return {
+        "out": torch.cat(outs),
+        "q": torch.cat(qs),
+        "scores": scores,
+        "content": content,
+        "logprobs": torch.cat(logps),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
