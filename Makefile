@@ -111,12 +111,14 @@ bench: $(STAMP)
 
 ## make retrain: pretrain chapter 2's tiny GPT again and overwrite the shipped checkpoints
 ##   (lib/iclbook/implicit/weights/: tinylm.pt and its record tinylm.json with the SHA-256; then
-##   the momentum study, weights/momentum/eta<eta>_seed<seed>/, 3 etas x 2 seeds x 3,000 steps).
+##   the momentum study, weights/momentum/eta<eta>_seed<seed>/, 3 etas x 2 seeds x 3,000 steps),
+##   then the second model of the inference world (weights/inference/).
 retrain: $(STAMP)
 	$(BIN)/python -m iclbook.implicit.retrain
 	for seed in 1 2; do for eta in 0.0 0.5 0.9; do \
 	  $(BIN)/python -m iclbook.implicit.retrain --steps 3000 --seed $$seed --momentum $$eta --save-every 500 \
 	    --out lib/iclbook/implicit/weights/momentum/eta$${eta}_seed$${seed} || exit 1; done; done
+	$(BIN)/python -m iclbook.implicit.retrain --world inference
 
 ## make verdicts: after a book-profile build at seed 0 (make test or make book), rewrite the
 ##   committed expected verdicts (tests/verdicts-book.json), printing what changed. Commit it with

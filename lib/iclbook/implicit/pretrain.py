@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -29,7 +30,7 @@ from torch.nn import functional as F
 from tqdm.std import tqdm
 
 from iclbook import runtime
-from iclbook.implicit import data
+from iclbook.implicit import data, world
 from iclbook.implicit.model import LMConfig, TinyLM
 
 # ---------------------------------------------------------------------------------------------
@@ -55,16 +56,23 @@ def label_accuracy_by_context(model: TinyLM, batch: torch.Tensor) -> dict[str, f
     return out
 
 
-def lm_loss(model: nn.Module, tokens: torch.Tensor, label_weight: float = 1.0) -> torch.Tensor:
+def lm_loss(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    label_weight: float = 1.0,
+    markers: torch.Tensor = MARKERS,
+    pad_id: int = data.TOKEN_ID[data.PAD],
+) -> torch.Tensor:
     """Next-token cross-entropy over every non-pad target of ``tokens (batch, n+1)``, a weighted
-    mean in which the targets that follow a label marker (the label words) count
-    ``label_weight`` times (1 = the plain language-model loss)."""
+    mean in which the targets that follow one of ``markers`` (the label words) count
+    ``label_weight`` times (1 = the plain language-model loss). The defaults are the first
+    world's (:mod:`.data`); the inference world's are :data:`.world.LABEL_MARKERS` and its pad."""
     logits = model(tokens[:, :-1])
     target = tokens[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none").view_as(target)
-    weight = (target != data.TOKEN_ID[data.PAD]).float()
+    weight = (target != pad_id).float()
     if label_weight != 1.0:
-        is_label = torch.isin(tokens[:, :-1], MARKERS)
+        is_label = torch.isin(tokens[:, :-1], markers)
         weight = weight * torch.where(is_label, label_weight, 1.0)
     return (nll * weight).sum() / weight.sum()
 
@@ -104,24 +112,69 @@ class PretrainConfig:
     label_weight: float = 5.0
     seed: int = 0
 
+    #: the world whose text this recipe reads (:mod:`.data`), its label markers and padding
+    world_name = "lookup"
+    markers = MARKERS
+    pad_id = data.TOKEN_ID[data.PAD]
+
+    def generator(self) -> torch.Generator:
+        return runtime.generator(self.seed)
+
+    def draw(self, gen: torch.Generator) -> torch.Tensor:
+        """One batch of pretraining text."""
+        return data.pretraining_batch(self.batch, self.seq_len, gen, self.p_canonical, self.p_plain)
+
+
+@dataclass(frozen=True)
+class InferencePretrainConfig:
+    """The recipe of the second model, on the inference world's text (:mod:`.world`): catalogues
+    in pretraining's own formats, documents with verdicts, repeated text. The same optimiser and
+    schedule as :class:`PretrainConfig`."""
+
+    steps: int = 4000
+    batch: int = 32
+    seq_len: int = 192
+    lr: float = 2e-3
+    warmup: int = 200
+    clip: float = 1.0
+    p_catalogue: float = 0.5
+    p_repeat: float = 0.15
+    p_canonical: float = 0.3
+    p_verdict: float = 0.5
+    label_weight: float = 5.0
+    seed: int = 0
+
+    world_name = "inference"
+    markers = world.LABEL_MARKERS
+    pad_id = world.TOKEN_ID[data.PAD]
+
+    def generator(self) -> random.Random:
+        return random.Random(self.seed)
+
+    def draw(self, rng: random.Random) -> torch.Tensor:
+        """One batch of pretraining text."""
+        return world.pretraining_batch(
+            self.batch, self.seq_len, rng, self.p_catalogue, self.p_repeat, self.p_canonical, self.p_verdict
+        )
+
 
 def pretrain(
     model: TinyLM,
-    cfg: PretrainConfig,
+    cfg: PretrainConfig | InferencePretrainConfig,
     *,
     log_every: int = 50,
     evaluate: Any = None,
     eval_every: int | None = None,
     on_eval: Any = None,
 ) -> dict[str, Any]:
-    """Pretrain ``model`` in place on :func:`.data.pretraining_batch` episodes.
+    """Pretrain ``model`` in place on the text of ``cfg``'s world (``cfg.draw``).
 
     ``evaluate(model) -> dict`` (optional) runs every ``eval_every`` steps; its values join the
     history, and ``on_eval(model, history)`` (optional) is called after it (to save a
     checkpoint). Returns the history: steps, losses, evaluations, seconds, tokens, the configs."""
     if cfg.seq_len > model.cfg.max_len:
         raise ValueError(f"seq_len={cfg.seq_len} exceeds the model's max_len={model.cfg.max_len}")
-    gen = runtime.generator(cfg.seed)
+    gen = cfg.generator()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 
     def lr_at(step: int) -> float:
@@ -131,6 +184,8 @@ def pretrain(
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
 
     history: dict[str, Any] = {"step": [], "loss": [], "evals": [], "model": asdict(model.cfg), "pretrain": asdict(cfg)}
+    if cfg.world_name != "lookup":
+        history["world"] = cfg.world_name
 
     start = time.perf_counter()
     bar = tqdm(
@@ -140,8 +195,8 @@ def pretrain(
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        batch = data.pretraining_batch(cfg.batch, cfg.seq_len, gen, cfg.p_canonical, cfg.p_plain)
-        loss = lm_loss(model, batch, cfg.label_weight)
+        batch = cfg.draw(gen)
+        loss = lm_loss(model, batch, cfg.label_weight, cfg.markers, cfg.pad_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)

@@ -2,6 +2,7 @@
 
     python -m iclbook.implicit.retrain            # the recipe of pretrain.PretrainConfig()
     python -m iclbook.implicit.retrain --steps 200 --out /tmp/lm   # a quick try
+    python -m iclbook.implicit.retrain --world inference   # the second model (pretrain.InferencePretrainConfig)
 
 Writes ``<out>/tinylm.pt`` (a ``state_dict`` in float32, loaded with ``weights_only=True``) and
 ``<out>/tinylm.json`` (the configs, the loss curve, in-training evaluations, the seconds taken, the
@@ -34,28 +35,65 @@ def save(model: TinyLM, history: dict, out: Path) -> str:
     return digest
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = pretrain.PretrainConfig()
-    parser.add_argument("--steps", type=int, default=default.steps)
-    parser.add_argument("--seed", type=int, default=default.seed)
-    parser.add_argument("--momentum", type=float, default=0.0)
-    parser.add_argument("--out", type=Path, default=pretrain.WEIGHTS)
-    parser.add_argument("--save-every", type=int, default=1000)
-    args = parser.parse_args(argv)
-    torch.manual_seed(args.seed)
-    model = TinyLM(LMConfig(momentum=args.momentum))
-    cfg = dataclasses.replace(default, steps=args.steps, seed=args.seed)
-    # p_plain=0.1: the probe batch the shipped checkpoints were evaluated on (labels in 90% of rows)
-    probe_batch = data.pretraining_batch(128, cfg.seq_len, torch.Generator().manual_seed(10**6), p_plain=0.1)
+def world_evaluation(test_n: int = 100, k: int = 16):
+    """The inference model's in-training reading: zero-shot and ICL accuracy (``k``
+    demonstrations) of each task on ``test_n`` test examples of evaluation seed 10**6 (a seed
+    the chapter never reads), in the evaluation templates that pretraining never shows."""
+    from iclbook.implicit import probe, world  # noqa: PLC0415
+
+    sets = {
+        n: (world.make_dataset(n, 64, 10**6, split="train"), world.make_dataset(n, test_n, 10**6, split="test"))
+        for n in data.TASK_NAMES
+    }
 
     def evaluate(m: TinyLM) -> dict:
-        return label_accuracy_by_context(m, probe_batch)
+        out = {}
+        for n, (pool, test) in sets.items():
+            demos = probe.demonstrations(pool, k, torch.Generator().manual_seed(1))
+            out[f"zs_{n}"] = round(probe.accuracy(probe.predict(m, test, [], codec=world.WORLD), test), 4)
+            out[f"icl_{n}"] = round(probe.accuracy(probe.predict(m, test, demos, codec=world.WORLD), test), 4)
+        return out
 
-    history = pretrain.pretrain(
-        model, cfg, evaluate=evaluate, eval_every=args.save_every, on_eval=lambda m, h: save(m, h, args.out)
-    )
-    print("sha256", save(model, history, args.out))
+    return evaluate
+
+
+#: The second model's network (the inference world): sinusoidal positions instead of ALiBi,
+#: three layers, the same token mixing as the first.
+INFERENCE_MODEL = {"positions": "sinusoidal", "layers": 3}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", choices=("lookup", "inference"), default="lookup")
+    parser.add_argument("--steps", type=int, default=None, help="default: the world's recipe")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--momentum", type=float, default=0.0)
+    parser.add_argument("--out", type=Path, default=None, help="default: the shipped checkpoint's folder")
+    parser.add_argument("--save-every", type=int, default=None)
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    if args.world == "lookup":
+        default: pretrain.PretrainConfig | pretrain.InferencePretrainConfig = pretrain.PretrainConfig()
+        model = TinyLM(LMConfig(momentum=args.momentum))
+        # p_plain=0.1: the probe batch the shipped checkpoints were evaluated on (labels in 90% of rows)
+        probe_batch = data.pretraining_batch(128, default.seq_len, torch.Generator().manual_seed(10**6), p_plain=0.1)
+
+        def evaluate(m: TinyLM) -> dict:
+            return label_accuracy_by_context(m, probe_batch)
+
+        out, every = pretrain.WEIGHTS, 1000
+    else:
+        from iclbook.implicit import world  # noqa: PLC0415
+
+        default = pretrain.InferencePretrainConfig()
+        model = TinyLM(LMConfig(vocab=len(world.VOCAB), momentum=args.momentum, **INFERENCE_MODEL))
+        evaluate = world_evaluation()
+        out, every = pretrain.WEIGHTS / "inference", 500
+    cfg = dataclasses.replace(default, steps=args.steps or default.steps, seed=args.seed)
+    out = args.out or out
+    every = args.save_every or every
+    history = pretrain.pretrain(model, cfg, evaluate=evaluate, eval_every=every, on_eval=lambda m, h: save(m, h, out))
+    print("sha256", save(model, history, out))
 
 
 if __name__ == "__main__":

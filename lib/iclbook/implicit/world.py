@@ -1,0 +1,409 @@
+"""A second synthetic world for chapter 2, in which in-context learning has to *infer* a label
+from a whole input: no single word decides it.
+
+The first world (:mod:`.data`) puts one nonsense cue word at the end of every input whose class
+only the demonstrations reveal; the tiny GPT pretrained on it learned to look that word up. This
+world removes the cue and spreads the evidence over many words, each of which is a weak and
+unreliable witness:
+
+* **Graded affinities.** Every content word has a valence (polarity words, -2 to +2), a kind
+  (opinion or fact) or a topic (world, sports, business, technology). A sentence of class ``y``
+  draws each of its content words from a distribution that leans towards ``y``; one word names the
+  class only about 60% of the time, the whole input about 90% (:func:`reference_accuracy`).
+* **Negation.** ``not`` before a polarity word flips its valence, so a bag of words misreads it.
+* **Drift.** Each data set (and each pretraining catalogue) flips the meaning of a share of the
+  words (:data:`DRIFT`), as words change sense between domains; the weights hold the average
+  meaning, and only the demonstrations show a data set's own.
+* **CB** asks whether a hypothesis about a person follows from a premise (True), contradicts it
+  with the antonym of the premise's property (False), or speaks of someone the premise never
+  mentions (Neither): no single token tells them apart.
+
+Pretraining text (:func:`pretraining_batch`) mixes three kinds of rows:
+
+* **documents**: inputs of every family, each followed, half of the time, by a verdict phrase
+  ``in short <label> .`` with the family's canonical label word: knowledge of the task stored in
+  the weights (the zero-shot regime);
+* **catalogues**: lists of (input, tag) pairs of one family in formats that are *not* the
+  evaluation templates (other prefixes, markers and separators, :data:`FORMATS`), with a
+  verbalizer drawn per catalogue (canonical 30% of the time, else words of the label pool) and
+  the catalogue's own drift (what teaches in-context learning, Shen et al. 2024: pretraining on
+  the evaluation format itself makes a meta-trained toy);
+* **repeated text**: a block of inputs repeated until the row is full (induction heads form
+  early on text that repeats itself, Olsson et al. 2022).
+
+The evaluation templates' prefix and marker words (``Sentence:``, ``Label:``, ...) never occur in
+pretraining: a prompt of the chapter is a format the model has not seen, as in the paper.
+
+Example::
+
+    task = data.TASKS["sst2"]
+    ds = make_dataset("sst2", n=100, seed=0)         # a data set with its own drift
+    ids, spans = WORLD.prompt(task, demos, ds.inputs[0])
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from iclbook import runtime
+from iclbook.implicit import data
+from iclbook.implicit.codec import _check_distinct
+from iclbook.implicit.data import TASK_NAMES, TASKS, Dataset, Task
+
+# ---------------------------------------------------------------------------------------------
+# Lexicons
+# ---------------------------------------------------------------------------------------------
+
+#: Polarity words by valence, two lexicons: SST-2 and SST-5 read the first, MR the second.
+POLARITY = {
+    "sst": {
+        -2: ("awful", "dreadful", "horrid", "painful", "vile"),
+        -1: ("dull", "bland", "weak", "messy", "flat"),
+        1: ("fine", "warm", "decent", "pleasant", "neat"),
+        2: ("superb", "lovely", "brilliant", "stunning", "perfect"),
+    },
+    "mr": {
+        -2: ("tedious", "clumsy", "hollow", "dire", "inept"),
+        -1: ("boring", "silly", "stale", "slow", "thin"),
+        1: ("charming", "witty", "fresh", "clever", "solid"),
+        2: ("gripping", "moving", "dazzling", "masterful", "tender"),
+    },
+}
+KIND = (
+    ("located", "founded", "released", "born", "built", "moved", "listed", "dated"),  # objective
+    ("feel", "love", "hate", "think", "believe", "wish", "adore", "doubt"),  # subjective
+)
+TOPIC = (
+    ("war", "minister", "treaty", "election", "border", "troops", "summit", "embassy"),
+    ("match", "coach", "goal", "team", "league", "striker", "season", "medal"),
+    ("market", "profit", "stocks", "bank", "merger", "shares", "revenue", "trade"),
+    ("software", "chip", "internet", "robot", "server", "laptop", "code", "network"),
+)
+FILLER = data.FILLER
+NEGATOR = "not"
+PEOPLE = data.PEOPLE
+#: CB's properties, in antonym pairs: False states the antonym of the premise's property.
+ANTONYMS = (("tall", "short"), ("calm", "angry"), ("old", "young"), ("kind", "mean"), ("wet", "dry"), ("early", "late"))
+PROPS = tuple(p for pair in ANTONYMS for p in pair)
+ANTONYM = {a: b for x, y in ANTONYMS for a, b in ((x, y), (y, x))}
+
+#: The families: which task reads which lexicon.
+FAMILY = {"sst2": "sst", "sst5": "sst", "mr": "mr", "subj": "kind", "agnews": "topic", "cb": "cb"}
+
+# Sentence shape: content words per input and the probabilities that set each word's reliability.
+CONTENT = {"sst": 6, "mr": 6, "kind": 8, "topic": 7}
+P_NEGATE = 0.3  # chance that a polarity word is negated ("not dull")
+LEAN = {"sst": 0.78, "mr": 0.78, "kind": 0.64, "topic": 0.58}  # chance a word leans to its class
+CLEAR_LEAN = 0.95  # the lean of a clear-cut catalogue's inputs (pretraining_batch's p_clear)
+DRIFT = 0.15  # share of a family's words whose meaning a data set (or catalogue) flips
+
+# ---------------------------------------------------------------------------------------------
+# Formats: the evaluation templates' words (held out of pretraining) and pretraining's own
+# ---------------------------------------------------------------------------------------------
+
+#: Pretraining catalogues' formats: prefixes before an input ("" = none), markers before its
+#: tag, separators between pairs. None of them is an evaluation template word.
+FORMATS = {
+    "prefix": ("", "item", "text", "entry", "line"),
+    "marker": ("tag", "class", "sort", "=", "->", "gets", "says", "verdict"),
+    "separator": (";", "|", "</s>", "//"),
+}
+VERDICT = ("in", "short")  # documents end in "in short <label> ." half of the time
+
+
+def _vocabulary() -> tuple[str, ...]:
+    words: list[str] = list(data.SPECIALS)
+    for t in TASKS.values():
+        words += [t.prefix, t.marker]
+    words += list(data.CB_CHOICES) + ["is", NEGATOR, "."]
+    words += [w for key in ("prefix", "marker", "separator") for w in FORMATS[key] if w]
+    words += list(VERDICT) + list(FILLER)
+    words += [w for lex in POLARITY.values() for ws in lex.values() for w in ws]
+    words += [w for ws in KIND + TOPIC for w in ws]
+    words += list(data.LABEL_POOL) + list(PEOPLE) + list(PROPS)
+    return tuple(dict.fromkeys(words))
+
+
+VOCAB = _vocabulary()
+TOKEN_ID = {w: i for i, w in enumerate(VOCAB)}
+HELD_OUT = tuple(dict.fromkeys(w for t in TASKS.values() for w in (t.prefix, t.marker) if w != "Question:"))
+
+
+def encode(words: Sequence[str]) -> list[int]:
+    """Word list -> token ids of this world's closed vocabulary (an unknown word is a ValueError)."""
+    try:
+        return [TOKEN_ID[w] for w in words]
+    except KeyError as err:
+        raise ValueError(f"word {err.args[0]!r} is not in the inference world's vocabulary") from None
+
+
+def decode(ids: Sequence[int]) -> str:
+    return " ".join(VOCAB[int(i)] for i in ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Meanings and sentences
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Meaning:
+    """What each content word of a family means in one data set: a word's class (kind, topic)
+    or valence sign (polarity) after the data set's drift. ``flipped`` lists the drifted words."""
+
+    family: str
+    flipped: frozenset[str] = frozenset()
+
+
+def _family_words(family: str) -> tuple[str, ...]:
+    if family in POLARITY:
+        return tuple(w for ws in POLARITY[family].values() for w in ws)
+    if family == "kind":
+        return tuple(w for ws in KIND for w in ws)
+    if family == "topic":
+        return tuple(w for ws in TOPIC for w in ws)
+    return ()
+
+
+def draw_meaning(family: str, rng: random.Random, drift: float = DRIFT) -> Meaning:
+    """A data set's meanings: ``drift`` of the family's words flipped (a polarity word changes
+    sign, an opinion word reads as fact and back, a topic word moves to the next topic)."""
+    words = _family_words(family)
+    n = round(drift * len(words))
+    return Meaning(family, frozenset(rng.sample(words, n)))
+
+
+def _lexicon(family: str, meaning: Meaning) -> dict:
+    """The family's words grouped by what they mean under ``meaning``: valence -> words for
+    polarity, class -> words for kind and topic."""
+    if family in POLARITY:
+        out: dict = {v: [] for v in (-2, -1, 1, 2)}
+        for v, ws in POLARITY[family].items():
+            for w in ws:
+                out[-v if w in meaning.flipped else v].append(w)
+    else:
+        groups = KIND if family == "kind" else TOPIC
+        out = {c: [] for c in range(len(groups))}
+        for c, ws in enumerate(groups):
+            for w in ws:
+                out[(c + 1) % len(groups) if w in meaning.flipped else c].append(w)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _valence_level(task: Task, y: int, rng: random.Random) -> int:
+    """The latent valence of a polarity input of class ``y``: SST-5's five classes are levels
+    -2..2; a binary class is a level of its sign, of either strength."""
+    if task.n_classes == 5:
+        return y - 2
+    return (1 if y == 1 else -1) * (1 + (rng.random() < 0.5))
+
+
+def _word_valence(level: int, lean: float, rng: random.Random) -> int:
+    """A word's valence for an input at ``level``: the level's own sign ``lean`` of the time
+    (strong at a strong level), else the other sign; a neutral level (0) draws either sign."""
+    sign = 1 if level > 0 else -1 if level < 0 else (1 if rng.random() < 0.5 else -1)
+    if rng.random() >= lean:
+        sign = -sign
+    strong = rng.random() < (0.75 if abs(level) == 2 else 0.25)
+    return sign * (2 if strong else 1)
+
+
+def sentence(task: Task, y: int, meaning: Meaning, rng: random.Random, lean: float | None = None) -> list[str]:
+    """The input words of one example of class ``y`` under ``meaning`` (no template); ``lean``
+    (default: the family's, :data:`LEAN`) is the chance that a content word leans to ``y``."""
+    family = FAMILY[task.name]
+    if family == "cb":
+        return _cb_sentence(y, rng)
+    lex = _lexicon(family, meaning)
+    lean = LEAN[family] if lean is None else lean
+    words: list[list[str]] = []
+    for _ in range(CONTENT[family]):
+        if family in POLARITY:
+            v = _word_valence(_valence_level(task, y, rng), lean, rng)
+            if rng.random() < P_NEGATE:
+                words.append([NEGATOR, rng.choice(lex[-v])])
+            else:
+                words.append([rng.choice(lex[v])])
+        else:
+            c = y
+            if rng.random() >= lean:
+                c = rng.choice([k for k in lex if k != y])
+            words.append([rng.choice(lex[c])])
+    words.append([rng.choice(FILLER)])
+    rng.shuffle(words)
+    return [w for group in words for w in group]
+
+
+def _cb_sentence(y: int, rng: random.Random) -> list[str]:
+    """Premise "A is X . B is Y ." then "Question:" and a hypothesis: "A is X" (True), "A is
+    <antonym of X>" (False), or about a third person C (Neither)."""
+    a, b, c = rng.sample(PEOPLE, 3)
+    x = rng.choice(PROPS)
+    z = rng.choice([p for p in PROPS if p not in (x, ANTONYM[x])])
+    first = rng.random() < 0.5
+    premise = [a, "is", x, ".", b, "is", z, "."] if first else [b, "is", z, ".", a, "is", x, "."]
+    if y == 0:
+        hyp = [a, "is", x]
+    elif y == 1:
+        hyp = [a, "is", ANTONYM[x]]
+    else:
+        hyp = [c, "is", rng.choice((x, ANTONYM[x], z))]
+    return premise + ["Question:"] + hyp + ["."]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sets, prompts, the codec
+# ---------------------------------------------------------------------------------------------
+
+
+def make_dataset(name: str, n: int, seed: int, *, split: str = "test", drift: float = DRIFT) -> Dataset:
+    """``n`` examples of task ``name`` in this world. The data set's meanings (its drift) are
+    fixed by the task's name, the same in every split; ``seed`` and ``split`` choose the
+    examples (the stream "world-split", apart from the first world's)."""
+    task = data.get_task(name)
+    if n < 1:
+        raise ValueError(f"need n >= 1 examples, got {n}")
+    if not 0.0 <= drift <= 1.0:
+        raise ValueError(f"drift must lie in [0, 1], got {drift}")
+    salt = {"train": 1, "dev": 2, "test": 3}.get(split)
+    if salt is None:
+        raise ValueError(f"split must be 'train', 'dev' or 'test', got {split!r}")
+    meaning = draw_meaning(FAMILY[name], random.Random(2000 + TASK_NAMES.index(name)), drift)
+    rng = random.Random(runtime.stream_seed("library/world-split", seed, salt * 104729 + TASK_NAMES.index(name)))
+    classes = [rng.randrange(task.n_classes) for _ in range(n)]
+    inputs = [sentence(task, y, meaning, rng) for y in classes]
+    ds = Dataset(task, inputs, torch.tensor(classes))
+    ds.meaning = meaning  # type: ignore[attr-defined]
+    return ds
+
+
+def icl_prompt(task: Task, demos, x, max_len: int | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+    """As :func:`.data.icl_prompt`, in this world's vocabulary."""
+    query = data.example_words(task, x)
+    words, spans = [data.BOS], []
+    budget = (max_len if max_len is not None else 10**9) - len(query) - 1
+    for dx, dy in demos:
+        ex = data.example_words(task, dx, dy)
+        if len(words) + len(ex) + 1 > budget + 1:
+            break
+        spans.append((len(words), len(words) + len(ex)))
+        words += ex + [data.SEP]
+    return encode(words + query), spans
+
+
+class WorldCodec:
+    """The codec (:mod:`.codec`) of this world's word lists."""
+
+    pad_id = TOKEN_ID[data.PAD]
+    nonce_pool = data.NONCE_LABELS
+
+    def prompt(self, task, demos, x, max_len=None):
+        return icl_prompt(task, demos, x, max_len=max_len)
+
+    def example(self, task, x, label):
+        return encode([data.BOS, *data.example_words(task, x, label)])
+
+    def label_ids(self, labels):
+        return _check_distinct(labels, encode(labels))
+
+
+WORLD = WorldCodec()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining text
+# ---------------------------------------------------------------------------------------------
+
+
+def _document(task: Task, rng: random.Random, verdict: bool) -> list[str]:
+    y = rng.randrange(task.n_classes)
+    words = sentence(task, y, Meaning(FAMILY[task.name]), rng)
+    if task.name == "cb":
+        words = words + ["True,", "False,", "or", "Neither?"] if verdict else words
+    return words + ([*VERDICT, task.labels[y], "."] if verdict else [])
+
+
+def pretraining_batch(
+    batch: int,
+    seq_len: int,
+    rng: random.Random,
+    p_catalogue: float = 0.5,
+    p_repeat: float = 0.15,
+    p_canonical: float = 0.3,
+    p_verdict: float = 0.5,
+    p_clear: float = 0.0,
+) -> torch.Tensor:
+    """``(batch, seq_len + 1)`` token ids of pretraining rows: catalogues with probability
+    ``p_catalogue``, repeated text with ``p_repeat``, documents otherwise (module docstring)."""
+    pad = TOKEN_ID[data.PAD]
+    rows = torch.full((batch, seq_len + 1), pad, dtype=torch.long)
+    for r in range(batch):
+        u = rng.random()
+        words = [data.BOS]
+        if u < p_catalogue:
+            task = TASKS[rng.choice(TASK_NAMES)]
+            meaning = draw_meaning(FAMILY[task.name], rng)
+            if rng.random() < p_canonical:
+                verbal = task.labels
+            else:
+                verbal = tuple(rng.sample(data.LABEL_POOL, task.n_classes))
+            prefix, marker, sep = (rng.choice(FORMATS[k]) for k in ("prefix", "marker", "separator"))
+            lean = CLEAR_LEAN if rng.random() < p_clear else None
+            while len(words) < seq_len + 1:
+                y = rng.randrange(task.n_classes)
+                x = sentence(task, y, meaning, rng, lean)
+                words += ([prefix] if prefix else []) + x + [marker, verbal[y], sep]
+        elif u < p_catalogue + p_repeat:
+            task = TASKS[rng.choice(TASK_NAMES)]
+            meaning = draw_meaning(FAMILY[task.name], rng)
+            block = []
+            for _ in range(data.REPEAT_BLOCK):
+                block += sentence(task, rng.randrange(task.n_classes), meaning, rng) + [data.SEP]
+            while len(words) < seq_len + 1:
+                words += block
+        else:
+            while len(words) < seq_len + 1:
+                task = TASKS[rng.choice(TASK_NAMES)]
+                words += _document(task, rng, rng.random() < p_verdict) + [data.SEP]
+        ids = encode(words[: seq_len + 1])
+        rows[r, : len(ids)] = torch.tensor(ids)
+    return rows
+
+
+#: Token ids after which pretraining predicts a label: the catalogue markers and "short" (the
+#: verdict phrase). The loss may weight those targets (:func:`.pretrain.lm_loss`).
+LABEL_MARKERS = torch.tensor(sorted({TOKEN_ID[w] for w in (*FORMATS["marker"], VERDICT[-1])}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers without a language model: how much one word and the whole input say
+# ---------------------------------------------------------------------------------------------
+
+
+def word_features(task: Task, words: Sequence[str], meaning: Meaning | None = None) -> torch.Tensor:
+    """The evidence of an input under ``meaning`` (default: the canonical one), summed over its
+    content words: per class of kind and topic, one count; for polarity, the signed valence
+    with negation read (SST-5's levels get the mean valence)."""
+    family = FAMILY[task.name]
+    lex = _lexicon(family, meaning or Meaning(family))
+    where = {w: k for k, ws in lex.items() for w in ws}
+    if family in POLARITY:
+        total, count, negate = 0.0, 0, False
+        for w in words:
+            if w == NEGATOR:
+                negate = True
+                continue
+            if w in where:
+                total += -where[w] if negate else where[w]
+                count += 1
+            negate = False
+        return torch.tensor([total / max(count, 1)])
+    counts = torch.zeros(len(lex))
+    for w in words:
+        if w in where:
+            counts[where[w]] += 1
+    return counts

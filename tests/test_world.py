@@ -1,0 +1,127 @@
+"""Chapter 2's second world (iclbook.implicit.world) and the model-free readers (readers)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from iclbook.implicit import data, readers, world
+
+
+def test_datasets_are_reproducible_and_balanced_in_expectation():
+    a = world.make_dataset("sst2", 200, 3, split="dev")
+    b = world.make_dataset("sst2", 200, 3, split="dev")
+    assert a.inputs == b.inputs and torch.equal(a.classes, b.classes)
+    c = world.make_dataset("sst2", 200, 3, split="test")
+    assert a.inputs != c.inputs
+    assert 0.35 < float(a.classes.float().mean()) < 0.65
+    # the drift is a property of the data set, the same in every split
+    assert a.meaning == c.meaning and len(a.meaning.flipped) == round(world.DRIFT * 20)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="n >= 1"):
+        world.make_dataset("sst2", 0, 0)
+    with pytest.raises(ValueError, match="split"):
+        world.make_dataset("sst2", 5, 0, split="eval")
+    with pytest.raises(ValueError, match="unknown task"):
+        world.make_dataset("imdb", 5, 0)
+    with pytest.raises(ValueError, match="not in the inference world"):
+        world.encode(["zib"])
+
+
+def test_pretraining_never_shows_the_evaluation_templates():
+    rows = world.pretraining_batch(64, 192, random.Random(0))
+    held = torch.tensor([world.TOKEN_ID[w] for w in world.HELD_OUT])
+    assert not torch.isin(rows, held).any()
+    assert "Label:" in world.HELD_OUT and "Answer:" in world.HELD_OUT
+    # every row is full (no padding) and starts with BOS
+    assert (rows[:, 0] == world.TOKEN_ID[data.BOS]).all()
+    assert not (rows == world.TOKEN_ID[data.PAD]).any()
+
+
+def test_negation_flips_a_polarity_word():
+    task = data.TASKS["sst2"]
+    assert world.word_features(task, ["superb", "fine"]).item() == 1.5
+    assert world.word_features(task, ["not", "superb", "fine"]).item() == -0.5
+
+
+def test_cb_needs_the_premise():
+    rng = random.Random(0)
+    for y in range(3):
+        x = world._cb_sentence(y, rng)
+        q = x.index("Question:")
+        who, prop = x[q + 1], x[q + 3]
+        premise = {(x[i], x[i + 2]) for i in (0, 4)}
+        people = {p for p, _ in premise}
+        if y == 0:
+            assert (who, prop) in premise
+        elif y == 1:
+            assert (who, world.ANTONYM[prop]) in premise
+        else:
+            assert who not in people
+
+
+def test_one_word_is_a_weak_witness_and_the_whole_input_a_strong_one():
+    """The design: one content word names an SST-2 input's class about 60% of the time, the
+    whole input about 90% (the data set's own meanings read, negation read)."""
+    task = data.TASKS["sst2"]
+    ds = world.make_dataset("sst2", 600, 0, split="train")
+    whole = torch.tensor([float(world.word_features(task, x, ds.meaning)) > 0 for x in ds.inputs])
+    assert 0.85 < float((whole.long() == ds.classes).float().mean()) < 0.97
+    rng = random.Random(0)
+    lex = world._lexicon("sst", ds.meaning)
+    sign = {w: v > 0 for v, ws in lex.items() for w in ws}
+    one = [sign[rng.choice([w for w in x if w in sign])] for x in ds.inputs]
+    assert 0.5 < float((torch.tensor(one).long() == ds.classes).float().mean()) < 0.7
+
+
+def test_readers():
+    demos = [(["a", "zib", "b"], 0), (["c", "tok", "d"], 1), (["a", "zib", "e"], 0), (["f", "tok", "a"], 1)]
+    queries = [["zib", "q"], ["tok", "a"], ["none"]]
+    assert readers.one_token(demos, queries, 2).tolist() == [0, 1, 0]
+    assert readers.closest_demo(demos, queries, 2).tolist() == [0, 1, 1]  # no overlap: the latest
+    # ties in overlap go to the latest demonstration
+    assert readers.closest_demo(demos, [["a"]], 2).tolist() == [1]
+    with pytest.raises(ValueError, match="at least one"):
+        readers.one_token([], queries, 2)
+    with pytest.raises(ValueError, match="0..1"):
+        readers.closest_demo([(["a"], 2)], queries, 2)
+
+
+def test_the_lookup_world_is_read_by_one_token_and_the_inference_world_is_not():
+    """The one-token reader on each world's prompts: near-perfect on the first world's cue
+    words, far from it on the inference world (16 demonstrations, binary SST-2)."""
+    accs = {}
+    for name, make in (("lookup", data.make_dataset), ("inference", world.make_dataset)):
+        pool, test = make("sst2", 64, 0, split="train"), make("sst2", 300, 0, split="test")
+        demos = [(pool.inputs[i], int(pool.classes[i])) for i in range(16)]
+        pred = readers.one_token(demos, test.inputs, 2)
+        accs[name] = float((pred == test.classes).float().mean())
+    assert accs["lookup"] > 0.9 and accs["inference"] < 0.75
+
+
+def test_retrain_writes_a_loadable_inference_model(tmp_path):
+    from iclbook.implicit import inference, retrain
+
+    retrain.main(["--world", "inference", "--steps", "2", "--save-every", "2", "--out", str(tmp_path)])
+    model, record = inference.load(tmp_path)
+    assert record["world"] == "inference" and record["model"]["positions"] == "sinusoidal"
+    assert model.cfg.vocab == len(world.VOCAB) and model.layers[0].self_attn.alibi is None
+    assert {"zs_sst2", "icl_cb"} <= set(record["evals"][-1])
+
+
+def test_gate_rows_reads_a_run():
+    from types import SimpleNamespace
+
+    from iclbook.implicit import inference
+
+    test = world.make_dataset("agnews", 40, 0)
+    pool = world.make_dataset("agnews", 16, 0, split="train")
+    demos = [(x, test.task.labels[int(y)]) for x, y in zip(pool.inputs, pool.classes)]
+    run = SimpleNamespace(test=test, demos=demos, acc={"Z": 0.3, "I": 0.8})
+    row = inference.gate_rows({"agnews": run})["agnews"]
+    assert row["chance"] == 0.25 and row["I"] == 0.8
+    assert 0.0 <= row["closest"] <= 1.0 and 0.0 <= row["one_token"] <= 1.0
