@@ -474,6 +474,15 @@ def test_check_fields_stay_out_of_the_cache_key_and_trained_fields_do_not():
         "compare_B",
         "mixed",
         "judged",
+        "kinetics_seeds",
+        "kinetics_steps",
+        "kinetics_eval_every",
+        "kinetics_n_eval",
+        "curriculum_seeds",
+        "iw_Ks",
+        "iw_seeds",
+        "iw_steps",
+        "iw_eval_every",
     }
     moved = replace(CFG, compare_K=(128, 512), mixed=None, judged=False, pheno_lr=0.1, pheno_adam_lrs=(1.0,))
     assert runtime.cache_key("03", "main", moved) == runtime.cache_key("03", "main", CFG)
@@ -919,3 +928,186 @@ def test_train_clamped_holds_the_clamp_and_is_train_runs_without_one(monkeypatch
     ref = ind.train_runs(cfg, [3, 4], net="minimal", **kw)
     for a, b in zip(ours, ref):
         assert a.history == b.history
+
+
+# --- kinetics: the minimal model over many seeds, stacked ---------------------------------------
+
+from iclbook.induction import kinetics as kin  # noqa: E402
+
+
+def _lean_from_sample(seqs, cfg):
+    v = seqs.tokens[..., cfg.P :]
+    return kin.Lean.from_items(
+        v[None, :, 0 : 2 * cfg.N : 2],
+        v[None, :, -1],
+        seqs.target[None],
+        seqs.context_labels[None],
+        (seqs.classes == seqs.query_class[:, None])[None],
+    )
+
+
+def _scalars(model, beta1, alpha, beta2):
+    with torch.no_grad():
+        model.beta1.fill_(beta1)
+        model.alpha.fill_(alpha)
+        model.beta2.fill_(beta2)
+    return model
+
+
+def test_lean_forward_is_the_minimal_net_member_by_member():
+    models = [_scalars(ind.MinimalNet(SMALL, gen(s)), 0.3 * s, 1.5 - s, -0.2 * s) for s in range(3)]
+    tasks = [ind.make_task(SMALL, gen(10 + s)) for s in range(3)]
+    seqs = [ind.sample(t, 40, SMALL, gen(20 + s)) for s, t in enumerate(tasks)]
+    batch = kin.Lean.cat([_lean_from_sample(q, SMALL) for q in seqs])
+    logits, on_labels = kin.forward(kin.stack_params(models), batch, torch.stack([t.lambdas for t in tasks]))
+    for m, q, lg, att in zip(models, seqs, logits, on_labels):
+        assert torch.allclose(m(q.tokens), lg, atol=1e-5)
+        assert torch.allclose(m.induction_attention(q.tokens)[1], att, atol=1e-6)
+
+
+def test_lean_forward_with_item_attention_reads_the_items_at_logit_0():
+    m = _scalars(ind.MinimalNet(SMALL, gen(0)), 0.4, 2.0, 0.7)
+    t = ind.make_task(SMALL, gen(1))
+    q = ind.sample(t, 30, SMALL, gen(2))
+    logits, on_labels = kin.forward(
+        kin.stack_params([m]), _lean_from_sample(q, SMALL), t.lambdas[None], item_attention=True
+    )
+    # by hand: the query attends to N labels, N items (logit 0) and itself (logit 0)
+    v = q.tokens[..., SMALL.P :]
+    items, labels, x_q = v[:, 0 : 2 * SMALL.N : 2], v[:, 1 : 2 * SMALL.N : 2], v[:, -1]
+    lab = 0.7 + 2.0 * torch.sigmoid(torch.tensor(0.4)) * (items @ x_q[:, :, None]).squeeze(-1)
+    att = torch.cat([lab, torch.zeros(30, SMALL.N + 1)], -1).softmax(-1)
+    z = x_q + (att[:, None, : SMALL.N] @ labels).squeeze(1) + (att[:, None, SMALL.N : 2 * SMALL.N] @ items).squeeze(1)
+    assert torch.allclose(logits[0], m.mlp(z), atol=1e-5)
+    assert torch.allclose(on_labels[0], att[:, : SMALL.N], atol=1e-6)
+    assert abs(on_labels[0].sum(-1).mean().item() - 1.0) > 0.1  # items take a share
+
+
+def test_draw_lean_keeps_the_identities_and_the_law_of_the_sequences():
+    cfg = replace(CFG, p_C=0.5)
+    tasks = [ind.make_task(cfg, gen(s)) for s in range(2)]
+    mus, lam = torch.stack([t.mus for t in tasks]), torch.stack([t.lambdas for t in tasks])
+    Ks = torch.tensor([cfg.K, cfg.K])
+    b = kin.draw_lean(mus, Ks, lam, 3000, cfg, gen(5), item_sum=True)
+    assert b.dots.shape == (2, 3000, cfg.N) and b.query.shape == (2, 3000, cfg.D)
+    # sum_j x_q . x_j == x_q . sum_j x_j, exactly as for real items
+    assert torch.allclose((b.item_sum * b.query).sum(-1), b.dots.sum(-1), atol=1e-4)
+    # bursty, B = 1: N distinct labels, the query's class once among them, its label the target
+    assert (b.match.sum(-1) == 1).all()
+    assert (b.context_labels.sort(-1).values.diff(dim=-1) > 0).all()
+    assert torch.equal(b.context_labels[b.match].view(2, -1), b.target)
+    # the dot products have the law of those of real items (data.sample), matching and not, on
+    # the task's own classes (novel means are fresh draws: only their mean is compared)
+    for p_C, tol in ((0.0, 0.04), (1.0, 0.15)):
+        c2 = replace(cfg, p_C=p_C)
+        ours = kin.draw_lean(mus[:1], Ks[:1], lam[:1], 4000, c2, gen(7), item_sum=True)
+        ref = _lean_from_sample(ind.sample(tasks[0], 4000, c2, gen(6)), c2)
+        for same in (True, False):
+            o, r = ours.dots[0][ours.match[0] == same], ref.dots[0][ref.match[0] == same]
+            assert abs(o.mean() - r.mean()) < 0.03
+            assert abs(o.std() / r.std() - 1) < tol
+        for a, r in ((ours.item_sum[0], ref.item_sum[0]), (ours.query[0], ref.query[0])):
+            assert abs(a.norm(dim=-1).mean() / r.norm(dim=-1).mean() - 1) < 0.03
+
+
+def test_draw_lean_iid_sequences_and_per_member_K():
+    cfg = replace(SMALL, B=0, p_B=0.0, p_C=0.0)
+    mus = torch.randn(2, 32, SMALL.D, generator=gen(0))
+    lam = torch.randn(2, SMALL.L, SMALL.D, generator=gen(1))
+    b = kin.draw_lean(mus, torch.tensor([16, 32]), lam, 4000, cfg, gen(2))
+    assert torch.equal(b.target, b.target % SMALL.L) and b.item_sum.numel() == 0
+    # member 0 draws from its 16 classes only: its queries' means are among them
+    x0 = b.query[0] * math.sqrt(1 + cfg.eps**2)
+    nearest = torch.cdist(x0, mus[0]).argmin(-1)
+    assert nearest.max() < 16
+    with pytest.raises(ValueError, match="zipf"):
+        kin.draw_lean(mus, torch.tensor([16, 32]), lam, 10, replace(cfg, zipf=1.0), gen(2))
+    with pytest.raises(ValueError, match="mus holds"):
+        kin.draw_lean(mus, torch.tensor([16, 64]), lam, 10, cfg, gen(2))
+    with pytest.raises(ValueError, match="lambdas"):
+        kin.draw_lean(mus, torch.tensor([16, 32]), lam[:1], 10, cfg, gen(2))
+
+
+def test_train_lean_arms_share_what_they_should_and_freeze_what_they_name():
+    cfg = replace(SMALL, batch=16, minimal_lr=3e-3)
+    arms = [kin.Arm("a"), kin.Arm("b"), kin.Arm("frozen", 0, ("beta2",)), kin.Arm("other", 1)]
+    runs = kin.train_lean(
+        cfg, [(s, a) for a in arms for s in (3, 4)], [gen(1), gen(2)], gen(3), steps=6, eval_every=3, n_eval=40
+    )
+    assert runs.steps.tolist() == [0, 3, 6] and runs.curves["IC"].shape == (8, 3)
+    a, b = runs.curve("beta2", "a"), runs.curve("beta2", "b")
+    assert np.array_equal(a, b) and np.array_equal(runs.curve("IC", "a"), runs.curve("IC", "b"))
+    assert not np.array_equal(a, runs.curve("beta2", "other"))  # other batches
+    assert np.all(runs.curve("beta2", "frozen") == 0) and np.any(a != 0)
+    assert np.array_equal(runs.curve("IC", "a")[:, 0], runs.curve("IC", "other")[:, 0])  # same start
+    with pytest.raises(ValueError, match="differ"):
+        kin.train_lean(cfg, [(3, arms[0]), (3, arms[0])], [gen(1)], gen(3), steps=1, eval_every=1)
+    with pytest.raises(ValueError, match="stream"):
+        kin.train_lean(cfg, [(3, arms[3])], [gen(1)], gen(3), steps=1, eval_every=1)
+    with pytest.raises(ValueError, match="frozen"):
+        kin.Arm("x", frozen=("w1",))
+
+
+def test_train_lean_stops_each_member_when_it_reaches_the_level():
+    cfg = replace(SMALL, batch=16)
+    runs = kin.train_lean(
+        cfg,
+        [(s, kin.Arm("free")) for s in (1, 2, 3)],
+        [gen(1)],
+        gen(2),
+        steps=40,
+        eval_every=2,
+        n_eval=40,
+        until=("CLA", 0.0),  # reached at step 0: nothing trains
+    )
+    assert runs.steps.tolist() == [0] and runs.stopped.tolist() == [0, 0, 0]
+    runs = kin.train_lean(
+        cfg,
+        [(s, kin.Arm("free")) for s in (1, 2, 3)],
+        [gen(1)],
+        gen(2),
+        steps=40,
+        eval_every=2,
+        n_eval=40,
+        until=("beta2", 1e-9),
+        K={1: 64, 2: 64, 3: 64},
+    )
+    for i, stop in enumerate(runs.stopped):
+        after = runs.steps >= stop
+        # a stopped member's later checkpoints repeat its measures at the stop
+        assert np.all(runs.curves["beta2"][i, after] == runs.curves["beta2"][i, after][0])
+
+
+def test_first_crossings_and_the_tail_readers():
+    steps = np.array([0, 10, 20, 30])
+    c = np.array([[0.0, 0.2, 0.5, 0.9], [0.0, 0.0, 0.1, 0.1], [0.3, 0.3, 0.3, 0.3]])
+    out = ind.first_crossings(steps, c, 0.25)
+    assert out[0] == 20 and np.isnan(out[1]) and out[2] == 0
+    assert ind.skewness(np.array([1.0, 2.0, 3.0, 4.0, 5.0])) == pytest.approx(0.0)
+    assert ind.skewness(np.array([1.0, 1.0, 1.0, 1.0, 10.0])) > 1.0
+    assert ind.skewness_se(32) == pytest.approx(math.sqrt(6 * 32 * 31 / (30 * 33 * 35)))
+    rng = np.random.default_rng(0)
+    two = np.concatenate([rng.normal(0, 0.3, 200), rng.normal(5, 0.3, 200)])
+    assert ind.bimodality_coefficient(two) > 5 / 9 > ind.bimodality_coefficient(rng.normal(0, 1, 400))
+    value, (lo, hi) = ind.bootstrap(rng.exponential(1, 300), ind.skewness, rng, draws=300)
+    assert lo < value < hi and lo > 0.5  # an exponential law's skewness is 2
+    null, (nlo, nhi) = ind.symmetric_null(rng.exponential(1, 300) * 100, 25, ind.skewness, rng, draws=300)
+    assert nlo < null < nhi and abs(null) < 0.2
+    with pytest.raises(ValueError):
+        ind.skewness(np.array([1.0, np.nan, 2.0]))
+    with pytest.raises(ValueError):
+        ind.first_crossings(steps, c[:, :3], 0.2)
+
+
+def test_the_exponent_its_interval_and_its_shuffled_null():
+    K = np.repeat([64, 128, 256, 512], 3)
+    t = 3.0 * K**0.7 * np.tile([0.9, 1.0, 1.1], 4)
+    rng = np.random.default_rng(1)
+    nu, (lo, hi) = ind.exponent_interval(K, t, rng, draws=300)
+    assert nu == pytest.approx(0.7) and lo < 0.7 < hi and hi - lo < 0.15
+    null, (nlo, nhi) = ind.shuffled_exponent(K, t, rng, draws=300)
+    assert nlo < null < nhi and abs(null) < 0.3 and nhi < 0.7
+    with pytest.raises(ValueError):
+        ind.scaling_exponent(np.array([64, 64]), np.array([1.0, 2.0]))
+    with pytest.raises(ValueError):
+        ind.scaling_exponent(K, np.where(K == 64, np.nan, t))

@@ -24,7 +24,9 @@ The package, one idea per module:
 ``analysis``  the rules that turn runs into the numbers the ledger judges (no training code
               imports it, so changing one retrains nothing);
 ``clamping``  the minimal model trained with a sub-circuit clamped from step 0 (Singh et al.
-              2024), and a knock-out of the full network's previous-token attention.
+              2024), and a knock-out of the full network's previous-token attention;
+``kinetics``  the minimal model over many seeds as one stacked ensemble (onsets after Nguyen &
+              Reddy 2025, in-weight learning by K, the beta2 ablation with item attention).
 ============  ===============================================================================
 
 Shapes: ``n`` sequences, ``T = 2N + 1`` tokens, ``d = 2 Nmax + 1 + D`` per token, ``L`` labels.
@@ -32,12 +34,16 @@ Everything is re-exported here: ``from iclbook import induction as ih; ih.train_
 """
 
 from iclbook.induction.analysis import (
+    bimodality_coefficient,
+    bootstrap,
     calibration_summary,
     classify_minimal,
     cliff_ratio,
     context_reader,
     decay_rival,
     eps_sweep,
+    exponent_interval,
+    first_crossings,
     head_formed,
     head_lead,
     icl_shift,
@@ -47,14 +53,20 @@ from iclbook.induction.analysis import (
     plateau_rivals,
     plateau_share,
     rival_curves,
+    scaling_exponent,
     share_at,
+    shuffled_exponent,
+    skewness,
+    skewness_se,
     strategy_shift,
+    symmetric_null,
     unjumped,
     worst_seed,
 )
 from iclbook.induction.clamping import CLAMPS, knock_out, knocked_out_accuracy, train_clamped
 from iclbook.induction.config import CONFIGS, STREAMS, Config, check_data_args
 from iclbook.induction.data import Sequences, Task, context_label_baseline, eval_sets, make_task, sample, sample_stacked
+from iclbook.induction.kinetics import Arm, Lean, LeanRuns, draw_lean, train_lean
 from iclbook.induction.measures import EVAL_CHUNK, measure, predict, progress_measures, readout
 from iclbook.induction.model import InductionNet, MinimalNet, ReluClassifier, cross_entropy
 from iclbook.induction.pheno import pheno_descent, pheno_descents, pheno_gradient, pheno_loss

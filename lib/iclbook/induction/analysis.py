@@ -21,6 +21,15 @@ that compute them, each with a known-answer test (``tests/test_induction.py``).
 ``unjumped``               the seeds whose IC accuracy never made the jump (the rows' condition)
 ``head_lead``              how far the head's rise runs ahead of IC's at the last pre-jump point
 ``head_formed``            whether a run's TILA2 rose clearly above its untrained, uniform value
+``first_crossings``        the first checkpoint at which each of many curves reaches a level
+``skewness``               the sample skewness of onsets (0 for a symmetric sample)
+``skewness_se``            its standard error under a normal law (the test of skew)
+``bimodality_coefficient`` Sarle's coefficient: 5/9 for a uniform law, above it two modes
+``bootstrap``              a statistic and its percentile bootstrap interval
+``symmetric_null``         a statistic on normal draws with the same median, IQR and grid
+``scaling_exponent``       the slope of log t against log K over many runs
+``exponent_interval``      that slope and its interval, seeds resampled within each K
+``shuffled_exponent``      the slope with K shuffled among the runs (its null)
 =========================  ====================================================================
 
 The nulls and rivals are computed on the chapter's own curves, grids and evaluation sets, so a
@@ -344,3 +353,117 @@ def head_formed(run: Any, at: float | None = None, *, factor: float = 2.0) -> bo
             return False
         value = upto[-1]
     return bool(value >= factor * tila2[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Many seeds of the minimal model (kinetics): onsets, their tail, the in-weight exponent
+# ---------------------------------------------------------------------------------------------
+
+
+def first_crossings(steps: np.ndarray, curves: np.ndarray, level: float) -> np.ndarray:
+    """``(members,)`` the first checkpoint step at which each row of ``curves`` ``(members,
+    checkpoints)`` reaches ``level`` (NaN where it never does), as
+    :func:`iclbook.curves.first_crossing` reads one curve."""
+    curves = np.atleast_2d(np.asarray(curves, dtype=float))
+    steps = np.asarray(steps, dtype=float)
+    if curves.shape[-1] != steps.shape[0]:
+        raise ValueError(f"need one value per checkpoint: {curves.shape[-1]} values, {steps.shape[0]} steps")
+    hit = curves >= level
+    first = hit.argmax(axis=1)
+    return np.where(hit.any(axis=1), steps[first], np.nan)
+
+
+def skewness(x: np.ndarray) -> float:
+    """The sample skewness ``g1 = m3 / m2^(3/2)`` (central moments; 0 for a symmetric sample).
+    Raises ``ValueError`` for fewer than 3 values or any NaN."""
+    x = np.asarray(x, dtype=float)
+    if x.ndim != 1 or len(x) < 3 or not np.all(np.isfinite(x)):
+        raise ValueError(f"need 3 or more finite values, got {x!r}")
+    d = x - x.mean()
+    m2 = float((d * d).mean())
+    return float((d**3).mean() / m2**1.5) if m2 > 0 else 0.0
+
+
+def skewness_se(n: int) -> float:
+    """The standard error of the sample skewness of ``n`` values drawn from a normal law,
+    ``sqrt(6 n (n - 1) / ((n - 2) (n + 1) (n + 3)))`` (about ``sqrt(6 / n)``): a skewness twice
+    this is the usual test that a sample is skewed."""
+    if n < 3:
+        raise ValueError(f"need n >= 3, got {n}")
+    return math.sqrt(6.0 * n * (n - 1) / ((n - 2) * (n + 1) * (n + 3)))
+
+
+def bimodality_coefficient(x: np.ndarray) -> float:
+    """Sarle's bimodality coefficient ``(g1^2 + 1) / (g2 + 3 (n - 1)^2 / ((n - 2) (n - 3)))`` with
+    ``g2`` the sample's excess kurtosis: 1/3 for a normal law, 5/9 for a uniform one, above 5/9
+    where a sample has two modes (or one very skewed mode: read it with the histogram)."""
+    x = np.asarray(x, dtype=float)
+    n = len(x)
+    if n < 4:
+        raise ValueError(f"need 4 or more values, got {n}")
+    d = x - x.mean()
+    m2 = float((d * d).mean())
+    if m2 == 0:
+        return math.nan
+    g2 = float((d**4).mean() / m2**2) - 3.0
+    return (skewness(x) ** 2 + 1.0) / (g2 + 3.0 * (n - 1) ** 2 / ((n - 2) * (n - 3)))
+
+
+def bootstrap(x: np.ndarray, stat, rng: np.random.Generator, *, draws: int = 2000, level: float = 0.95):
+    """``(stat(x), (lo, hi))``: the statistic and its percentile bootstrap interval (resampling
+    the values of ``x`` with replacement, ``draws`` times)."""
+    x = np.asarray(x, dtype=float)
+    values = np.array([stat(x[rng.integers(0, len(x), len(x))]) for _ in range(draws)])
+    tail = 100 * (1 - level) / 2
+    return float(stat(x)), (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+
+
+def symmetric_null(
+    x: np.ndarray, grid: float, stat, rng: np.random.Generator, *, draws: int = 1000, level: float = 0.95
+):
+    """What ``stat`` reads on onsets *without* a tail: ``draws`` samples of ``len(x)`` values from
+    the normal law with ``x``'s median and interquartile range (standard deviation IQR / 1.349),
+    each read on the same evaluation grid (rounded up to a multiple of ``grid``, as a crossing is
+    seen at the next evaluation). Returns the median of ``stat`` over the draws and its central
+    ``level`` interval."""
+    x = np.asarray(x, dtype=float)
+    q25, q50, q75 = np.percentile(x, [25, 50, 75])
+    sd = max(q75 - q25, grid) / 1.349
+    values = np.array([stat(np.ceil(rng.normal(q50, sd, len(x)) / grid) * grid) for _ in range(draws)])
+    tail = 100 * (1 - level) / 2
+    return float(np.median(values)), (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+
+
+def scaling_exponent(K: np.ndarray, t: np.ndarray) -> float:
+    """The least-squares slope of ``log t`` against ``log K`` over every member (``t ~ K^nu``)."""
+    lk, lt = np.log(np.asarray(K, dtype=float)), np.log(np.asarray(t, dtype=float))
+    if lk.shape != lt.shape or len(np.unique(lk)) < 2 or not np.all(np.isfinite(lt)):
+        raise ValueError("need finite positive times for at least two values of K")
+    c = lk - lk.mean()
+    return float((c * (lt - lt.mean())).sum() / (c * c).sum())
+
+
+def exponent_interval(
+    K: np.ndarray, t: np.ndarray, rng: np.random.Generator, *, draws: int = 2000, level: float = 0.95
+) -> tuple[float, tuple[float, float]]:
+    """:func:`scaling_exponent` and its bootstrap interval, resampling the members (seeds) within
+    each ``K`` with replacement."""
+    K, t = np.asarray(K, dtype=float), np.asarray(t, dtype=float)
+    groups = [np.flatnonzero(K == k) for k in np.unique(K)]
+    values = []
+    for _ in range(draws):
+        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        values.append(scaling_exponent(K[idx], t[idx]))
+    tail = 100 * (1 - level) / 2
+    return scaling_exponent(K, t), (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+
+
+def shuffled_exponent(
+    K: np.ndarray, t: np.ndarray, rng: np.random.Generator, *, draws: int = 1000, level: float = 0.95
+) -> tuple[float, tuple[float, float]]:
+    """The null of :func:`scaling_exponent`: the slope with the members' ``K`` shuffled among them
+    (times that owe nothing to ``K``), median over ``draws`` shuffles and its central interval."""
+    K, t = np.asarray(K, dtype=float), np.asarray(t, dtype=float)
+    values = np.array([scaling_exponent(rng.permutation(K), t) for _ in range(draws)])
+    tail = 100 * (1 - level) / 2
+    return float(np.median(values)), (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))

@@ -81,6 +81,22 @@ class Config:
     mixed: tuple[int, int, float, float] | None = runtime.check((512, 4, 0.5, 1.0))
     # False at smoke: too few steps to learn; every row is recorded, inconclusive (ch.unjudged)
     judged: bool = runtime.check(True)
+    # the minimal model over many seeds (iclbook.induction.kinetics): trained in the chapter in
+    # seconds, cached nowhere, so every size is a checked field. Onsets over 30+ seeds (Nguyen &
+    # Reddy 2025), read on a grid of kinetics_eval_every steps; a run stops once every seed's
+    # IC accuracy has passed its onset (at most kinetics_steps steps)
+    kinetics_seeds: int = runtime.check(32)
+    kinetics_steps: int = runtime.check(1500)
+    kinetics_eval_every: int = runtime.check(25)
+    kinetics_n_eval: int = runtime.check(400)
+    # the beta2 ablation of the minimal model with item attention: this many seeds, each trained
+    # free, with beta2 frozen (same batches) and free on other batches (the null)
+    curriculum_seeds: int = runtime.check(4)
+    # in-weight learning alone (iid sequences) at each K: steps to half the IW sequences right
+    iw_Ks: tuple[int, ...] = runtime.check((64, 128, 256, 512))
+    iw_seeds: int = runtime.check(3)
+    iw_steps: int = runtime.check(1000)
+    iw_eval_every: int = runtime.check(10)
 
     @property
     def P(self) -> int:
@@ -122,6 +138,13 @@ CONFIGS: dict[str, Config] = {
         minimal_eval_every=100,
         minimal_seeds=2,
         judged=False,
+        kinetics_seeds=4,
+        kinetics_steps=100,
+        kinetics_n_eval=200,
+        curriculum_seeds=2,
+        iw_Ks=(64, 128),
+        iw_seeds=1,
+        iw_steps=60,
     ),
     "book": Config(),
     # the author's settings (SGD 0.01, batch 128, 150k steps, six seeds); needs a GPU
@@ -140,6 +163,12 @@ CONFIGS: dict[str, Config] = {
         minimal_eval_every=250,
         compare_K=(128, 512),
         mixed=(1024, 1, 0.5, 1.0),
+        kinetics_seeds=64,
+        kinetics_steps=4000,
+        curriculum_seeds=16,
+        iw_Ks=(64, 128, 256, 512, 1024, 2048),
+        iw_seeds=4,
+        iw_steps=4000,
     ),
 }
 
@@ -155,6 +184,18 @@ STREAMS = {
     "grid": runtime.Stream(),  # the model seed of every member of the data grid
     "sgd-members": runtime.Stream(width=100),  # the plain-SGD control's models
     "minimal-members": runtime.Stream(width=100),  # the minimal model's seeds
+    # the minimal model over many seeds (kinetics): the seeds, batches and evaluation sets of the
+    # onset ensemble (its first seeds also run the beta2 ablation), of the ablation (stream 0:
+    # the free and frozen arms, 1: the free copy on other batches) and of in-weight learning by K
+    "kinetics-members": runtime.Stream(width=100),
+    "kinetics-batches": runtime.Stream(),
+    "kinetics-eval": runtime.Stream(),
+    "curriculum-batches": runtime.Stream(width=2),
+    "curriculum-eval": runtime.Stream(),
+    "iw-members": runtime.Stream(width=100),
+    "iw-batches": runtime.Stream(),
+    "iw-eval": runtime.Stream(),
+    "kinetics-boot": runtime.Stream(kind="numpy"),  # bootstrap and null draws of the readings
 }
 
 
