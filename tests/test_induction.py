@@ -981,6 +981,12 @@ def test_lean_forward_with_item_attention_reads_the_items_at_logit_0():
     assert torch.allclose(logits[0], m.mlp(z), atol=1e-5)
     assert torch.allclose(on_labels[0], att[:, : SMALL.N], atol=1e-6)
     assert abs(on_labels[0].sum(-1).mean().item() - 1.0) > 0.1  # items take a share
+    # per member: a 0/1 mask gives each member its own model (1: as above, 0: labels only)
+    two = kin.Lean.cat([_lean_from_sample(q, SMALL)] * 2)
+    P = kin.stack_params([m, m])
+    masked, _ = kin.forward(P, two, torch.stack([t.lambdas] * 2), item_attention=torch.tensor([1.0, 0.0]))
+    plain, _ = kin.forward(kin.stack_params([m]), _lean_from_sample(q, SMALL), t.lambdas[None])
+    assert torch.allclose(masked[0], logits[0], atol=1e-6) and torch.allclose(masked[1], plain[0], atol=1e-6)
 
 
 def test_draw_lean_keeps_the_identities_and_the_law_of_the_sequences():
@@ -1030,11 +1036,21 @@ def test_draw_lean_iid_sequences_and_per_member_K():
 
 def test_train_lean_arms_share_what_they_should_and_freeze_what_they_name():
     cfg = replace(SMALL, batch=16, minimal_lr=3e-3)
-    arms = [kin.Arm("a"), kin.Arm("b"), kin.Arm("frozen", 0, ("beta2",)), kin.Arm("other", 1)]
+    arms = [
+        kin.Arm("a"),
+        kin.Arm("b"),
+        kin.Arm("frozen", 0, ("beta2",)),
+        kin.Arm("other", 1),
+        kin.Arm("items", 0, items=True),
+    ]
     runs = kin.train_lean(
         cfg, [(s, a) for a in arms for s in (3, 4)], [gen(1), gen(2)], gen(3), steps=6, eval_every=3, n_eval=40
     )
-    assert runs.steps.tolist() == [0, 3, 6] and runs.curves["IC"].shape == (8, 3)
+    assert runs.steps.tolist() == [0, 3, 6] and runs.curves["IC"].shape == (10, 3)
+    tla2 = runs.curve("TLA2", "items")[:, 0]
+    assert np.allclose(tla2, SMALL.N / (2 * SMALL.N + 1)) and np.allclose(
+        runs.curve("TLA2", "a")[:, 0], SMALL.N / (SMALL.N + 1)
+    )
     a, b = runs.curve("beta2", "a"), runs.curve("beta2", "b")
     assert np.array_equal(a, b) and np.array_equal(runs.curve("IC", "a"), runs.curve("IC", "b"))
     assert not np.array_equal(a, runs.curve("beta2", "other"))  # other batches

@@ -17,7 +17,7 @@ same weights and task (the same streams), and sees other batches.
 Each member belongs to an *arm* (:class:`Arm`): arms of one seed share its initial weights and
 task; arms with the same ``stream`` see the same batches (a seed-matched ablation); ``frozen``
 names scalars held at their initial value (``("beta2",)``: no bias towards the label tokens).
-``item_attention`` lets the query attend to the ``N`` item tokens as well (logit 0, value the
+``items`` (an arm's) lets the query attend to the ``N`` item tokens as well (logit 0, value the
 item vector): then TLA2 starts at ``N / (2N + 1)``, not ``N / (N + 1)``, and ``beta2`` has a slow
 phase to drive. Without it the forward pass is :class:`MinimalNet`'s (a test checks that the two
 agree).
@@ -49,11 +49,13 @@ WEIGHTS = ("w1", "w2", "w3", "b1", "b2", "b3", "readout")
 @dataclass(frozen=True)
 class Arm:
     """One condition of an ensemble: its name, its batch stream (arms with the same ``stream``
-    see the same batches) and the scalars it holds at their initial value."""
+    see the same batches), the scalars it holds at their initial value, and whether its query
+    attends to the item tokens too (``items``)."""
 
     name: str
     stream: int = 0
     frozen: tuple[str, ...] = ()
+    items: bool = False  # the query attends to the item tokens too (logit 0)
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.frozen) - set(SCALARS))
@@ -212,29 +214,38 @@ def stack_params(models: Sequence[MinimalNet]) -> dict[str, torch.Tensor]:
 
 
 def forward(
-    params: dict[str, torch.Tensor], batch: Lean, lambdas: torch.Tensor, *, item_attention: bool = False
+    params: dict[str, torch.Tensor],
+    batch: Lean,
+    lambdas: torch.Tensor,
+    *,
+    item_attention: bool | torch.Tensor = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``(M, n, L)`` and the query's attention on the label tokens ``(M, n, N)``.
 
     Member ``m`` computes :class:`MinimalNet`'s forward pass with the parameters ``params[k][m]``
     and its label vectors ``lambdas[m]`` ``(L, D)``: label logits ``alpha sigmoid(beta1) x_q .
     x_j + beta2``, the query itself at logit 0, and ``z = x_q + sum_j a_j lambda_j`` into the
-    ReLU classifier. With ``item_attention`` the query also attends to the ``N`` item tokens at
-    logit 0 (each gets the same weight ``b``) and reads their vectors: ``z`` gains ``b sum_j
-    x_j``."""
+    ReLU classifier. With ``item_attention`` (``True``, or a ``(M,)`` 0/1 mask: per member) the
+    query also attends to the ``N`` item tokens at logit 0 (each gets the same weight ``b``) and
+    reads their vectors: ``z`` gains ``b sum_j x_j``."""
     col = (slice(None), None, None)
     s1 = torch.sigmoid(params["beta1"])[col]
     logits = params["alpha"][col] * s1 * batch.dots + params["beta2"][col]
     N = logits.shape[-1]
     rest = torch.zeros_like(logits[..., :1])  # the query's own logit
-    if item_attention:
-        rest = rest + math.log(N + 1)  # the N items and the query, each at logit 0
+    mask = None
+    if isinstance(item_attention, torch.Tensor):
+        mask = item_attention.to(logits.dtype)[col]
+    elif item_attention:
+        mask = torch.ones(()).to(logits.dtype)
+    if mask is not None:
+        rest = rest + math.log(N + 1) * mask  # the N items and the query, each at logit 0
     att = torch.cat([logits, rest], dim=-1).softmax(-1)
     on_labels = att[..., :N]
     per_label = torch.zeros(*logits.shape[:-1], lambdas.shape[-2]).scatter_add(-1, batch.context_labels, on_labels)
     z = batch.query + per_label @ lambdas
-    if item_attention:
-        z = z + (att[..., N:] / (N + 1)) * batch.item_sum
+    if mask is not None:
+        z = z + mask * (att[..., N:] / (N + 1)) * batch.item_sum
     for i in (1, 2, 3):
         z = torch.relu(z @ params[f"w{i}"].transpose(-1, -2) + params[f"b{i}"][:, None, :])
     return z @ params["readout"].transpose(-1, -2), on_labels
@@ -273,7 +284,6 @@ def train_lean(
     eval_generator: torch.Generator,
     *,
     K: dict[int, int] | None = None,
-    item_attention: bool = False,
     steps: int,
     eval_every: int,
     until: tuple[str, float] | None = None,
@@ -348,6 +358,8 @@ def train_lean(
             offset += len(r)
         return rows, torch.tensor([place[(stream_of[i], int(of_member[i]))] for i in active])
 
+    items_all = torch.tensor([float(a.items) for _, a in members])
+    with_items = bool(items_all.any())
     models = [MinimalNet(replace(cfg, K=K[s]), runtime.generator(s)) for s in seeds]
     base = stack_params(models)
     params = {k: v[of_member].clone().requires_grad_() for k, v in base.items()}
@@ -359,7 +371,7 @@ def train_lean(
     }
     evals_all = {
         name: _select(
-            draw_lean(mus, Kt, lambdas, n_eval, eval_cfgs[name], eval_generator, item_sum=item_attention), of_member
+            draw_lean(mus, Kt, lambdas, n_eval, eval_cfgs[name], eval_generator, item_sum=with_items), of_member
         )
         for name in sets
     }
@@ -387,7 +399,7 @@ def train_lean(
         out: dict[str, np.ndarray] = {k: params[k].detach().numpy().copy() for k in SCALARS}
         for name, ev_all in evals_all.items():
             ev = _select(ev_all, idx)
-            logits, on_labels = forward(params, ev, lam, item_attention=item_attention)
+            logits, on_labels = forward(params, ev, lam, item_attention=items_all[idx] if with_items else False)
             pred = logits.argmax(-1)
             out[name] = (pred == ev.target).float().mean(-1).numpy()
             if name == "IC":
@@ -425,12 +437,12 @@ def train_lean(
             rows, pick = layout(active)
             lam, keep = lambdas[of_member[idx]], {k: v[idx] for k, v in keep_all.items()}
             parts = [
-                draw_lean(mus[r], Kt[r], lambdas[r], cfg.batch, cfg, batch_generators[st], item_sum=item_attention)
+                draw_lean(mus[r], Kt[r], lambdas[r], cfg.batch, cfg, batch_generators[st], item_sum=with_items)
                 for st, r in rows.items()
             ]
             batch = _select(Lean.cat(parts), pick)
             step += 1
-            logits, _ = forward(params, batch, lam, item_attention=item_attention)
+            logits, _ = forward(params, batch, lam, item_attention=items_all[idx] if with_items else False)
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.target.flatten(), reduction="none")
             loss.view(len(active), -1).mean(-1).sum().backward()  # the sum of the members' own losses
             for k in SCALARS:
