@@ -131,16 +131,18 @@ class InferencePretrainConfig:
     in pretraining's own formats, documents with verdicts, repeated text. The same optimiser and
     schedule as :class:`PretrainConfig`."""
 
-    steps: int = 4000
-    batch: int = 32
-    seq_len: int = 192
-    lr: float = 2e-3
+    steps: int = 4500
+    batch: int = 24
+    seq_len: int = 256  # the evaluation prompts' length: sinusoidal positions do not extrapolate
+    lr: float = 3e-3
     warmup: int = 200
     clip: float = 1.0
-    p_catalogue: float = 0.5
+    p_catalogue: float = 0.6
     p_repeat: float = 0.15
     p_canonical: float = 0.3
     p_verdict: float = 0.5
+    p_clear: float = 0.4  # catalogues of clear-cut inputs (world.CLEAR_LEAN)
+    p_echo: float = 0.25  # chance that a catalogue lists an earlier entry again
     label_weight: float = 5.0
     seed: int = 0
 
@@ -154,7 +156,15 @@ class InferencePretrainConfig:
     def draw(self, rng: random.Random) -> torch.Tensor:
         """One batch of pretraining text."""
         return world.pretraining_batch(
-            self.batch, self.seq_len, rng, self.p_catalogue, self.p_repeat, self.p_canonical, self.p_verdict
+            self.batch,
+            self.seq_len,
+            rng,
+            self.p_catalogue,
+            self.p_repeat,
+            self.p_canonical,
+            self.p_verdict,
+            self.p_clear,
+            self.p_echo,
         )
 
 

@@ -58,8 +58,9 @@ def world_evaluation(test_n: int = 100, k: int = 16):
 
 
 #: The second model's network (the inference world): sinusoidal positions instead of ALiBi,
-#: three layers, the same token mixing as the first.
-INFERENCE_MODEL = {"positions": "sinusoidal", "layers": 3}
+#: three layers, and token mixing 10 tokens wide (the first model's is 3), so that a position
+#: can read a whole input before it (an input has about 9 words).
+INFERENCE_MODEL = {"positions": "sinusoidal", "layers": 3, "mix": 10}
 
 
 def main(argv: list[str] | None = None) -> None:

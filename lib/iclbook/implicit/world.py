@@ -336,6 +336,7 @@ def pretraining_batch(
     p_canonical: float = 0.3,
     p_verdict: float = 0.5,
     p_clear: float = 0.0,
+    p_echo: float = 0.0,
 ) -> torch.Tensor:
     """``(batch, seq_len + 1)`` token ids of pretraining rows: catalogues with probability
     ``p_catalogue``, repeated text with ``p_repeat``, documents otherwise (module docstring)."""
@@ -353,9 +354,14 @@ def pretraining_batch(
                 verbal = tuple(rng.sample(data.LABEL_POOL, task.n_classes))
             prefix, marker, sep = (rng.choice(FORMATS[k]) for k in ("prefix", "marker", "separator"))
             lean = CLEAR_LEAN if rng.random() < p_clear else None
+            shown: list[tuple[list[str], int]] = []
             while len(words) < seq_len + 1:
-                y = rng.randrange(task.n_classes)
-                x = sentence(task, y, meaning, rng, lean)
+                if shown and rng.random() < p_echo:
+                    x, y = rng.choice(shown)  # an entry the catalogue already listed, listed again
+                else:
+                    y = rng.randrange(task.n_classes)
+                    x = sentence(task, y, meaning, rng, lean)
+                    shown.append((x, y))
                 words += ([prefix] if prefix else []) + x + [marker, verbal[y], sep]
         elif u < p_catalogue + p_repeat:
             task = TASKS[rng.choice(TASK_NAMES)]
@@ -407,3 +413,42 @@ def word_features(task: Task, words: Sequence[str], meaning: Meaning | None = No
         if w in where:
             counts[where[w]] += 1
     return counts
+
+
+def _rule(task: Task, words: Sequence[str], meaning: Meaning | None) -> int:
+    """The class a rule reader gives an input from its evidence (:func:`word_features`):
+    polarity by the sign of the mean valence (SST-5: the nearest of the levels -2..2), kind and
+    topic by the most frequent class (ties to the smallest index); CB by the premise."""
+    if task.name == "cb":
+        q = words.index("Question:")
+        who, prop = words[q + 1], words[q + 3]
+        facts = {words[i]: words[i + 2] for i in (0, 4)}
+        return 2 if who not in facts else (0 if facts[who] == prop else 1)
+    f = word_features(task, words, meaning)
+    if FAMILY[task.name] in POLARITY:
+        v = float(f)
+        return min(range(5), key=lambda c: abs(v - (c - 2))) if task.n_classes == 5 else int(v > 0)
+    return int(f.argmax())
+
+
+def reference_accuracy(name: str, n: int, seed: int) -> dict[str, float]:
+    """How much the words of task ``name``'s test inputs say, without a model, on ``n`` test
+    examples of evaluation seed ``seed``: ``one_word``, the meaning of one content word drawn at
+    random, read alone (one token: a negation before it unread); ``whole_input``, the rule reader of the whole input with the data
+    set's own meanings; ``canonical``, the same reader with the meanings the weights can know
+    (no drift). CB has no content words: its ``one_word`` is NaN and its rule reader is exact."""
+    test = make_dataset(name, n, seed, split="test")
+    task, meaning = test.task, test.meaning  # type: ignore[attr-defined]
+    y = test.classes.tolist()
+    whole = [_rule(task, x, meaning) == c for x, c in zip(test.inputs, y)]
+    canon = [_rule(task, x, None) == c for x, c in zip(test.inputs, y)]
+    one = float("nan")
+    if FAMILY[name] != "cb":
+        rng = random.Random(seed)
+        hits = []
+        for x, c in zip(test.inputs, y):
+            spots = [i for i, w in enumerate(x) if w not in (NEGATOR, *FILLER)]
+            i = rng.choice(spots)
+            hits.append(_rule(task, [x[i]], meaning) == c)
+        one = sum(hits) / len(hits)
+    return {"one_word": one, "whole_input": sum(whole) / len(whole), "canonical": sum(canon) / len(canon)}
