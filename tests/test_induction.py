@@ -1077,6 +1077,18 @@ def test_train_lean_stops_each_member_when_it_reaches_the_level():
         until=("CLA", 0.0),  # reached at step 0: nothing trains
     )
     assert runs.steps.tolist() == [0] and runs.stopped.tolist() == [0, 0, 0]
+    # an arm's own level: the item-reading arm stops at once, the label-only one trains on
+    runs = kin.train_lean(
+        cfg,
+        [(1, kin.Arm("items", items=True, stop_at=0.0)), (1, kin.Arm("plain", stream=1, stop_at=2.0))],
+        [gen(1), gen(2)],
+        gen(3),
+        steps=4,
+        eval_every=2,
+        n_eval=40,
+        until=("CLA", 0.0),
+    )
+    assert runs.stopped.tolist() == [0, 4] and runs.steps.tolist() == [0, 2, 4]
     runs = kin.train_lean(
         cfg,
         [(s, kin.Arm("free")) for s in (1, 2, 3)],

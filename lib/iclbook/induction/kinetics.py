@@ -56,6 +56,7 @@ class Arm:
     stream: int = 0
     frozen: tuple[str, ...] = ()
     items: bool = False  # the query attends to the item tokens too (logit 0)
+    stop_at: float | None = None  # this arm's level for train_lean's until (default: until's)
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.frozen) - set(SCALARS))
@@ -87,8 +88,15 @@ class Lean:
 
     @staticmethod
     def cat(parts: Sequence[Lean]) -> Lean:
-        """Batches of several groups of members, one after the other along the member dimension."""
-        return Lean(**{k: torch.cat([getattr(p, k) for p in parts]) for k in _FIELDS})
+        """Batches of several groups of members, one after the other along the member dimension
+        (a group without the items' sum gets zeros there, which a label-only member never reads)."""
+        out = {k: torch.cat([getattr(p, k) for p in parts]) for k in _FIELDS if k != "item_sum"}
+        sums = [p.item_sum for p in parts]
+        if all(x.numel() == 0 for x in sums):
+            out["item_sum"] = sums[0]
+        else:
+            out["item_sum"] = torch.cat([x if x.numel() else torch.zeros_like(p.query) for x, p in zip(sums, parts)])
+        return Lean(**out)
 
     @staticmethod
     def from_items(
@@ -307,7 +315,8 @@ def train_lean(
     ``sets`` names what is measured: ``"IC"`` (bursty sequences of novel classes: accuracy,
     TILA2, TLA2, CLA) and ``"IW"`` (iid known classes: accuracy); the scalars are recorded too.
     ``until = (name, level)``: each member stops training at the first checkpoint at which its
-    measure ``name`` reaches ``level`` (``LeanRuns.stopped``), and its later checkpoints repeat
+    measure ``name`` reaches ``level``, or its arm's ``stop_at`` where it has one
+    (``LeanRuns.stopped``), and its later checkpoints repeat
     the measures of that one; the run ends when every member has stopped, or after ``steps``
     steps. The others carry on with their own weights and Adam moments (per element, so dropping
     a member leaves the others' updates as they were); their batches, drawn for fewer members,
@@ -360,6 +369,11 @@ def train_lean(
 
     items_all = torch.tensor([float(a.items) for _, a in members])
     with_items = bool(items_all.any())
+    # the streams whose batches an item-reading member sees: only they draw the items' sum
+    item_streams = {a.stream for _, a in members if a.items}
+    levels = np.array(
+        [math.nan if until is None else (until[1] if a.stop_at is None else a.stop_at) for _, a in members]
+    )
     models = [MinimalNet(replace(cfg, K=K[s]), runtime.generator(s)) for s in seeds]
     base = stack_params(models)
     params = {k: v[of_member].clone().requires_grad_() for k, v in base.items()}
@@ -399,7 +413,9 @@ def train_lean(
         out: dict[str, np.ndarray] = {k: params[k].detach().numpy().copy() for k in SCALARS}
         for name, ev_all in evals_all.items():
             ev = _select(ev_all, idx)
-            logits, on_labels = forward(params, ev, lam, item_attention=items_all[idx] if with_items else False)
+            logits, on_labels = forward(
+                params, ev, lam, item_attention=items_all[idx] if bool(items_all[idx].any()) else False
+            )
             pred = logits.argmax(-1)
             out[name] = (pred == ev.target).float().mean(-1).numpy()
             if name == "IC":
@@ -412,7 +428,7 @@ def train_lean(
             last[k] = full
             record.setdefault(k, []).append(full)
         if until is not None:
-            reached[active] |= out[until[0]] >= until[1]
+            reached[active] |= out[until[0]] >= levels[active]
 
     with runtime.threads(1):
         checkpoint(0)
@@ -437,12 +453,14 @@ def train_lean(
             rows, pick = layout(active)
             lam, keep = lambdas[of_member[idx]], {k: v[idx] for k, v in keep_all.items()}
             parts = [
-                draw_lean(mus[r], Kt[r], lambdas[r], cfg.batch, cfg, batch_generators[st], item_sum=with_items)
+                draw_lean(mus[r], Kt[r], lambdas[r], cfg.batch, cfg, batch_generators[st], item_sum=st in item_streams)
                 for st, r in rows.items()
             ]
             batch = _select(Lean.cat(parts), pick)
             step += 1
-            logits, _ = forward(params, batch, lam, item_attention=items_all[idx] if with_items else False)
+            logits, _ = forward(
+                params, batch, lam, item_attention=items_all[idx] if bool(items_all[idx].any()) else False
+            )
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.target.flatten(), reduction="none")
             loss.view(len(active), -1).mean(-1).sum().backward()  # the sum of the members' own losses
             for k in SCALARS:
@@ -459,16 +477,16 @@ def train_lean(
         Ks=[K[s] for s, _ in members],
         steps=np.array(logged),
         curves={k: np.stack(v, axis=1) for k, v in record.items()},
-        stopped=_stops(np.array(logged), reached, record, until),
+        stopped=_stops(np.array(logged), levels, record, until),
     )
 
 
-def _stops(steps: np.ndarray, reached: np.ndarray, record: dict, until: tuple[str, float] | None) -> np.ndarray:
-    """``(M,)`` the step at which each member stopped training (the last step where it did not)."""
+def _stops(steps: np.ndarray, levels: np.ndarray, record: dict, until: tuple[str, float] | None) -> np.ndarray:
+    """``(M,)`` the step at which each member stopped training (its first checkpoint at its level)."""
     if until is None:
-        return np.full(len(reached), float(steps[-1]))
+        return np.full(len(levels), float(steps[-1]))
     curve = np.stack(record[until[0]], axis=1)
-    hit = curve >= until[1]
+    hit = curve >= levels[:, None]
     return np.where(hit.any(axis=1), steps[hit.argmax(axis=1)], float(steps[-1]))
 
 
