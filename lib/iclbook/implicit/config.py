@@ -51,6 +51,9 @@ class Config:
     # Whether the evaluation is large enough to judge the claims and controls (chapter.Chapter.judged):
     # where it is not, their rows are recorded inconclusive, with the reason.
     judged: bool = runtime.check(True)
+    # Whether the second model's gates must pass (sec-ch2-inference): at smoke its evaluation is too
+    # small for them, and they are reported only.
+    gates_required: bool = runtime.check(True)
 
 
 CONFIGS = {
@@ -71,6 +74,7 @@ CONFIGS = {
         momentum_tasks=1,
         momentum_episodes=32,
         judged=False,
+        gates_required=False,
     ),
     "book": Config(n_test=500, n_dev=200),
     "paper": Config(n_test=2000, n_dev=500, eval_seeds=5, control_examples=500),
@@ -91,4 +95,6 @@ STREAMS = {
     "bootstrap": runtime.Stream(),  # the bootstrap intervals of the statistics
     "controls": runtime.Stream(),  # the shuffled-label and permutation controls
     "held-out": runtime.Stream(),  # held-out pretraining text of the momentum study
+    "inference-statistics": runtime.Stream(),  # the second model's statistics and their intervals
+    "inference-untrained": runtime.Stream(width=2),  # random models of the second model's shape
 }
