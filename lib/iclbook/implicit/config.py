@@ -48,12 +48,10 @@ class Config:
     lexicon_tasks: int = runtime.check(5)  # lexicon tasks of the regime section (all five: no CB)
     momentum_tasks: int = runtime.check(len(TASK_NAMES))  # tasks of the momentum study's ICL accuracy
     momentum_episodes: int = runtime.check(256)  # held-out pretraining episodes of its perplexities
+    inference_tasks: int = runtime.check(len(TASK_NAMES))  # tasks the second model runs (sec-ch2-inference)
     # Whether the evaluation is large enough to judge the claims and controls (chapter.Chapter.judged):
     # where it is not, their rows are recorded inconclusive, with the reason.
     judged: bool = runtime.check(True)
-    # Whether the second model's gates must pass (sec-ch2-inference): at smoke its evaluation is too
-    # small for them, and they are reported only.
-    gates_required: bool = runtime.check(True)
 
 
 CONFIGS = {
@@ -73,8 +71,8 @@ CONFIGS = {
         lexicon_tasks=2,
         momentum_tasks=1,
         momentum_episodes=32,
+        inference_tasks=2,
         judged=False,
-        gates_required=False,
     ),
     "book": Config(n_test=500, n_dev=200),
     "paper": Config(n_test=2000, n_dev=500, eval_seeds=5, control_examples=500),
