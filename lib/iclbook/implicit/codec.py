@@ -48,19 +48,21 @@ def _check_distinct(labels: Sequence[str], ids: Sequence[int]) -> list[int]:
 
 
 class WordCodec:
-    """The synthetic tasks' word lists over the closed vocabulary of :mod:`.data`."""
+    """The synthetic tasks' word lists over the closed vocabulary of :mod:`.data` (a subclass
+    with another ``encode`` and ``pad_id`` reads another closed vocabulary: :mod:`.world`'s)."""
 
     pad_id = data.TOKEN_ID[data.PAD]
     nonce_pool = data.NONCE_LABELS
+    encode = staticmethod(data.encode)
 
     def prompt(self, task, demos, x, max_len=None):
-        return data.icl_prompt(task, demos, x, max_len=max_len)
+        return data.icl_prompt(task, demos, x, max_len=max_len, encoder=self.encode)
 
     def example(self, task, x, label):
-        return data.ft_example(task, x, label)
+        return self.encode([data.BOS, *data.example_words(task, x, label)])
 
     def label_ids(self, labels):
-        return _check_distinct(labels, data.encode(labels))
+        return _check_distinct(labels, self.encode(labels))
 
 
 WORDS = WordCodec()

@@ -31,7 +31,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -300,11 +300,17 @@ def example_words(task: Task, x: Sequence[str], label: str | None = None) -> lis
 
 
 def icl_prompt(
-    task: Task, demos: Sequence[tuple[Sequence[str], str]], x: Sequence[str], max_len: int | None = None
+    task: Task,
+    demos: Sequence[tuple[Sequence[str], str]],
+    x: Sequence[str],
+    max_len: int | None = None,
+    encoder: Callable[[Sequence[str]], list[int]] | None = None,
 ) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of ``BOS demo_1 SEP ... demo_k SEP query`` and the (start, stop) span of each
     demonstration's tokens (its ``</s>`` excluded). Demonstrations that do not fit ``max_len``
-    are dropped from the front of the list's end, as the paper's code truncates the context."""
+    are dropped from the front of the list's end, as the paper's code truncates the context.
+    ``encoder`` maps the words to ids (default :func:`encode`; the inference world passes its
+    own, :func:`.world.encode`)."""
     query = example_words(task, x)
     words = [BOS]
     spans = []
@@ -315,7 +321,7 @@ def icl_prompt(
             break
         spans.append((len(words), len(words) + len(ex)))
         words += ex + [SEP]
-    return encode(words + query), spans
+    return (encoder or encode)(words + query), spans
 
 
 def ft_example(task: Task, x: Sequence[str], label: str) -> list[int]:

@@ -51,7 +51,7 @@ import torch
 
 from iclbook import runtime
 from iclbook.implicit import data
-from iclbook.implicit.codec import _check_distinct
+from iclbook.implicit.codec import WordCodec
 from iclbook.implicit.data import TASK_NAMES, TASKS, Dataset, Task
 
 # ---------------------------------------------------------------------------------------------
@@ -281,34 +281,12 @@ def make_dataset(name: str, n: int, seed: int, *, split: str = "test", drift: fl
     return ds
 
 
-def icl_prompt(task: Task, demos, x, max_len: int | None = None) -> tuple[list[int], list[tuple[int, int]]]:
-    """As :func:`.data.icl_prompt`, in this world's vocabulary."""
-    query = data.example_words(task, x)
-    words, spans = [data.BOS], []
-    budget = (max_len if max_len is not None else 10**9) - len(query) - 1
-    for dx, dy in demos:
-        ex = data.example_words(task, dx, dy)
-        if len(words) + len(ex) + 1 > budget + 1:
-            break
-        spans.append((len(words), len(words) + len(ex)))
-        words += ex + [data.SEP]
-    return encode(words + query), spans
-
-
-class WorldCodec:
-    """The codec (:mod:`.codec`) of this world's word lists."""
+class WorldCodec(WordCodec):
+    """The codec (:mod:`.codec`) of this world's word lists: the first world's layout, this
+    world's vocabulary."""
 
     pad_id = TOKEN_ID[data.PAD]
-    nonce_pool = data.NONCE_LABELS
-
-    def prompt(self, task, demos, x, max_len=None):
-        return icl_prompt(task, demos, x, max_len=max_len)
-
-    def example(self, task, x, label):
-        return encode([data.BOS, *data.example_words(task, x, label)])
-
-    def label_ids(self, labels):
-        return _check_distinct(labels, encode(labels))
+    encode = staticmethod(encode)
 
 
 WORLD = WorldCodec()
