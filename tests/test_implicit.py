@@ -285,6 +285,34 @@ def test_bad_inputs_raise():
         LMConfig(d_model=10, heads=4)
 
 
+def test_every_rate_in_one_pass_is_the_sequential_finetuning_where_sgd_is_stable():
+    torch.manual_seed(0)
+    for cfg in (LMConfig(layers=2), LMConfig(layers=3, positions="sinusoidal", mix=10, momentum=0.5)):
+        model = TinyLM(cfg).eval()
+        dset = data.make_dataset("sst2", 6, 0)
+        ex = [data.ft_example(dset.task, x, dset.task.labels[int(y)]) for x, y in zip(dset.inputs, dset.classes)]
+        rates = (0.001, 0.01, 0.05)
+        stack = probe.finetune_kv_rates(model, ex, rates)
+        test = data.make_dataset("sst2", 40, 1, split="test")
+        preds = stack.predict(test)
+        assert preds.shape == (len(rates), len(test))
+        for r, lr in enumerate(rates):
+            alone = dict(probe.finetune_kv(model, ex, lr).model.named_parameters())
+            for name, p in stack.model.named_parameters():
+                if any(f in name for f in probe.KV_FILTER):
+                    assert torch.allclose(p[r], alone[name], atol=1e-6), (cfg, lr, name)
+                else:  # everything else is the model's own, untouched
+                    assert torch.equal(p, alone[name]) and torch.equal(p, dict(model.named_parameters())[name])
+            tuned = probe.finetune_kv(model, ex, lr).model
+            assert torch.equal(preds[r], probe.predict(tuned, test))
+    with pytest.raises(ValueError, match="no demonstrations"):
+        probe.finetune_kv_rates(model, [], rates)
+    with pytest.raises(ValueError, match="learning rates"):
+        probe.finetune_kv_rates(model, ex, (0.1, 0.0))
+    with pytest.raises(ValueError, match="equal slices"):
+        probe.StackedLinear(torch.nn.Linear(4, 3), 2)(torch.zeros(3, 5, 4))
+
+
 def test_kv_filter_trains_only_keys_and_values():
     torch.manual_seed(0)
     model = TinyLM(LMConfig(layers=2))

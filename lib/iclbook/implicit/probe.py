@@ -409,3 +409,93 @@ def finetune_kv(
         p.requires_grad_(True)
     tuned.eval()
     return FinetuneResult(tuned, losses, queries)
+
+
+# ---------------------------------------------------------------------------------------------
+# One finetuning per learning rate, all rates in one pass
+# ---------------------------------------------------------------------------------------------
+
+
+class StackedLinear(nn.Module):
+    """``copies`` independent copies of one ``nn.Linear``: the batch is ``copies`` equal slices,
+    copy-major, and copy ``r`` maps slice ``r`` (one batched matmul for all of them)."""
+
+    def __init__(self, linear: nn.Linear, copies: int):
+        super().__init__()
+        self.copies = copies
+        self.weight = nn.Parameter(linear.weight.detach().expand(copies, -1, -1).clone())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().expand(copies, -1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] % self.copies:
+            raise ValueError(f"a batch of {x.shape[0]} rows is not {self.copies} equal slices")
+        flat = x.reshape(self.copies, -1, x.shape[-1])
+        out = flat @ self.weight.transpose(1, 2)
+        if self.bias is not None:
+            out = out + self.bias[:, None, :]
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+@dataclass
+class RateStack:
+    """The K/V finetunings of one model at several learning rates, held as one network whose
+    K/V projections are :class:`StackedLinear` (copy ``r``: learning rate ``lrs[r]``)."""
+
+    model: nn.Module
+    lrs: tuple[float, ...]
+
+    @torch.no_grad()
+    def predict(self, data: Dataset, max_len: int = 256, codec: Codec = WORDS, batch: int = 2048) -> torch.Tensor:
+        """``(rates, n)`` zero-shot predicted classes of ``data`` by each finetuning (what
+        :func:`predict` gives each one alone, to float rounding)."""
+        copies = len(self.lrs)
+        prompts, _ = build_prompts(data, (), max_len, codec)
+        cand = torch.as_tensor(list(codec.label_ids(data.task.labels)))
+        rows = rows_per_batch(self.model, prompts, max(1, batch // copies) * copies) // copies
+        out = []
+        for i in range(0, len(prompts), max(1, rows)):
+            ids, last = pad_right(prompts[i : i + max(1, rows)], codec.pad_id)
+            ids = ids.to(device_of(self.model))
+            logits = logits_of(self.model, ids.repeat(copies, 1)).view(copies, len(last), ids.shape[1], -1)
+            at = logits[:, torch.arange(len(last)), last].float().cpu()  # (copies, rows, vocab)
+            out.append(F.log_softmax(at, dim=-1)[..., cand].argmax(-1))
+        return torch.cat(out, 1)
+
+
+def finetune_kv_rates(
+    model: nn.Module, examples: Sequence[Sequence[int]], lrs: Sequence[float], filters: Sequence[str] = KV_FILTER
+) -> RateStack:
+    """:func:`finetune_kv` (the paper's sequential recipe) at every learning rate of ``lrs`` in
+    one pass: each step runs all the rates' copies of the example as one batch. The same SGD to
+    float rounding; where SGD is unstable (rates of 0.1 and more on our tiny GPT) rounding
+    differences grow over the steps, as they would between two machines, so the rates agree
+    with :func:`finetune_kv` closely only where it is stable. Our :class:`TinyLM` only (its
+    attention calls ``k_proj`` and ``v_proj`` on the whole batch)."""
+    if not examples:
+        raise ValueError("no demonstrations to finetune on")
+    if not lrs or min(lrs) <= 0:
+        raise ValueError(f"learning rates must be > 0, got {tuple(lrs)}")
+    copies = len(lrs)
+    stacked = copy.deepcopy(model)
+    for p in stacked.parameters():
+        p.requires_grad_(False)
+    for _, attn in attention_modules(stacked):
+        for name in ("k_proj", "v_proj"):
+            if any(f in name for f in filters):
+                setattr(attn, name, StackedLinear(getattr(attn, name), copies))
+    params = [p for p in stacked.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"no K/V projection matches {tuple(filters)}")
+    rate = torch.tensor(list(lrs), dtype=params[0].dtype, device=params[0].device)
+    for ex in examples:
+        t = torch.as_tensor(list(ex), dtype=torch.long, device=device_of(stacked))[None].repeat(copies, 1)
+        if t.shape[1] < 2:
+            raise ValueError("a finetuning example needs at least two tokens")
+        logits = logits_of(stacked, t)
+        nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), t[:, 1:].flatten(), reduction="none")
+        grads = torch.autograd.grad(nll.view(copies, -1).mean(1).sum(), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(rate.view(-1, *([1] * (p.dim() - 1))) * g)
+    stacked.eval()
+    return RateStack(stacked, tuple(lrs))
