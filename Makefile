@@ -50,27 +50,28 @@ pdf: $(STAMP)
 ## environment that installs the library's wheel through each chapter's own install cell; then
 ## the library's unit tests, the notebook sync test, and the tests that read both builds' ledger
 ## records (the expected verdicts; every row against a null that does not pass; no row dropped at
-## smoke). On two cores the steps overlap: the chapters execute while the Colab-like environment
-## installs; then the build, the Colab imitation and the unit tests run at once (each step's
+## smoke). On two cores the steps overlap: the Colab-like environment installs beside the book's;
+## then the chapters execute, JOBS at a time; then the build, the Colab imitation and the unit tests run at once (each step's
 ## output printed whole when it ends); the record tests last.
-test: $(STAMP)
+test:
 	rm -rf _build/test
+	$(MAKE) --no-print-directory -j2 --output-sync=target $(STAMP) test-colab-setup
 	$(BIN)/ruff check lib tests benchmarks .ci book/*.ipynb
 	$(BIN)/ruff format --check lib tests benchmarks .ci
-	$(MAKE) --no-print-directory -j2 test-execute test-colab-setup
+	$(MAKE) --no-print-directory test-execute
 	$(MAKE) --no-print-directory -j3 --output-sync=target test-build test-colab-run test-unit
 	ICLBOOK_PROFILE=smoke ICLBOOK_SEED=0 ICLBOOK_RECORDS=$(CURDIR)/_build/test/records ICLBOOK_REQUIRE_RECORDS=1 \
 		$(BIN)/python -m pytest tests/test_verdicts.py -p no:cacheprovider -q
 
-# make test's steps. First, at once: the chapters execute (CPU) while the Colab-like environment
-# installs (mostly disk and network). Then, at once: the strict build reads the executed chapters
+# make test's steps. First, at once: the book's environment and the Colab-like one install (each
+# pip install runs on one core). Then the chapters execute, JOBS at a time. Then, at once: the strict build reads the executed chapters
 # from the cache and renders (one core), the Colab imitation runs, and the unit tests run; last,
 # the tests that read both builds' ledger records.
 test-execute: $(STAMP)
 	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
 		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
 		$(BIN)/python .ci/execute.py --path-output _build/test --jobs $(JOBS) --threads $(THREADS)
-test-colab-setup: $(STAMP)
+test-colab-setup:
 	.ci/colab.sh setup
 test-build: $(STAMP)
 	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \

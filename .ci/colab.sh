@@ -11,7 +11,8 @@
 # nbval itself runs from the book's environment (.venv) and only drives the kernel.
 #
 # `colab.sh setup` does steps 1-2 only and `colab.sh run` step 3 only, so that make test can build
-# the environment while the book's chapters execute; plain `colab.sh` does all three.
+# this environment while the book's own installs (it needs nothing of .venv); plain `colab.sh` does
+# all three.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="$PWD/_build/colab"
@@ -21,9 +22,12 @@ if [[ "${1:-}" == "setup" || "${1:-}" == "run" ]]; then PHASE="$1"; shift; fi
 if [[ "$PHASE" != "run" ]]; then
   rm -rf "$OUT"
   mkdir -p "$OUT"
-  .venv/bin/python -m pip wheel -q --no-deps -w "$OUT/wheel" ./lib
   "$PY" -m venv "$OUT/venv"
   "$OUT/venv/bin/python" -m pip install -q --upgrade pip
+  # the wheel is built by this environment's pip (in an isolated build environment, so nothing of
+  # the build lands here), so that the set-up needs nothing of the book's .venv and can run beside
+  # its installation (make test)
+  "$OUT/venv/bin/python" -m pip wheel -q --no-deps -w "$OUT/wheel" ./lib
   "$OUT/venv/bin/python" -m pip install -q torch==2.13.0 numpy scipy matplotlib seaborn scikit-learn tqdm ipykernel transformers
   for absent in iclbook jupyter_book jupytext nbval; do
     if "$OUT/venv/bin/python" -c "import $absent" 2>/dev/null; then
