@@ -350,6 +350,30 @@ def test_recorder_matches_model_and_right_padding():
         assert torch.allclose(out, r.out[layer][0, n - 1], atol=1e-5)
 
 
+@pytest.mark.parametrize("positions, mix", [("alibi", 3), ("sinusoidal", 10)])
+def test_record_runs_the_shared_demonstrations_once_and_keeps_the_whole_context(positions, mix):
+    """Prompts that share their demonstrations (at least MIN_SHARED tokens) are recorded with the
+    prefix run once: every output, query, score row (whole context, with and without the
+    positional bias) and log-probability is the one of the whole prompt run alone."""
+    torch.manual_seed(0)
+    model = TinyLM(LMConfig(layers=2, positions=positions, mix=mix)).eval()
+    dset = data.make_dataset("agnews", 8, 0)
+    demos = [(x, dset.task.labels[int(y)]) for x, y in zip(dset.inputs[:4], dset.classes[:4])]
+    prompts, _ = probe.build_prompts(dset, demos, max_len=256)
+    assert probe.shared_prefix(prompts) >= probe.MIN_SHARED
+    for offset in (0, 1):
+        rec = probe.record(model, prompts, offset=offset, full_rows=3, tail=5, batch=3)
+        for i, p in enumerate(prompts):
+            alone = probe.record(model, [p[:8]] + [p], offset=offset)  # nothing shared: the plain path
+            assert torch.allclose(rec["out"][i], alone["out"][1], atol=1e-5)
+            assert torch.allclose(rec["q"][i], alone["q"][1], atol=1e-5)
+            assert torch.allclose(rec["logprobs"][i], alone["logprobs"][1], atol=1e-5)
+            for key in ("scores", "content"):
+                whole = alone[key][1] if i < 3 else alone[key][1][..., -5:]
+                assert rec[key][i].shape == whole.shape
+                assert torch.allclose(rec[key][i], whole, atol=1e-5)
+
+
 @pytest.mark.parametrize("positions, mix, momentum", [("alibi", 3, 0.0), ("sinusoidal", 0, 0.0), ("alibi", 3, 0.9)])
 def test_tinylm_is_causal(positions, mix, momentum):
     torch.manual_seed(0)

@@ -1041,8 +1041,10 @@ def momentum_study(
     full = held_out.shape[1] - 1
     for sub in sorted(Path(folder).iterdir()):
         m, rec = load_shipped(sub)
-        ppl_at = perplexity_by_length(m, held_out, tuple(ppl_lengths))
-        few = label_accuracy_by_context(m, held_out)["acc_1_3"]
+        with torch.no_grad():
+            logits = m(held_out[:, :-1])  # one pass read twice
+        ppl_at = perplexity_by_length(m, held_out, tuple(ppl_lengths), logits=logits)
+        few = label_accuracy_by_context(m, held_out, logits=logits)["acc_1_3"]
         gdemo = demo_generator()
         icl = np.mean(
             [

@@ -41,11 +41,14 @@ from iclbook.implicit.model import LMConfig, TinyLM
 MARKERS = torch.tensor(sorted({data.TOKEN_ID[t.marker] for t in data.TASKS.values()}))
 
 
-def label_accuracy_by_context(model: TinyLM, batch: torch.Tensor) -> dict[str, float]:
+def label_accuracy_by_context(
+    model: TinyLM, batch: torch.Tensor, logits: torch.Tensor | None = None
+) -> dict[str, float]:
     """Accuracy of the label tokens of pretraining episodes, by number of examples before them
-    (the pretraining log of ``retrain`` and the chapter's held-out check)."""
+    (the pretraining log of ``retrain`` and the chapter's held-out check). ``logits``: the
+    model's on ``batch[:, :-1]`` if already computed."""
     with torch.no_grad():
-        pred = model(batch[:, :-1]).argmax(-1)
+        pred = (model(batch[:, :-1]) if logits is None else logits).argmax(-1)
     target = batch[:, 1:]
     is_label = torch.isin(batch[:, :-1], MARKERS)
     seen = torch.cumsum(batch[:, :-1] == data.TOKEN_ID[data.SEP], 1)
@@ -77,13 +80,17 @@ def lm_loss(
     return (nll * weight).sum() / weight.sum()
 
 
-def perplexity_by_length(model: nn.Module, tokens: torch.Tensor, lengths) -> dict[int, float]:
+def perplexity_by_length(
+    model: nn.Module, tokens: torch.Tensor, lengths, logits: torch.Tensor | None = None
+) -> dict[int, float]:
     """Perplexity of ``tokens (batch, n+1)`` cut at each of ``lengths`` tokens (the paper's
     Table 6 split, "valid @256/512/1024"), from one forward pass: a causal model's loss on the
     first ``L`` positions is its loss on the sequence cut at ``L`` (equals
-    ``exp(lm_loss(model, tokens[:, :L + 1]))``)."""
-    with torch.no_grad():
-        logits = model(tokens[:, :-1])
+    ``exp(lm_loss(model, tokens[:, :L + 1]))``). ``logits``: the model's on ``tokens[:, :-1]``
+    if already computed."""
+    if logits is None:
+        with torch.no_grad():
+            logits = model(tokens[:, :-1])
     target = tokens[:, 1:]
     if max(lengths) > target.shape[1] or min(lengths) < 1:
         raise ValueError(f"lengths must lie in 1..{target.shape[1]}, got {tuple(lengths)}")

@@ -294,17 +294,35 @@ def record(
         raise ValueError("give full_rows and tail together (or neither)")
     cols = None if columns is None else torch.as_tensor(list(columns), dtype=torch.long)
     outs, qs, scores, content, logps = [], [], [], [], []
+    prompts = [list(p) for p in prompts]
+    # the demonstrations every prompt shares run once (as label_logprobs does), their keys kept
+    # for the score rows: the same numbers to float rounding, at the cost of the queries alone
+    past, start = None, 0
+    if hasattr(model, "remember") and prompts:  # the predicting positions stay after the prefix
+        start = min(shared_prefix(prompts), min(len(p) for p in prompts) - 1 - offset)
+    if start >= MIN_SHARED:
+        with Recorder(model) as pre:
+            past = model.remember(torch.tensor([prompts[0][:start]], device=device_of(model)))
+        prefix_k = list(pre.k)
+        prompts = [p[start:] for p in prompts]
+    else:
+        start = 0
     batch = rows_per_batch(model, prompts, batch)
     for s in range(0, len(prompts), batch):
         ids, last = pad_right(prompts[s : s + batch], pad)
         last = last - offset
         with Recorder(model) as rec:
-            logits = logits_of(model, ids)
+            logits = logits_of(model, ids, past)
+        if past is not None:  # keys over the whole context, queries at their whole-context positions
+            n = len(last)
+            rec.k = [torch.cat([pk.expand(n, -1, -1), k], 1) for pk, k in zip(prefix_k, rec.k)]
+            rec.q = [torch.cat([q.new_zeros(n, start, q.shape[-1]), q], 1) for q in rec.q]
         rows = torch.arange(len(last))
         dev = logits.device
         outs.append(torch.stack([o[rows.to(dev), last.to(dev)] for o in rec.out], 1).cpu())
+        last = last + start
         qs.append(torch.stack([q[rows.to(dev), last.to(dev)] for q in rec.q], 1).cpu())
-        lp = F.log_softmax(logits[rows.to(dev), last.to(dev)].float(), -1)
+        lp = F.log_softmax(logits[rows.to(dev), (last - start).to(dev)].float(), -1)
         logps.append((lp if cols is None else lp[:, cols.to(dev)]).cpu())
         del logits
         for r, pos in enumerate(last.tolist()):
