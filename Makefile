@@ -51,29 +51,29 @@ pdf: $(STAMP)
 ## the library's unit tests, the notebook sync test, and the tests that read both builds' ledger
 ## records (the expected verdicts; every row against a null that does not pass; no row dropped at
 ## smoke). On two cores the steps overlap: the Colab-like environment installs beside the book's;
-## then the chapters execute, JOBS at a time, with the unit tests beside them at the lowest CPU
-## priority; then the build and the Colab imitation run at once (each step's output printed whole
+## then the chapters execute, JOBS at a time, and the unit tests take the first core they leave
+## free; then the build and the Colab imitation run at once (each step's output printed whole
 ## when it ends); the record tests last.
 test:
 	rm -rf _build/test
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(STAMP) test-colab-setup
 	$(BIN)/ruff check lib tests benchmarks .ci book/*.ipynb
 	$(BIN)/ruff format --check lib tests benchmarks .ci
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-execute test-unit NICE="nice -n 19"
+	$(MAKE) --no-print-directory test-execute BESIDE='$(MAKE) --no-print-directory test-unit'
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-build test-colab-run
 	ICLBOOK_PROFILE=smoke ICLBOOK_SEED=0 ICLBOOK_RECORDS=$(CURDIR)/_build/test/records ICLBOOK_REQUIRE_RECORDS=1 \
 		$(BIN)/python -m pytest tests/test_verdicts.py -p no:cacheprovider -q
 
 # make test's steps. First, at once: the book's environment and the Colab-like one install (each
-# pip install runs on one core). Then the chapters execute, JOBS at a time, while the unit tests
-# run at the lowest CPU priority (nice 19): they take the cores only where the chapters leave one
-# idle (the last chapter running alone), and whatever is left of them runs before the next step.
-# Then, at once: the strict build reads the executed chapters from the cache and renders (one
+# pip install runs on one core). Then the chapters execute, JOBS at a time, and the unit tests
+# take the first worker slot the chapters leave free (.ci/execute.py --beside: the last chapter
+# would otherwise run alone on one core). Then, at once: the strict build reads the executed chapters from the cache and renders (one
 # core), and the Colab imitation runs; last, the tests that read both builds' ledger records.
 test-execute: $(STAMP)
 	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
 		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \
-		$(BIN)/python .ci/execute.py --path-output _build/test --jobs $(JOBS) --threads $(THREADS)
+		$(BIN)/python .ci/execute.py --path-output _build/test --jobs $(JOBS) --threads $(THREADS) \
+		$(if $(BESIDE),--beside "$(BESIDE)")
 test-colab-setup:
 	.ci/colab.sh setup
 test-build: $(STAMP)
@@ -88,7 +88,7 @@ test-colab-run: $(STAMP)
 		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records JOBS=$(JOBS) THREADS=$(THREADS) .ci/colab.sh run
 test-unit: $(STAMP)
 	ICLBOOK_PROFILE=smoke ICLBOOK_SEED=0 ICLBOOK_CACHE=$(CURDIR)/_build/test/unit-cache \
-		ICLBOOK_RECORDS=$(CURDIR)/_build/test/unit-records $(NICE) $(BIN)/python -m pytest tests -p no:cacheprovider \
+		ICLBOOK_RECORDS=$(CURDIR)/_build/test/unit-records $(BIN)/python -m pytest tests -p no:cacheprovider \
 		--ignore tests/test_verdicts.py
 
 ## make colab: the Colab imitation alone (about 2 min of set-up, then the notebooks at smoke).

@@ -27,6 +27,10 @@ scrubs is made as self-contained HTML (:func:`iclbook.plots.scrubber`), not as a
 The longest chapters start first (times from the committed seed run), so two workers finish close
 together. Pages whose ``mystnb.execution_mode`` is ``force`` (the claims page, which reads the
 records the chapters write) are left to the build, which runs them after the chapters.
+
+``--beside CMD`` runs one more command (``make test``: the unit tests) in the first worker slot
+the chapters leave free, once every chapter has started: without it, the last chapter runs alone
+on one core while the other idles.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ import argparse
 import copy
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -120,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path-output", required=True, help="the --path-output the build will use")
     parser.add_argument("--jobs", type=int, default=2, help="chapters executed at once (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per kernel (default 1)")
+    parser.add_argument(
+        "--beside",
+        metavar="CMD",
+        help="a shell command run in the first worker slot the chapters leave free (once the last "
+        "chapter has started and a worker has nothing left to take), beside the chapters still "
+        "running, with --threads threads as a chapter; its output is printed when it ends, and its "
+        "failure fails this command",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
@@ -140,9 +154,22 @@ def main(argv: list[str] | None = None) -> int:
             todo.append(page)
     failed, start = [], time.perf_counter()
     print(f"executing {len(todo)} page(s), {args.jobs} at a time, {args.threads} thread(s) each", flush=True)
+    beside = None
+
+    def start_beside(unfinished: int) -> None:
+        nonlocal beside
+        if args.beside and beside is None and unfinished < args.jobs:  # a worker slot is free
+            print(f"{unfinished} chapter(s) still running: starting beside them: {args.beside}", flush=True)
+            log = tempfile.TemporaryFile(mode="w+")
+            env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}  # no jobserver here
+            env |= {var: str(args.threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+            beside = (subprocess.Popen(args.beside, shell=True, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+
+    start_beside(len(todo))
     with ProcessPoolExecutor(max_workers=min(args.jobs, max(1, len(todo)))) as pool:
         futures = [pool.submit(run_one, str(p), args.threads) for p in todo]
-        for fut in as_completed(futures):
+        for done, fut in enumerate(as_completed(futures), 1):
+            start_beside(len(todo) - done)
             path, nb, seconds, err = fut.result()
             name = Path(path).relative_to(ROOT)
             if err is not None:
@@ -165,6 +192,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"{name}: {seconds:.0f} s", flush=True)
     print(f"wall time {time.perf_counter() - start:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if beside is not None:
+        proc, log = beside
+        rc = proc.wait()
+        log.seek(0)
+        print(
+            f"--- beside the chapters: {args.beside} (exit {rc}; done {time.perf_counter() - start:.0f} s after the start)"
+        )
+        print(log.read(), flush=True)
+        if rc != 0:
+            failed.append(args.beside)
     return 1 if failed else 0
 
 
