@@ -67,8 +67,9 @@ test:
 # make test's steps. First, at once: the book's environment and the Colab-like one install (each
 # pip install runs on one core). Then the chapters execute, JOBS at a time, and the unit tests
 # take the first worker slot the chapters leave free (.ci/execute.py --beside: the last chapter
-# would otherwise run alone on one core). Then, at once: the strict build reads the executed chapters from the cache and renders (one
-# core), and the Colab imitation runs; last, the tests that read both builds' ledger records.
+# would otherwise run alone on one core). Then, at once: the strict build reads the executed
+# chapters from the cache and renders (one core), and the Colab imitation runs; last, the tests
+# that read both builds' ledger records.
 test-execute: $(STAMP)
 	ICLBOOK_PROFILE=book ICLBOOK_CACHE=$(CURDIR)/_build/test/weights ICLBOOK_SEED=0 \
 		ICLBOOK_RECORDS=$(CURDIR)/_build/test/records \

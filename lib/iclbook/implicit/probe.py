@@ -320,11 +320,11 @@ def record(
         rows = torch.arange(len(last))
         dev = logits.device
         outs.append(torch.stack([o[rows.to(dev), last.to(dev)] for o in rec.out], 1).cpu())
-        last = last + start
-        qs.append(torch.stack([q[rows.to(dev), last.to(dev)] for q in rec.q], 1).cpu())
-        lp = F.log_softmax(logits[rows.to(dev), (last - start).to(dev)].float(), -1)
+        lp = F.log_softmax(logits[rows.to(dev), last.to(dev)].float(), -1)
         logps.append((lp if cols is None else lp[:, cols.to(dev)]).cpu())
         del logits
+        last = last + start  # whole-context positions, for the queries and score rows
+        qs.append(torch.stack([q[rows.to(dev), last.to(dev)] for q in rec.q], 1).cpu())
         for r, pos in enumerate(last.tolist()):
             bare = torch.stack([rec.scores(l, r, pos, positional=False) for l in range(len(rec.out))])
             biases = [rec.positional_bias(l, pos, dtype=bare.dtype, device=bare.device) for l in range(len(rec.out))]
@@ -469,10 +469,10 @@ class RateStack:
         copies = len(self.lrs)
         prompts, _ = build_prompts(data, (), max_len, codec)
         cand = torch.as_tensor(list(codec.label_ids(data.task.labels)))
-        rows = rows_per_batch(self.model, prompts, max(1, batch // copies) * copies) // copies
+        rows = max(1, rows_per_batch(self.model, prompts, max(1, batch // copies) * copies) // copies)
         out = []
-        for i in range(0, len(prompts), max(1, rows)):
-            ids, last = pad_right(prompts[i : i + max(1, rows)], codec.pad_id)
+        for i in range(0, len(prompts), rows):
+            ids, last = pad_right(prompts[i : i + rows], codec.pad_id)
             ids = ids.to(device_of(self.model))
             logits = logits_of(self.model, ids.repeat(copies, 1)).view(copies, len(last), ids.shape[1], -1)
             at = logits[:, torch.arange(len(last)), last].float().cpu()  # (copies, rows, vocab)
