@@ -40,14 +40,16 @@ def splits(name: str, cfg: Any, seed: int) -> tuple[Dataset, Dataset, Dataset]:
 
 
 def reader_accuracies(run: Any) -> dict[str, float]:
-    """The two model-free readers of :mod:`.readers` on a run's own demonstrations and test set:
-    ``{"closest": ..., "one_token": ...}``."""
+    """The model-free readers on a run's own demonstrations and test set: the two nulls of
+    :mod:`.readers` (``closest``, ``one_token``) and the ceiling, the world's ideal reader that
+    infers the data set's sense from the demonstrations (``sense``, :func:`.world.sense_reader`)."""
     task = run.test.task
     demos = [(x, task.labels.index(y)) for x, y in run.demos]
     out = {}
     for key, reader in (("closest", readers.closest_demo), ("one_token", readers.one_token)):
         pred = reader(demos, run.test.inputs, task.n_classes)
         out[key] = float((pred == run.test.classes).float().mean())
+    out["sense"] = float((world.sense_reader(task, demos, run.test.inputs) == run.test.classes).float().mean())
     return out
 
 

@@ -3,6 +3,7 @@
     python -m iclbook.implicit.retrain            # the recipe of pretrain.PretrainConfig()
     python -m iclbook.implicit.retrain --steps 200 --out /tmp/lm   # a quick try
     python -m iclbook.implicit.retrain --world inference   # the second model (pretrain.InferencePretrainConfig)
+    python -m iclbook.implicit.retrain --world inference --set p_catalogue=0.7 --out /tmp/try  # a trial
 
 Writes ``<out>/tinylm.pt`` (a ``state_dict`` in float32, loaded with ``weights_only=True``) and
 ``<out>/tinylm.json`` (the configs, the loss curve, in-training evaluations, the seconds taken, the
@@ -63,6 +64,18 @@ def world_evaluation(test_n: int = 100, k: int = 16):
 INFERENCE_MODEL = {"positions": "sinusoidal", "layers": 3, "mix": 10}
 
 
+def _overrides(recipe, pairs: list[str]) -> dict:
+    """``FIELD=VALUE`` strings -> fields of ``recipe`` with values of the field's own type."""
+    fields = {f.name: type(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)}
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set takes FIELD=VALUE with FIELD one of {sorted(fields)}, got {pair!r}")
+        out[name] = fields[name](value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", choices=("lookup", "inference"), default="lookup")
@@ -71,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--momentum", type=float, default=0.0)
     parser.add_argument("--out", type=Path, default=None, help="default: the shipped checkpoint's folder")
     parser.add_argument("--save-every", type=int, default=None)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override fields of the recipe (a trial)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     if args.world == "lookup":
@@ -90,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         model = TinyLM(LMConfig(vocab=len(world.VOCAB), momentum=args.momentum, **INFERENCE_MODEL))
         evaluate = world_evaluation()
         out, every = pretrain.WEIGHTS / "inference", 500
-    cfg = dataclasses.replace(default, steps=args.steps or default.steps, seed=args.seed)
+    cfg = dataclasses.replace(
+        default, steps=args.steps or default.steps, seed=args.seed, **_overrides(default, args.set)
+    )
     out = args.out or out
     every = args.save_every or every
     history = pretrain.pretrain(model, cfg, evaluate=evaluate, eval_every=every, on_eval=lambda m, h: save(m, h, out))

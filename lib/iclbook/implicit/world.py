@@ -99,7 +99,13 @@ CONTENT = {"sst": 6, "mr": 6, "kind": 8, "topic": 7}
 P_NEGATE = 0.3  # chance that a polarity word is negated ("not dull")
 LEAN = {"sst": 0.78, "mr": 0.78, "kind": 0.64, "topic": 0.58}  # chance a word leans to its class
 CLEAR_LEAN = 0.95  # the lean of a clear-cut catalogue's inputs (pretraining_batch's p_clear)
-DRIFT = 0.15  # share of a family's words whose meaning a data set (or catalogue) flips
+DRIFT = 0.3  # share of a family's words whose meaning a sense other than the canonical one flips
+#: Each family's words have SENSES ways of meaning: sense 0 is the canonical one (documents'),
+#: senses 1.. each flip a fixed DRIFT of the words. A catalogue uses one sense drawn at random;
+#: an evaluation data set uses a fixed non-canonical sense (TASK_SENSE), which only its
+#: demonstrations reveal (in-context learning as inference of a latent concept, Xie et al. 2022).
+SENSES = 4
+TASK_SENSE = {"sst2": 1, "sst5": 2, "mr": 1, "subj": 1, "agnews": 1, "cb": 0}
 
 # ---------------------------------------------------------------------------------------------
 # Formats: the evaluation templates' words (held out of pretraining) and pretraining's own
@@ -108,9 +114,9 @@ DRIFT = 0.15  # share of a family's words whose meaning a data set (or catalogue
 #: Pretraining catalogues' formats: prefixes before an input ("" = none), markers before its
 #: tag, separators between pairs. None of them is an evaluation template word.
 FORMATS = {
-    "prefix": ("", "item", "text", "entry", "line"),
-    "marker": ("tag", "class", "sort", "=", "->", "gets", "says", "verdict"),
-    "separator": (";", "|", "</s>", "//"),
+    "prefix": ("", "item", "text", "entry", "line", "input", "note", "row", "case", "q"),
+    "marker": ("tag", "class", "sort", "=", "->", "gets", "says", "verdict", "means", "as", "=>", "reads", "goes"),
+    "separator": (";", "|", "</s>", "//", ",", "#"),
 }
 VERDICT = ("in", "short")  # documents end in "in short <label> ." half of the time
 
@@ -159,22 +165,41 @@ class Meaning:
     flipped: frozenset[str] = frozenset()
 
 
-def _family_words(family: str) -> tuple[str, ...]:
+def _family_groups(family: str) -> tuple[tuple[str, ...], ...]:
+    """The family's words in their groups: valences -2, -1, 1, 2 for polarity, classes for kind
+    and topic (none for CB)."""
     if family in POLARITY:
-        return tuple(w for ws in POLARITY[family].values() for w in ws)
-    if family == "kind":
-        return tuple(w for ws in KIND for w in ws)
-    if family == "topic":
-        return tuple(w for ws in TOPIC for w in ws)
-    return ()
+        return tuple(POLARITY[family].values())
+    return {"kind": KIND, "topic": TOPIC}.get(family, ())
+
+
+def _family_words(family: str) -> tuple[str, ...]:
+    return tuple(w for ws in _family_groups(family) for w in ws)
 
 
 def draw_meaning(family: str, rng: random.Random, drift: float = DRIFT) -> Meaning:
     """A data set's meanings: ``drift`` of the family's words flipped (a polarity word changes
-    sign, an opinion word reads as fact and back, a topic word moves to the next topic)."""
-    words = _family_words(family)
-    n = round(drift * len(words))
-    return Meaning(family, frozenset(rng.sample(words, n)))
+    sign, an opinion word reads as fact and back, a topic word moves to the next topic). The
+    flips are spread evenly over the groups (one more in some where the count does not divide),
+    so no class or valence is ever left without words."""
+    groups = _family_groups(family)
+    if not groups:
+        return Meaning(family)
+    base, extra = divmod(round(drift * sum(map(len, groups))), len(groups))
+    more = set(rng.sample(range(len(groups)), extra))
+    flipped = [w for g, ws in enumerate(groups) for w in rng.sample(ws, min(len(ws), base + (g in more)))]
+    return Meaning(family, frozenset(flipped))
+
+
+def sense(family: str, index: int) -> Meaning:
+    """The family's meanings in sense ``index`` (0 = canonical; 1 .. SENSES - 1 each flip a
+    fixed :data:`DRIFT` of the words, drawn once from a stream of their own)."""
+    if not 0 <= index < SENSES:
+        raise ValueError(f"sense must lie in 0..{SENSES - 1}, got {index}")
+    if index == 0:
+        return Meaning(family)
+    families = ("sst", "mr", "kind", "topic", "cb")
+    return draw_meaning(family, random.Random(3000 + 10 * families.index(family) + index))
 
 
 def _lexicon(family: str, meaning: Meaning) -> dict:
@@ -260,19 +285,18 @@ def _cb_sentence(y: int, rng: random.Random) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_dataset(name: str, n: int, seed: int, *, split: str = "test", drift: float = DRIFT) -> Dataset:
-    """``n`` examples of task ``name`` in this world. The data set's meanings (its drift) are
-    fixed by the task's name, the same in every split; ``seed`` and ``split`` choose the
-    examples (the stream "world-split", apart from the first world's)."""
+def make_dataset(name: str, n: int, seed: int, *, split: str = "test", sense_index: int | None = None) -> Dataset:
+    """``n`` examples of task ``name`` in this world. The data set's meanings are the sense
+    ``sense_index`` of its family (default: the task's own, :data:`TASK_SENSE`), the same in every
+    split; ``seed`` and ``split`` choose the examples (the stream "world-split", apart from the
+    first world's)."""
     task = data.get_task(name)
     if n < 1:
         raise ValueError(f"need n >= 1 examples, got {n}")
-    if not 0.0 <= drift <= 1.0:
-        raise ValueError(f"drift must lie in [0, 1], got {drift}")
     salt = {"train": 1, "dev": 2, "test": 3}.get(split)
     if salt is None:
         raise ValueError(f"split must be 'train', 'dev' or 'test', got {split!r}")
-    meaning = draw_meaning(FAMILY[name], random.Random(2000 + TASK_NAMES.index(name)), drift)
+    meaning = sense(FAMILY[name], TASK_SENSE[name] if sense_index is None else sense_index)
     rng = random.Random(runtime.stream_seed("library/world-split", seed, salt * 104729 + TASK_NAMES.index(name)))
     classes = [rng.randrange(task.n_classes) for _ in range(n)]
     inputs = [sentence(task, y, meaning, rng) for y in classes]
@@ -317,7 +341,8 @@ def pretraining_batch(
     p_echo: float = 0.0,
 ) -> torch.Tensor:
     """``(batch, seq_len + 1)`` token ids of pretraining rows: catalogues with probability
-    ``p_catalogue``, repeated text with ``p_repeat``, documents otherwise (module docstring)."""
+    ``p_catalogue``, repeated text with ``p_repeat``, documents otherwise (module docstring). A
+    catalogue, and a block of repeated text, reads one sense of its family drawn at random."""
     pad = TOKEN_ID[data.PAD]
     rows = torch.full((batch, seq_len + 1), pad, dtype=torch.long)
     for r in range(batch):
@@ -325,7 +350,7 @@ def pretraining_batch(
         words = [data.BOS]
         if u < p_catalogue:
             task = TASKS[rng.choice(TASK_NAMES)]
-            meaning = draw_meaning(FAMILY[task.name], rng)
+            meaning = sense(FAMILY[task.name], rng.randrange(SENSES))
             if rng.random() < p_canonical:
                 verbal = task.labels
             else:
@@ -343,7 +368,7 @@ def pretraining_batch(
                 words += ([prefix] if prefix else []) + x + [marker, verbal[y], sep]
         elif u < p_catalogue + p_repeat:
             task = TASKS[rng.choice(TASK_NAMES)]
-            meaning = draw_meaning(FAMILY[task.name], rng)
+            meaning = sense(FAMILY[task.name], rng.randrange(SENSES))
             block = []
             for _ in range(data.REPEAT_BLOCK):
                 block += sentence(task, rng.randrange(task.n_classes), meaning, rng) + [data.SEP]
@@ -430,3 +455,24 @@ def reference_accuracy(name: str, n: int, seed: int) -> dict[str, float]:
             hits.append(_rule(task, [x[i]], meaning) == c)
         one = sum(hits) / len(hits)
     return {"one_word": one, "whole_input": sum(whole) / len(whole), "canonical": sum(canon) / len(canon)}
+
+
+def sense_reader(
+    task: Task, demos: Sequence[tuple[Sequence[str], int]], queries: Sequence[Sequence[str]]
+) -> torch.Tensor:
+    """``(n,)`` the classes an ideal in-context reader of this world gives ``queries``: it knows
+    every sense of the task's family, takes the one whose rule reader misses the ``demos``'
+    labels the least (SST-5's graded classes by how many levels; ties to the lowest sense, the
+    canonical one first), and reads each query with it. The ceiling of in-context learning as
+    inference of the sense."""
+    if not demos:
+        raise ValueError("the sense reader needs at least one demonstration")
+    family = FAMILY[task.name]
+    senses = [sense(family, i) for i in range(SENSES)] if family != "cb" else [Meaning(family)]
+    graded = task.n_classes == 5
+    miss = [
+        sum(abs(_rule(task, x, m) - int(y)) if graded else _rule(task, x, m) != int(y) for x, y in demos)
+        for m in senses
+    ]
+    best = senses[min(range(len(senses)), key=lambda i: (miss[i], i))]
+    return torch.tensor([_rule(task, x, best) for x in queries], dtype=torch.long)
