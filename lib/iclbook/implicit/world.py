@@ -11,9 +11,13 @@ unreliable witness:
   draws each of its content words from a distribution that leans towards ``y``; one word names the
   class only about 60% of the time, the whole input about 90% (:func:`reference_accuracy`).
 * **Negation.** ``not`` before a polarity word flips its valence, so a bag of words misreads it.
-* **Drift.** Each data set (and each pretraining catalogue) flips the meaning of a share of the
-  words (:data:`DRIFT`), as words change sense between domains; the weights hold the average
-  meaning, and only the demonstrations show a data set's own.
+* **Senses.** Each family's words have :data:`SENSES` fixed ways of meaning: the canonical one,
+  which documents use, and others that each flip :data:`DRIFT` of the words, as words change
+  sense between domains. A pretraining catalogue uses one at random; each evaluation data set
+  uses a fixed non-canonical one (:data:`TASK_SENSE`). The weights can hold every sense, and
+  only the demonstrations say which one a data set uses: in-context learning as inference of a
+  latent concept (Xie et al. 2022), its evidence spread over every word of every demonstration
+  (:func:`sense_reader` is the ideal such reader).
 * **CB** asks whether a hypothesis about a person follows from a premise (True), contradicts it
   with the antonym of the premise's property (False), or speaks of someone the premise never
   mentions (Neither): no single token tells them apart.
@@ -26,7 +30,7 @@ Pretraining text (:func:`pretraining_batch`) mixes three kinds of rows:
 * **catalogues**: lists of (input, tag) pairs of one family in formats that are *not* the
   evaluation templates (other prefixes, markers and separators, :data:`FORMATS`), with a
   verbalizer drawn per catalogue (canonical 30% of the time, else words of the label pool) and
-  the catalogue's own drift (what teaches in-context learning, Shen et al. 2024: pretraining on
+  a sense drawn per catalogue (what teaches in-context learning, Shen et al. 2024: pretraining on
   the evaluation format itself makes a meta-trained toy);
 * **repeated text**: a block of inputs repeated until the row is full (induction heads form
   early on text that repeats itself, Olsson et al. 2022).
@@ -37,7 +41,7 @@ pretraining: a prompt of the chapter is a format the model has not seen, as in t
 Example::
 
     task = data.TASKS["sst2"]
-    ds = make_dataset("sst2", n=100, seed=0)         # a data set with its own drift
+    ds = make_dataset("sst2", n=100, seed=0)         # a data set in its task's own sense
     ids, spans = WORLD.prompt(task, demos, ds.inputs[0])
 """
 
@@ -159,7 +163,7 @@ def decode(ids: Sequence[int]) -> str:
 @dataclass(frozen=True)
 class Meaning:
     """What each content word of a family means in one data set: a word's class (kind, topic)
-    or valence sign (polarity) after the data set's drift. ``flipped`` lists the drifted words."""
+    or valence sign (polarity) in one sense. ``flipped`` lists the words whose meaning it flips."""
 
     family: str
     flipped: frozenset[str] = frozenset()
@@ -178,7 +182,7 @@ def _family_words(family: str) -> tuple[str, ...]:
 
 
 def draw_meaning(family: str, rng: random.Random, drift: float = DRIFT) -> Meaning:
-    """A data set's meanings: ``drift`` of the family's words flipped (a polarity word changes
+    """Meanings with ``drift`` of the family's words flipped (a polarity word changes
     sign, an opinion word reads as fact and back, a topic word moves to the next topic). The
     flips are spread evenly over the groups (one more in some where the count does not divide),
     so no class or valence is ever left without words."""
@@ -437,9 +441,10 @@ def _rule(task: Task, words: Sequence[str], meaning: Meaning | None) -> int:
 def reference_accuracy(name: str, n: int, seed: int) -> dict[str, float]:
     """How much the words of task ``name``'s test inputs say, without a model, on ``n`` test
     examples of evaluation seed ``seed``: ``one_word``, the meaning of one content word drawn at
-    random, read alone (one token: a negation before it unread); ``whole_input``, the rule reader of the whole input with the data
-    set's own meanings; ``canonical``, the same reader with the meanings the weights can know
-    (no drift). CB has no content words: its ``one_word`` is NaN and its rule reader is exact."""
+    random, read alone (one token: a negation before it unread); ``whole_input``, the rule
+    reader of the whole input in the data set's own sense; ``canonical``, the same reader in the
+    canonical sense, the one documents teach. CB has no content words: its ``one_word`` is NaN
+    and its rule reader is exact."""
     test = make_dataset(name, n, seed, split="test")
     task, meaning = test.task, test.meaning  # type: ignore[attr-defined]
     y = test.classes.tolist()
