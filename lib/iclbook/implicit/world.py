@@ -47,6 +47,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -195,6 +196,7 @@ def draw_meaning(family: str, rng: random.Random, drift: float = DRIFT) -> Meani
     return Meaning(family, frozenset(flipped))
 
 
+@functools.cache
 def sense(family: str, index: int) -> Meaning:
     """The family's meanings in sense ``index`` (0 = canonical; 1 .. SENSES - 1 each flip a
     fixed :data:`DRIFT` of the words, drawn once from a stream of their own)."""
@@ -289,18 +291,17 @@ def _cb_sentence(y: int, rng: random.Random) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_dataset(name: str, n: int, seed: int, *, split: str = "test", sense_index: int | None = None) -> Dataset:
-    """``n`` examples of task ``name`` in this world. The data set's meanings are the sense
-    ``sense_index`` of its family (default: the task's own, :data:`TASK_SENSE`), the same in every
-    split; ``seed`` and ``split`` choose the examples (the stream "world-split", apart from the
-    first world's)."""
+def make_dataset(name: str, n: int, seed: int, *, split: str = "test") -> Dataset:
+    """``n`` examples of task ``name`` in this world. The data set's meanings are its task's sense
+    of its family (:data:`TASK_SENSE`), the same in every split; ``seed`` and ``split`` choose the
+    examples (the stream "world-split", apart from the first world's)."""
     task = data.get_task(name)
     if n < 1:
         raise ValueError(f"need n >= 1 examples, got {n}")
     salt = {"train": 1, "dev": 2, "test": 3}.get(split)
     if salt is None:
         raise ValueError(f"split must be 'train', 'dev' or 'test', got {split!r}")
-    meaning = sense(FAMILY[name], TASK_SENSE[name] if sense_index is None else sense_index)
+    meaning = sense(FAMILY[name], TASK_SENSE[name])
     rng = random.Random(runtime.stream_seed("library/world-split", seed, salt * 104729 + TASK_NAMES.index(name)))
     classes = [rng.randrange(task.n_classes) for _ in range(n)]
     inputs = [sentence(task, y, meaning, rng) for y in classes]
@@ -473,7 +474,7 @@ def sense_reader(
     if not demos:
         raise ValueError("the sense reader needs at least one demonstration")
     family = FAMILY[task.name]
-    senses = [sense(family, i) for i in range(SENSES)] if family != "cb" else [Meaning(family)]
+    senses = [sense(family, i) for i in range(SENSES)]  # CB's are all the canonical one
     graded = task.n_classes == 5
     miss = [
         sum(abs(_rule(task, x, m) - int(y)) if graded else _rule(task, x, m) != int(y) for x, y in demos)
