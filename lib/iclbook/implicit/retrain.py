@@ -65,7 +65,8 @@ INFERENCE_MODEL = {"positions": "sinusoidal", "layers": 3, "mix": 10}
 
 
 def _overrides(recipe, pairs: list[str]) -> dict:
-    """``FIELD=VALUE`` strings -> fields of ``recipe`` with values of the field's own type."""
+    """``FIELD=VALUE`` strings -> fields of ``recipe`` (a dataclass: a recipe or a network) with
+    values of the field's own type."""
     fields = {f.name: type(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)}
     out = {}
     for pair in pairs:
@@ -74,6 +75,11 @@ def _overrides(recipe, pairs: list[str]) -> dict:
             raise SystemExit(f"--set takes FIELD=VALUE with FIELD one of {sorted(fields)}, got {pair!r}")
         out[name] = fields[name](value)
     return out
+
+
+def _network(net: LMConfig, pairs: list[str]) -> LMConfig:
+    """``net`` with the ``FIELD=VALUE`` overrides of ``--model`` (a trial of another size)."""
+    return dataclasses.replace(net, **_overrides(net, pairs)) if pairs else net
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,11 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override fields of the recipe (a trial)"
     )
+    parser.add_argument(
+        "--model", nargs="*", default=[], metavar="FIELD=VALUE", help="override fields of the network (a trial)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     if args.world == "lookup":
         default: pretrain.PretrainConfig | pretrain.InferencePretrainConfig = pretrain.PretrainConfig()
-        model = TinyLM(LMConfig(momentum=args.momentum))
+        model = TinyLM(_network(LMConfig(momentum=args.momentum), args.model))
         # p_plain=0.1: the probe batch the shipped checkpoints were evaluated on (labels in 90% of rows)
         probe_batch = data.pretraining_batch(128, default.seq_len, torch.Generator().manual_seed(10**6), p_plain=0.1)
 
@@ -103,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         from iclbook.implicit import world  # noqa: PLC0415
 
         default = pretrain.InferencePretrainConfig()
-        model = TinyLM(LMConfig(vocab=len(world.VOCAB), momentum=args.momentum, **INFERENCE_MODEL))
+        net = LMConfig(vocab=len(world.VOCAB), momentum=args.momentum, **INFERENCE_MODEL)
+        model = TinyLM(_network(net, args.model))
         evaluate = world_evaluation()
         out, every = pretrain.WEIGHTS / "inference", 500
     cfg = dataclasses.replace(

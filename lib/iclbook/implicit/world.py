@@ -48,6 +48,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -208,6 +209,7 @@ def sense(family: str, index: int) -> Meaning:
     return draw_meaning(family, random.Random(3000 + 10 * families.index(family) + index))
 
 
+@functools.cache
 def _lexicon(family: str, meaning: Meaning) -> dict:
     """The family's words grouped by what they mean under ``meaning``: valence -> words for
     polarity, class -> words for kind and topic."""
@@ -233,13 +235,19 @@ def _valence_level(task: Task, y: int, rng: random.Random) -> int:
     return (1 if y == 1 else -1) * (1 + (rng.random() < 0.5))
 
 
+#: The chance that a polarity word is strong (valence +-2), by the strength of its input's level.
+P_STRONG = {0: 0.25, 1: 0.25, 2: 0.75}
+#: A polarity word's valences: the columns of :func:`_log_likelihoods`.
+VALENCES = (-2, -1, 1, 2)
+
+
 def _word_valence(level: int, lean: float, rng: random.Random) -> int:
     """A word's valence for an input at ``level``: the level's own sign ``lean`` of the time
     (strong at a strong level), else the other sign; a neutral level (0) draws either sign."""
     sign = 1 if level > 0 else -1 if level < 0 else (1 if rng.random() < 0.5 else -1)
     if rng.random() >= lean:
         sign = -sign
-    strong = rng.random() < (0.75 if abs(level) == 2 else 0.25)
+    strong = rng.random() < P_STRONG[abs(level)]
     return sign * (2 if strong else 1)
 
 
@@ -423,29 +431,71 @@ def word_features(task: Task, words: Sequence[str], meaning: Meaning | None = No
     return counts
 
 
+@functools.cache
+def _log_likelihoods(name: str) -> torch.Tensor:
+    """``(classes, groups)`` log P(group | class) of one content word of task ``name``'s data
+    sets, exact from the rules that write them (:func:`sentence`): groups are the valences
+    :data:`VALENCES` (negation read) for polarity, the classes for kind and topic."""
+    task = data.get_task(name)
+    family = FAMILY[name]
+    lean = LEAN[family]
+    if family not in POLARITY:
+        k = task.n_classes
+        return torch.full((k, k), (1 - lean) / (k - 1), dtype=torch.float64).fill_diagonal_(lean).log()
+    out = torch.zeros(task.n_classes, len(VALENCES), dtype=torch.float64)
+    for y in range(task.n_classes):
+        sign = 1 if y == 1 else -1
+        levels = {y - 2: 1.0} if task.n_classes == 5 else {sign: 0.5, 2 * sign: 0.5}
+        for level, p_level in levels.items():
+            q = P_STRONG[abs(level)]
+            for j, v in enumerate(VALENCES):
+                agree = 0.5 if level == 0 else lean if (v > 0) == (level > 0) else 1 - lean
+                out[y, j] += p_level * agree * (q if abs(v) == 2 else 1 - q)
+    return out.log()
+
+
+def _reading(task: Task, words: Sequence[str], meaning: Meaning) -> tuple[torch.Tensor, float]:
+    """What an input's content words say under ``meaning``: ``(classes,)`` log P(words' groups |
+    class) (:func:`_log_likelihoods`), and log P(which words | their groups), the part of the
+    input's likelihood that tells senses apart but not classes."""
+    family = FAMILY[task.name]
+    lex = _lexicon(family, meaning)
+    where = {w: g for g, ws in lex.items() for w in ws}
+    table = _log_likelihoods(task.name)
+    evidence = torch.zeros(task.n_classes, dtype=torch.float64)
+    choice, negate = 0.0, False
+    for w in words:
+        if w == NEGATOR and family in POLARITY:
+            negate = True
+            continue
+        if w in where:
+            g = where[w]
+            evidence += table[:, VALENCES.index(-g if negate else g) if family in POLARITY else g]
+            choice -= math.log(len(lex[g]))
+        negate = False
+    return evidence, choice
+
+
 def _rule(task: Task, words: Sequence[str], meaning: Meaning | None) -> int:
-    """The class a rule reader gives an input from its evidence (:func:`word_features`):
-    polarity by the sign of the mean valence (SST-5: the nearest of the levels -2..2), kind and
-    topic by the most frequent class (ties to the smallest index); CB by the premise."""
+    """The class the world's Bayes reader gives an input under ``meaning`` (default: the
+    canonical one): the class of highest likelihood under the rules that write the data
+    (:func:`_reading`; ties to the smallest index), the best any reader told the meaning can
+    do. CB's is exact: its premise decides."""
     if task.name == "cb":
         q = words.index("Question:")
         who, prop = words[q + 1], words[q + 3]
         facts = {words[i]: words[i + 2] for i in (0, 4)}
         return 2 if who not in facts else (0 if facts[who] == prop else 1)
-    f = word_features(task, words, meaning)
-    if FAMILY[task.name] in POLARITY:
-        v = float(f)
-        return min(range(5), key=lambda c: abs(v - (c - 2))) if task.n_classes == 5 else int(v > 0)
-    return int(f.argmax())
+    return int(_reading(task, words, meaning or Meaning(FAMILY[task.name]))[0].argmax())
 
 
 def reference_accuracy(name: str, n: int, seed: int) -> dict[str, float]:
     """How much the words of task ``name``'s test inputs say, without a model, on ``n`` test
     examples of evaluation seed ``seed``: ``one_word``, the meaning of one content word drawn at
-    random, read alone (one token: a negation before it unread); ``whole_input``, the rule
-    reader of the whole input in the data set's own sense; ``canonical``, the same reader in the
-    canonical sense, the one documents teach. CB has no content words: its ``one_word`` is NaN
-    and its rule reader is exact."""
+    random, read alone (one token: a negation before it unread); ``whole_input``, the Bayes
+    reader (:func:`_rule`) of the whole input in the data set's own sense; ``canonical``, the
+    same reader in the canonical sense, the one documents teach. CB has no content words: its
+    ``one_word`` is NaN and its reader is exact."""
     test = make_dataset(name, n, seed, split="test")
     task, meaning = test.task, test.meaning  # type: ignore[attr-defined]
     y = test.classes.tolist()
@@ -466,19 +516,25 @@ def reference_accuracy(name: str, n: int, seed: int) -> dict[str, float]:
 def sense_reader(
     task: Task, demos: Sequence[tuple[Sequence[str], int]], queries: Sequence[Sequence[str]]
 ) -> torch.Tensor:
-    """``(n,)`` the classes an ideal in-context reader of this world gives ``queries``: it knows
-    every sense of the task's family, takes the one whose rule reader misses the ``demos``'
-    labels the least (SST-5's graded classes by how many levels; ties to the lowest sense, the
-    canonical one first), and reads each query with it. The ceiling of in-context learning as
-    inference of the sense."""
+    """``(n,)`` the classes the ideal in-context reader of this world gives ``queries``: it knows
+    every sense of the task's family and the rules that write the data, weighs each sense by
+    how likely it makes the ``demos`` (inputs and labels; every sense equally likely before),
+    and gives each query the class most probable under that posterior (:func:`_reading`). The
+    Bayes-optimal reader of the prompt: the ceiling of in-context learning as inference of the
+    sense."""
     if not demos:
         raise ValueError("the sense reader needs at least one demonstration")
+    if task.name == "cb":  # CB's senses are all the canonical one, and its rule is exact
+        return torch.tensor([_rule(task, x, None) for x in queries], dtype=torch.long)
     family = FAMILY[task.name]
-    senses = [sense(family, i) for i in range(SENSES)]  # CB's are all the canonical one
-    graded = task.n_classes == 5
-    miss = [
-        sum(abs(_rule(task, x, m) - int(y)) if graded else _rule(task, x, m) != int(y) for x, y in demos)
-        for m in senses
-    ]
-    best = senses[min(range(len(senses)), key=lambda i: (miss[i], i))]
-    return torch.tensor([_rule(task, x, best) for x in queries], dtype=torch.long)
+    senses = [sense(family, i) for i in range(SENSES)]
+    fit = torch.zeros(SENSES, dtype=torch.float64)
+    for i, m in enumerate(senses):
+        for x, y in demos:
+            evidence, choice = _reading(task, x, m)
+            fit[i] += evidence[int(y)] + choice  # log P(input, label | sense), up to a constant
+    posterior = fit.softmax(0)
+    probs = torch.stack(
+        [sum(posterior[i] * _reading(task, x, m)[0].softmax(0) for i, m in enumerate(senses)) for x in queries]
+    )
+    return probs.argmax(1)
