@@ -140,9 +140,14 @@ def test_the_lookup_world_is_read_by_one_token_and_the_inference_world_is_not():
 def test_retrain_writes_a_loadable_inference_model(tmp_path):
     from iclbook.implicit import inference, retrain
 
-    retrain.main(["--world", "inference", "--steps", "2", "--save-every", "2", "--out", str(tmp_path)])
+    args = ["--world", "inference", "--steps", "2", "--save-every", "2", "--out", str(tmp_path)]
+    retrain.main([*args, "--model", "d_ff=128", "--set", "p_echo=0.5"])
     model, record = inference.load(tmp_path)
     assert record["world"] == "inference" and record["model"]["positions"] == "sinusoidal"
+    assert record["model"]["d_ff"] == 128 and record["pretrain"]["p_echo"] == 0.5  # a trial's overrides
+    for bad in (["--model", "width=3"], ["--set", "p_echo"]):
+        with pytest.raises(SystemExit, match="FIELD=VALUE"):
+            retrain.main([*args, *bad])
     assert model.cfg.vocab == len(world.VOCAB) and model.layers[0].self_attn.alibi is None
     assert {"zs_sst2", "icl_cb"} <= set(record["evals"][-1])
 
