@@ -51,8 +51,9 @@ def test_the_sense_reader_finds_a_data_set_s_sense():
     acc = float((world.sense_reader(test.task, demos, test.inputs) == test.classes).float().mean())
     ref = world.reference_accuracy("sst2", 400, 0)
     assert acc > ref["whole_input"] - 0.03 and acc > ref["canonical"] + 0.1
-    with pytest.raises(ValueError, match="at least one"):
-        world.sense_reader(test.task, [], test.inputs)
+    # with no demonstrations it is the best zero-shot reader: the query's own words say
+    # something of its sense, so it beats the canonical meanings, and the demonstrations add more
+    assert ref["canonical"] + 0.03 < ref["senses"] < acc - 0.03
 
 
 def test_bad_input_is_refused():

@@ -495,7 +495,9 @@ def reference_accuracy(name: str, n: int, seed: int) -> dict[str, float]:
     random, read alone (one token: a negation before it unread); ``whole_input``, the Bayes
     reader (:func:`_rule`) of the whole input in the data set's own sense; ``canonical``, the
     same reader in the canonical sense, the one documents teach. CB has no content words: its
-    ``one_word`` is NaN and its reader is exact."""
+    ``one_word`` is NaN and its reader is exact. ``senses``: the best zero-shot reader, which
+    knows every sense but not which one the data set uses (:func:`sense_reader` with no
+    demonstrations)."""
     test = make_dataset(name, n, seed, split="test")
     task, meaning = test.task, test.meaning  # type: ignore[attr-defined]
     y = test.classes.tolist()
@@ -510,31 +512,35 @@ def reference_accuracy(name: str, n: int, seed: int) -> dict[str, float]:
             i = rng.choice(spots)
             hits.append(_rule(task, [x[i]], meaning) == c)
         one = sum(hits) / len(hits)
-    return {"one_word": one, "whole_input": sum(whole) / len(whole), "canonical": sum(canon) / len(canon)}
+    zero = (sense_reader(task, [], test.inputs) == test.classes).float().mean()
+    return {
+        "one_word": one,
+        "whole_input": sum(whole) / len(whole),
+        "canonical": sum(canon) / len(canon),
+        "senses": float(zero),
+    }
 
 
 def sense_reader(
     task: Task, demos: Sequence[tuple[Sequence[str], int]], queries: Sequence[Sequence[str]]
 ) -> torch.Tensor:
-    """``(n,)`` the classes the ideal in-context reader of this world gives ``queries``: it knows
-    every sense of the task's family and the rules that write the data, weighs each sense by
-    how likely it makes the ``demos`` (inputs and labels; every sense equally likely before),
-    and gives each query the class most probable under that posterior (:func:`_reading`). The
-    Bayes-optimal reader of the prompt: the ceiling of in-context learning as inference of the
-    sense."""
-    if not demos:
-        raise ValueError("the sense reader needs at least one demonstration")
+    """``(n,)`` the classes the ideal reader of this world gives ``queries``: it knows every
+    sense of the task's family and the rules that write the data, holds every sense equally
+    likely before the prompt, and gives each query its most probable class given the ``demos``
+    (inputs and labels) and the query itself, every sense weighed by how likely it makes them
+    (:func:`_reading`). Bayes-optimal for the prompt: with demonstrations, the ceiling of
+    in-context learning as inference of the sense; with none, the best zero-shot reader (it
+    knows the senses, not which one the data set uses, and reads what the query's own words
+    say of it)."""
     if task.name == "cb":  # CB's senses are all the canonical one, and its rule is exact
         return torch.tensor([_rule(task, x, None) for x in queries], dtype=torch.long)
-    family = FAMILY[task.name]
-    senses = [sense(family, i) for i in range(SENSES)]
-    fit = torch.zeros(SENSES, dtype=torch.float64)
-    for i, m in enumerate(senses):
-        for x, y in demos:
-            evidence, choice = _reading(task, x, m)
-            fit[i] += evidence[int(y)] + choice  # log P(input, label | sense), up to a constant
-    posterior = fit.softmax(0)
-    probs = torch.stack(
-        [sum(posterior[i] * _reading(task, x, m)[0].softmax(0) for i, m in enumerate(senses)) for x in queries]
-    )
-    return probs.argmax(1)
+    senses = [sense(FAMILY[task.name], i) for i in range(SENSES)]
+
+    def joint(x: Sequence[str]) -> torch.Tensor:
+        """``(sense, class)`` log P(input, class | sense), up to a constant."""
+        return torch.stack([sum(_reading(task, x, m)) for m in senses])
+
+    # log P(demonstrations | sense), up to a constant, as a column
+    fit = sum((joint(x)[:, int(y)] for x, y in demos), torch.zeros(SENSES, dtype=torch.float64))[:, None]
+    out = [int((joint(x) + fit).logsumexp(0).argmax()) for x in queries]
+    return torch.tensor(out, dtype=torch.long)
