@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -206,3 +207,29 @@ def test_the_bayes_reader_beats_the_mean_valence_on_graded_classes():
         naive = mean.sub(-2).round().clamp(0, 4).long() if task.n_classes == 5 else (mean > 0).long()
         acc_bayes, acc_naive = (float((p == ds.classes).float().mean()) for p in (bayes, naive))
         assert acc_bayes > acc_naive + margin, (name, acc_bayes, acc_naive)
+
+
+def test_the_one_token_reader_does_not_depend_on_the_hash_seed():
+    """Ties between words go to the first in the query: the same predictions in processes with
+    different string hashes (a set's order would change with PYTHONHASHSEED)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from iclbook.implicit import readers, world;"
+        "p = world.make_dataset('agnews', 16, 0, split='train');"
+        "t = world.make_dataset('agnews', 300, 0);"
+        "d = [(x, int(y)) for x, y in zip(p.inputs, p.classes)];"
+        "print(readers.one_token(d, t.inputs, 4).tolist())"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": h},
+        ).stdout
+        for h in ("1", "2", "3")
+    }
+    assert len(outs) == 1

@@ -65,13 +65,13 @@ def one_token(demos: Sequence[Demo], queries: Sequence[Sequence[str]], n_classes
     _check(demos, n_classes)
     where: dict[str, list[int]] = {}
     for x, y in demos:
-        for w in set(x):
+        for w in dict.fromkeys(x):  # each word once, in order
             where.setdefault(w, []).append(int(y))
     fallback = _majority([y for _, y in demos], n_classes)
     out = []
     for q in queries:
         best, key = fallback, (-1.0, 0)
-        for w in set(q):
+        for w in dict.fromkeys(q):  # in order: ties go to the first word, whatever the hash seed
             labels = where.get(w)
             if not labels:
                 continue
