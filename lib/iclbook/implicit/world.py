@@ -538,7 +538,11 @@ def sense_reader(
 
     def joint(x: Sequence[str]) -> torch.Tensor:
         """``(sense, class)`` log P(input, class | sense), up to a constant."""
-        return torch.stack([sum(_reading(task, x, m)) for m in senses])
+        rows = []
+        for m in senses:
+            evidence, choice = _reading(task, x, m)
+            rows.append(evidence + choice)
+        return torch.stack(rows)
 
     # log P(demonstrations | sense), up to a constant, as a column
     fit = sum((joint(x)[:, int(y)] for x, y in demos), torch.zeros(SENSES, dtype=torch.float64))[:, None]
