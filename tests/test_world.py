@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -151,7 +152,27 @@ def test_retrain_writes_a_loadable_inference_model(tmp_path):
         with pytest.raises(SystemExit, match="FIELD=VALUE"):
             retrain.main([*args, *bad])
     assert model.cfg.vocab == len(world.VOCAB) and model.layers[0].self_attn.alibi is None
-    assert {"zs_sst2", "icl_cb"} <= set(record["evals"][-1])
+    assert {"zs_sst2", "icl_cb", "own_zs_sst2", "own_icl_cb"} <= set(record["evals"][-1])
+
+
+def test_the_in_training_reading_reads_the_templates_and_pretraining_s_own_format():
+    """world_evaluation reads each task twice, in the held-out template and in OWN_FORMAT (a
+    format of pretraining's catalogues), on the same demonstrations and test examples."""
+    from iclbook.implicit import probe, retrain
+    from iclbook.implicit.model import LMConfig, TinyLM
+
+    assert all(w in world.FORMATS[k] for k, w in world.OWN_FORMAT.items())
+    assert not set(world.OWN_FORMAT.values()) & set(world.HELD_OUT)
+    torch.manual_seed(0)
+    model = TinyLM(LMConfig(vocab=len(world.VOCAB), d_model=16, heads=2, layers=1, d_ff=32, positions="sinusoidal"))
+    model.eval()
+    out = retrain.world_evaluation(test_n=12, k=4, names=("sst2",))(model)
+    assert set(out) == {"zs_sst2", "icl_sst2", "own_zs_sst2", "own_icl_sst2"}
+    test = world.make_dataset("sst2", 12, 10**6, split="test")
+    pred = probe.predict(model, test, [], codec=world.WORLD)
+    assert out["zs_sst2"] == round(probe.accuracy(pred, test), 4)  # the template reading as before
+    prompt = world.WORLD.prompt(replace(test.task, **world.OWN_FORMAT), [], test.inputs[0])[0]
+    assert world.TOKEN_ID["item"] in prompt and world.TOKEN_ID["tag"] in prompt
 
 
 def test_gate_rows_reads_a_run():

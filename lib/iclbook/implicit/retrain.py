@@ -36,23 +36,28 @@ def save(model: TinyLM, history: dict, out: Path) -> str:
     return digest
 
 
-def world_evaluation(test_n: int = 100, k: int = 16):
+def world_evaluation(test_n: int = 100, k: int = 16, names: tuple[str, ...] = data.TASK_NAMES):
     """The inference model's in-training reading: zero-shot and ICL accuracy (``k``
     demonstrations) of each task on ``test_n`` test examples of evaluation seed 10**6 (a seed
-    the chapter never reads), in the evaluation templates that pretraining never shows."""
+    the chapter never reads), in the evaluation templates that pretraining never shows (keys
+    ``zs_<task>``, ``icl_<task>``) and in one of pretraining's own formats (``own_zs_<task>``,
+    ``own_icl_<task>``, :data:`.world.OWN_FORMAT`): the difference is what a new template costs."""
     from iclbook.implicit import probe, world  # noqa: PLC0415
 
-    sets = {
-        n: (world.make_dataset(n, 64, 10**6, split="train"), world.make_dataset(n, test_n, 10**6, split="test"))
-        for n in data.TASK_NAMES
-    }
+    sets = {}
+    for n in names:
+        pool = world.make_dataset(n, 64, 10**6, split="train")
+        test = world.make_dataset(n, test_n, 10**6, split="test")
+        own = dataclasses.replace(test, task=dataclasses.replace(test.task, **world.OWN_FORMAT))
+        sets[n] = (probe.demonstrations(pool, k, torch.Generator().manual_seed(1)), {"": test, "own_": own})
 
     def evaluate(m: TinyLM) -> dict:
         out = {}
-        for n, (pool, test) in sets.items():
-            demos = probe.demonstrations(pool, k, torch.Generator().manual_seed(1))
-            out[f"zs_{n}"] = round(probe.accuracy(probe.predict(m, test, [], codec=world.WORLD), test), 4)
-            out[f"icl_{n}"] = round(probe.accuracy(probe.predict(m, test, demos, codec=world.WORLD), test), 4)
+        for fmt in ("", "own_"):
+            for n, (demos, tests) in sets.items():
+                test = tests[fmt]
+                out[f"{fmt}zs_{n}"] = round(probe.accuracy(probe.predict(m, test, [], codec=world.WORLD), test), 4)
+                out[f"{fmt}icl_{n}"] = round(probe.accuracy(probe.predict(m, test, demos, codec=world.WORLD), test), 4)
         return out
 
     return evaluate

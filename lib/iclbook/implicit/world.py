@@ -125,6 +125,10 @@ FORMATS = {
     "separator": (";", "|", "</s>", "//", ",", "#"),
 }
 VERDICT = ("in", "short")  # documents end in "in short <label> ." half of the time
+#: One of pretraining's own catalogue formats (a prefix and a marker of FORMATS): chapter 2 and
+#: the in-training readings (:func:`.retrain.world_evaluation`) read the second model in it
+#: beside the held-out templates, to tell what a new template costs from what ICL does.
+OWN_FORMAT = {"prefix": "item", "marker": "tag"}
 
 
 def _vocabulary() -> tuple[str, ...]:
