@@ -744,6 +744,20 @@ def test_alpha_shuffles_and_ordering_beyond_noise():
     assert pt.falls_beyond_noise([0.10, 0.05, 0.01], 2000)
     assert not pt.falls_beyond_noise([0.50, 0.49, 0.48], 2000)  # ordered, but within noise
     assert not pt.falls_beyond_noise([0.10, 0.11, 0.01], 2000)  # not ordered
+    # error curves: read as their means over the lengths, with the mean's standard error
+    curves_ = np.array([[0.30, 0.10, 0.02], [0.20, 0.05, 0.01], [0.10, 0.02, 0.0]])
+    means, se = pt.curve_means(curves_, 1000)
+    assert means == pytest.approx([0.14, 0.26 / 3, 0.04])
+    one = np.sqrt(0.3 * 0.7 / 1000)
+    assert se[0] == pytest.approx(np.sqrt(one**2 + 0.1 * 0.9 / 1000 + 0.02 * 0.98 / 1000) / 3)
+    assert se[2] > 0  # a length read at 0 errors still counts 1 / n
+    assert pt.falls_beyond_noise(curves_, 1000)
+    # ordered at the first length only: the means are not
+    assert not pt.falls_beyond_noise([[0.30, 0.01, 0.01], [0.20, 0.05, 0.05], [0.10, 0.10, 0.10]], 1000)
+    # ordered at every length, but by less than the noise of the means
+    assert not pt.falls_beyond_noise([[0.31, 0.11], [0.305, 0.105], [0.30, 0.10]], 1000)
+    with pytest.raises(ValueError, match="points, lengths"):
+        pt.curve_means([0.1, 0.2], 1000)
 
 
 def test_shuffled_auc_is_chance():

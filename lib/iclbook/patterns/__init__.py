@@ -96,6 +96,7 @@ from iclbook.patterns.model import OneLayerICL, SmallGPT, hinge, hinge_loss, sta
 from iclbook.patterns.nulls import (
     above_null,
     alpha_shuffles,
+    curve_means,
     falls_beyond_noise,
     knn_error,
     knn_length_sweep,

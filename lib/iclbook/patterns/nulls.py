@@ -285,13 +285,29 @@ def alpha_shuffles(
     return {"slopes": np.array(slopes), "ordered": float(np.mean(ordered))}
 
 
-def falls_beyond_noise(errors: Sequence[float], n: int, k: float = 2.0) -> bool:
+def curve_means(errors: Sequence[Sequence[float]] | np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(means, standard errors)``, each ``(points,)``: the mean of each error curve of ``errors``
+    (``(points, lengths)``, every length measured on ``n`` prompts) over its lengths, and the
+    standard error of that mean were the lengths' draws independent (``sqrt(sum se^2) / K`` over
+    the ``K`` lengths, each :func:`iclbook.curves.binomial_se` floored at ``1 / n``)."""
+    e = np.asarray(errors, float)
+    if e.ndim != 2 or e.shape[1] < 1:
+        raise ValueError(f"need error curves of shape (points, lengths), got {e.shape}")
+    se = curves.binomial_se(e, n, floor=1 / n)
+    return e.mean(1), np.sqrt((se**2).sum(1)) / e.shape[1]
+
+
+def falls_beyond_noise(errors: Sequence[float] | np.ndarray, n: int, k: float = 2.0) -> bool:
     """Whether errors (each measured on ``n`` prompts) fall strictly from one point to the next and
     the first exceeds the last by more than ``k`` standard errors of their difference
     (:func:`iclbook.curves.binomial_se`, floored at ``1 / n``): an ordering that sampling noise
-    alone would rarely produce."""
+    alone would rarely produce. Given error curves ``(points, lengths)``, the same of their
+    :func:`curve_means`."""
     e = np.asarray(errors, float)
-    se = curves.binomial_se(e, n, floor=1 / n)
+    if e.ndim == 2:
+        e, se = curve_means(e, n)
+    else:
+        se = curves.binomial_se(e, n, floor=1 / n)
     return bool(np.all(np.diff(e) < 0) and e[0] - e[-1] > k * np.hypot(se[0], se[-1]))
 
 
