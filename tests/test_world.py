@@ -79,6 +79,28 @@ def test_pretraining_never_shows_the_evaluation_templates():
     assert not (rows == world.TOKEN_ID[data.PAD]).any()
 
 
+def test_the_trial_switches_change_formats_and_documents_only():
+    """p_word_formats gives catalogues formats of ordinary words; p_template_words puts the
+    template words in documents, never before a label; both off draw nothing."""
+    args = (48, 192)
+    base = world.pretraining_batch(*args, random.Random(1), p_catalogue=1.0, p_repeat=0.0)
+    off = world.pretraining_batch(
+        *args, random.Random(1), p_catalogue=1.0, p_repeat=0.0, p_word_formats=0.0, p_template_words=0.0
+    )
+    assert torch.equal(base, off)
+    fmt = world.pretraining_batch(*args, random.Random(1), p_catalogue=1.0, p_repeat=0.0, p_word_formats=1.0)
+    markers = set(world.FORMATS["marker"]) | {w for w in world.FORMATS["prefix"] if w}
+    seen = {world.VOCAB[i] for i in fmt.flatten().tolist()}
+    assert not seen & (markers - set(world.FORMAT_WORDS))  # no fixed format word left
+    assert not seen & set(world.HELD_OUT)
+    docs = world.pretraining_batch(*args, random.Random(1), p_catalogue=0.0, p_repeat=0.0, p_template_words=1.0)
+    held = torch.tensor([world.TOKEN_ID[w] for w in world.HELD_OUT])
+    assert torch.isin(docs, held).sum() >= 48  # each row has a document or more, each one word
+    after = docs[:, 1:][torch.isin(docs[:, :-1], held)]
+    labels = torch.tensor([world.TOKEN_ID[w] for t in world.TASKS.values() for w in t.labels])
+    assert torch.isin(after, labels).float().mean() < 0.05  # a word of the text, not a marker
+
+
 def test_negation_flips_a_polarity_word():
     task = data.TASKS["sst2"]
     assert world.word_features(task, ["superb", "fine"]).item() == 1.5

@@ -150,6 +150,10 @@ class InferencePretrainConfig:
     p_verdict: float = 0.5
     p_clear: float = 0.4  # catalogues of clear-cut inputs (world.CLEAR_LEAN)
     p_echo: float = 0.25  # chance that a catalogue lists an earlier entry again
+    # trials' switches, off (world.pretraining_batch; benchmarks/README, issue 31): catalogue
+    # formats of ordinary words, template words as ordinary words of documents
+    p_word_formats: float = 0.0
+    p_template_words: float = 0.0
     label_weight: float = 5.0
     seed: int = 0
 
@@ -172,6 +176,8 @@ class InferencePretrainConfig:
             self.p_verdict,
             self.p_clear,
             self.p_echo,
+            self.p_word_formats,
+            self.p_template_words,
         )
 
 

@@ -36,7 +36,11 @@ Pretraining text (:func:`pretraining_batch`) mixes three kinds of rows:
   early on text that repeats itself, Olsson et al. 2022).
 
 The evaluation templates' prefix and marker words (``Sentence:``, ``Label:``, ...) never occur in
-pretraining: a prompt of the chapter is a format the model has not seen, as in the paper.
+pretraining: a prompt of the chapter is a format the model has not seen, as in the paper. Two
+switches of :func:`pretraining_batch`, off in the shipped recipe, vary that for trials
+(benchmarks/README, issue 31): ``p_template_words`` lets the template words occur as ordinary
+words of documents (known words, never a format), and ``p_word_formats`` gives catalogues formats
+of ordinary words (:data:`FORMAT_WORDS`) in place of :data:`FORMATS`' prefixes and markers.
 
 Example::
 
@@ -129,6 +133,9 @@ VERDICT = ("in", "short")  # documents end in "in short <label> ." half of the t
 #: the in-training readings (:func:`.retrain.world_evaluation`) read the second model in it
 #: beside the held-out templates, to tell what a new template costs from what ICL does.
 OWN_FORMAT = {"prefix": "item", "marker": "tag"}
+#: The words a catalogue's prefix and marker are drawn from with ``pretraining_batch``'s
+#: ``p_word_formats``: words with other roles in the text (fillers, CB's people and properties).
+FORMAT_WORDS = tuple(FILLER) + tuple(PEOPLE) + tuple(PROPS)
 
 
 def _vocabulary() -> tuple[str, ...]:
@@ -338,9 +345,11 @@ WORLD = WorldCodec()
 # ---------------------------------------------------------------------------------------------
 
 
-def _document(task: Task, rng: random.Random, verdict: bool) -> list[str]:
+def _document(task: Task, rng: random.Random, verdict: bool, p_template_words: float = 0.0) -> list[str]:
     y = rng.randrange(task.n_classes)
     words = sentence(task, y, Meaning(FAMILY[task.name]), rng)
+    if p_template_words and rng.random() < p_template_words:  # a template word as a word of text
+        words.insert(rng.randrange(len(words) + 1), rng.choice(HELD_OUT))
     if task.name == "cb":
         words = words + ["True,", "False,", "or", "Neither?"] if verdict else words
     return words + ([*VERDICT, task.labels[y], "."] if verdict else [])
@@ -356,10 +365,17 @@ def pretraining_batch(
     p_verdict: float = 0.5,
     p_clear: float = 0.0,
     p_echo: float = 0.0,
+    p_word_formats: float = 0.0,
+    p_template_words: float = 0.0,
 ) -> torch.Tensor:
     """``(batch, seq_len + 1)`` token ids of pretraining rows: catalogues with probability
     ``p_catalogue``, repeated text with ``p_repeat``, documents otherwise (module docstring). A
-    catalogue, and a block of repeated text, reads one sense of its family drawn at random."""
+    catalogue, and a block of repeated text, reads one sense of its family drawn at random.
+
+    Switches for trials (0 draws nothing, so the other rows are unchanged): a catalogue's prefix
+    and marker are words of :data:`FORMAT_WORDS` with probability ``p_word_formats``, and a
+    document carries one template word (:data:`HELD_OUT`) at a random place with probability
+    ``p_template_words``."""
     pad = TOKEN_ID[data.PAD]
     rows = torch.full((batch, seq_len + 1), pad, dtype=torch.long)
     for r in range(batch):
@@ -373,6 +389,8 @@ def pretraining_batch(
             else:
                 verbal = tuple(rng.sample(data.LABEL_POOL, task.n_classes))
             prefix, marker, sep = (rng.choice(FORMATS[k]) for k in ("prefix", "marker", "separator"))
+            if p_word_formats and rng.random() < p_word_formats:
+                prefix, marker = rng.choice(FORMAT_WORDS), rng.choice(FORMAT_WORDS)
             lean = CLEAR_LEAN if rng.random() < p_clear else None
             shown: list[tuple[list[str], int]] = []
             while len(words) < seq_len + 1:
@@ -394,7 +412,7 @@ def pretraining_batch(
         else:
             while len(words) < seq_len + 1:
                 task = TASKS[rng.choice(TASK_NAMES)]
-                words += _document(task, rng, rng.random() < p_verdict) + [data.SEP]
+                words += _document(task, rng, rng.random() < p_verdict, p_template_words) + [data.SEP]
         ids = encode(words[: seq_len + 1])
         rows[r, : len(ids)] = torch.tensor(ids)
     return rows
