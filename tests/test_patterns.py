@@ -716,6 +716,24 @@ def test_relabel_null_and_welch_t():
     assert np.median(null) == pytest.approx(0.0, abs=1e-9)  # every relabelling has its mirror
 
 
+def test_welch_interval_matches_scipy_welch_test():
+    """The interval's edges are where SciPy's Welch test (an independent computation) gives
+    p = 0.05 for the shifted difference; too few values is an error."""
+    from scipy.stats import ttest_ind
+
+    a, b = [3.1, 2.7, 3.6], [2.0, 2.4, 1.9, 2.2]
+    diff, lo, hi = pt.welch_interval(a, b)
+    assert diff == pytest.approx(np.mean(a) - np.mean(b))
+    for edge in (lo, hi):
+        p = ttest_ind(np.asarray(a) - edge, b, equal_var=False).pvalue
+        assert p == pytest.approx(0.05, abs=1e-9)
+    assert pt.welch_t(a, b) == pytest.approx(ttest_ind(a, b, equal_var=False).statistic)
+    masks = pt.relabellings(3, 3)
+    assert len(masks) == 20 and masks[0].tolist() == [True] * 3 + [False] * 3
+    with pytest.raises(ValueError, match="two or more"):
+        pt.welch_interval([1.0], b)
+
+
 def test_readers_without_training():
     """k-NN at a small noise is an exact lookup (its error is the no-match floor's order); a random
     context's label is right about half the time; the length sweep draws the prompts of

@@ -276,3 +276,29 @@ def test_the_one_token_reader_does_not_depend_on_the_hash_seed():
         for h in ("1", "2", "3")
     }
     assert len(outs) == 1
+
+
+def test_the_momentum_study_reads_each_model_on_the_same_prompts(tmp_path):
+    """momentum_study reads a retrained model's momentum and seed from its record, and every model
+    on the same demonstrations; momentum_contrast is a Welch interval with a relabelling null."""
+    from iclbook.implicit import inference, retrain
+
+    for eta, seed in ((0.0, 1), (0.9, 2)):
+        args = ["--world", "inference", "--steps", "2", "--save-every", "2", "--seed", str(seed)]
+        retrain.main([*args, "--momentum", str(eta), "--model", "d_model=16", "--out", str(tmp_path / f"m{seed}")])
+    held_out = inference.held_out_text(3, seed=123)
+    assert held_out.shape == (3, 257)
+    assert torch.equal(held_out, inference.held_out_text(3, seed=123))
+    pool, test = world.make_dataset("sst2", 20, 0, split="train"), world.make_dataset("sst2", 8, 0)
+    folders = [tmp_path / "m1", tmp_path / "m2"]
+    rows = inference.momentum_study(
+        folders, held_out, {"sst2": (pool, test)}, 4, lambda: torch.Generator().manual_seed(0)
+    )
+    assert [(r["eta"], r["seed"]) for r in rows] == [(0.0, 1), (0.9, 2)]
+    assert all(r["ppl"] > 1.0 and 0.0 <= r["icl"] <= 1.0 for r in rows)
+    fake = [{"eta": e, "ppl": v} for e, vs in ((0.0, (10.0, 10.2, 10.1)), (0.9, (11.0, 11.3, 11.1))) for v in vs]
+    out = inference.momentum_contrast(fake, "ppl", 0.9)
+    assert out["diff"] == pytest.approx(1.0333333) and out["interval"][0] > 0 and out["null_splits"] == 18
+    assert out["null_share"] == 0.0 and out["null_diff"] < out["diff"]  # no mixed arm shows it
+    with pytest.raises(ValueError, match="sign"):
+        inference.momentum_contrast(fake, "ppl", 0.9, sign=0)

@@ -7,21 +7,38 @@ codec::
     model, record = load()
     run = experiment.run_task(model, "sst2", cfg, seed, data=splits("sst2", cfg, seed), codec=world.WORLD)
     gate_rows({"sst2": run})          # chance, zero-shot, ICL and the two readers per task
+
+Its momentum study (the paper's momentum attention, Eq. 15) reads the shipped model beside the
+models of :data:`MOMENTUM_FOLDER`, the same recipe with other momenta and seeds::
+
+    rows = momentum_study(momentum_folders(), held_out_text(256, seed), tests, k=16, demo_generator=gen)
+    momentum_contrast(rows, "ppl", 0.9)  # difference, its 95% interval, the relabelling null
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from iclbook.implicit import readers, world
+import numpy as np
+import torch
+
+from iclbook.implicit import probe, readers, world
 from iclbook.implicit.data import Dataset
 from iclbook.implicit.model import TinyLM
-from iclbook.implicit.pretrain import WEIGHTS, load_shipped
+from iclbook.implicit.pretrain import WEIGHTS, InferencePretrainConfig, load_shipped, perplexity_by_length
+from iclbook.patterns.nulls import relabellings, welch_interval
 
 #: Where the second model ships (``python -m iclbook.implicit.retrain --world inference``).
 FOLDER = WEIGHTS / "inference"
+#: The second model's momentum study: one subfolder ``eta<eta>_seed<seed>`` per momentum and
+#: pretraining seed, each ``python -m iclbook.implicit.retrain --world inference --momentum eta
+#: --seed s`` with the shipped recipe otherwise (``make retrain``). The shipped model is the one
+#: without momentum at seed 0.
+MOMENTUM_FOLDER = WEIGHTS / "inference_momentum"
 
 
 def load(folder: Path | str = FOLDER) -> tuple[TinyLM, dict[str, Any]]:
@@ -65,3 +82,96 @@ def gate_rows(runs: Mapping[str, Any]) -> dict[str, dict[str, float]]:
             **reader_accuracies(run),
         }
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The momentum study
+# ---------------------------------------------------------------------------------------------
+
+
+def momentum_folders(folder: Path | str = MOMENTUM_FOLDER) -> list[Path]:
+    """The shipped model's folder, then every model of the momentum study under ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no momentum study at {folder}; run make retrain")
+    return [FOLDER, *sorted(p for p in folder.iterdir() if (p / "tinylm.pt").exists())]
+
+
+def held_out_text(n: int, seed: int) -> torch.Tensor:
+    """``n`` rows of the second model's pretraining text (the shipped recipe's mix of catalogues,
+    documents and repeated text, 256 tokens each), drawn from ``random.Random(seed)``, a stream
+    that no pretraining reads (theirs are the seeds 0, 1, 2...: pass a chapter stream's seed)."""
+    return replace(InferencePretrainConfig(), batch=n).draw(random.Random(seed))
+
+
+def momentum_study(
+    folders: list[Path],
+    held_out: torch.Tensor,
+    tests: Mapping[str, tuple[Dataset, Dataset]],
+    k: int,
+    demo_generator: Callable[[], torch.Generator],
+) -> list[dict[str, Any]]:
+    """Read each model of ``folders``: its perplexity on the ``held_out`` text, and per task of
+    ``tests`` (``{task: (demonstration pool, test set)}``) its zero-shot and its ICL accuracy in
+    the evaluation template, with ``k`` demonstrations drawn from one fresh ``demo_generator()``
+    per model (so every model reads the same prompts). One dict per model: ``eta``, ``seed``,
+    ``ppl``, ``zs`` and ``icl`` (means over the tasks), ``per_task`` and the record's ``evals``."""
+    rows = []
+    for f in folders:
+        m, rec = load_shipped(f)
+        ppl = perplexity_by_length(m, held_out, (held_out.shape[1] - 1,))
+        gdemo = demo_generator()
+        per_task = {}
+        for name, (pool, test) in tests.items():
+            demos = probe.demonstrations(pool, k, gdemo)
+            per_task[name] = {
+                "zs": probe.accuracy(probe.predict(m, test, codec=world.WORLD), test),
+                "icl": probe.accuracy(probe.predict(m, test, demos, codec=world.WORLD), test),
+            }
+        rows.append(
+            {
+                "eta": float(rec["model"]["momentum"]),
+                "seed": int(rec["pretrain"]["seed"]),
+                "ppl": float(next(iter(ppl.values()))),
+                "zs": float(np.mean([v["zs"] for v in per_task.values()])),
+                "icl": float(np.mean([v["icl"] for v in per_task.values()])),
+                "per_task": per_task,
+                "evals": rec["evals"],
+            }
+        )
+    return rows
+
+
+def momentum_contrast(
+    rows: list[Mapping[str, Any]], key: str, eta: float, sign: int = 1, level: float = 0.95
+) -> dict[str, Any]:
+    """Momentum ``eta`` against none on ``key`` of :func:`momentum_study`'s ``rows``: the
+    difference of the means over seeds (``eta`` minus 0) and its ``level`` interval (Welch). And
+    its null, the same computation on arms relabelled so that each mixes both settings: of those
+    relabellings, the one whose difference goes furthest in the direction ``sign`` (+1: up, -1:
+    down), and the share of them whose interval excludes 0 in that direction. A momentum effect
+    that is only a seed effect shows in the relabelled arms as well."""
+    if sign not in (1, -1):
+        raise ValueError(f"sign must be +1 or -1, got {sign}")
+    a = np.array([r[key] for r in rows if r["eta"] == eta], float)
+    b = np.array([r[key] for r in rows if r["eta"] == 0.0], float)
+    diff, lo, hi = welch_interval(a, b, level)
+    pooled = np.concatenate([a, b])
+    mixed = [
+        welch_interval(pooled[m], pooled[~m], level)
+        for m in relabellings(len(a), len(b))
+        if 0 < m[: len(a)].sum() < len(a)
+    ]
+    if not mixed:
+        raise ValueError("need two or more seeds per arm for a relabelling that mixes them")
+    far = max(mixed, key=lambda x: sign * x[0])
+    beyond = [(lo_ if sign > 0 else -hi_) > 0 for _, lo_, hi_ in mixed]
+    return {
+        "diff": diff,
+        "interval": (lo, hi),
+        "seeds": (len(a), len(b)),
+        "null_diff": far[0],
+        "null_interval": (far[1], far[2]),
+        "null_share": float(np.mean(beyond)),
+        "null_splits": len(mixed),
+    }

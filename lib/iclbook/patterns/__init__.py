@@ -108,7 +108,9 @@ from iclbook.patterns.nulls import (
     pruning_null_share,
     pruning_rules,
     relabel_null,
+    relabellings,
     shuffled_auc,
+    welch_interval,
     welch_t,
 )
 from iclbook.patterns.training import error_checkpoints, progress_checkpoints, train_gpt, train_models, train_stacked

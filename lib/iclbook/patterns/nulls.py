@@ -84,26 +84,54 @@ def null_pass_share(null: np.ndarray, q: float = 0.95, need: int | None = None) 
 # ---------------------------------------------------------------------------------------------
 
 
+def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Difference of means ``mean(a) - mean(b)``, its standard error (sample variances, floored
+    at 1e-12) and its Welch-Satterthwaite degrees of freedom."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = max(float(np.sqrt(va + vb)), 1e-12)
+    df = (va + vb) ** 2 / max(va**2 / (len(a) - 1) + vb**2 / (len(b) - 1), 1e-300)
+    return float(a.mean() - b.mean()), se, float(df)
+
+
 def welch_t(a: Sequence[float], b: Sequence[float]) -> float:
     """``(mean(a) - mean(b)) / sqrt(var(a)/len(a) + var(b)/len(b))`` (sample variances): the
     difference over its standard error, floored at 1e-12."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-    return float((a.mean() - b.mean()) / max(se, 1e-12))
+    diff, se, _ = _welch(a, b)
+    return diff / se
 
 
-def relabel_null(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
-    """:func:`welch_t` for every way of relabelling the pooled values into a group of ``len(a)``
-    and one of ``len(b)`` (the original labelling included): the statistic when the group label
-    carries no information."""
-    pooled = np.concatenate([np.asarray(a, float), np.asarray(b, float)])
-    idx = np.arange(len(pooled))
+def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """``(difference, low, high)``: ``mean(a) - mean(b)`` and its two-sided ``level`` interval,
+    Student's t with the Welch-Satterthwaite degrees of freedom (two or more values per group)."""
+    from scipy.stats import t as student_t
+
+    if min(len(a), len(b)) < 2:
+        raise ValueError(f"need two or more values per group, got {len(a)} and {len(b)}")
+    diff, se, df = _welch(a, b)
+    half = float(student_t.ppf(0.5 + level / 2, df)) * se
+    return diff, diff - half, diff + half
+
+
+def relabellings(n_a: int, n_b: int) -> list[np.ndarray]:
+    """Every way of relabelling ``n_a + n_b`` pooled values into a first group of ``n_a`` (boolean
+    masks over the pool, the original labelling, the first ``n_a``, first)."""
     out = []
-    for first in itertools.combinations(idx, len(a)):
-        mask = np.zeros(len(pooled), bool)
+    for first in itertools.combinations(range(n_a + n_b), n_a):
+        mask = np.zeros(n_a + n_b, bool)
         mask[list(first)] = True
-        out.append(welch_t(pooled[mask], pooled[~mask]))
-    return np.array(out)
+        out.append(mask)
+    return out
+
+
+def relabel_null(
+    a: Sequence[float], b: Sequence[float], stat: Callable[[np.ndarray, np.ndarray], float] = welch_t
+) -> np.ndarray:
+    """``stat`` (default :func:`welch_t`) for every way of relabelling the pooled values into a
+    group of ``len(a)`` and one of ``len(b)`` (:func:`relabellings`, the original labelling
+    first): the statistic when the group label carries no information."""
+    pooled = np.concatenate([np.asarray(a, float), np.asarray(b, float)])
+    return np.array([stat(pooled[m], pooled[~m]) for m in relabellings(len(a), len(b))])
 
 
 # ---------------------------------------------------------------------------------------------
