@@ -115,7 +115,8 @@ def momentum_study(
     ``tests`` (``{task: (demonstration pool, test set)}``) its zero-shot and its ICL accuracy in
     the evaluation template, with ``k`` demonstrations drawn from one fresh ``demo_generator()``
     per model (so every model reads the same prompts). One dict per model: ``eta``, ``seed``,
-    ``ppl``, ``zs`` and ``icl`` (means over the tasks), ``per_task`` and the record's ``evals``."""
+    ``ppl``, ``zs``, ``icl`` and ``gain`` (ICL - zero-shot; means over the tasks), ``per_task`` and
+    the record's ``evals``."""
     rows = []
     for f in folders:
         m, rec = load_shipped(f)
@@ -135,6 +136,7 @@ def momentum_study(
                 "ppl": float(next(iter(ppl.values()))),
                 "zs": float(np.mean([v["zs"] for v in per_task.values()])),
                 "icl": float(np.mean([v["icl"] for v in per_task.values()])),
+                "gain": float(np.mean([v["icl"] - v["zs"] for v in per_task.values()])),
                 "per_task": per_task,
                 "evals": rec["evals"],
             }
