@@ -299,6 +299,14 @@ def test_the_momentum_study_reads_each_model_on_the_same_prompts(tmp_path):
     fake = [{"eta": e, "ppl": v} for e, vs in ((0.0, (10.0, 10.2, 10.1)), (0.9, (11.0, 11.3, 11.1))) for v in vs]
     out = inference.momentum_contrast(fake, "ppl", 0.9)
     assert out["diff"] == pytest.approx(1.0333333) and out["interval"][0] > 0 and out["null_splits"] == 18
-    assert out["null_share"] == 0.0 and out["null_diff"] < out["diff"]  # no mixed arm shows it
+    assert out["passes"] and out["splits"] == 20
+    assert not out["null_passes"] and out["null_share"] == 0.0 and out["null_diff"] < out["diff"]
+    down = inference.momentum_contrast(fake, "ppl", 0.9, sign=-1)
+    assert not down["passes"] and down["interval"] == out["interval"]  # the same interval, read down
+    # a tight arm makes Welch's interval exclude 0, but the split is not the most extreme of the
+    # 20: the permutation part of the rule refuses it
+    close = [{"eta": e, "ppl": v} for e, vs in ((0.0, (0.0, 1.0, 3.0)), (0.9, (2.0, 2.01, 2.02))) for v in vs]
+    c = inference.momentum_contrast(close, "ppl", 0.9)
+    assert not c["passes"]
     with pytest.raises(ValueError, match="sign"):
         inference.momentum_contrast(fake, "ppl", 0.9, sign=0)

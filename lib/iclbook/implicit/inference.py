@@ -147,33 +147,46 @@ def momentum_study(
 def momentum_contrast(
     rows: list[Mapping[str, Any]], key: str, eta: float, sign: int = 1, level: float = 0.95
 ) -> dict[str, Any]:
-    """Momentum ``eta`` against none on ``key`` of :func:`momentum_study`'s ``rows``: the
-    difference of the means over seeds (``eta`` minus 0) and its ``level`` interval (Welch). And
-    its null, the same computation on arms relabelled so that each mixes both settings: of those
-    relabellings, the one whose difference goes furthest in the direction ``sign`` (+1: up, -1:
-    down), and the share of them whose interval excludes 0 in that direction. A momentum effect
-    that is only a seed effect shows in the relabelled arms as well."""
+    """Momentum ``eta`` against none on ``key`` of :func:`momentum_study`'s ``rows``, in the
+    direction ``sign`` (+1: up, -1: down).
+
+    * ``diff`` and ``interval``: the difference of the means over seeds (``eta`` minus 0) and its
+      ``level`` interval (Welch);
+    * ``passes``: the interval excludes 0 on the ``sign`` side, *and* no other way of splitting the
+      pooled models into arms of the same sizes goes as far in that direction (a permutation test
+      at ``1 / splits``: with three seeds an arm, a Welch interval alone can exclude 0 by luck,
+      when three values happen to lie close together);
+    * the null, the same rule on arms relabelled so that each mixes both settings: the one whose
+      difference goes furthest in the direction ``sign`` (``null_diff``, ``null_interval``,
+      ``null_passes``), and the share of them that pass (``null_share``). A momentum effect that
+      is only a seed effect shows in the relabelled arms as well."""
     if sign not in (1, -1):
         raise ValueError(f"sign must be +1 or -1, got {sign}")
     a = np.array([r[key] for r in rows if r["eta"] == eta], float)
     b = np.array([r[key] for r in rows if r["eta"] == 0.0], float)
-    diff, lo, hi = welch_interval(a, b, level)
     pooled = np.concatenate([a, b])
-    mixed = [
-        welch_interval(pooled[m], pooled[~m], level)
-        for m in relabellings(len(a), len(b))
-        if 0 < m[: len(a)].sum() < len(a)
-    ]
+    masks = relabellings(len(a), len(b))
+    splits = [welch_interval(pooled[m], pooled[~m], level) for m in masks]  # the original first
+    reach = np.array([sign * d for d, _, _ in splits])
+
+    def passes(i: int) -> bool:
+        d, lo_, hi_ = splits[i]
+        beyond = lo_ > 0 if sign > 0 else hi_ < 0
+        return bool(beyond and reach[i] > np.delete(reach, i).max())
+
+    mixed = [i for i, m in enumerate(masks) if 0 < m[: len(a)].sum() < len(a)]
     if not mixed:
         raise ValueError("need two or more seeds per arm for a relabelling that mixes them")
-    far = max(mixed, key=lambda x: sign * x[0])
-    beyond = [(lo_ if sign > 0 else -hi_) > 0 for _, lo_, hi_ in mixed]
+    far = max(mixed, key=lambda i: reach[i])
     return {
-        "diff": diff,
-        "interval": (lo, hi),
+        "diff": splits[0][0],
+        "interval": splits[0][1:],
+        "passes": passes(0),
         "seeds": (len(a), len(b)),
-        "null_diff": far[0],
-        "null_interval": (far[1], far[2]),
-        "null_share": float(np.mean(beyond)),
+        "null_diff": splits[far][0],
+        "null_interval": splits[far][1:],
+        "null_passes": passes(far),
+        "null_share": float(np.mean([passes(i) for i in mixed])),
         "null_splits": len(mixed),
+        "splits": len(splits),
     }
