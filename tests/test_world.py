@@ -296,6 +296,9 @@ def test_the_momentum_study_reads_each_model_on_the_same_prompts(tmp_path):
     )
     assert [(r["eta"], r["seed"]) for r in rows] == [(0.0, 1), (0.9, 2)]
     assert all(r["ppl"] > 1.0 and 0.0 <= r["icl"] <= 1.0 for r in rows)
+    kinds = inference.perplexity_by_kind(folders, 2, seed=5)
+    assert [(r["eta"], r["seed"]) for r in kinds] == [(0.0, 1), (0.9, 2)]
+    assert all(r[k] > 1.0 for r in kinds for k in (*inference.ROW_KINDS, "copy"))
     fake = [{"eta": e, "ppl": v} for e, vs in ((0.0, (10.0, 10.2, 10.1)), (0.9, (11.0, 11.3, 11.1))) for v in vs]
     out = inference.momentum_contrast(fake, "ppl", 0.9)
     assert out["diff"] == pytest.approx(1.0333333) and out["interval"][0] > 0
@@ -311,3 +314,30 @@ def test_the_momentum_study_reads_each_model_on_the_same_prompts(tmp_path):
     assert not c["passes"]
     with pytest.raises(ValueError, match="sign"):
         inference.momentum_contrast(fake, "ppl", 0.9, sign=0)
+
+
+def test_held_out_rows_of_one_kind_are_that_kind():
+    """held_out_text(kind=...) draws one kind of row alone: a repeated row repeats its block, a
+    catalogue carries tags after its markers, a document neither; an unknown kind is refused."""
+    from iclbook.implicit import inference
+
+    rep = inference.held_out_text(4, seed=1, kind="repeat")
+    doc = inference.held_out_text(4, seed=1, kind="document")
+    cat = inference.held_out_text(4, seed=1, kind="catalogue")
+    assert rep.shape == doc.shape == cat.shape == (4, 257)
+    for row in rep.tolist():  # some later window of the row already occurred earlier in it
+        assert any(row[i : i + 8] == row[j : j + 8] for i in range(128, 136) for j in range(1, i))
+    markers = world.LABEL_MARKERS
+    assert torch.isin(cat, markers).sum(1).min() > 5
+    assert not torch.isin(doc, torch.tensor([world.TOKEN_ID[w] for w in world.FORMATS["marker"]])).any()
+    with pytest.raises(ValueError, match="kind"):
+        inference.held_out_text(2, seed=1, kind="poem")
+
+
+def test_loss_fall_is_the_first_smoothed_step_below_the_level():
+    from iclbook.implicit.inference import loss_fall
+
+    steps = list(range(0, 1000, 100))
+    assert loss_fall(steps, [2.0] * 5 + [1.5] * 5, level=1.8, window=3) == 600
+    assert loss_fall(steps, [2.0] * 10) is None
+    assert loss_fall(steps, [1.0, 3.0] * 5, level=1.8, window=1) == 0

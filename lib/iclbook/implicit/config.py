@@ -93,6 +93,7 @@ STREAMS = {
     "bootstrap": runtime.Stream(),  # the bootstrap intervals of the statistics
     "controls": runtime.Stream(),  # the shuffled-label and permutation controls
     "held-out": runtime.Stream(),  # held-out pretraining text of the momentum study
+    "held-out-kinds": runtime.Stream(),  # held-out rows of each kind, the second momentum study
     "inference-statistics": runtime.Stream(),  # the second model's statistics and their intervals
     "inference-untrained": runtime.Stream(width=2),  # random models of the second model's shape
 }

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from iclbook.implicit import probe, readers, world
 from iclbook.implicit.data import Dataset
@@ -97,11 +98,63 @@ def momentum_folders(folder: Path | str = MOMENTUM_FOLDER) -> list[Path]:
     return [FOLDER, *sorted(p for p in folder.iterdir() if (p / "tinylm.pt").exists())]
 
 
-def held_out_text(n: int, seed: int) -> torch.Tensor:
+#: The kinds of row of the second model's pretraining text (:func:`.world.pretraining_batch`),
+#: as the recipe's shares that draw one kind alone.
+ROW_KINDS = {
+    "catalogue": {"p_catalogue": 1.0, "p_repeat": 0.0},
+    "document": {"p_catalogue": 0.0, "p_repeat": 0.0},
+    "repeat": {"p_catalogue": 0.0, "p_repeat": 1.0},
+}
+
+
+def held_out_text(n: int, seed: int, kind: str | None = None) -> torch.Tensor:
     """``n`` rows of the second model's pretraining text (the shipped recipe's mix of catalogues,
-    documents and repeated text, 256 tokens each), drawn from ``random.Random(seed)``, a stream
-    that no pretraining reads (theirs are the seeds 0, 1, 2...: pass a chapter stream's seed)."""
-    return replace(InferencePretrainConfig(), batch=n).draw(random.Random(seed))
+    documents and repeated text, 256 tokens each; or rows of one ``kind`` of :data:`ROW_KINDS`
+    alone), drawn from ``random.Random(seed)``, a stream that no pretraining reads (theirs are
+    the seeds 0, 1, 2...: pass a chapter stream's seed)."""
+    if kind is not None and kind not in ROW_KINDS:
+        raise ValueError(f"kind must be one of {sorted(ROW_KINDS)} or None, got {kind!r}")
+    shares = ROW_KINDS[kind] if kind else {}
+    return replace(InferencePretrainConfig(), batch=n, **shares).draw(random.Random(seed))
+
+
+def loss_fall(steps: list[int], losses: list[float], level: float = 1.8, window: int = 5) -> int | None:
+    """The first logged step at which the training loss, averaged over ``window`` logged values
+    ending there, is below ``level`` nats (None if never): for the second model's recipe, whose
+    loss sits near 2.0 nats until an induction head forms and then falls to about 1.5, the step
+    of that fall."""
+    for i in range(window - 1, len(losses)):
+        if np.mean(losses[i - window + 1 : i + 1]) < level:
+            return int(steps[i])
+    return None
+
+
+def perplexity_by_kind(folders: list[Path], n: int, seed: int) -> list[dict[str, Any]]:
+    """Each model of ``folders`` on ``n`` held-out rows of each kind of :data:`ROW_KINDS` (drawn
+    from ``seed``; the same rows for every model): one dict per model with its ``eta``, ``seed``,
+    the perplexity of each kind, ``copy``, the perplexity of the repeated rows' second half,
+    text the row has already shown, which a model that copies (an induction head) predicts
+    almost surely, and ``fall``, the step its training loss fell (:func:`loss_fall`)."""
+    texts = {kind: held_out_text(n, seed, kind) for kind in ROW_KINDS}
+    repeat = texts["repeat"]
+    half = (repeat.shape[1] - 1) // 2
+    out = []
+    for f in folders:
+        m, rec = load_shipped(f)
+        row: dict[str, Any] = {
+            "eta": float(rec["model"]["momentum"]),
+            "seed": int(rec["pretrain"]["seed"]),
+            "fall": loss_fall(rec["step"], rec["loss"]),
+        }
+        with torch.no_grad():
+            logits = {kind: m(text[:, :-1]) for kind, text in texts.items()}
+        for kind, text in texts.items():
+            length = text.shape[1] - 1
+            row[kind] = perplexity_by_length(m, text, (length,), logits[kind])[length]
+        late = logits["repeat"][:, half:]  # repeated rows are full: no padding to weigh out
+        row["copy"] = float(F.cross_entropy(late.reshape(-1, late.shape[-1]), repeat[:, half + 1 :].reshape(-1)).exp())
+        out.append(row)
+    return out
 
 
 def momentum_study(
