@@ -13,6 +13,7 @@ models of :data:`MOMENTUM_FOLDER`, the same recipe with other momenta and seeds:
 
     rows = momentum_study(momentum_folders(), held_out_text(256, seed), tests, k=16, demo_generator=gen)
     momentum_contrast(rows, "ppl", 0.9)  # difference, its 95% interval, the relabelling null
+    perplexity_by_kind(momentum_folders(), 64, seed)  # where the cost sits: documents, copying
 """
 
 from __future__ import annotations
