@@ -316,6 +316,31 @@ def test_the_momentum_study_reads_each_model_on_the_same_prompts(tmp_path):
         inference.momentum_contrast(fake, "ppl", 0.9, sign=0)
 
 
+def test_the_shipped_seeds_and_momentum_study_match_their_recipes():
+    """The shipped model and its other pretraining seeds are the recipe as it stands (the library's
+    InferencePretrainConfig, seed aside); the momentum study's nine runs are that recipe at 24
+    rows a step, each named by its momentum and seed."""
+    import dataclasses
+    import json
+
+    from iclbook.implicit import inference, pretrain
+
+    recipe = dataclasses.asdict(pretrain.InferencePretrainConfig())
+    records = [json.loads((f / "tinylm.json").read_text()) for f in inference.seed_folders()]
+    assert [r["pretrain"]["seed"] for r in records] == [0, 1, 2]
+    for r in records:
+        assert r["pretrain"] == {**recipe, "seed": r["pretrain"]["seed"]}
+        assert r["model"]["momentum"] == 0.0 and r["trained_steps"] == recipe["steps"]
+    study = inference.momentum_folders()
+    assert len(study) == 9
+    for f in study:
+        r = json.loads((f / "tinylm.json").read_text())
+        assert f.name == f"eta{r['model']['momentum']}_seed{r['pretrain']['seed']}"
+        assert r["pretrain"]["batch"] == 24 and r["trained_steps"] == recipe["steps"]
+        # the recipe's other fields, those the study's records carry
+        assert all(r["pretrain"][k] == recipe[k] for k in r["pretrain"] if k not in ("batch", "seed"))
+
+
 def test_held_out_rows_of_one_kind_are_that_kind():
     """held_out_text(kind=...) draws one kind of row alone: a repeated row repeats its block, a
     catalogue carries tags after its markers, a document neither; an unknown kind is refused."""

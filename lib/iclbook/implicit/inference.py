@@ -8,8 +8,9 @@ codec::
     run = experiment.run_task(model, "sst2", cfg, seed, data=splits("sst2", cfg, seed), codec=world.WORLD)
     gate_rows({"sst2": run})          # chance, zero-shot, ICL and the two readers per task
 
-Its momentum study (the paper's momentum attention, Eq. 15) reads the shipped model beside the
-models of :data:`MOMENTUM_FOLDER`, the same recipe with other momenta and seeds::
+The gates are read at every pretraining seed of the recipe that ships (:func:`seed_folders`).
+Its momentum study (the paper's momentum attention, Eq. 15) reads the models of
+:data:`MOMENTUM_FOLDER`, the recipe with other momenta and seeds at the batch it first had::
 
     rows = momentum_study(momentum_folders(), held_out_text(256, seed), tests, k=16, demo_generator=gen)
     momentum_contrast(rows, "ppl", 0.9)  # difference, its 95% interval, the relabelling null
@@ -36,10 +37,13 @@ from iclbook.patterns.nulls import relabellings, welch_interval
 
 #: Where the second model ships (``python -m iclbook.implicit.retrain --world inference``).
 FOLDER = WEIGHTS / "inference"
+#: The same recipe at other pretraining seeds: one subfolder ``seed<seed>`` each, ``python -m
+#: iclbook.implicit.retrain --world inference --seed s`` (``make retrain``), for the gates.
+SEED_FOLDER = WEIGHTS / "inference_seeds"
 #: The second model's momentum study: one subfolder ``eta<eta>_seed<seed>`` per momentum and
 #: pretraining seed, each ``python -m iclbook.implicit.retrain --world inference --momentum eta
-#: --seed s`` with the shipped recipe otherwise (``make retrain``). The shipped model is the one
-#: without momentum at seed 0.
+#: --seed s --set batch=24`` (``make retrain``): the recipe at the batch it had when the study
+#: was trained, 24 rows, where it learned to use demonstrations at seed 0 alone.
 MOMENTUM_FOLDER = WEIGHTS / "inference_momentum"
 
 
@@ -91,12 +95,21 @@ def gate_rows(runs: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def momentum_folders(folder: Path | str = MOMENTUM_FOLDER) -> list[Path]:
-    """The shipped model's folder, then every model of the momentum study under ``folder``."""
-    folder = Path(folder)
+def _model_folders(folder: Path, what: str) -> list[Path]:
+    """Every subfolder of ``folder`` that holds a checkpoint, sorted by name."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"no momentum study at {folder}; run make retrain")
-    return [FOLDER, *sorted(p for p in folder.iterdir() if (p / "tinylm.pt").exists())]
+        raise FileNotFoundError(f"no {what} at {folder}; run make retrain")
+    return sorted(p for p in folder.iterdir() if (p / "tinylm.pt").exists())
+
+
+def seed_folders(folder: Path | str = SEED_FOLDER) -> list[Path]:
+    """The shipped model's folder, then the recipe's other pretraining seeds under ``folder``."""
+    return [FOLDER, *_model_folders(Path(folder), "pretraining seeds")]
+
+
+def momentum_folders(folder: Path | str = MOMENTUM_FOLDER) -> list[Path]:
+    """Every model of the momentum study under ``folder`` (momentum 0 included)."""
+    return _model_folders(Path(folder), "momentum study")
 
 
 #: The kinds of row of the second model's pretraining text (:func:`.world.pretraining_batch`),
