@@ -119,8 +119,9 @@ bench: $(STAMP)
 ##   the momentum study, weights/momentum/eta<eta>_seed<seed>/, 3 etas x 2 seeds x 3,000 steps),
 ##   then the second model of the inference world (weights/inference/, about 22 minutes on two
 ##   cores), the same recipe at pretraining seeds 1 and 2 (weights/inference_seeds/seed<seed>/)
-##   and its momentum study (weights/inference_momentum/eta<eta>_seed<seed>/: eta 0, 0.5 and 0.9
-##   at seeds 0-2, the recipe at a batch of 24 rows; about 14 minutes each on two cores).
+##   and with momentum 0.9 at seeds 0-2 (weights/inference_momentum48/eta0.9_seed<seed>/), and
+##   its momentum study at a batch of 24 rows (weights/inference_momentum/eta<eta>_seed<seed>/:
+##   eta 0, 0.5 and 0.9 at seeds 0-2; about 11 minutes each on two cores).
 retrain: $(STAMP)
 	$(BIN)/python -m iclbook.implicit.retrain
 	for seed in 1 2; do for eta in 0.0 0.5 0.9; do \
@@ -129,6 +130,8 @@ retrain: $(STAMP)
 	$(BIN)/python -m iclbook.implicit.retrain --world inference
 	for seed in 1 2; do $(BIN)/python -m iclbook.implicit.retrain --world inference --seed $$seed \
 	    --out lib/iclbook/implicit/weights/inference_seeds/seed$$seed || exit 1; done
+	for seed in 0 1 2; do $(BIN)/python -m iclbook.implicit.retrain --world inference --seed $$seed --momentum 0.9 \
+	    --out lib/iclbook/implicit/weights/inference_momentum48/eta0.9_seed$$seed || exit 1; done
 	for run in 0.9:0 0.9:1 0.9:2 0.5:0 0.5:1 0.5:2 0.0:0 0.0:1 0.0:2; do eta=$${run%:*}; seed=$${run#*:}; \
 	  $(BIN)/python -m iclbook.implicit.retrain --world inference --seed $$seed --momentum $$eta --set batch=24 \
 	    --out lib/iclbook/implicit/weights/inference_momentum/eta$${eta}_seed$${seed} || exit 1; done

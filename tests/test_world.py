@@ -302,6 +302,7 @@ def test_the_momentum_study_reads_each_model_on_the_same_prompts(tmp_path):
     fake = [{"eta": e, "ppl": v} for e, vs in ((0.0, (10.0, 10.2, 10.1)), (0.9, (11.0, 11.3, 11.1))) for v in vs]
     out = inference.momentum_contrast(fake, "ppl", 0.9)
     assert out["diff"] == pytest.approx(1.0333333) and out["interval"][0] > 0
+    assert out["base"] == pytest.approx(10.1)
     assert out["passes"] and out["splits"] == 20
     assert not out["null_passes"] and out["null_diff"] == pytest.approx(0.0, abs=1e-12)  # mirrors
     assert not out["far_passes"] and out["far_diff"] < out["diff"]  # no mixed arm shows it
@@ -317,20 +318,24 @@ def test_the_momentum_study_reads_each_model_on_the_same_prompts(tmp_path):
 
 
 def test_the_shipped_seeds_and_momentum_study_match_their_recipes():
-    """The shipped model and its other pretraining seeds are the recipe as it stands (the library's
-    InferencePretrainConfig, seed aside); the momentum study's nine runs are that recipe at 24
-    rows a step, each named by its momentum and seed."""
+    """The shipped model, its other pretraining seeds and their momentum-0.9 runs are the recipe
+    as it stands (the library's InferencePretrainConfig, seed aside); the momentum study's nine
+    runs are that recipe at 24 rows a step; each run is named by its momentum and seed."""
     import dataclasses
     import json
 
     from iclbook.implicit import inference, pretrain
 
     recipe = dataclasses.asdict(pretrain.InferencePretrainConfig())
-    records = [json.loads((f / "tinylm.json").read_text()) for f in inference.seed_folders()]
-    assert [r["pretrain"]["seed"] for r in records] == [0, 1, 2]
-    for r in records:
-        assert r["pretrain"] == {**recipe, "seed": r["pretrain"]["seed"]}
-        assert r["model"]["momentum"] == 0.0 and r["trained_steps"] == recipe["steps"]
+    for folders, eta in (
+        (inference.seed_folders(), 0.0),
+        (inference.momentum_folders(inference.MOMENTUM48_FOLDER), 0.9),
+    ):
+        records = [json.loads((f / "tinylm.json").read_text()) for f in folders]
+        assert [r["pretrain"]["seed"] for r in records] == [0, 1, 2]
+        for r in records:
+            assert r["pretrain"] == {**recipe, "seed": r["pretrain"]["seed"]}
+            assert r["model"]["momentum"] == eta and r["trained_steps"] == recipe["steps"]
     study = inference.momentum_folders()
     assert len(study) == 9
     for f in study:

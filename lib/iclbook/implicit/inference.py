@@ -45,6 +45,10 @@ SEED_FOLDER = WEIGHTS / "inference_seeds"
 #: --seed s --set batch=24`` (``make retrain``): the recipe at the batch it had when the study
 #: was trained, 24 rows, where it learned to use demonstrations at seed 0 alone.
 MOMENTUM_FOLDER = WEIGHTS / "inference_momentum"
+#: Momentum at the shipped recipe's 48 rows a step: ``eta0.9_seed<seed>``, each ``python -m
+#: iclbook.implicit.retrain --world inference --momentum 0.9 --seed s`` (``make retrain``). Its
+#: arm without momentum is the shipped model and its other seeds (:func:`seed_folders`).
+MOMENTUM48_FOLDER = WEIGHTS / "inference_momentum48"
 
 
 def load(folder: Path | str = FOLDER) -> tuple[TinyLM, dict[str, Any]]:
@@ -182,7 +186,7 @@ def momentum_study(
     ``tests`` (``{task: (demonstration pool, test set)}``) its zero-shot and its ICL accuracy in
     the evaluation template, with ``k`` demonstrations drawn from one fresh ``demo_generator()``
     per model (so every model reads the same prompts). One dict per model: ``eta``, ``seed``,
-    ``ppl``, ``zs``, ``icl`` and ``gain`` (ICL - zero-shot; means over the tasks), ``per_task`` and
+    ``batch`` (the recipe's rows a step), ``ppl``, ``zs``, ``icl`` and ``gain`` (ICL - zero-shot; means over the tasks), ``per_task`` and
     the record's ``evals``."""
     rows = []
     for f in folders:
@@ -200,6 +204,7 @@ def momentum_study(
             {
                 "eta": float(rec["model"]["momentum"]),
                 "seed": int(rec["pretrain"]["seed"]),
+                "batch": int(rec["pretrain"]["batch"]),
                 "ppl": float(next(iter(ppl.values()))),
                 "zs": float(np.mean([v["zs"] for v in per_task.values()])),
                 "icl": float(np.mean([v["icl"] for v in per_task.values()])),
@@ -218,7 +223,7 @@ def momentum_contrast(
     direction ``sign`` (+1: up, -1: down).
 
     * ``diff`` and ``interval``: the difference of the means over seeds (``eta`` minus 0) and its
-      ``level`` interval (Welch);
+      ``level`` interval (Welch); ``base``, the mean without momentum;
     * ``passes``: the interval excludes 0 on the ``sign`` side, *and* no other way of splitting the
       pooled models into arms of the same sizes goes as far in that direction (a permutation test
       at ``1 / splits``: with three seeds an arm, a Welch interval alone can exclude 0 by luck,
@@ -253,6 +258,7 @@ def momentum_contrast(
     return {
         "diff": splits[0][0],
         "interval": splits[0][1:],
+        "base": float(b.mean()),
         "passes": passes(0),
         "seeds": (len(a), len(b)),
         "splits": len(splits),
