@@ -186,7 +186,7 @@ def momentum_study(
     ``tests`` (``{task: (demonstration pool, test set)}``) its zero-shot and its ICL accuracy in
     the evaluation template, with ``k`` demonstrations drawn from one fresh ``demo_generator()``
     per model (so every model reads the same prompts). One dict per model: ``eta``, ``seed``,
-    ``batch`` (the recipe's rows a step), ``ppl``, ``zs``, ``icl`` and ``gain`` (ICL - zero-shot; means over the tasks), ``per_task`` and
+    ``ppl``, ``zs``, ``icl`` and ``gain`` (ICL - zero-shot; means over the tasks), ``per_task`` and
     the record's ``evals``."""
     rows = []
     for f in folders:
@@ -204,7 +204,6 @@ def momentum_study(
             {
                 "eta": float(rec["model"]["momentum"]),
                 "seed": int(rec["pretrain"]["seed"]),
-                "batch": int(rec["pretrain"]["batch"]),
                 "ppl": float(next(iter(ppl.values()))),
                 "zs": float(np.mean([v["zs"] for v in per_task.values()])),
                 "icl": float(np.mean([v["icl"] for v in per_task.values()])),
